@@ -1,0 +1,1 @@
+"""medusa_runtime: the tree-attention Medusa runtime that consumes treeopt trees."""

@@ -1,0 +1,176 @@
+"""The ``treeopt`` command line (typer).
+
+Each area keeps its verbs in its own ``treeopt/cli_<area>.py`` with a
+``register(app)`` function; this module owns the app, error handling and the
+tree-file verbs. Verbs that need torch import it inside the function body, so
+``treeopt build`` and friends start fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from typer.core import TyperGroup
+
+from treeopt.errors import TreeoptError
+
+# Modules that add verbs; each must import cheaply (no torch at module level).
+COMMAND_MODULES = (
+    "treeopt.cli_build",
+    "treeopt.cli_runtime",
+    "treeopt.cli_profile",
+    "treeopt.cli_tune",
+    "treeopt.cli_roofline",
+    "treeopt.cli_render",
+)
+
+
+class TreeoptGroup(TyperGroup):
+    """Turns a TreeoptError anywhere in a verb into ``error: ...`` and exit code 2."""
+
+    def invoke(self, ctx: typer.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except TreeoptError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+
+    def list_commands(self, ctx: typer.Context) -> list[str]:
+        return list(self.commands)  # registration order, not alphabetical
+
+
+app = typer.Typer(
+    cls=TreeoptGroup,
+    name="treeopt",
+    help=(
+        "Find, tune and export the best Medusa token tree for your model and GPU.\n\n"
+        "Budget = tokens verified per step, the root (base model's own token) included: "
+        "--budget 64 is 63 paths + the root, the size of mc_sim_7b_63. Path ranks are "
+        "0-based: [0, 2] is head 1's top token, then head 2's third.\n\n"
+        "Start with: treeopt build --budget 64 -o tree.json"
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+TreeArg = Annotated[
+    str, typer.Argument(help="Tree JSON file, or the name of a shipped tree (e.g. mc_sim_7b_63).")
+]
+
+
+class ExportTarget(str, Enum):
+    medusa = "medusa"
+    trtllm = "trtllm"
+    vllm = "vllm"
+    eagle = "eagle"
+
+
+@app.command()
+def validate(tree: TreeArg) -> None:
+    """Check a tree file; print 'ok' and a one-line summary, or the first problem (exit 2)."""
+    from treeopt.treefile import load_tree
+
+    loaded = load_tree(tree)
+    typer.echo(
+        f"ok: {tree}: {len(loaded)} nodes ({loaded.num_tokens} tokens/step incl. root), "
+        f"depth {loaded.depth}, {loaded.num_heads} heads"
+    )
+
+
+@app.command()
+def info(
+    tree: TreeArg,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object.")] = False,
+) -> None:
+    """Nodes, depth, per-depth width and max rank per depth of a tree."""
+    from treeopt.treefile import load_tree_document
+
+    document = load_tree_document(tree)
+    summary = document.tree.summary()
+    summary["expected_accept_length"] = document.expected_accept_length
+    summary["provenance"] = document.provenance
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    for key, value in summary.items():
+        if key == "provenance":
+            value = ", ".join(f"{k}={v}" for k, v in document.provenance.items()) or "-"
+        typer.echo(f"{key:>24}: {value if value is not None else '-'}")
+
+
+@app.command("export")
+def export_tree(
+    tree: TreeArg,
+    to: Annotated[ExportTarget, typer.Option("--to", help="Target runtime's format.")],
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write here (default: stdout).")
+    ] = None,
+    max_draft_len: Annotated[
+        int, typer.Option(help="TensorRT-LLM engine's max_draft_len (nodes, root excluded).")
+    ] = 63,
+) -> None:
+    """Write a tree in another runtime's format.
+
+    medusa: Medusa's medusa_choices (Python list literal). trtllm: TensorRT-LLM
+    medusa_choices/eagle_choices (checked against its limits). vllm: vLLM
+    speculative_token_tree (string of tuples; refused unless every node at a level
+    has the same number of children). eagle: EAGLE tree_choices.
+    """
+    from treeopt.fileio import atomic_write_text
+    from treeopt.formats import export_text
+    from treeopt.treefile import load_tree
+
+    text = export_text(load_tree(tree), to.value, max_draft_len=max_draft_len)
+    if output is None:
+        typer.echo(text)
+    else:
+        atomic_write_text(output, text + "\n")
+        typer.echo(f"wrote {output} ({to.value})", err=True)
+
+
+@app.command("import")
+def import_tree(
+    file: Annotated[Path, typer.Argument(help="File in another runtime's tree format.")],
+    from_: Annotated[ExportTarget, typer.Option("--from", help="Format of FILE.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="treeopt.tree/1 file to write.")],
+    num_heads: Annotated[
+        int | None, typer.Option(help="Medusa heads the tree is for (default: its depth).")
+    ] = None,
+) -> None:
+    """Read a tree from another runtime's format and write it as treeopt.tree/1 JSON."""
+    from treeopt.formats import import_text
+    from treeopt.treefile import write_tree
+
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise TreeoptError(f"cannot read {file}: {exc.strerror or exc}") from None
+    tree = import_text(text, from_.value, num_heads=num_heads)
+    write_tree(output, tree, provenance={"imported_from": str(file), "format": from_.value})
+    typer.echo(f"wrote {output}: {len(tree)} nodes, depth {tree.depth}", err=True)
+
+
+def _register_command_modules() -> None:
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # that area has no verbs yet
+                continue
+            raise
+        module.register(app)
+
+
+_register_command_modules()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(app())
