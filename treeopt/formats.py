@@ -45,7 +45,9 @@ def check_trtllm(tree: Tree, max_draft_len: int = TRTLLM_DEFAULT_MAX_DRAFT_LEN) 
             f"{len(tree)} (build with --budget {max_draft_len + 1} or raise --max-draft-len)"
         )
     if tree.depth > TRTLLM_MAX_DEPTH:
-        raise TreeoptError(f"TensorRT-LLM trees are at most {TRTLLM_MAX_DEPTH} deep; this is {tree.depth}")
+        raise TreeoptError(
+            f"TensorRT-LLM trees are at most {TRTLLM_MAX_DEPTH} deep; this is {tree.depth}"
+        )
     for path in tree.paths:
         if path[-1] >= TRTLLM_MAX_TOP_K:
             raise TreeoptError(
@@ -122,7 +124,9 @@ def parse_paths(text: str) -> list[list[int]]:
     try:
         value = ast.literal_eval(body)
     except (ValueError, SyntaxError, MemoryError, RecursionError):
-        raise TreeoptError("not a list of paths: expected a literal like [[0], [0, 0], [1]]") from None
+        raise TreeoptError(
+            "not a list of paths: expected a literal like [[0], [0, 0], [1]]"
+        ) from None
     if isinstance(value, str):  # vLLM's config holds the tree as a string
         return parse_paths(value)
     if not isinstance(value, (list, tuple)):
