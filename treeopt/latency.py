@@ -1,0 +1,312 @@
+"""The ``treeopt.latency/1`` format: verification-step latency per setting.
+
+One file holds the latency of one tree-verification step, in seconds, for each
+(batch, context, num_tokens) it covers, measured on a device (``treeopt
+overhead``) or predicted by the roofline model (``treeopt overhead --predict``):
+
+.. code-block:: json
+
+    {"format": "treeopt.latency/1", "source": "measured",
+     "device": "NVIDIA H100 80GB HBM3", "dtype": "bfloat16", "arch": "llama-7b",
+     "created": "2025-01-01T00:00:00Z",
+     "versions": {"torch": "2.5.1", "transformers": "4.46.0"},
+     "gpu": null, "method": {"warmup": 3, "repeats": 10},
+     "measurements": [
+       {"batch": 1, "context": 1024, "num_tokens": 1, "latency_s": 0.0123},
+       {"batch": 64, "context": 4096, "num_tokens": 256, "latency_s": null,
+        "note": "out of memory"}]}
+
+``num_tokens`` counts the root (1 = plain decoding). ``latency_s: null`` means
+the setting did not fit: it is the limit for that batch and context, and every
+larger size there counts as unavailable too. The JSON Schema ships as
+``treeopt/schemas/latency.schema.json``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from treeopt.errors import TreeoptError
+from treeopt.fileio import atomic_write_text
+from treeopt.treefile import read_json
+
+FORMAT = "treeopt.latency/1"
+SOURCES = ("measured", "roofline-model")
+OUT_OF_MEMORY = "out of memory"
+
+Setting = tuple[int, int, int]  # (batch, context, num_tokens)
+
+
+def utc_now() -> str:
+    """The current time as the ``created`` field writes it (UTC, seconds)."""
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class LatencyTable:
+    """Verification-step latency (seconds) per (batch, context, num_tokens).
+
+    Attributes:
+        measurements: ``(batch, context, num_tokens) -> seconds``, or ``None`` where
+            the setting ran out of memory (the limit for that batch and context).
+        source: ``"measured"`` or ``"roofline-model"``.
+        device: the device measured (``"cpu"`` on CPU) or the GPU predicted for.
+        dtype: weights' and activations' dtype (``"bfloat16"``...).
+        arch: the model shape (``"llama-7b"``, a config or model path).
+        created: UTC ISO-8601 time the table was made.
+        versions: library versions of a measured run (torch, transformers, cuda).
+        gpu: the GPU spec a roofline prediction used; None for measurements.
+        method: free-form description of how the numbers were obtained.
+        notes: ``setting -> why its latency is None`` (e.g. ``"out of memory"``).
+    """
+
+    measurements: dict[Setting, float | None]
+    source: str
+    device: str
+    dtype: str
+    arch: str
+    created: str = field(default_factory=utc_now)
+    versions: dict[str, str | None] = field(default_factory=dict)
+    gpu: dict[str, Any] | None = None
+    method: dict[str, Any] = field(default_factory=dict)
+    notes: dict[Setting, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise TreeoptError(
+                f"latency source {self.source!r} is not one of {', '.join(SOURCES)}"
+            )
+        for setting, seconds in self.measurements.items():
+            _check_setting(setting)
+            if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
+                batch, context, num_tokens = setting
+                raise TreeoptError(
+                    f"latency at batch {batch}, context {context}, num_tokens {num_tokens} "
+                    f"is {seconds!r}: must be a positive number of seconds or null (out of memory)"
+                )
+
+    # ---------------------------------------------------------------- queries
+    @property
+    def batches(self) -> list[int]:
+        """Batch sizes the table covers, ascending."""
+        return sorted({batch for batch, _, _ in self.measurements})
+
+    @property
+    def contexts(self) -> list[int]:
+        """Context lengths the table covers, ascending."""
+        return sorted({context for _, context, _ in self.measurements})
+
+    def settings(self) -> list[tuple[int, int]]:
+        """The (batch, context) pairs the table covers, ascending."""
+        return sorted({(batch, context) for batch, context, _ in self.measurements})
+
+    def describe(self) -> str:
+        """One line naming where the numbers come from, for users and provenance."""
+        if self.source == "measured":
+            return f"measured on {self.device} ({self.arch}, {self.dtype})"
+        return f"roofline-model prediction for {self.device} ({self.arch}, {self.dtype})"
+
+    def _row(self, batch: int, context: int) -> dict[int, float | None]:
+        """``num_tokens -> seconds or None`` at one setting; one-line error if absent."""
+        row = {
+            num_tokens: seconds
+            for (b, s, num_tokens), seconds in self.measurements.items()
+            if b == batch and s == context
+        }
+        if not row:
+            covered = "; ".join(
+                f"batch {b} context {s}" for b, s in self.settings()
+            )
+            raise TreeoptError(
+                f"latency table has no batch {batch} at context {context} "
+                f"(it covers: {covered})"
+            )
+        return row
+
+    def oom_limit(self, batch: int, context: int) -> int | None:
+        """The smallest num_tokens that ran out of memory at this setting, or None."""
+        failed = [n for n, seconds in self._row(batch, context).items() if seconds is None]
+        return min(failed) if failed else None
+
+    def measured_sizes(self, batch: int, context: int) -> list[int]:
+        """Sizes with a latency at this setting below its out-of-memory limit, ascending."""
+        limit = self.oom_limit(batch, context)
+        return sorted(
+            n for n, seconds in self._row(batch, context).items()
+            if seconds is not None and (limit is None or n < limit)
+        )
+
+    def max_num_tokens(self, batch: int, context: int) -> int:
+        """The largest size the overhead curve covers here (no extrapolation past it)."""
+        sizes = self.measured_sizes(batch, context)
+        if not sizes:
+            raise TreeoptError(
+                f"latency table has no usable size at batch {batch}, context {context} "
+                f"(every size ran out of memory)"
+            )
+        return sizes[-1]
+
+    def latency_curve(self, batch: int, context: int) -> dict[int, float]:
+        """Step latency in seconds for every integer num_tokens from 1 to the largest size.
+
+        Rule for sizes between measured ones: the latency is interpolated linearly
+        in num_tokens between the two nearest measured sizes (step time is close to
+        piecewise linear in the token count between kernel-tile boundaries, and a
+        straight line never invents a minimum that was not measured). Sizes above
+        the largest usable measured size (the last one below an out-of-memory
+        limit) are absent: nothing is extrapolated. num_tokens 1 must be measured,
+        since every overhead is relative to it.
+        """
+        row = self._row(batch, context)
+        sizes = self.measured_sizes(batch, context)
+        if 1 not in sizes:
+            reason = "ran out of memory" if row.get(1, 0.0) is None else "is not in the table"
+            raise TreeoptError(
+                f"latency at batch {batch}, context {context}, num_tokens 1 {reason}: "
+                f"overheads are relative to plain decoding (num_tokens 1)"
+            )
+        latencies = [row[n] for n in sizes]
+        curve: dict[int, float] = {}
+        for n in range(1, sizes[-1] + 1):
+            right = bisect.bisect_left(sizes, n)
+            if sizes[right] == n:
+                curve[n] = float(latencies[right])  # type: ignore[arg-type]
+                continue
+            n0, n1 = sizes[right - 1], sizes[right]
+            t0, t1 = latencies[right - 1], latencies[right]
+            curve[n] = t0 + (t1 - t0) * (n - n0) / (n1 - n0)  # type: ignore[operator]
+        return curve
+
+    def overhead_curve(self, batch: int, context: int) -> dict[int, float]:
+        """``num_tokens -> latency(num_tokens) / latency(1)`` at this setting.
+
+        Covers every integer size from 1 to :meth:`max_num_tokens`, with the
+        interpolation rule of :meth:`latency_curve`; overhead(1) is exactly 1.
+        Raises a one-line TreeoptError listing the covered settings when the
+        batch/context is not in the table.
+        """
+        latencies = self.latency_curve(batch, context)
+        base = latencies[1]
+        return {n: seconds / base for n, seconds in latencies.items()}
+
+    def nearest_context(self, context: int) -> int:
+        """The covered context closest to ``context`` (ties go to the longer one)."""
+        return min(self.contexts, key=lambda s: (abs(s - context), -s))
+
+
+def _check_setting(setting: Setting) -> None:
+    for name, value in zip(("batch", "context", "num_tokens"), setting, strict=True):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise TreeoptError(f"latency {name} {value!r} is not a positive integer")
+
+
+# ------------------------------------------------------------------ file I/O
+@cache
+def schema() -> dict[str, Any]:
+    """The shipped JSON Schema of ``treeopt.latency/1``."""
+    text = resources.files("treeopt").joinpath("schemas/latency.schema.json").read_text("utf-8")
+    return json.loads(text)
+
+
+def table_to_json(table: LatencyTable) -> dict[str, Any]:
+    """The ``treeopt.latency/1`` object for ``table`` (rows sorted by setting)."""
+    rows = []
+    for setting in sorted(table.measurements):
+        batch, context, num_tokens = setting
+        seconds = table.measurements[setting]
+        row: dict[str, Any] = {
+            "batch": batch, "context": context, "num_tokens": num_tokens,
+            "latency_s": None if seconds is None else float(seconds),
+        }
+        if setting in table.notes:
+            row["note"] = table.notes[setting]
+        rows.append(row)
+    return {
+        "format": FORMAT,
+        "source": table.source,
+        "device": table.device,
+        "dtype": table.dtype,
+        "arch": table.arch,
+        "created": table.created,
+        "versions": table.versions,
+        "gpu": table.gpu,
+        "method": table.method,
+        "measurements": rows,
+    }
+
+
+def table_from_json(data: Any, where: str = "latency file") -> LatencyTable:
+    """Validate a parsed ``treeopt.latency/1`` object; one-line TreeoptError on a problem."""
+    if not isinstance(data, dict):
+        raise TreeoptError(f"{where} holds a JSON object, not {type(data).__name__}")
+    fmt = data.get("format")
+    if fmt != FORMAT:
+        if fmt is None:
+            raise TreeoptError(f"{where}: missing \"format\": expected \"{FORMAT}\"")
+        raise TreeoptError(f"{where}: format {fmt!r} is not {FORMAT!r}")
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(
+        jsonschema.Draft202012Validator(schema()).iter_errors(data)
+    )
+    if error is not None:
+        at = "/".join(str(part) for part in error.absolute_path) or "top level"
+        raise TreeoptError(f"{where} invalid at {at}: {error.message}")
+    measurements: dict[Setting, float | None] = {}
+    notes: dict[Setting, str] = {}
+    for row in data["measurements"]:
+        setting = (row["batch"], row["context"], row["num_tokens"])
+        if setting in measurements:
+            raise TreeoptError(
+                f"{where}: batch {setting[0]}, context {setting[1]}, "
+                f"num_tokens {setting[2]} appears twice"
+            )
+        measurements[setting] = row["latency_s"]
+        if "note" in row:
+            notes[setting] = row["note"]
+    return LatencyTable(
+        measurements=measurements,
+        source=data["source"],
+        device=data["device"],
+        dtype=data["dtype"],
+        arch=data["arch"],
+        created=data["created"],
+        versions=dict(data.get("versions") or {}),
+        gpu=data.get("gpu"),
+        method=dict(data.get("method") or {}),
+        notes=notes,
+    )
+
+
+def write_latency(path: str | os.PathLike[str], table: LatencyTable) -> None:
+    """Write ``table`` as ``treeopt.latency/1`` JSON, atomically."""
+    if not table.measurements:
+        raise TreeoptError("refusing to write a latency table with no measurements")
+    atomic_write_text(path, json.dumps(table_to_json(table), indent=1) + "\n")
+
+
+def load_latency(path: str | os.PathLike[str]) -> LatencyTable:
+    """Read and validate a ``treeopt.latency/1`` file."""
+    return table_from_json(read_json(path, "latency"), where=f"latency file {path}")
+
+
+def prefer_measured(tables: list[tuple[str, LatencyTable]]) -> tuple[str, LatencyTable]:
+    """The table ``tune`` uses among several: the first measured one, else the first given.
+
+    A measurement on the real device beats a model of it; among equals, the
+    user's order decides.
+    """
+    if not tables:
+        raise TreeoptError("no latency file given")
+    for name, table in tables:
+        if table.source == "measured":
+            return name, table
+    return tables[0]
