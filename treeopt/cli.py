@@ -115,6 +115,13 @@ def export_tree(
     max_draft_len: Annotated[
         int, typer.Option(help="TensorRT-LLM engine's max_draft_len (nodes, root excluded).")
     ] = 63,
+    allow_nonuniform: Annotated[
+        bool,
+        typer.Option(
+            help="vllm: export even if nodes at a level have different numbers of children "
+            "(vLLM will then verify a different tree than this one)."
+        ),
+    ] = False,
 ) -> None:
     """Write a tree in another runtime's format.
 
@@ -124,10 +131,17 @@ def export_tree(
     has the same number of children). eagle: EAGLE tree_choices.
     """
     from treeopt.fileio import atomic_write_text
-    from treeopt.formats import export_text
+    from treeopt.formats import export_text, nonuniform_levels
     from treeopt.treefile import load_tree
 
-    text = export_text(load_tree(tree), to.value, max_draft_len=max_draft_len)
+    loaded = load_tree(tree)
+    text = export_text(loaded, to.value, max_draft_len, allow_nonuniform=allow_nonuniform)
+    if to is ExportTarget.vllm and allow_nonuniform and nonuniform_levels(loaded):
+        typer.echo(
+            "warning: nodes at some level have different numbers of children; vLLM drafts "
+            "the same number under every node of a level, so it will not verify this tree",
+            err=True,
+        )
     if output is None:
         typer.echo(text)
     else:

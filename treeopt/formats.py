@@ -95,15 +95,25 @@ def check_vllm(tree: Tree) -> None:
         )
 
 
-def export_text(tree: Tree, target: str, max_draft_len: int = TRTLLM_DEFAULT_MAX_DRAFT_LEN) -> str:
-    """``tree`` in ``target``'s format (one of :data:`FORMATS`), as text."""
+def export_text(
+    tree: Tree,
+    target: str,
+    max_draft_len: int = TRTLLM_DEFAULT_MAX_DRAFT_LEN,
+    allow_nonuniform: bool = False,
+) -> str:
+    """``tree`` in ``target``'s format (one of :data:`FORMATS`), as text.
+
+    ``allow_nonuniform`` exports a tree vLLM cannot draft faithfully anyway (the
+    caller is expected to warn); by default such a tree is refused.
+    """
     if target in ("medusa", "eagle"):
         return "[" + ", ".join(format_path(path) for path in tree.paths) + "]"
     if target == "trtllm":
         check_trtllm(tree, max_draft_len)
         return json.dumps(tree.as_lists())
     if target == "vllm":
-        check_vllm(tree)
+        if not allow_nonuniform:
+            check_vllm(tree)
         return "[" + ", ".join(_tuple_literal(path) for path in tree.paths) + "]"
     raise TreeoptError(f"unknown export target {target!r} (choose from {', '.join(FORMATS)})")
 

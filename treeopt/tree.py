@@ -33,7 +33,7 @@ def canonical_key(path: Path) -> tuple[int, Path]:
 
 def format_path(path: Sequence[object]) -> str:
     """A path as users write it in JSON: ``[0, 2]``."""
-    return "[" + ", ".join(str(rank) for rank in path) + "]"
+    return "[" + ", ".join(str(r) if isinstance(r, int) else repr(r) for r in path) + "]"
 
 
 def _coerce_path(raw: object) -> Path:
