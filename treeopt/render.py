@@ -32,8 +32,8 @@ DOT_FORMAT = "dot"
 DEFAULT_MAX_NODES = 100
 
 INSTALL_HINT = (
-    "install graphviz's `dot` to get pictures: apt-get install graphviz | "
-    "brew install graphviz | conda install -c conda-forge graphviz"
+    "install it with apt-get install graphviz (Debian/Ubuntu), brew install graphviz (macOS) "
+    "or conda install -c conda-forge graphviz"
 )
 
 FONT = "Helvetica"
