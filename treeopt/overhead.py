@@ -1,0 +1,201 @@
+"""Per-step overhead tables: measured with the runtime, or predicted by the roofline model.
+
+Both produce a :class:`~treeopt.latency.LatencyTable` (``treeopt.latency/1``).
+The measured sweep times the runtime's real verification step
+(``medusa_runtime.timing.time_verification_step``: static cache, captured,
+warm-up then median of repeats); torch is imported inside the functions that
+need it, so ``treeopt overhead --predict`` never loads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from treeopt.errors import TreeoptError
+from treeopt.latency import OUT_OF_MEMORY, LatencyTable, Setting
+
+StepTimer = Callable[[int, int, int], float]  # (batch, context, num_tokens) -> seconds
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "fp8": 1}
+DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16",
+                 "float32": "float32", "float16": "float16", "bfloat16": "bfloat16",
+                 "fp8": "fp8"}
+
+
+def canonical_dtype(dtype: str) -> str:
+    """``bf16`` -> ``bfloat16`` etc.; one-line error for an unknown name."""
+    try:
+        return DTYPE_ALIASES[dtype.lower()]
+    except KeyError:
+        raise TreeoptError(
+            f"unknown dtype {dtype!r} (choose from {', '.join(sorted(DTYPE_ALIASES))})"
+        ) from None
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for the errors a device raises when a setting does not fit in its memory."""
+    if isinstance(exc, MemoryError):
+        return True
+    name = type(exc).__name__
+    return name == "OutOfMemoryError" or "out of memory" in str(exc).lower()
+
+
+def sweep(
+    time_step: StepTimer,
+    batches: Sequence[int],
+    contexts: Sequence[int],
+    sizes: Sequence[int],
+    on_oom: Callable[[], None] = lambda: None,
+    progress: Callable[[Setting], None] = lambda setting: None,
+) -> tuple[dict[Setting, float | None], dict[Setting, str]]:
+    """Time every (batch, context, num_tokens); returns (measurements, notes).
+
+    Sizes go in ascending order per (batch, context). The first size that runs out
+    of memory is recorded as ``None`` with note "out of memory" (the limit for
+    that setting), ``on_oom`` frees what it can, the larger sizes of that setting
+    are skipped (they cannot fit either) and the sweep goes on with the next
+    setting. Any other error propagates. ``progress`` is called once per setting
+    visited, skipped ones included, so a progress bar ends at its total.
+    """
+    measurements: dict[Setting, float | None] = {}
+    notes: dict[Setting, str] = {}
+    for batch in batches:
+        for context in contexts:
+            out_of_memory = False
+            for num_tokens in sorted(sizes):
+                setting = (batch, context, num_tokens)
+                if not out_of_memory:
+                    try:
+                        measurements[setting] = float(time_step(batch, context, num_tokens))
+                    except Exception as exc:
+                        if not is_out_of_memory(exc):
+                            raise
+                        on_oom()
+                        measurements[setting] = None
+                        notes[setting] = OUT_OF_MEMORY
+                        out_of_memory = True
+                progress(setting)
+    return measurements, notes
+
+
+def check_sizes(values: Iterable[int], option: str) -> list[int]:
+    """Sorted unique positive ints; one-line error naming ``option`` otherwise."""
+    result = sorted(set(values))
+    if not result:
+        raise TreeoptError(f"{option} needs at least one value")
+    bad = [value for value in result if value < 1]
+    if bad:
+        raise TreeoptError(f"{option} values must be positive integers, not {bad[0]}")
+    return result
+
+
+# ---------------------------------------------------------------- predicted
+def predict_latency(
+    arch: Any,
+    gpu: Any,
+    batches: Sequence[int],
+    contexts: Sequence[int],
+    sizes: Sequence[int],
+    dtype: str = "bfloat16",
+    device_profile: Any = None,
+) -> LatencyTable:
+    """The roofline model's step latency for each setting, as a ``roofline-model`` table.
+
+    A setting whose weights plus KV cache (context + num_tokens positions per
+    sequence) exceed the GPU's memory is recorded as out of memory, like a
+    measured sweep would; a GPU given without a capacity (memory 0) never is.
+    """
+    from treeopt.roofline import predict_step_latency
+
+    dtype = canonical_dtype(dtype)
+    dtype_bytes = DTYPE_BYTES[dtype]
+    capacity = float(getattr(gpu, "memory_gb", 0.0) or 0.0) * 1e9
+
+    def time_step(batch: int, context: int, num_tokens: int) -> float:
+        if capacity:
+            needed = arch.weight_bytes(dtype_bytes) + arch.kv_cache_bytes(
+                batch, context + num_tokens, dtype_bytes
+            )
+            if needed > capacity:
+                raise MemoryError(OUT_OF_MEMORY)
+        return predict_step_latency(arch, gpu, batch, context, num_tokens,
+                                    dtype_bytes=dtype_bytes, device_profile=device_profile)
+
+    measurements, notes = sweep(time_step, batches, contexts, sizes)
+    notes = {setting: "predicted out of memory: weights + KV cache exceed the GPU's memory"
+             for setting in notes}
+    return LatencyTable(
+        measurements=measurements, notes=notes, source="roofline-model",
+        device=gpu.name, dtype=dtype, arch=arch.name,
+        gpu=gpu.as_dict() if hasattr(gpu, "as_dict") else dict(vars(gpu)),
+        method={"model": "roofline: sum over operators of max(flops/peak, bytes/bandwidth)",
+                "device_profile": None if device_profile is None else str(device_profile),
+                "oom_rule": "weights + KV cache(batch, context + num_tokens) > memory_gb"},
+    )
+
+
+# ----------------------------------------------------------------- measured
+def measure_latency(
+    model: Any,
+    heads: Any,
+    arch_name: str,
+    batches: Sequence[int],
+    contexts: Sequence[int],
+    sizes: Sequence[int],
+    device: str,
+    dtype: str,
+    warmup: int,
+    repeats: int,
+    show_progress: bool = True,
+) -> LatencyTable:
+    """Time the runtime's verification step for every setting on ``device``.
+
+    Uses ``medusa_runtime.timing.time_verification_step`` (warm-up, then the
+    median of ``repeats``). Out-of-memory is recorded as the limit and the sweep
+    goes on (see :func:`sweep`). The table names the device (``"cpu"`` on CPU),
+    dtype and library versions.
+    """
+    import torch
+    import transformers
+    from medusa_runtime.timing import time_verification_step
+    from tqdm import tqdm
+
+    def time_step(batch: int, context: int, num_tokens: int) -> float:
+        result = time_verification_step(model, heads, num_tokens=num_tokens, batch=batch,
+                                        context=context, warmup=warmup, repeats=repeats,
+                                        device=device)
+        return step_seconds(result)
+
+    def free_memory() -> None:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    total = len(batches) * len(contexts) * len(sizes)
+    with tqdm(total=total, desc="timing verification steps", unit="step",
+              disable=not show_progress) as bar:
+        def advance(setting: Setting) -> None:
+            bar.set_postfix_str(f"b={setting[0]} s={setting[1]} n={setting[2]}")
+            bar.update()
+
+        measurements, notes = sweep(time_step, batches, contexts, sizes,
+                                    on_oom=free_memory, progress=advance)
+    is_cuda = str(device).startswith("cuda")
+    device_name = torch.cuda.get_device_name(torch.device(device)) if is_cuda else "cpu"
+    return LatencyTable(
+        measurements=measurements, notes=notes, source="measured",
+        device=device_name, dtype=canonical_dtype(dtype), arch=arch_name,
+        versions={"torch": torch.__version__, "transformers": transformers.__version__,
+                  "cuda": torch.version.cuda if is_cuda else None},
+        method={"timer": "medusa_runtime.timing.time_verification_step",
+                "statistic": "median", "warmup": warmup, "repeats": repeats},
+    )
+
+
+def step_seconds(result: Any) -> float:
+    """The median step time in seconds from ``time_verification_step``'s result."""
+    if isinstance(result, (int, float)):
+        return float(result)
+    for key in ("median_s", "latency_s", "seconds", "median"):
+        if key in result:
+            return float(result[key])
+    raise TreeoptError(f"time_verification_step returned no median time: {sorted(result)}")
