@@ -83,3 +83,18 @@ def test_cli_bad_input_is_one_line(tmp_path, args, message):
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert not (tmp_path / "lat.json").exists()
+
+
+def test_predict_marks_settings_that_do_not_fit():
+    from treeopt.arch import get_arch
+    from treeopt.hardware import get_gpu
+    from treeopt.overhead import PREDICTED_OOM_NOTE, predict_latency
+
+    arch, gpu = get_arch("llama-7b"), get_gpu("a100-80gb-sxm")
+    table = predict_latency(arch, gpu, [1, 64], [4096], [2, 16], "bf16")
+    assert table.source == "roofline-model" and table.device == "a100-80gb-sxm"
+    assert (1, 4096, 1) in table.measurements  # plain decoding is always predicted
+    # 64 x 4096 positions of llama-7b KV cache (2 x 32 layers x 4096 x 2 B) = 137 GB > 80 GB
+    assert table.measurements[(64, 4096, 1)] is None
+    assert table.notes[(64, 4096, 1)] == PREDICTED_OOM_NOTE
+    assert table.overhead_curve(1, 4096)[16] > 1.0

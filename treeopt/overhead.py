@@ -16,10 +16,10 @@ from treeopt.errors import TreeoptError
 from treeopt.latency import OUT_OF_MEMORY, LatencyTable, Setting
 
 StepTimer = Callable[[int, int, int], float]  # (batch, context, num_tokens) -> seconds
-DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "fp8": 1}
-DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16",
+DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "fp8": "float8_e4m3fn",
                  "float32": "float32", "float16": "float16", "bfloat16": "bfloat16",
-                 "fp8": "fp8"}
+                 "float8_e4m3fn": "float8_e4m3fn"}
+PREDICTED_OOM_NOTE = "predicted out of memory: weights + KV cache(context + num_tokens) > memory_gb"
 
 
 def canonical_dtype(dtype: str) -> str:
@@ -101,36 +101,39 @@ def predict_latency(
 ) -> LatencyTable:
     """The roofline model's step latency for each setting, as a ``roofline-model`` table.
 
-    A setting whose weights plus KV cache (context + num_tokens positions per
-    sequence) exceed the GPU's memory is recorded as out of memory, like a
-    measured sweep would; a GPU given without a capacity (memory 0) never is.
+    Each latency is ``treeopt.roofline.predict_step_latency``. A setting whose
+    weights plus KV cache (context + num_tokens positions per sequence) exceed
+    the GPU's memory is recorded as out of memory, as a measured sweep would
+    record it; a GPU given without a capacity (memory 0) never runs out.
     """
-    from treeopt.roofline import predict_step_latency
+    from treeopt.roofline import DTYPE_BYTES, DTYPE_LONG_NAMES, ceilings, predict_step_latency
 
-    dtype = canonical_dtype(dtype)
-    dtype_bytes = DTYPE_BYTES[dtype]
+    long_name = canonical_dtype(dtype)
+    short = {long: short for short, long in DTYPE_LONG_NAMES.items()}[long_name]
+    dtype_bytes = DTYPE_BYTES[short]
     capacity = float(getattr(gpu, "memory_gb", 0.0) or 0.0) * 1e9
 
     def time_step(batch: int, context: int, num_tokens: int) -> float:
         if capacity:
-            needed = arch.weight_bytes(dtype_bytes) + arch.kv_cache_bytes(
-                batch, context + num_tokens, dtype_bytes
-            )
-            if needed > capacity:
-                raise MemoryError(OUT_OF_MEMORY)
+            kv_cache = arch.kv_cache_bytes(batch, context + num_tokens, dtype_bytes)
+            if arch.weight_bytes(dtype_bytes) + kv_cache > capacity:
+                raise MemoryError(PREDICTED_OOM_NOTE)
         return predict_step_latency(arch, gpu, batch, context, num_tokens,
                                     dtype_bytes=dtype_bytes, device_profile=device_profile)
 
-    measurements, notes = sweep(time_step, batches, contexts, sizes)
-    notes = {setting: "predicted out of memory: weights + KV cache exceed the GPU's memory"
-             for setting in notes}
+    measurements, notes = sweep(time_step, batches, contexts, sorted(set(sizes) | {1}))
+    method: dict[str, Any] = {
+        "model": "roofline: sum over operators of max(flops/peak, bytes/bandwidth)",
+        "ceilings": ceilings(gpu, dtype_bytes, device_profile).label,
+        "oom_rule": PREDICTED_OOM_NOTE,
+    }
+    if device_profile is not None:
+        method["device_profile"] = device_profile.to_json()
     return LatencyTable(
-        measurements=measurements, notes=notes, source="roofline-model",
-        device=gpu.name, dtype=dtype, arch=arch.name,
-        gpu=gpu.as_dict() if hasattr(gpu, "as_dict") else dict(vars(gpu)),
-        method={"model": "roofline: sum over operators of max(flops/peak, bytes/bandwidth)",
-                "device_profile": None if device_profile is None else str(device_profile),
-                "oom_rule": "weights + KV cache(batch, context + num_tokens) > memory_gb"},
+        measurements=measurements,
+        notes={setting: PREDICTED_OOM_NOTE for setting in notes},
+        source="roofline-model", device=gpu.name, dtype=long_name, arch=arch.name,
+        gpu=gpu.as_dict(), method=method,
     )
 
 
