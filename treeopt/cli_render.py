@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 # scripts can tell "install graphviz" from "fix your arguments".
 EXIT_NO_GRAPHVIZ = 3
 DEFAULT_SUFFIX = ".svg"  # scales without blurring and GitHub shows it inline
+MAX_TITLE_FACTS = 4  # provenance entries in a curve plot's title before it overflows
 ACCEPTANCE_MODEL = "independent"  # the convention build and evaluate default to
 
 RENDER_HELP = (
@@ -203,12 +204,21 @@ def render(
     _report(outcome.written, outcome.fell_back, target)
 
 
+def curve_title(name: str, provenance: Mapping[str, object]) -> str:
+    """A plot title: the curve's name and its scalar provenance (profile, GPU, ...)."""
+    facts = [
+        f"{key}={value}" for key, value in provenance.items()
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool)
+    ][:MAX_TITLE_FACTS]
+    return f"{name} ({', '.join(facts)})" if facts else name
+
+
 def _render_curve(curve: Path, target: Path) -> None:
     from treeopt.curve import read_curve
     from treeopt.plots import plot_curve
 
-    rows = read_curve(curve)
-    written = plot_curve(rows, target, title=curve.stem)
+    loaded = read_curve(curve)
+    written = plot_curve(loaded.rows, target, title=curve_title(curve.stem, loaded.provenance))
     typer.echo(f"wrote {written}", err=True)
 
 
