@@ -27,6 +27,7 @@ DEFAULT_SIZES = "1,2,4,8,16,24,32,48,64,80,96,128,160,192,256"
 DEFAULT_CONTEXT = 1024
 # A curve this long or shorter is printed in full; longer ones show a summary.
 FULL_TABLE_ROWS = 32
+MIN_TREE_TOKENS = 2  # the root and one candidate: the smallest tree the builder makes
 
 
 def parse_int_list(text: str, option: str) -> list[int]:
@@ -251,8 +252,12 @@ def tune(
         context = table.nearest_context(DEFAULT_CONTEXT)
     size_limit = table.max_num_tokens(batch, context)
     budget = size_limit if max_budget is None else min(max_budget, size_limit)
-    if budget < 1:
-        raise TreeoptError(f"--max-budget must be at least 1, not {max_budget}")
+    if budget < MIN_TREE_TOKENS:
+        raise TreeoptError(
+            f"nothing to tune at batch {batch}, context {context}: the latency table covers "
+            f"sizes up to {size_limit} and --max-budget is {max_budget} (a tree needs "
+            f">= {MIN_TREE_TOKENS} tokens per step)"
+        )
     loaded_profile = load_profile(profile)
     typer.echo(f"latency: {source_file}: {table.describe()}", err=True)
     if len(tables) > 1:
