@@ -1,0 +1,473 @@
+"""Acceptance profiles, format ``treeopt.profile/1``: what profiling heads yields.
+
+For every calibration position t and Medusa head k (k = 1..K), profiling records
+``r_k``, the 0-based rank of the base model's own token at t+1+k in head k's
+distribution, or a *miss* when it falls outside the recorded ``top_k``. A profile
+keeps two summaries of those rank vectors:
+
+- ``marginal[k][i] = P(r_{k+1} == i)`` (K x top_k; a row sums to <= 1, the rest
+  being the miss probability).
+- ``joint``: for each position, the longest prefix ``(r_1, ..., r_j)`` whose ranks
+  are all ``< top_k``, counted per distinct prefix (``()`` counts positions where
+  head 1 missed). This is exact for tree evaluation: at a position, a tree accepts
+  the longest prefix of that position's rank vector that is a node of the tree.
+
+Profiles measured by prompt keep the same counts per prompt (``groups``), so a
+profile can be split into a training part and a held-out part by prompt.
+
+.. code-block:: json
+
+    {"format": "treeopt.profile/1", "num_heads": 2, "top_k": 2, "num_positions": 4,
+     "marginal": [[0.5, 0.25], [0.5, 0.25]],
+     "joint": [[[], 1], [[0], 1], [[0, 1], 1], [[1, 0], 1]],
+     "groups": [{"num_positions": 2, "marginal_counts": [[2, 0], [0, 1]],
+                 "joint": [[[0], 1], [[0, 1], 1]]},
+                {"num_positions": 2, "marginal_counts": [[0, 1], [2, 0]],
+                 "joint": [[[], 1], [[1, 0], 1]]}],
+     "provenance": {"model": "...", "dataset": "..."}}
+
+The JSON Schema ships as ``treeopt/schemas/profile.schema.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cache, cached_property
+from importlib import resources
+from pathlib import Path as FilePath
+from typing import Any
+
+import numpy as np
+
+from treeopt.errors import TreeoptError
+from treeopt.fileio import atomic_write_text
+from treeopt.tree import Path, format_path
+
+FORMAT = "treeopt.profile/1"
+
+# Probabilities read from JSON went through decimal printing; a row of
+# differences of cumulative accuracies may sum to 1 + a few ulps.
+PROBABILITY_TOLERANCE = 1e-9
+
+JointCounts = dict[Path, int]
+
+
+@dataclass(frozen=True, eq=False)
+class ProfileGroup:
+    """The counts of one prompt (or any unit that must not be split)."""
+
+    num_positions: int
+    marginal_counts: np.ndarray  # (num_heads, top_k) int: positions with r_k == i
+    joint: JointCounts
+
+
+@dataclass(frozen=True, eq=False)
+class Profile:
+    """Per-head rank statistics of a model's Medusa heads on a calibration set.
+
+    Attributes:
+        num_heads: Medusa heads profiled (K).
+        top_k: ranks recorded per head; a rank ``>= top_k`` is a miss.
+        marginal: ``(num_heads, top_k)`` float array, ``P(r_k == i)``.
+        joint: count per distinct longest in-top-k rank prefix, or ``None`` for a
+            marginal-only profile (e.g. imported from published accuracies).
+        num_positions: calibration positions (0 when unknown, e.g. published figures).
+        provenance: free-form: model, heads, dataset, split, dtype, created, version.
+        groups: the same counts per prompt, for held-out splits; ``None`` if not kept.
+    """
+
+    num_heads: int
+    top_k: int
+    marginal: np.ndarray
+    joint: JointCounts | None = None
+    num_positions: int = 0
+    provenance: dict[str, Any] = field(default_factory=dict)
+    groups: tuple[ProfileGroup, ...] | None = None
+
+    # ----------------------------------------------------------- construction
+    @classmethod
+    def from_rank_vectors(
+        cls,
+        ranks: Sequence[Sequence[int]] | np.ndarray,
+        top_k: int,
+        groups: Sequence[int] | np.ndarray | None = None,
+        provenance: Mapping[str, Any] | None = None,
+    ) -> Profile:
+        """Summarize measured rank vectors.
+
+        Args:
+            ranks: ``(N positions, K heads)`` ints; ``ranks[t, k]`` is the rank of
+                the true future token in head k+1's distribution at position t, or
+                -1 (or any value ``>= top_k``) for a miss.
+            top_k: ranks recorded per head.
+            groups: ``(N,)`` prompt index of each position, so the profile can be
+                split by prompt; ``None`` keeps no grouping.
+            provenance: free-form description stored with the profile.
+        """
+        top_k = _positive_int(top_k, "top_k")
+        array = np.asarray(ranks)
+        if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
+            raise TreeoptError(
+                f"rank vectors must be a non-empty (positions, heads) array, not shape "
+                f"{array.shape}"
+            )
+        if not np.issubdtype(array.dtype, np.integer):
+            raise TreeoptError(f"rank vectors must be integers, not {array.dtype}")
+        if groups is None:
+            group_ids = np.zeros(array.shape[0], dtype=np.int64)
+        else:
+            group_ids = np.asarray(groups)
+            if group_ids.shape != (array.shape[0],):
+                raise TreeoptError(
+                    f"groups must have one entry per position ({array.shape[0]}), "
+                    f"not shape {group_ids.shape}"
+                )
+        parts = [
+            _group_from_ranks(array[group_ids == gid], top_k) for gid in np.unique(group_ids)
+        ]
+        return cls.from_groups(
+            parts, array.shape[1], top_k, dict(provenance or {}), keep_groups=groups is not None
+        )
+
+    @classmethod
+    def from_groups(
+        cls,
+        groups: Sequence[ProfileGroup],
+        num_heads: int,
+        top_k: int,
+        provenance: Mapping[str, Any] | None = None,
+        keep_groups: bool = True,
+    ) -> Profile:
+        """The profile of the union of ``groups`` (per-prompt counts)."""
+        if not groups:
+            raise TreeoptError("a profile needs at least one group of positions")
+        num_positions = sum(group.num_positions for group in groups)
+        if num_positions == 0:
+            raise TreeoptError("a measured profile needs at least one position")
+        counts = np.sum([group.marginal_counts for group in groups], axis=0)
+        joint: JointCounts = {}
+        for group in groups:
+            for prefix, count in group.joint.items():
+                joint[prefix] = joint.get(prefix, 0) + count
+        return cls(
+            num_heads=num_heads,
+            top_k=top_k,
+            marginal=counts / num_positions,
+            joint=dict(sorted(joint.items(), key=lambda item: (len(item[0]), item[0]))),
+            num_positions=num_positions,
+            provenance=dict(provenance or {}),
+            groups=tuple(groups) if keep_groups else None,
+        )
+
+    @classmethod
+    def from_cumulative_accuracy(
+        cls,
+        rows: Sequence[Sequence[float]] | np.ndarray,
+        provenance: Mapping[str, Any] | None = None,
+    ) -> Profile:
+        """A marginal-only profile from cumulative top-1..top-k accuracies.
+
+        ``rows[k][i]`` is P(r_{k+1} <= i) (head k+1's top-(i+1) accuracy), so
+        ``marginal[k][i] = rows[k][i] - rows[k][i-1]``. Raises TreeoptError if a row
+        is not non-decreasing within [0, 1].
+        """
+        cumulative = np.asarray(rows, dtype=float)
+        if cumulative.ndim != 2 or cumulative.size == 0:
+            raise TreeoptError(
+                f"cumulative accuracies must be a (heads, top_k) table, not shape "
+                f"{cumulative.shape}"
+            )
+        for head, row in enumerate(cumulative, start=1):
+            if not np.all(np.isfinite(row)) or row.min() < 0 or row.max() > 1:
+                raise TreeoptError(f"head {head}: accuracies must lie in [0, 1], got {list(row)}")
+            if np.any(np.diff(row) < -PROBABILITY_TOLERANCE):
+                raise TreeoptError(
+                    f"head {head}: cumulative top-k accuracies must not decrease, got {list(row)}"
+                )
+        marginal = np.clip(np.diff(cumulative, axis=1, prepend=0.0), 0.0, 1.0)
+        return cls(
+            num_heads=cumulative.shape[0],
+            top_k=cumulative.shape[1],
+            marginal=marginal,
+            joint=None,
+            num_positions=0,
+            provenance=dict(provenance or {}),
+        )
+
+    # ------------------------------------------------------------- derived
+    @property
+    def has_joint(self) -> bool:
+        """Whether joint counts were recorded (needed by the joint and blend models)."""
+        return self.joint is not None
+
+    @cached_property
+    def prefix_mass(self) -> dict[Path, int]:
+        """Positions whose longest in-top-k prefix starts with each path (root included).
+
+        ``prefix_mass[p] / num_positions`` is the joint model's probability that a
+        tree containing ``p`` accepts ``p``.
+        """
+        if self.joint is None:
+            raise TreeoptError("this profile has no joint counts (marginal only)")
+        mass: dict[Path, int] = {}
+        for prefix, count in self.joint.items():
+            for length in range(len(prefix) + 1):
+                key = prefix[:length]
+                mass[key] = mass.get(key, 0) + count
+        return mass
+
+    @cached_property
+    def child_counts(self) -> dict[Path, np.ndarray]:
+        """For each path with positions below it: ``prefix_mass`` of ``path + (i,)``, i < top_k."""
+        children: dict[Path, np.ndarray] = {}
+        for path, count in self.prefix_mass.items():
+            if path:
+                row = children.setdefault(path[:-1], np.zeros(self.top_k))
+                row[path[-1]] = count
+        return children
+
+    def split(self, holdout_fraction: float, seed: int = 0) -> tuple[Profile, Profile]:
+        """Split by prompt group into ``(train, heldout)``.
+
+        ``round(holdout_fraction * groups)`` groups, at least one and leaving at
+        least one, chosen by a seeded permutation, form the held-out part.
+        """
+        if not 0 < holdout_fraction < 1:
+            raise TreeoptError(
+                f"--holdout must be between 0 and 1 (exclusive), not {holdout_fraction}"
+            )
+        if self.groups is None or len(self.groups) < 2:
+            raise TreeoptError(
+                "this profile keeps no per-prompt groups (needs >= 2 to split; measure it with "
+                "treeopt profile)"
+            )
+        count = len(self.groups)
+        num_heldout = min(count - 1, max(1, round(holdout_fraction * count)))
+        permutation = np.random.default_rng(seed).permutation(count)
+        heldout_ids = sorted(int(i) for i in permutation[:num_heldout])
+        train_ids = sorted(int(i) for i in permutation[num_heldout:])
+        parts = []
+        for part, ids in (("train", train_ids), ("heldout", heldout_ids)):
+            provenance = dict(self.provenance)
+            provenance["split"] = {
+                "part": part, "holdout_fraction": holdout_fraction, "seed": seed, "groups": ids,
+            }
+            parts.append(
+                Profile.from_groups(
+                    [self.groups[i] for i in ids], self.num_heads, self.top_k, provenance
+                )
+            )
+        return parts[0], parts[1]
+
+    def subset(self, group_indices: Sequence[int]) -> Profile:
+        """The profile of the given prompt groups only (for cross-validation)."""
+        if self.groups is None:
+            raise TreeoptError("this profile keeps no per-prompt groups")
+        return Profile.from_groups(
+            [self.groups[i] for i in group_indices], self.num_heads, self.top_k, self.provenance
+        )
+
+
+def _group_from_ranks(ranks: np.ndarray, top_k: int) -> ProfileGroup:
+    """Marginal counts and longest-prefix counts of one group's rank vectors."""
+    num_heads = ranks.shape[1]
+    hit = (ranks >= 0) & (ranks < top_k)
+    counts = np.zeros((num_heads, top_k), dtype=np.int64)
+    for head in range(num_heads):
+        counts[head] = np.bincount(ranks[hit[:, head], head], minlength=top_k)
+    # Longest prefix: everything from the first miss on is dropped (set to -1).
+    in_prefix = np.cumprod(hit, axis=1).astype(bool)
+    masked = np.where(in_prefix, ranks, -1)
+    unique_rows, row_counts = np.unique(masked, axis=0, return_counts=True)
+    joint: JointCounts = {}
+    for row, count in zip(unique_rows.tolist(), row_counts.tolist(), strict=True):
+        length = row.index(-1) if -1 in row else len(row)
+        joint[tuple(row[:length])] = int(count)
+    return ProfileGroup(int(ranks.shape[0]), counts, joint)
+
+
+def _positive_int(value: object, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise TreeoptError(f"{name} must be a positive integer, not {value!r}")
+    return int(value)
+
+
+# ------------------------------------------------------------------ JSON I/O
+@cache
+def schema() -> dict[str, Any]:
+    """The shipped JSON Schema of ``treeopt.profile/1``."""
+    text = resources.files("treeopt").joinpath("schemas/profile.schema.json").read_text("utf-8")
+    return json.loads(text)
+
+
+def _joint_to_json(joint: JointCounts) -> list[list[Any]]:
+    return [[list(prefix), count] for prefix, count in joint.items()]
+
+
+def profile_to_json(profile: Profile) -> dict[str, Any]:
+    """The ``treeopt.profile/1`` object for ``profile``."""
+    data: dict[str, Any] = {
+        "format": FORMAT,
+        "num_heads": profile.num_heads,
+        "top_k": profile.top_k,
+        "num_positions": profile.num_positions,
+        "marginal": [[round(float(p), 12) for p in row] for row in profile.marginal],
+        "joint": None if profile.joint is None else _joint_to_json(profile.joint),
+    }
+    if profile.groups is not None:
+        data["groups"] = [
+            {
+                "num_positions": group.num_positions,
+                "marginal_counts": group.marginal_counts.tolist(),
+                "joint": _joint_to_json(group.joint),
+            }
+            for group in profile.groups
+        ]
+    data["provenance"] = profile.provenance
+    return data
+
+
+def _check_schema(data: Any) -> None:
+    import jsonschema
+
+    error = jsonschema.exceptions.best_match(
+        jsonschema.Draft202012Validator(schema()).iter_errors(data)
+    )
+    if error is not None:
+        where = "/".join(str(part) for part in error.absolute_path) or "top level"
+        raise TreeoptError(f"profile invalid at {where}: {error.message}")
+
+
+def _joint_from_json(raw: list[Any], num_heads: int, top_k: int, where: str) -> JointCounts:
+    joint: JointCounts = {}
+    for prefix_raw, count in raw:
+        prefix = tuple(prefix_raw)
+        if len(prefix) > num_heads:
+            raise TreeoptError(
+                f"{where}: prefix {format_path(prefix)} is longer than num_heads {num_heads}"
+            )
+        if any(rank >= top_k for rank in prefix):
+            raise TreeoptError(f"{where}: prefix {format_path(prefix)} has a rank >= top_k {top_k}")
+        if prefix in joint:
+            raise TreeoptError(f"{where}: prefix {format_path(prefix)} listed twice")
+        joint[prefix] = count
+    return joint
+
+
+def profile_from_json(data: Any) -> Profile:
+    """Validate a parsed ``treeopt.profile/1`` object; one-line TreeoptError otherwise."""
+    if not isinstance(data, dict):
+        raise TreeoptError(f"a profile file holds a JSON object, not {type(data).__name__}")
+    fmt = data.get("format")
+    if fmt != FORMAT:
+        if fmt is None:
+            raise TreeoptError(f"missing \"format\": expected \"{FORMAT}\"")
+        raise TreeoptError(f"format {fmt!r} is not {FORMAT!r}")
+    _check_schema(data)
+    num_heads, top_k = data["num_heads"], data["top_k"]
+    marginal = np.asarray(data["marginal"], dtype=float)
+    if marginal.shape != (num_heads, top_k):
+        raise TreeoptError(
+            f"marginal must be num_heads x top_k = {num_heads} x {top_k}, "
+            f"not {' x '.join(str(n) for n in marginal.shape) if marginal.ndim == 2 else 'ragged'}"
+        )
+    for head, row in enumerate(marginal, start=1):
+        if row.sum() > 1 + PROBABILITY_TOLERANCE:
+            raise TreeoptError(f"marginal row of head {head} sums to {row.sum():.6g} > 1")
+    num_positions = data["num_positions"]
+    joint = None
+    if data.get("joint") is not None:
+        joint = _joint_from_json(data["joint"], num_heads, top_k, "joint")
+        total = sum(joint.values())
+        if total != num_positions:
+            raise TreeoptError(
+                f"joint counts sum to {total}, not num_positions {num_positions}"
+            )
+    groups = None
+    if data.get("groups") is not None:
+        if joint is None:
+            raise TreeoptError("groups need joint counts (\"joint\" is null)")
+        groups = tuple(_group_from_json(raw, num_heads, top_k, index)
+                       for index, raw in enumerate(data["groups"]))
+        _check_groups_add_up(groups, marginal, joint, num_positions)
+    return Profile(
+        num_heads=num_heads,
+        top_k=top_k,
+        marginal=marginal,
+        joint=joint,
+        num_positions=num_positions,
+        provenance=dict(data.get("provenance") or {}),
+        groups=groups,
+    )
+
+
+def _group_from_json(raw: dict[str, Any], num_heads: int, top_k: int, index: int) -> ProfileGroup:
+    where = f"groups/{index}"
+    counts = np.asarray(raw["marginal_counts"], dtype=np.int64)
+    if counts.shape != (num_heads, top_k):
+        raise TreeoptError(f"{where}: marginal_counts must be {num_heads} x {top_k}")
+    joint = _joint_from_json(raw["joint"], num_heads, top_k, where)
+    if sum(joint.values()) != raw["num_positions"]:
+        raise TreeoptError(f"{where}: joint counts do not sum to its num_positions")
+    if np.any(counts.sum(axis=1) > raw["num_positions"]):
+        raise TreeoptError(f"{where}: a head's marginal_counts exceed its num_positions")
+    return ProfileGroup(raw["num_positions"], counts, joint)
+
+
+def _check_groups_add_up(
+    groups: tuple[ProfileGroup, ...], marginal: np.ndarray, joint: JointCounts, num_positions: int
+) -> None:
+    summed = Profile.from_groups(groups, marginal.shape[0], marginal.shape[1])
+    if summed.num_positions != num_positions or summed.joint != joint:
+        raise TreeoptError("groups do not add up to the profile's joint counts")
+    if not np.allclose(summed.marginal, marginal, atol=1e-9):
+        raise TreeoptError("groups do not add up to the profile's marginal")
+
+
+def read_profile(path: str | os.PathLike[str]) -> Profile:
+    """Read and validate a ``treeopt.profile/1`` file."""
+    from treeopt.treefile import read_json
+
+    try:
+        return profile_from_json(read_json(path, "profile"))
+    except TreeoptError as exc:
+        message = str(exc)
+        if str(path) in message:
+            raise
+        raise TreeoptError(f"{path}: {message}") from None
+
+
+def load_profile(name_or_path: str | os.PathLike[str]) -> Profile:
+    """A profile file, or a shipped profile by name (e.g. ``vicuna-7b``)."""
+    candidate = FilePath(name_or_path)
+    if candidate.exists() or candidate.suffix == ".json" or os.sep in str(name_or_path):
+        return read_profile(candidate)
+    from treeopt.shipped import shipped_profile_path
+
+    return read_profile(shipped_profile_path(str(name_or_path)))
+
+
+def dumps(profile: Profile) -> str:
+    """Serialize with one joint entry per line: diffable, still compact."""
+    data = profile_to_json(profile)
+    lines = ["{"]
+    items = list(data.items())
+    for position, (key, value) in enumerate(items):
+        comma = "," if position < len(items) - 1 else ""
+        if key in ("marginal", "joint", "groups") and value:
+            body = ",\n".join("    " + json.dumps(entry) for entry in value)
+            lines.append(f"  {json.dumps(key)}: [\n{body}\n  ]{comma}")
+        else:
+            text = json.dumps(value, indent=2).replace("\n", "\n  ")
+            lines.append(f"  {json.dumps(key)}: {text}{comma}")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def write_profile(path: str | os.PathLike[str], profile: Profile) -> None:
+    """Write ``profile`` as ``treeopt.profile/1`` JSON, atomically."""
+    atomic_write_text(path, dumps(profile))
+
