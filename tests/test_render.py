@@ -265,9 +265,9 @@ def default_name(tree, other):
 def test_cli_profile_colours_nodes(tmp_path, monkeypatch):
     """With a profile the probabilities come from the builder; faked here to stay fast."""
     monkeypatch.setattr(cli_render, "acceptance_probabilities",
-                        lambda _profile, paths: {p: SMALL_P[p] for p in paths})
+                        lambda _profile, paths, _model: {p: SMALL_P[p] for p in paths})
     monkeypatch.setattr(cli_render, "_expected_accept_length",
-                        lambda tree, _profile: 1 + sum(SMALL_P[p] for p in tree.paths))
+                        lambda tree, _profile, _model: 1 + sum(SMALL_P[p] for p in tree.paths))
     monkeypatch.setattr("treeopt.profile.load_profile", lambda name: object())
     tree_file = tmp_path / "small.json"
     write_tree(tree_file, SMALL)
@@ -275,7 +275,7 @@ def test_cli_profile_colours_nodes(tmp_path, monkeypatch):
     result = runner.invoke(app, ["render", str(tree_file), "-p", "fake", "-o", str(out)])
     assert result.exit_code == 0, result.output
     text = out.read_text()
-    assert "expected accept length 2.400 (fake)" in text
+    assert "expected accept length 2.400 (fake, independent)" in text
     assert label(nodes(text)["n0"]) == "h1 r0\\n60.0%"
 
 
@@ -295,3 +295,25 @@ def test_cli_bad_input_is_one_line_exit_2(args, message, tmp_path, monkeypatch):
     assert result.exit_code == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+
+
+def test_cli_profile_with_a_real_measured_profile(tmp_path):
+    """End to end: probabilities and the title come from treeopt.evaluate."""
+    profile_module = pytest.importorskip("treeopt.profile")
+    pytest.importorskip("treeopt.evaluate")
+    # 4 positions, 3 heads: head 1 is right at rank 0 three times out of four.
+    ranks = [[0, 0, 1], [0, 1, 0], [0, 0, 0], [1, 0, -1]]
+    profile = profile_module.Profile.from_rank_vectors(ranks, top_k=2)
+    profile_file = tmp_path / "p.json"
+    profile_module.write_profile(profile_file, profile)
+    tree_file = tmp_path / "small.json"
+    write_tree(tree_file, SMALL)
+    out = tmp_path / "p.dot"
+    result = runner.invoke(
+        app, ["render", str(tree_file), "-p", str(profile_file), "-o", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    drawn = nodes(out.read_text())
+    assert label(drawn["n0"]) == "h1 r0\\n75.0%"  # P(r_1 = 0) = 3/4
+    assert label(drawn["n1"]) == "h1 r1\\n25.0%"
+    assert "expected accept length" in out.read_text()

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 EXIT_NO_GRAPHVIZ = 3
 DEFAULT_SUFFIX = ".svg"  # scales without blurring and GitHub shows it inline
 MAX_TITLE_FACTS = 4  # provenance entries in a curve plot's title before it overflows
-ACCEPTANCE_MODEL = "independent"  # the convention build and evaluate default to
+DEFAULT_ACCEPTANCE_MODEL = "independent"  # what build, tune and evaluate default to
 
 RENDER_HELP = (
     "Draw a tree (or two, or a build/tune curve) as a picture.\n\n"
@@ -69,18 +69,19 @@ def default_output(tree: str | None, compare: str | None, curve: Path | None) ->
 
 
 def acceptance_probabilities(
-    profile: Profile, paths: Sequence[RankPath]
+    profile: Profile, paths: Sequence[RankPath], acceptance_model: str
 ) -> Mapping[RankPath, float]:
     """P(path accepted) per path under the profile, as the builder values nodes."""
-    from treeopt.build import node_values
+    from treeopt.evaluate import node_values
+    from treeopt.tree import Tree
 
-    return node_values(profile, paths, ACCEPTANCE_MODEL)
+    return node_values(Tree.from_paths(paths), profile, acceptance_model)
 
 
-def _expected_accept_length(tree: Tree, profile: Profile) -> float:
+def _expected_accept_length(tree: Tree, profile: Profile, acceptance_model: str) -> float:
     from treeopt.evaluate import expected_accept_length
 
-    return expected_accept_length(tree, profile, acceptance_model=ACCEPTANCE_MODEL)
+    return expected_accept_length(tree, profile, acceptance_model=acceptance_model)
 
 
 def _tree_title(name: str, tree: Tree, accept: float | None, source: str) -> str:
@@ -137,6 +138,13 @@ def render(
             "boxes.",
         ),
     ] = DEFAULT_MAX_NODES,
+    acceptance_model: Annotated[
+        str,
+        typer.Option(
+            help="With --profile: the builder's acceptance model, independent, joint or blend "
+            "(see `treeopt build --help`).",
+        ),
+    ] = DEFAULT_ACCEPTANCE_MODEL,
     compare: Annotated[
         str | None,
         typer.Option(
@@ -173,15 +181,15 @@ def render(
 
         loaded_profile = load_profile(profile)
 
+    model = acceptance_model
     if compare is None:
         probabilities, accept, source = None, first.expected_accept_length, "from the tree file"
         if loaded_profile is not None:
-            probabilities = acceptance_probabilities(loaded_profile, first.tree.paths)
-            accept, source = _expected_accept_length(first.tree, loaded_profile), profile
-        picture = pictures.tree_to_dot(
-            first.tree, probabilities, _tree_title(_stem(tree), first.tree, accept, source),
-            max_nodes,
-        )
+            probabilities = acceptance_probabilities(loaded_profile, first.tree.paths, model)
+            accept = _expected_accept_length(first.tree, loaded_profile, model)
+            source = f"{profile}, {model}"
+        title = _tree_title(_stem(tree), first.tree, accept, source)
+        picture = pictures.tree_to_dot(first.tree, probabilities, title, max_nodes)
     else:
         second = load_tree_document(compare)
         names = (_stem(tree), _stem(compare))
@@ -189,10 +197,12 @@ def render(
         probabilities = None
         if loaded_profile is not None:
             union = sorted(set(first.tree.paths) | set(second.tree.paths))
-            probabilities = acceptance_probabilities(loaded_profile, union)
-            accepts = [_expected_accept_length(t.tree, loaded_profile) for t in (first, second)]
+            probabilities = acceptance_probabilities(loaded_profile, union, model)
+            accepts = [_expected_accept_length(t.tree, loaded_profile, model)
+                       for t in (first, second)]
             title += (
-                f"; expected accept length {accepts[0]:.3f} vs {accepts[1]:.3f} ({profile})"
+                f"; expected accept length {accepts[0]:.3f} vs {accepts[1]:.3f} "
+                f"({profile}, {model})"
             )
         picture = pictures.comparison_to_dot(
             first.tree, second.tree, names, probabilities, title, max_nodes
