@@ -335,7 +335,7 @@ def _print_tune_table(result: TuneResult, table: LatencyTable) -> None:
 
     view = Table(title=f"Predicted speedup, batch {result.batch}, context {result.context} "
                        f"({table.describe()})")
-    for column in ("n (tokens/step)", "E[accept]", "overhead", "speedup"):
+    for column in ("n (tokens/step)", r"E\[accept]", "overhead", "speedup"):
         view.add_column(column, justify="right")
     for n in _shown_sizes(result):
         point = result.points[n - 1]
@@ -346,7 +346,8 @@ def _print_tune_table(result: TuneResult, table: LatencyTable) -> None:
     console.print(view)
     best = result.best
     console.print(
-        f"best: n* = {best.num_tokens} tokens/step, E[accept] {best.expected_accept_length:.3f}, "
+        f"best: n* = {best.num_tokens} tokens/step, "
+        f"E\\[accept] {best.expected_accept_length:.3f}, "
         f"overhead {best.overhead:.3f}, predicted speedup {best.speedup:.3f}x "
         f"(sizes up to {len(result.points)}, limited by the {result.limited_by})"
     )
@@ -357,7 +358,7 @@ def _print_batch_view(rows: list[BatchBest], context: int) -> None:
     from rich.table import Table
 
     view = Table(title=f"Best tree size per batch size, context {context}")
-    for column in ("batch", "best n", "E[accept]", "overhead", "speedup"):
+    for column in ("batch", "best n", r"E\[accept]", "overhead", "speedup"):
         view.add_column(column, justify="right")
     for row in rows:
         view.add_row(str(row.batch), str(row.num_tokens), f"{row.expected_accept_length:.3f}",

@@ -89,7 +89,8 @@ def tune_size(
     out-of-memory size caps it) and ``max_budget``.
     """
     overhead = table.overhead_curve(batch, context)
-    limits = {"acceptance curve": len(accept_curve), "latency table": max(overhead)}
+    # On a tie the latency table is named: the builder is usually sized to it.
+    limits = {"latency table": max(overhead), "acceptance curve": len(accept_curve)}
     if max_budget is not None:
         if max_budget < 1:
             raise TreeoptError(f"--max-budget must be at least 1, not {max_budget}")
