@@ -236,33 +236,17 @@ def predict_step_latency(
 def predict_latency_table(
     arch: ArchShape, gpu: GPUSpec, batches: list[int], contexts: list[int], sizes: list[int],
     dtype: str = "bf16", device_profile: DeviceProfile | None = None,
-    medusa_heads: int = MEDUSA_NUM_HEADS,
 ) -> Any:
-    """A ``treeopt.latency`` :class:`~treeopt.latency.LatencyTable` of predicted step latencies.
+    """A ``treeopt.latency/1`` table (``source: roofline-model``) of :func:`predict_step_latency`.
 
-    ``source`` is ``"roofline-model"``, ``device`` the GPU's name and ``gpu`` its
-    spec, so ``treeopt tune`` can plan for a GPU that is not at hand. Size 1 is
-    always included (overheads are relative to plain decoding).
+    The table itself (out-of-memory rule, metadata) is built in one place,
+    :func:`treeopt.overhead.predict_latency`, which ``treeopt overhead --predict``
+    uses; this is that function under the roofline module's name.
     """
-    from treeopt.latency import LatencyTable
+    from treeopt.overhead import predict_latency
 
-    dtype_bytes = dtype_bytes_of(dtype)
-    measurements: dict[tuple[int, int, int], float | None] = {}
-    for batch in batches:
-        for context in contexts:
-            for size in sorted(set(sizes) | {1}):
-                measurements[(batch, context, size)] = predict_step_latency(
-                    arch, gpu, batch, context, size, dtype_bytes, device_profile, medusa_heads)
-    method: dict[str, Any] = {
-        "model": "roofline: sum of max(flops/peak, bytes/bandwidth) over operators",
-        "medusa_heads": medusa_heads,
-        "ceilings": ceilings(gpu, dtype_bytes, device_profile).label,
-    }
-    if device_profile is not None:
-        method["device_profile"] = device_profile.to_json()
-    return LatencyTable(measurements=measurements, source="roofline-model", device=gpu.name,
-                        dtype=DTYPE_LONG_NAMES[dtype], arch=arch.name, gpu=gpu.as_dict(),
-                        method=method)
+    return predict_latency(arch, gpu, batches, contexts, sizes,
+                           DTYPE_LONG_NAMES.get(dtype, dtype), device_profile)
 
 
 def dtype_bytes_of(dtype: str) -> int:
