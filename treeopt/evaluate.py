@@ -24,7 +24,7 @@ A rank ``>= top_k`` of the profile has value 0 (nothing was measured there).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -156,44 +156,59 @@ def blend_weight_grid(num_positions: int) -> np.ndarray:
 def heldout_log_likelihood(train: Profile, heldout: Profile, weights: np.ndarray) -> np.ndarray:
     """Log-likelihood of ``heldout``'s longest prefixes under the blend fit on ``train``.
 
-    One entry per weight. A held-out position ends its prefix at ``q`` by
-    ``len(q)`` accepted steps then a miss (no miss factor at the last head).
+    One entry per weight. A held-out position ending its prefix at ``q`` took
+    ``len(q)`` accepted steps then missed (no miss factor after the last head).
     Positions that even the independence prior (fit on ``train``) gives zero
     probability are left out: no weight can explain them.
     """
-    numerators, denominators, priors, multiplicity, position_of = [], [], [], [], []
-    assert heldout.joint is not None
-    mass = train.prefix_mass
-    for index, (prefix, count) in enumerate(heldout.joint.items()):
-        for depth in range(len(prefix) + 1):
-            parent = prefix[:depth]
-            if depth == len(prefix):
-                if depth == train.num_heads:
-                    break
-                child_sum = train.child_counts.get(parent)
-                observed = mass.get(parent, 0) - (0 if child_sum is None else child_sum.sum())
-                prior = 1.0 - float(train.marginal[depth].sum())
-            else:
-                observed = mass.get(prefix[: depth + 1], 0)
-                prior = float(train.marginal[depth][prefix[depth]])
-            numerators.append(observed)
-            denominators.append(mass.get(parent, 0))
-            priors.append(max(prior, 0.0))
-            multiplicity.append(count)
-            position_of.append(index)
-    observed_arr = np.asarray(numerators, dtype=float)[:, None]
-    parent_arr = np.asarray(denominators, dtype=float)[:, None]
-    prior_arr = np.asarray(priors)[:, None]
-    finite = np.where(np.isinf(weights), 0.0, weights)[None, :]
+    assert train.joint is not None and heldout.joint is not None
+    return _log_likelihood(
+        heldout.joint, train.prefix_mass.get, train.joint.get, train.marginal,
+        train.num_heads, weights,
+    )
+
+
+def _log_likelihood(
+    heldout_joint: dict[Path, int],
+    train_mass: Callable[[Path, int], int],
+    train_stops: Callable[[Path, int], int],
+    train_marginal: np.ndarray,
+    num_heads: int,
+    weights: np.ndarray,
+) -> np.ndarray:
+    """:func:`heldout_log_likelihood` from lookups: ``train_mass(p, 0)`` = positions
+    through ``p``, ``train_stops(p, 0)`` = positions whose longest prefix is ``p``."""
+    observed, parent_mass, prior, multiplicity, position_of = [], [], [], [], []
+    miss_prior = 1.0 - train_marginal.sum(axis=1)
+    for index, (prefix, count) in enumerate(heldout_joint.items()):
+        parent_count = train_mass((), 0)
+        for depth, rank in enumerate(prefix):
+            child = prefix[: depth + 1]
+            child_count = train_mass(child, 0)
+            observed.append(child_count)
+            parent_mass.append(parent_count)
+            prior.append(train_marginal[depth, rank])
+            parent_count = child_count
+        if len(prefix) < num_heads:  # the miss that ended the prefix
+            observed.append(train_stops(prefix, 0))
+            parent_mass.append(parent_count)
+            prior.append(miss_prior[len(prefix)])
+        steps = len(prefix) + (len(prefix) < num_heads)
+        multiplicity.extend([count] * steps)
+        position_of.extend([index] * steps)
+    observed_arr = np.asarray(observed, dtype=float)[:, None]
+    parent_arr = np.asarray(parent_mass, dtype=float)[:, None]
+    prior_arr = np.maximum(np.asarray(prior, dtype=float), 0.0)[:, None]
+    infinite = np.isinf(weights)[None, :]
+    finite = np.where(infinite, 0.0, weights[None, :])
     with np.errstate(divide="ignore", invalid="ignore"):
         probability = (observed_arr + finite * prior_arr) / (parent_arr + finite)
-        probability = np.where(np.isinf(weights)[None, :], prior_arr, probability)
-        probability = np.nan_to_num(probability, nan=0.0)
+        probability = np.where(infinite, prior_arr, np.nan_to_num(probability, nan=0.0))
         log_probability = np.log(probability)
-    # Drop whole positions the prior cannot explain.
-    explainable = np.ones(len(heldout.joint), dtype=bool)
-    explainable[np.asarray(position_of)[prior_arr[:, 0] <= 0]] = False
-    keep = explainable[np.asarray(position_of)]
+    positions = np.asarray(position_of)
+    explainable = np.ones(len(heldout_joint), dtype=bool)
+    explainable[positions[prior_arr[:, 0] <= 0]] = False
+    keep = explainable[positions]
     weighted = log_probability[keep] * np.asarray(multiplicity, dtype=float)[keep, None]
     return weighted.sum(axis=0)
 
@@ -202,10 +217,11 @@ def choose_blend_weight(profile: Profile) -> float:
     """The blend pseudo-count maximizing cross-validated held-out log-likelihood.
 
     Prompt groups are dealt round-robin into ``min(BLEND_CV_FOLDS, groups)`` folds;
-    each fold is scored under the blend fit on the other folds. Ties go to the
-    larger weight (the simpler, smoother model). Needs >= 2 prompt groups.
+    each fold is scored under the blend fit on the other folds (counts of the
+    whole profile minus the fold's). Ties go to the larger weight (the simpler,
+    smoother model). Needs >= 2 prompt groups.
     """
-    if profile.groups is None or len(profile.groups) < 2:
+    if profile.groups is None or len(profile.groups) < 2 or profile.joint is None:
         raise TreeoptError(
             "the blend model of acceptance picks its weight by cross-validation over prompts and "
             "needs a profile with >= 2 prompt groups (use --model-of-acceptance joint or "
@@ -215,12 +231,27 @@ def choose_blend_weight(profile: Profile) -> float:
     num_folds = min(BLEND_CV_FOLDS, num_groups)
     fold_train_positions = profile.num_positions * (num_folds - 1) // num_folds
     weights = blend_weight_grid(fold_train_positions)
+    full_mass, full_joint = profile.prefix_mass, profile.joint
+    full_counts = np.sum([group.marginal_counts for group in profile.groups], axis=0)
     scores = np.zeros(len(weights))
     for fold in range(num_folds):
-        heldout_ids = list(range(fold, num_groups, num_folds))
-        train_ids = [i for i in range(num_groups) if i % num_folds != fold]
-        scores += heldout_log_likelihood(
-            profile.subset(train_ids), profile.subset(heldout_ids), weights
+        heldout = profile.subset(range(fold, num_groups, num_folds))
+        assert heldout.joint is not None
+        heldout_mass, heldout_joint = heldout.prefix_mass, heldout.joint
+        train_positions = profile.num_positions - heldout.num_positions
+        train_counts = full_counts - np.sum(
+            [group.marginal_counts for group in heldout.groups or ()], axis=0
+        )
+
+        def train_mass(path: Path, default: int, heldout_mass=heldout_mass) -> int:
+            return full_mass.get(path, default) - heldout_mass.get(path, default)
+
+        def train_stops(path: Path, default: int, heldout_joint=heldout_joint) -> int:
+            return full_joint.get(path, default) - heldout_joint.get(path, default)
+
+        scores += _log_likelihood(
+            heldout_joint, train_mass, train_stops, train_counts / train_positions,
+            profile.num_heads, weights,
         )
     best = np.flatnonzero(scores == scores.max())
     return float(weights[best[-1]])

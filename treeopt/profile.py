@@ -82,7 +82,7 @@ class Profile:
     num_heads: int
     top_k: int
     marginal: np.ndarray
-    joint: JointCounts | None = None
+    joint: JointCounts | None = None  # insertion order is not meaningful
     num_positions: int = 0
     provenance: dict[str, Any] = field(default_factory=dict)
     groups: tuple[ProfileGroup, ...] | None = None
@@ -156,7 +156,7 @@ class Profile:
             num_heads=num_heads,
             top_k=top_k,
             marginal=counts / num_positions,
-            joint=dict(sorted(joint.items(), key=lambda item: (len(item[0]), item[0]))),
+            joint=joint,
             num_positions=num_positions,
             provenance=dict(provenance or {}),
             groups=tuple(groups) if keep_groups else None,
@@ -304,7 +304,9 @@ def schema() -> dict[str, Any]:
 
 
 def _joint_to_json(joint: JointCounts) -> list[list[Any]]:
-    return [[list(prefix), count] for prefix, count in joint.items()]
+    """Entries in canonical order (depth, then ranks): diffable files."""
+    ordered = sorted(joint.items(), key=lambda item: (len(item[0]), item[0]))
+    return [[list(prefix), count] for prefix, count in ordered]
 
 
 def profile_to_json(profile: Profile) -> dict[str, Any]:
