@@ -100,6 +100,12 @@ def test_probabilities_show_in_label_colour_and_legend():
     assert widths["n0"] > widths["n1_0"]
 
 
+def test_probability_text_tells_zero_from_tiny():
+    assert render.format_probability(0.0) == "0%"
+    assert render.format_probability(0.0004) == "<0.1%"
+    assert render.format_probability(0.1234) == "12.3%"
+
+
 def test_colour_ramp_ends_and_clamps():
     assert probability_colour(0.0) == render.PROBABILITY_RAMP[0]
     assert probability_colour(1.0) == render.PROBABILITY_RAMP[-1]

@@ -13,6 +13,7 @@ A node at depth ``d`` came from Medusa head ``d`` and is labelled ``h<d> r<rank>
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -42,7 +43,18 @@ FONT = "Helvetica"
 PROBABILITY_RAMP = ("#ffffd9", "#c7e9b4", "#41b6c4", "#225ea8", "#081d58")
 # Relative luminance below which white text reads better than black on the fill.
 DARK_FILL_LUMINANCE = 0.4
-LEGEND_STEPS = 5  # colour swatches in the probability legend: 0, .25, .5, .75, 1
+# Node probabilities span orders of magnitude (a 64-node tree's leaves sit near
+# 0.1%, head 1's top token near 60%), so colour and size follow log10(p) from
+# this floor to 1: each decade gets the same share of the ramp.
+LOG_SCALE_FLOOR = 0.001
+LEGEND_PROBABILITIES = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)  # colour key swatches
+SWATCH_WIDTH_PT = 36  # narrowest key cell: "100%" at LEGEND_FONT_PT plus padding
+SWATCH_HEIGHT_PT = 16
+SWATCH_SPACING_PT = 2
+SWATCH_BORDER_PT = 1
+SWATCH_PAD_PT = 8  # room either side of a key cell's text
+APPROX_CHAR_WIDTH_PT = 6.0  # Helvetica at 10 pt averages ~5.5 pt a character; err wide
+LEGEND_FONT_PT = 10  # the same size as node labels
 PLAIN_FILL = "#eeeeee"  # nodes when no profile gives probabilities
 ROOT_FILL = "#555555"  # the root is always accepted; it is not a guess
 ROOT_FONT_COLOUR = "#ffffff"
@@ -52,6 +64,7 @@ HIDDEN_BORDER = "#999999"
 BOTH_FILL = "#d0d0d0"
 FIRST_ONLY_FILL = "#e69f00"
 SECOND_ONLY_FILL = "#56b4e9"
+SMALLEST_SHOWN_PROBABILITY = 0.001  # 0.1%: the resolution of a one-decimal percent
 # Node width in inches for probability 0 and 1 (area grows with probability).
 MIN_NODE_WIDTH = 0.55
 MAX_NODE_WIDTH = 1.25
@@ -132,10 +145,17 @@ def _hex_to_rgb(colour: str) -> tuple[int, int, int]:
     return int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16)
 
 
+def probability_position(probability: float) -> float:
+    """Where ``probability`` falls on the log-scaled ramp: 0 at or below
+    LOG_SCALE_FLOOR (and for 0), 1 at probability 1, linear in log10 between."""
+    if probability <= LOG_SCALE_FLOOR:
+        return 0.0
+    return min(math.log10(probability / LOG_SCALE_FLOOR) / -math.log10(LOG_SCALE_FLOOR), 1.0)
+
+
 def probability_colour(probability: float) -> str:
-    """The ramp colour (``#rrggbb``) for a probability, clamped to [0, 1]."""
-    p = min(max(probability, 0.0), 1.0)
-    position = p * (len(PROBABILITY_RAMP) - 1)
+    """The ramp colour (``#rrggbb``) for a probability, on the log scale."""
+    position = probability_position(probability) * (len(PROBABILITY_RAMP) - 1)
     low = min(int(position), len(PROBABILITY_RAMP) - 2)
     fraction = position - low
     a, b = _hex_to_rgb(PROBABILITY_RAMP[low]), _hex_to_rgb(PROBABILITY_RAMP[low + 1])
@@ -151,9 +171,9 @@ def text_colour(fill: str) -> str:
 
 
 def node_width(probability: float) -> float:
-    """Node width in inches: area proportional to the probability."""
-    p = min(max(probability, 0.0), 1.0)
-    return round(MIN_NODE_WIDTH + (MAX_NODE_WIDTH - MIN_NODE_WIDTH) * p**0.5, 3)
+    """Node width in inches, growing with the probability on the same log scale."""
+    position = probability_position(probability)
+    return round(MIN_NODE_WIDTH + (MAX_NODE_WIDTH - MIN_NODE_WIDTH) * position, 3)
 
 
 # ------------------------------------------------------------------ DOT text
@@ -162,13 +182,23 @@ def node_id(path: Path) -> str:
     return "root" if path == ROOT else "n" + "_".join(str(rank) for rank in path)
 
 
+def format_probability(probability: float) -> str:
+    """A percent with one decimal; ``0%`` only when exactly zero (e.g. a rank the
+    profile never recorded), ``<0.1%`` for a small but real chance."""
+    if probability == 0:
+        return "0%"
+    if probability < SMALLEST_SHOWN_PROBABILITY:
+        return f"<{SMALLEST_SHOWN_PROBABILITY:.1%}"
+    return f"{probability:.1%}"
+
+
 def node_label(path: Path, probability: float | None = None) -> str:
     """``h<head> r<rank>`` (head = depth), plus the probability when known."""
     if path == ROOT:
         return "root"
     label = f"h{len(path)} r{path[-1]}"
     if probability is not None:
-        label += f"\n{probability:.1%}"
+        label += "\n" + format_probability(probability)
     return label
 
 
@@ -189,37 +219,61 @@ def _html_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
-def _graph_label(title: str | None, legend_rows: list[str]) -> str | None:
-    """An HTML-like graph label: the title over the legend, both at the top."""
+def _graph_label(title: str | None, legend: str | None) -> str | None:
+    """An HTML-like graph label: the title over the legend, both at the top.
+
+    Each sits in its own one-cell row so the legend keeps its natural width
+    instead of stretching to the title's.
+    """
     rows = []
     if title:
-        rows.append(f'<tr><td colspan="{LEGEND_STEPS}"><b>{_html_escape(title)}</b></td></tr>')
-    rows.extend(legend_rows)
+        rows.append(f"<tr><td><b>{_html_escape(title)}</b></td></tr>")
+    if legend:
+        rows.append(f'<tr><td align="center">{legend}</td></tr>')
     if not rows:
         return None
-    return '<<table border="0" cellspacing="2" cellpadding="3">' + "".join(rows) + "</table>>"
+    return '<<table border="0" cellspacing="0" cellpadding="2">' + "".join(rows) + "</table>>"
 
 
-def _probability_legend() -> list[str]:
-    """Swatches from probability 0 to 1: the colour key."""
-    cells = []
-    for step in range(LEGEND_STEPS):
-        p = step / (LEGEND_STEPS - 1)
-        fill = probability_colour(p)
-        cells.append(
-            f'<td bgcolor="{fill}" border="1"><font color="{text_colour(fill)}">{p:.0%}</font></td>'
-        )
-    caption = f'<tr><td colspan="{LEGEND_STEPS}">P(node accepted)</td></tr>'
-    return [caption, "<tr>" + "".join(cells) + "</tr>"]
+def _swatches(entries: Sequence[tuple[str, str]], caption: str | None = None) -> str:
+    """A compact table of equal coloured cells, each holding its text, under an
+    optional caption.
 
-
-def _membership_legend(entries: Sequence[tuple[str, str]]) -> list[str]:
+    Graphviz stretches a table inside a label to the widest row (the title), so
+    the table gets an explicit size computed from its cells' estimated width.
+    """
+    longest = max(len(text) for text, _ in entries)
+    cell_width = max(SWATCH_WIDTH_PT, math.ceil(longest * APPROX_CHAR_WIDTH_PT) + SWATCH_PAD_PT)
+    rows = 2 if caption else 1
+    # Each cell adds its border on both sides to the width it asks for.
+    width = len(entries) * (cell_width + 2 * SWATCH_BORDER_PT) + (
+        len(entries) + 1
+    ) * SWATCH_SPACING_PT
+    height = rows * (SWATCH_HEIGHT_PT + 2 * SWATCH_BORDER_PT) + (rows + 1) * SWATCH_SPACING_PT
     cells = "".join(
-        f'<td bgcolor="{fill}" border="1"><font color="{text_colour(fill)}">'
+        f'<td bgcolor="{fill}" border="{SWATCH_BORDER_PT}" width="{cell_width}" '
+        f'height="{SWATCH_HEIGHT_PT}">'
+        f'<font color="{text_colour(fill)}" point-size="{LEGEND_FONT_PT}">'
         f"{_html_escape(text)}</font></td>"
         for text, fill in entries
     )
-    return ["<tr>" + cells + "</tr>"]
+    head = (
+        f'<tr><td colspan="{len(entries)}"><font point-size="{LEGEND_FONT_PT}">'
+        f"{_html_escape(caption)}</font></td></tr>"
+        if caption else ""
+    )
+    return (
+        f'<table border="0" cellspacing="{SWATCH_SPACING_PT}" cellpadding="0" '
+        f'fixedsize="true" width="{width}" height="{height}">{head}<tr>{cells}</tr></table>'
+    )
+
+
+def _probability_legend() -> str:
+    """The colour key: swatches at 0.1%, 0.3%, 1%, ... 100%."""
+    entries = [
+        (f"{p:.1%}".replace(".0%", "%"), probability_colour(p)) for p in LEGEND_PROBABILITIES
+    ]
+    return _swatches(entries, "P(node accepted), log scale")
 
 
 def _dot_document(
@@ -307,7 +361,7 @@ def tree_to_dot(
             "fontcolor": text_colour(fill),
             "width": node_width(p),
         }
-    legend = _probability_legend() if probabilities is not None else []
+    legend = _probability_legend() if probabilities is not None else None
     source = _dot_document(tree.paths, styles, kept, _graph_label(title, legend))
     return DotPicture(source, shown=len(kept), hidden=len(tree) - len(kept))
 
@@ -363,7 +417,7 @@ def comparison_to_dot(
         }
         if p is not None:
             styles[path]["width"] = node_width(p)
-    legend = _membership_legend([
+    legend = _swatches([
         (f"in both: {len(comparison.both)}", BOTH_FILL),
         (f"only {names[0]}: {len(comparison.first_only)}", FIRST_ONLY_FILL),
         (f"only {names[1]}: {len(comparison.second_only)}", SECOND_ONLY_FILL),
@@ -417,7 +471,7 @@ def render_dot(source: str, output: str | os.PathLike[str]) -> RenderOutcome:
     import graphviz
 
     try:
-        data = graphviz.Source(source).pipe(format=fmt)
+        data = graphviz.Source(source).pipe(format=fmt, quiet=True)
     except graphviz.ExecutableNotFound:
         atomic_write_text(fallback, source)
         return RenderOutcome(fallback, fell_back=True)
