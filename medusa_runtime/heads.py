@@ -101,9 +101,14 @@ class MedusaHeads(nn.Module):
     def num_heads(self) -> int:
         return self.config.medusa_num_heads
 
-    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """Logits ``[K, *hidden_states.shape[:-1], V]`` of every head at every position."""
-        outputs = torch.stack([head(hidden_states) for head in self.heads])
+    def forward(self, hidden_states: torch.Tensor, num_heads: int | None = None) -> torch.Tensor:
+        """Logits ``[K, *hidden_states.shape[:-1], V]`` of every head at every position.
+
+        ``num_heads`` runs only the first that many heads (a tree of depth D needs D),
+        so unused heads cost no memory traffic.
+        """
+        heads = self.heads if num_heads is None else self.heads[:num_heads]
+        outputs = torch.stack([head(hidden_states) for head in heads])
         if self._shared_lm_head:
             outputs = self._shared_lm_head[0](outputs)
         return outputs

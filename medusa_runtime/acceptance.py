@@ -1,0 +1,96 @@
+"""Which root-to-leaf path of a verified tree to keep, and how much of it.
+
+Both rules are pure, fixed-shape tensor functions (no host sync), so they run
+inside the captured verification step. Inputs, for a tree of ``q`` nodes whose
+retrieve table has ``P`` rows of ``D + 1`` columns (see ``buffers``):
+
+- ``tree_tokens`` ``[q]``: the token placed at each node;
+- ``logits`` ``[q, V]``: the base model's logits *after* each node;
+- ``retrieve_indices`` ``[P, D + 1]``: node numbers root-first, ``-1`` padded.
+
+They return ``(best_row, accept_length)``: the chosen row and how many of its
+nodes are accepted, the root included (so ``accept_length >= 1``). The root is
+always accepted: it is the base model's own greedy token from the step before.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from medusa_runtime.buffers import PAD
+
+
+@dataclass(frozen=True)
+class TypicalAcceptance:
+    """Medusa's typical acceptance (Cai et al. 2024, section 2.3.1).
+
+    A candidate is accepted when its probability under the base model (softmax of
+    logits / ``temperature`` at its parent) exceeds
+    ``min(posterior_threshold, posterior_alpha * exp(-H))``, H the entropy of that
+    distribution. The first token of each step (the root) is greedy.
+    """
+
+    posterior_threshold: float = 0.09
+    posterior_alpha: float = 0.3
+    temperature: float = 1.0
+
+
+Acceptance = Literal["greedy"] | TypicalAcceptance
+
+
+def _longest_accepted(matches: torch.Tensor, retrieve_indices: torch.Tensor) -> tuple[
+    torch.Tensor, torch.Tensor
+]:
+    """Row with the longest all-accepted prefix (first such row on ties) and its length + 1."""
+    matches = matches & (retrieve_indices[:, 1:] != PAD)
+    accepted = matches.long().cumprod(dim=1).sum(dim=1)
+    best_row = accepted.argmax()
+    return best_row, accepted[best_row] + 1
+
+
+def greedy_accept(
+    tree_tokens: torch.Tensor, logits: torch.Tensor, retrieve_indices: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Accept a node iff its token is the base model's argmax after its parent.
+
+    Lossless: the accepted tokens are exactly what plain greedy decoding emits.
+    """
+    nodes = retrieve_indices.clamp(min=0)
+    predictions = logits.argmax(dim=-1)
+    matches = tree_tokens[nodes[:, 1:]] == predictions[nodes[:, :-1]]
+    return _longest_accepted(matches, retrieve_indices)
+
+
+def typical_accept(
+    tree_tokens: torch.Tensor,
+    logits: torch.Tensor,
+    retrieve_indices: torch.Tensor,
+    rule: TypicalAcceptance,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Accept a node iff its base probability beats the entropy-scaled threshold."""
+    nodes = retrieve_indices.clamp(min=0)
+    probs = torch.softmax(logits.float() / rule.temperature, dim=-1)
+    entropy = -(probs * torch.log(probs.clamp_min(torch.finfo(probs.dtype).tiny))).sum(dim=-1)
+    threshold = torch.minimum(
+        torch.full_like(entropy, rule.posterior_threshold),
+        rule.posterior_alpha * torch.exp(-entropy),
+    )
+    parents = nodes[:, :-1]
+    candidate_probs = probs[parents, tree_tokens[nodes[:, 1:]]]
+    matches = candidate_probs > threshold[parents]
+    return _longest_accepted(matches, retrieve_indices)
+
+
+def accept(
+    acceptance: Acceptance,
+    tree_tokens: torch.Tensor,
+    logits: torch.Tensor,
+    retrieve_indices: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dispatch to :func:`greedy_accept` or :func:`typical_accept`."""
+    if isinstance(acceptance, TypicalAcceptance):
+        return typical_accept(tree_tokens, logits, retrieve_indices, acceptance)
+    return greedy_accept(tree_tokens, logits, retrieve_indices)

@@ -1,0 +1,261 @@
+"""medusa_runtime decoding: lossless greedy vs model.generate, acceptance rules, errors."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from medusa_runtime.acceptance import TypicalAcceptance, greedy_accept, typical_accept
+from medusa_runtime.generate import generate
+from medusa_runtime.heads import MedusaConfig, MedusaHeads
+from treeopt.errors import TreeoptError
+from treeopt.tree import Tree
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+STORIES = SHARED / "models" / "stories260K"
+VOCAB = 64
+NUM_HEADS = 3
+
+torch.set_num_threads(1)
+
+
+def tiny_config(kind: str = "llama"):  # -> a transformers PretrainedConfig
+    """A 2-layer random causal LM config with GQA, float32."""
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+
+    shape = dict(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+    )
+    if kind == "mistral":
+        return MistralConfig(sliding_window=None, **shape)
+    if kind == "qwen2":
+        return Qwen2Config(use_sliding_window=False, **shape)
+    return LlamaConfig(**shape)
+
+
+def tiny_model(kind: str = "llama", seed: int = 0) -> nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(tiny_config(kind)).eval()
+
+
+@pytest.fixture(scope="module")
+def llama() -> nn.Module:
+    return tiny_model()
+
+
+def greedy_reference(
+    model: nn.Module, prompt: list[int], max_new_tokens: int, eos: int | None = None
+) -> list[int]:
+    """Plain greedy decoding by transformers itself."""
+    input_ids = torch.tensor([prompt])
+    output = model.generate(
+        input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
+        do_sample=False, eos_token_id=eos, pad_token_id=0,
+    )
+    return output[0, len(prompt):].tolist()
+
+
+class OracleHeads(nn.Module):
+    """Heads that know the base model's greedy continuation, to exercise long accepts.
+
+    Head k at the hidden state of sequence position p puts the true token
+    ``x[p + 2 + k]`` at a pseudo-random rank in {0, 1, 2} (so some tree branches
+    hit and some miss) over a random ordering of the rest of the vocabulary.
+    The position is found by nearest neighbour among the reference hidden states.
+    """
+
+    def __init__(self, model: nn.Module, sequence: list[int], num_heads: int) -> None:
+        super().__init__()
+        self.sequence = sequence
+        self.num_heads = num_heads
+        with torch.no_grad():
+            self.reference = model.get_decoder()(torch.tensor([sequence])).last_hidden_state[0]
+        self.vocab = model.get_output_embeddings().weight.shape[0]
+
+    def forward(self, hidden: torch.Tensor, num_heads: int | None = None) -> torch.Tensor:
+        position = int((self.reference - hidden).norm(dim=-1).argmin())
+        rows = []
+        for k in range(num_heads if num_heads is not None else self.num_heads):
+            generator = torch.Generator().manual_seed(position * 31 + k)
+            order = torch.randperm(self.vocab, generator=generator)
+            target = position + 2 + k
+            if target < len(self.sequence):
+                rank = int(torch.randint(0, 3, (1,), generator=generator))
+                true_token = self.sequence[target]
+                order = order[order != true_token]
+                order = torch.cat([order[:rank], torch.tensor([true_token]), order[rank:]])
+            logits = torch.empty(self.vocab)
+            logits[order] = torch.arange(self.vocab, 0, -1, dtype=torch.float32)
+            rows.append(logits)
+        return torch.stack(rows).to(hidden.device)
+
+
+# A random valid tree: each new node extends a random existing node (or the root).
+@st.composite
+def trees(draw: st.DrawFn, max_nodes: int = 12, max_rank: int = 3) -> Tree:
+    paths: set[tuple[int, ...]] = set()
+    for _ in range(draw(st.integers(0, max_nodes))):
+        parents = [(), *sorted(p for p in paths if len(p) < NUM_HEADS)]
+        parent = draw(st.sampled_from(parents))
+        paths.add((*parent, draw(st.integers(0, max_rank))))
+    return Tree.from_paths(sorted(paths), num_heads=NUM_HEADS, allow_empty=True)
+
+
+HYPOTHESIS = settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@HYPOTHESIS
+@given(
+    tree=trees(),
+    prompt=st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=12),
+    max_new_tokens=st.integers(1, 24),
+)
+def test_random_heads_lossless(
+    llama: nn.Module, tree: Tree, prompt: list[int], max_new_tokens: int
+) -> None:
+    torch.manual_seed(len(prompt))
+    heads = MedusaHeads(MedusaConfig(NUM_HEADS, 1, 32, VOCAB))
+    result = generate(llama, heads, tree, prompt, max_new_tokens)
+    assert result.tokens == greedy_reference(llama, prompt, max_new_tokens)
+    assert sum(result.accept_lengths) >= len(result.tokens)
+
+
+@HYPOTHESIS
+@given(
+    tree=trees(),
+    prompt=st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=10),
+    max_new_tokens=st.integers(1, 30),
+    eos_at=st.one_of(st.none(), st.integers(0, 29)),
+)
+def test_oracle_heads_lossless_with_eos_and_length(
+    llama: nn.Module, tree: Tree, prompt: list[int], max_new_tokens: int, eos_at: int | None
+) -> None:
+    full = greedy_reference(llama, prompt, 40)
+    eos = full[eos_at] if eos_at is not None else None
+    heads = OracleHeads(llama, prompt + full, NUM_HEADS)
+    result = generate(llama, heads, tree, prompt, max_new_tokens, eos_token_id=eos)
+    assert result.tokens == greedy_reference(llama, prompt, max_new_tokens, eos)
+
+
+def test_oracle_chain_accepts_long_paths(llama: nn.Module) -> None:
+    prompt = [5, 9, 13]
+    full = greedy_reference(llama, prompt, 40)
+    heads = OracleHeads(llama, prompt + full, NUM_HEADS)
+    # Every rank 0..2 at every level: the oracle's true token is always in the tree.
+    paths = [p for d in (1, 2, 3) for p in itertools.product(range(3), repeat=d)]
+    tree = Tree.from_paths(paths, num_heads=NUM_HEADS)
+    result = generate(llama, heads, tree, prompt, 30)
+    assert result.tokens == full[:30]
+    assert max(result.accept_lengths) == NUM_HEADS + 1
+    assert result.acceleration_rate > 3.0
+    # EOS in the middle of an accepted path stops right after it.
+    eos = full[6]
+    stopped = generate(llama, heads, tree, prompt, 30, eos_token_id=eos)
+    assert stopped.tokens == full[: full.index(eos) + 1]
+
+
+def test_root_only_tree_is_plain_decoding(llama: nn.Module) -> None:
+    prompt = [1, 2, 3, 4]
+    result = generate(llama, None, Tree.empty(), prompt, 17)
+    assert result.tokens == greedy_reference(llama, prompt, 17)
+    assert result.accept_lengths == [1] * 17
+    assert result.steps == 17 and result.acceleration_rate == 1.0
+    assert result.tokens_per_second > 0
+
+
+@pytest.mark.parametrize("kind", ["mistral", "qwen2"])
+def test_other_architectures_lossless(kind: str) -> None:
+    model = tiny_model(kind, seed=3)
+    prompt = [3, 1, 4, 1, 5]
+    full = greedy_reference(model, prompt, 25)
+    heads = OracleHeads(model, prompt + full, NUM_HEADS)
+    tree = Tree.from_paths([[0], [1], [0, 0], [0, 1], [1, 0], [0, 0, 0]], num_heads=3)
+    result = generate(model, heads, tree, prompt, 25)
+    assert result.tokens == full
+    assert result.acceleration_rate > 1.2
+
+
+def test_typical_extremes(llama: nn.Module) -> None:
+    prompt = [7, 7, 7]
+    torch.manual_seed(1)
+    heads = MedusaHeads(MedusaConfig(NUM_HEADS, 1, 32, VOCAB))
+    tree = Tree.from_paths([[0], [0, 0], [1]], num_heads=NUM_HEADS)
+    never = TypicalAcceptance(posterior_threshold=1.0, posterior_alpha=10.0)
+    strict = generate(llama, heads, tree, prompt, 12, acceptance=never)
+    assert strict.tokens == greedy_reference(llama, prompt, 12)
+    assert strict.accept_lengths == [1] * 12
+    always = TypicalAcceptance(posterior_threshold=0.0, posterior_alpha=0.0)
+    loose = generate(llama, heads, tree, prompt, 12, acceptance=always)
+    assert loose.accept_lengths[1:-1] == [3] * (len(loose.accept_lengths) - 2)
+
+
+def test_greedy_accept_by_hand() -> None:
+    # Tree: 0 root, 1 (0), 2 (1), 3 (0, 0). Leaves: (1) -> [0, 2, -1], (0, 0) -> [0, 1, 3].
+    retrieve = torch.tensor([[0, 2, -1], [0, 1, 3]])
+    tokens = torch.tensor([10, 11, 12, 13])
+    logits = torch.zeros(4, 20)
+    logits[0, 11] = 1.0  # after the root the base model wants 11: node 1 accepted
+    logits[1, 13] = 1.0  # after node 1 it wants 13: node 3 accepted
+    row, length = greedy_accept(tokens, logits, retrieve)
+    assert (int(row), int(length)) == (1, 3)
+    logits[1, 13], logits[1, 5] = 0.0, 1.0
+    assert int(greedy_accept(tokens, logits, retrieve)[1]) == 2
+    logits[0, 11], logits[0, 12] = 0.0, 1.0  # now only the (1) branch matches
+    row, length = greedy_accept(tokens, logits, retrieve)
+    assert (int(row), int(length)) == (0, 2)
+
+
+def test_typical_accept_by_hand() -> None:
+    retrieve = torch.tensor([[0, 1]])
+    tokens = torch.tensor([0, 1])
+    # Root distribution: p(1) = 0.2 over 2 tokens; H = entropy of (0.8, 0.2) = 0.5004.
+    logits = torch.log(torch.tensor([[0.8, 0.2], [0.5, 0.5]]))
+    # threshold = min(0.09, 0.3 * exp(-0.5004)) = 0.09 < 0.2: accepted.
+    assert int(typical_accept(tokens, logits, retrieve, TypicalAcceptance())[1]) == 2
+    # threshold = min(0.5, 1.0 * exp(-0.5004) = 0.606) = 0.5 > 0.2: rejected.
+    rule = TypicalAcceptance(posterior_threshold=0.5, posterior_alpha=1.0)
+    assert int(typical_accept(tokens, logits, retrieve, rule)[1]) == 1
+
+
+def test_tree_must_fit_heads(llama: nn.Module) -> None:
+    heads = MedusaHeads(MedusaConfig(2, 1, 32, VOCAB))
+    too_deep = Tree.from_paths([[0], [0, 0], [0, 0, 0]])
+    with pytest.raises(TreeoptError, match="depth 3 > 2 Medusa heads"):
+        generate(llama, heads, too_deep, [1, 2], 5)
+    with pytest.raises(TreeoptError, match="rank 64"):
+        generate(llama, heads, Tree.from_paths([[64]]), [1, 2], 5)
+    with pytest.raises(TreeoptError, match="needs Medusa heads"):
+        generate(llama, None, Tree.from_paths([[0]]), [1, 2], 5)
+    with pytest.raises(TreeoptError, match="batch size 2"):
+        generate(llama, heads, Tree.empty(), [[1, 2], [3, 4]], 5)
+
+
+@pytest.mark.skipif(not STORIES.is_dir(), reason="needs ../shared/models/stories260K")
+def test_stories260k_lossless() -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(STORIES).eval()
+    eos = model.config.eos_token_id
+    prompt = [1, 403, 261, 389, 266, 400]
+    full = greedy_reference(model, prompt, 60, eos)
+    heads = OracleHeads(model, prompt + full, 4)
+    tree = Tree.from_paths(
+        [[0], [1], [2], [0, 0], [0, 1], [1, 0], [0, 0, 0], [0, 0, 1], [0, 0, 0, 0]], num_heads=4
+    )
+    result = generate(model, heads, tree, prompt, 60, eos_token_id=eos)
+    assert result.tokens == full
+    assert result.acceleration_rate > 1.5
+    torch.manual_seed(0)
+    random_heads = MedusaHeads(MedusaConfig(4, 1, 64, 512))
+    assert generate(model, random_heads, tree, prompt, 60, eos_token_id=eos).tokens == full
