@@ -106,7 +106,10 @@ def test_probability_text_tells_zero_from_tiny():
     assert render.format_probability(0.1234) == "12.3%"
 
 
-def test_colour_ramp_ends_and_clamps():
+def test_colour_ramp_is_log_scaled_and_clamps():
+    assert probability_colour(render.LOG_SCALE_FLOOR) == render.PROBABILITY_RAMP[0]
+    # Half-way in log10 between the floor (0.1%) and 1 is the ramp's middle colour.
+    assert probability_colour(10**-1.5) == render.PROBABILITY_RAMP[2]
     assert probability_colour(0.0) == render.PROBABILITY_RAMP[0]
     assert probability_colour(1.0) == render.PROBABILITY_RAMP[-1]
     assert probability_colour(-1) == probability_colour(0.0)

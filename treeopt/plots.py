@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -25,6 +26,7 @@ DPI = 150  # PNG resolution: crisp on high-density screens, still a small file
 LINE_COLOUR = "#0072b2"  # Okabe-Ito blue, as in render's comparison legend
 BEST_COLOUR = "#d55e00"  # Okabe-Ito vermillion: the best budget stands out
 MARKER_SIZE = 3
+TITLE_WRAP_CHARS = 60  # about what fits across PANEL_WIDTH_IN at the default title size
 BEST_MARKER_SIZE = 12  # the star must read as a highlight over the line markers
 
 # (field, y-axis label) of each panel, top to bottom; a panel is drawn only when
@@ -102,7 +104,7 @@ def plot_curve(rows: Sequence[object], path: str | os.PathLike[str], title: str)
                           label=f"best: {values[best]:.2f}x at {budgets[best]} tokens")
                 axis.legend(loc="best", fontsize="small")
         axes[-1, 0].set_xlabel("tokens verified per step (budget, root included)")
-        axes[0, 0].set_title(title)
+        axes[0, 0].set_title(textwrap.fill(title, TITLE_WRAP_CHARS))
         figure.tight_layout()
         with atomic_path(target) as tmp:
             figure.savefig(tmp, format=fmt, dpi=DPI)
