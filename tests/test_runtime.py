@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from medusa_runtime.acceptance import TypicalAcceptance, greedy_accept, typical_accept
-from medusa_runtime.generate import generate
+from medusa_runtime.decode import generate
 from medusa_runtime.heads import MedusaConfig, MedusaHeads
 from treeopt.errors import TreeoptError
 from treeopt.tree import Tree
