@@ -325,4 +325,9 @@ def test_cli_profile_with_a_real_measured_profile(tmp_path):
     drawn = nodes(out.read_text())
     assert label(drawn["n0"]) == "h1 r0\\n75.0%"  # P(r_1 = 0) = 3/4
     assert label(drawn["n1"]) == "h1 r1\\n25.0%"
+    joint = runner.invoke(app, ["render", str(tree_file), "-p", str(profile_file), "-o",
+                                str(out), "--model-of-acceptance", "joint"])
+    assert joint.exit_code == 0, joint.output
+    # joint: the share of positions whose ranks start (0, 0), 2 of 4 (independent: 56.3%).
+    assert label(nodes(out.read_text())["n0_0"]) == "h2 r0\\n50.0%"
     assert "expected accept length" in out.read_text()

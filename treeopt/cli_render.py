@@ -141,8 +141,9 @@ def render(
     acceptance_model: Annotated[
         str,
         typer.Option(
-            help="With --profile: the builder's acceptance model, independent, joint or blend "
-            "(see `treeopt build --help`).",
+            "--model-of-acceptance", "-m", "--acceptance-model",
+            help="With --profile: independent, joint or blend, as in `treeopt build` "
+            "(joint and blend need a measured profile).",
         ),
     ] = DEFAULT_ACCEPTANCE_MODEL,
     compare: Annotated[
