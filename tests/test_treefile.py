@@ -162,3 +162,13 @@ def test_validate_and_info_on_shipped_name():
     summary = json.loads(result.output)
     assert summary["width_per_depth"] == [10, 28, 23, 2]
     assert summary["max_rank_per_depth"] == [9, 9, 9, 1]
+
+
+def test_written_files_get_umask_mode_not_mkstemp_0600(tmp_path):
+    import os
+
+    path = tmp_path / "t.json"
+    write_tree(path, Tree.from_paths([[0]]))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
