@@ -218,6 +218,8 @@ def evaluate_trees(
     if models is None:
         models = ["independent"] + (["joint", "blend"] if scored.has_joint else [])
     loaded = [(name, load_tree(name)) for name in trees]
+    beyond = {name: sum(1 for path in tree.paths if max(path) >= scored.top_k)
+              for name, tree in loaded}
     rows: list[dict[str, Any]] = []
     for model in models:
         weight = AcceptanceModel(scored, model).blend_weight  # choose the blend weight once
@@ -226,6 +228,7 @@ def evaluate_trees(
                 "tree": name, "nodes": len(tree), "num_tokens": tree.num_tokens,
                 "acceptance_model": model,
                 "expected_accept_length": expected_accept_length(tree, scored, model, weight),
+                "nodes_beyond_top_k": beyond[name],
             })
         if heldout is not None:
             for size in sorted({tree.num_tokens for _, tree in loaded if len(tree) > 0}):
@@ -234,6 +237,7 @@ def evaluate_trees(
                     "tree": f"oracle-{size}", "nodes": size - 1, "num_tokens": size,
                     "acceptance_model": model,
                     "expected_accept_length": oracle.expected_accept_length,
+                    "nodes_beyond_top_k": 0,
                 })
     for row in rows:
         row["profile"] = profile_name
@@ -278,7 +282,7 @@ def eval_trees(
     as_json: Annotated[
         bool,
         typer.Option("--json", help="Print a JSON list of {tree, nodes, num_tokens, "
-                     "acceptance_model, expected_accept_length, profile}."),
+                     "acceptance_model, expected_accept_length, nodes_beyond_top_k, profile}."),
     ] = False,
     holdout: HoldoutOption = None,
     seed: SeedOption = 0,
@@ -297,6 +301,15 @@ def eval_trees(
     """
     models = None if not model_of_acceptance else [m.value for m in model_of_acceptance]
     rows = evaluate_trees(trees, profile, models, holdout, seed)
+    warned = set()
+    for row in rows:
+        if row["nodes_beyond_top_k"] and row["tree"] not in warned:
+            warned.add(row["tree"])
+            typer.echo(
+                f"warning: {row['tree']}: {row['nodes_beyond_top_k']} of {row['nodes']} nodes use "
+                f"a rank beyond the profile's top-k and score 0 (profile a larger --top-k for a "
+                f"fair comparison)", err=True,
+            )
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
     else:
