@@ -7,6 +7,8 @@ from itertools import product
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from treeopt.build import build_tree, product_tree
 from treeopt.errors import TreeoptError
@@ -162,3 +164,30 @@ def test_node_value_monotone_along_paths() -> None:
     for source, model in ((profile, "independent"), (measured, "joint"), (measured, "blend")):
         for path in product(range(3), repeat=3):
             assert node_value(source, path, model, 5.0) <= node_value(source, path[:2], model, 5.0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    num_heads=st.integers(1, 4),
+    top_k=st.integers(1, 6),
+    size=st.integers(1, 30),
+)
+def test_greedy_beats_random_trees(seed: int, num_heads: int, top_k: int, size: int) -> None:
+    """No randomly grown tree of the same size scores above the greedy one."""
+    rng = np.random.default_rng(seed)
+    ranks = rng.integers(-1, top_k, (50, num_heads))
+    profile = Profile.from_rank_vectors(ranks, top_k, groups=np.arange(50) % 5)
+    capacity = sum(top_k**depth for depth in range(1, num_heads + 1))
+    size = min(size, capacity)
+    paths: set[tuple[int, ...]] = set()
+    while len(paths) < size:
+        frontier = [(r,) for r in range(top_k)] + [
+            (*p, r) for p in paths if len(p) < num_heads for r in range(top_k)
+        ]
+        frontier = [p for p in frontier if p not in paths]
+        paths.add(frontier[rng.integers(len(frontier))])
+    tree = Tree.from_paths(paths, num_heads)
+    for model in ("independent", "joint"):
+        greedy = build_tree(profile, size + 1, model)
+        assert greedy.expected_accept_length >= expected_accept_length(tree, profile, model) - 1e-12

@@ -216,7 +216,9 @@ def evaluate_trees(
     _, heldout = _split(full, holdout, seed)
     scored = full if heldout is None else heldout
     if models is None:
-        models = ["independent"] + (["joint", "blend"] if scored.has_joint else [])
+        models = ["independent"] + (["joint"] if scored.has_joint else [])
+        if scored.has_joint and scored.groups is not None and len(scored.groups) >= 2:
+            models.append("blend")  # its weight is cross-validated over prompts
     loaded = [(name, load_tree(name)) for name in trees]
     beyond = {name: sum(1 for path in tree.paths if max(path) >= scored.top_k)
               for name, tree in loaded}
