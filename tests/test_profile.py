@@ -127,6 +127,7 @@ MALFORMED = {
     ),
     "not an object": (lambda d: d.clear() or d.update(x=1), "format"),
     "top_k zero": (lambda d: d.update(top_k=0), "top_k"),
+    "probability NaN": (lambda d: d["marginal"][0].__setitem__(0, float("nan")), "NaN"),
 }
 
 

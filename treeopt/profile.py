@@ -376,6 +376,8 @@ def profile_from_json(data: Any) -> Profile:
             f"marginal must be num_heads x top_k = {num_heads} x {top_k}, "
             f"not {' x '.join(str(n) for n in marginal.shape) if marginal.ndim == 2 else 'ragged'}"
         )
+    if not np.all(np.isfinite(marginal)):
+        raise TreeoptError("marginal holds a value that is not a finite number (NaN or inf)")
     for head, row in enumerate(marginal, start=1):
         if row.sum() > 1 + PROBABILITY_TOLERANCE:
             raise TreeoptError(f"marginal row of head {head} sums to {row.sum():.6g} > 1")
