@@ -183,6 +183,7 @@ def tune(
         help="Largest tree (tokens/step, root included) to consider (default: the largest "
              "size the latency file covers; never extrapolated).")] = None,
     acceptance_model: Annotated[str, typer.Option(
+        "--model-of-acceptance", "-m", "--acceptance-model",
         help="Builder's acceptance model (see `treeopt build --help`).")] = "independent",
     output: Annotated[Path | None, typer.Option(
         "-o", "--output", help="Write the best tree here (treeopt.tree/1).")] = None,
