@@ -50,6 +50,7 @@ class GenerationResult:
     accept_lengths: list[int] = field(default_factory=list)
     wall_time_s: float = 0.0  # prefill + decoding, CUDA graph capture excluded
     capture_s: float = 0.0  # one-time CUDA graph capture
+    prefill_s: float = 0.0  # the prompt's forward pass, included in wall_time_s
 
     @property
     def steps(self) -> int:
@@ -63,7 +64,14 @@ class GenerationResult:
 
     @property
     def tokens_per_second(self) -> float:
+        """New tokens over wall time (prefill included)."""
         return len(self.tokens) / self.wall_time_s if self.wall_time_s > 0 else 0.0
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        """Steady-state rate: tokens after the first over the time after the prefill."""
+        seconds = self.wall_time_s - self.prefill_s
+        return (len(self.tokens) - 1) / seconds if seconds > 0 else 0.0
 
 
 def check_tree_fits(tree: Tree, heads: MedusaHeads | None, vocab_size: int) -> None:
@@ -299,13 +307,14 @@ def generate(
     synchronize()
     start = time.perf_counter()
     decoder.prefill(prompt)
+    tokens = [int(decoder.emitted[0])]  # host sync: the prefill is done
+    prefill_s = time.perf_counter() - start
     capture_s = 0.0
     if cuda_graph if cuda_graph is not None else device.type == "cuda":
         capture_start = time.perf_counter()
         decoder.capture()  # one-time cost per tree size: kept out of the decode time
         synchronize()
         capture_s = time.perf_counter() - capture_start
-    tokens = [int(decoder.emitted[0])]
     accept_lengths = [1]
     while tokens[-1] not in eos and len(tokens) < max_new_tokens:
         decoder.step()
@@ -318,4 +327,4 @@ def generate(
                 break
     synchronize()
     wall_time_s = time.perf_counter() - start - capture_s
-    return GenerationResult(tokens, accept_lengths, wall_time_s, capture_s)
+    return GenerationResult(tokens, accept_lengths, wall_time_s, capture_s, prefill_s)

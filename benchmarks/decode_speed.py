@@ -1,0 +1,243 @@
+"""Decode speed of medusa_runtime: step latency vs tree size, plain decode vs roofline.
+
+Needs only torch + transformers (and this repository), so it runs on a bare GPU box:
+
+    python benchmarks/decode_speed.py                      # H100: Llama-7B shape, bf16
+    python benchmarks/decode_speed.py --tiny --device cpu  # proves the script works
+
+Writes one JSON file (``-o``, default ``benchmarks/results/decode_speed_<device>.json``):
+
+- ``latency``: median seconds of one verification step (the step decoding runs,
+  CUDA-graph captured on GPU) for q tokens in ``--sizes`` at ``--context`` tokens,
+  and ``latency_ratio_64_over_1`` (target <= 1.10 on an H100);
+- ``plain_decode``: root-only decoding tokens/s, step-only and end to end, against
+  the HBM roofline ``bandwidth / weight bytes`` (target >= 75% on an H100);
+  weight bytes = every parameter of the base model once;
+- ``medusa`` (with ``--model``/``--medusa-heads``/``--tree``): tokens/s and
+  acceleration rate of real Medusa decoding on MT-Bench prompts.
+
+Llama-7B shape: hidden 4096, 32 layers, 32 heads, MLP 11008, vocab 32000. The
+synthetic heads are ``--num-heads`` Medusa heads (1 layer) sharing the lm_head
+(``--head-kind shared``) or owning projections (``own``, FasterDecoding style).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # a bare box runs this from a checkout, not an install
+
+from medusa_runtime.decode import generate  # noqa: E402
+from medusa_runtime.heads import MedusaConfig, MedusaHeads  # noqa: E402
+from medusa_runtime.timing import random_weight_model, time_verification_step  # noqa: E402
+from treeopt.tree import Tree  # noqa: E402
+
+H100_SXM_BANDWIDTH_GBS = 3350.0
+LATENCY_RATIO_TARGET = 1.10
+ROOFLINE_FRACTION_TARGET = 0.75
+DEFAULT_SIZES = "1,8,16,32,64,128,256"
+LLAMA_7B = {
+    "model_type": "llama", "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008,
+    "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
+    "max_position_embeddings": 4096,
+}
+TINY = {
+    "model_type": "llama", "vocab_size": 512, "hidden_size": 64, "intermediate_size": 172,
+    "num_hidden_layers": 5, "num_attention_heads": 8, "num_key_value_heads": 4,
+    "max_position_embeddings": 4096,
+}
+HEAD_INIT_STD = 0.02  # random, non-zero head weights: zeros can time faster than real data
+BANDWIDTH_PROBE_BYTES = 1 << 30
+MT_BENCH = REPO.parent / "shared" / "data" / "mt_bench_questions.jsonl"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="tiny Llama (stories260K shape)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--context", type=int, default=1024, help="tokens already in the cache")
+    parser.add_argument("--sizes", default=DEFAULT_SIZES, help="tree sizes q, comma-separated")
+    parser.add_argument("--num-heads", type=int, default=4)
+    parser.add_argument("--head-kind", choices=["shared", "own"], default="shared")
+    parser.add_argument("--bandwidth-gbs", type=float, default=H100_SXM_BANDWIDTH_GBS,
+                        help="HBM bandwidth for the roofline (default: H100 SXM datasheet)")
+    parser.add_argument("--measure-bandwidth", action="store_true",
+                        help="use a measured device-to-device copy instead of --bandwidth-gbs")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--decode-tokens", type=int, default=128,
+                        help="new tokens for the end-to-end plain decode run")
+    parser.add_argument("--no-cuda-graph", action="store_true", help="eager steps (debugging)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile each decoder layer (fuses the small ops) before "
+                             "CUDA-graph capture")
+    parser.add_argument("--model", help="real HF model for the Medusa section")
+    parser.add_argument("--medusa-heads", help="Medusa heads folder or hub id for --model")
+    parser.add_argument("--tree", help="tree JSON file or shipped name for --model")
+    parser.add_argument("--prompts", default=str(MT_BENCH))
+    parser.add_argument("--num-prompts", type=int, default=5)
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("-o", "--output", help="JSON to write")
+    return parser.parse_args()
+
+
+def measure_bandwidth_gbs(device: torch.device) -> float:
+    """Device-to-device copy rate, bytes read + written, median of 10 (GB/s)."""
+    source = torch.randn(BANDWIDTH_PROBE_BYTES // 4, device=device)
+    target = torch.empty_like(source)
+    samples = []
+    for _ in range(12):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        target.copy_(source)
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) / 1000.0)
+    return 2 * BANDWIDTH_PROBE_BYTES / statistics.median(samples[2:]) / 1e9
+
+
+def synthetic_heads(model: torch.nn.Module, num_heads: int, kind: str) -> MedusaHeads:
+    hidden = model.config.hidden_size
+    vocab = model.get_output_embeddings().weight.shape[0]
+    config = MedusaConfig(num_heads, 1, hidden, vocab, share_lm_head=kind == "shared")
+    parameter = next(model.parameters())
+    with torch.device(parameter.device):
+        heads = MedusaHeads(config, base_lm_head=model.get_output_embeddings())
+    heads.to(dtype=parameter.dtype)
+    for weight in heads.parameters():
+        torch.nn.init.normal_(weight, std=HEAD_INIT_STD)
+    return heads.eval()
+
+
+def compile_layers(model: torch.nn.Module) -> None:
+    """torch.compile every decoder layer (same code: one compilation per shape)."""
+    torch._dynamo.config.cache_size_limit = 64
+    for layer in model.get_decoder().layers:
+        layer.compile(dynamic=False)
+
+
+def medusa_section(args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
+                   use_graph: bool) -> dict[str, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from treeopt.treefile import load_tree
+
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(device).eval()
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    heads = MedusaHeads.from_pretrained(
+        args.medusa_heads, base_lm_head=model.get_output_embeddings(), dtype=dtype, device=device
+    ).eval()
+    tree = load_tree(args.tree) if args.tree else Tree.empty(heads.num_heads)
+    lines = Path(args.prompts).read_text(encoding="utf-8").splitlines()
+    prompts = [json.loads(line)["turns"][0] for line in lines[: args.num_prompts]]
+    runs = {}
+    for name, run_tree in (("medusa", tree), ("plain", Tree.empty(heads.num_heads))):
+        tokens = steps = 0
+        seconds = 0.0
+        for prompt in prompts:
+            ids = tokenizer(prompt, return_tensors="pt").input_ids
+            result = generate(model, heads, run_tree, ids, args.max_new_tokens,
+                              eos_token_id=tokenizer.eos_token_id, cuda_graph=use_graph)
+            tokens, steps, seconds = tokens + len(result.tokens), steps + result.steps, \
+                seconds + result.wall_time_s
+        runs[name] = {"tokens": tokens, "steps": steps, "seconds": seconds,
+                      "tokens_per_s": tokens / seconds, "acceleration_rate": tokens / steps}
+    return {"model": args.model, "heads": args.medusa_heads, "tree": args.tree,
+            "tree_tokens": tree.num_tokens, "prompts": len(prompts), **runs,
+            "speedup_vs_plain": runs["medusa"]["tokens_per_s"] / runs["plain"]["tokens_per_s"]}
+
+
+def main() -> None:
+    args = parse_args()
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    use_graph = device.type == "cuda" and not args.no_cuda_graph
+    sizes = [int(size) for size in args.sizes.split(",")]
+    torch.manual_seed(0)
+
+    shape = TINY if args.tiny else LLAMA_7B
+    model = random_weight_model(shape, dtype=dtype, device=device)
+    heads = synthetic_heads(model, args.num_heads, args.head_kind)
+    if args.compile:
+        compile_layers(model)
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+
+    latency: dict[str, Any] = {}
+    for q in sizes:
+        timing = time_verification_step(
+            model, heads, q, context=args.context, warmup=args.warmup, repeats=args.repeats,
+            cuda_graph=use_graph,
+        )
+        latency[str(q)] = {key: timing[key] for key in ("median_s", "min_s", "max_s")}
+        print(f"q={q:4d}  step {timing['median_s'] * 1e3:8.3f} ms", flush=True)
+    ratio = (latency["64"]["median_s"] / latency["1"]["median_s"]
+             if "64" in latency and "1" in latency else None)
+
+    bandwidth = measure_bandwidth_gbs(device) if args.measure_bandwidth else args.bandwidth_gbs
+    roofline_tokens_per_s = bandwidth * 1e9 / weight_bytes
+    prompt = torch.randint(0, shape["vocab_size"], (1, args.context))
+    plain = generate(model, None, Tree.empty(), prompt, args.decode_tokens, cuda_graph=use_graph)
+    step_tokens_per_s = 1.0 / latency["1"]["median_s"] if "1" in latency else None
+    fraction = plain.decode_tokens_per_second / roofline_tokens_per_s
+
+    on_gpu = device.type == "cuda"
+    report: dict[str, Any] = {
+        "label": "GPU" if on_gpu else "CPU (proves the script runs; targets apply to an H100)",
+        "device": torch.cuda.get_device_name(device) if on_gpu else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "transformers": __import__("transformers").__version__,
+        "command": " ".join(sys.argv),
+        "model_shape": shape,
+        "dtype": args.dtype,
+        "batch": 1,
+        "context": args.context,
+        "heads": {"num_heads": args.num_heads, "kind": args.head_kind},
+        "cuda_graph": use_graph,
+        "compiled_layers": args.compile,
+        "latency": latency,
+        "latency_ratio_64_over_1": ratio,
+        "plain_decode": {
+            "weight_bytes": weight_bytes,
+            "bandwidth_gbs": bandwidth,
+            "bandwidth_source": "measured copy" if args.measure_bandwidth else "--bandwidth-gbs",
+            "roofline_tokens_per_s": roofline_tokens_per_s,
+            "step_tokens_per_s": step_tokens_per_s,
+            "decode_tokens_per_s": plain.decode_tokens_per_second,
+            "end_to_end_tokens_per_s": plain.tokens_per_second,
+            "fraction_of_roofline": fraction,
+            "new_tokens": len(plain.tokens),
+        },
+        "targets": {
+            "latency_ratio_64_over_1": {"target": LATENCY_RATIO_TARGET, "value": ratio,
+                                        "met": ratio is not None and ratio <= LATENCY_RATIO_TARGET},
+            "plain_decode_fraction_of_roofline": {"target": ROOFLINE_FRACTION_TARGET,
+                                                  "value": fraction,
+                                                  "met": fraction >= ROOFLINE_FRACTION_TARGET},
+        },
+    }
+    if args.model:
+        del model, heads
+        report["medusa"] = medusa_section(args, device, dtype, use_graph)
+
+    output = Path(args.output or REPO / f"benchmarks/results/decode_speed_{device.type}.json")
+    from treeopt.fileio import atomic_write_text
+
+    atomic_write_text(output, json.dumps(report, indent=2) + "\n")
+    print(f"latency(64)/latency(1) = {ratio}")
+    print(f"plain decode {plain.decode_tokens_per_second:.1f} tok/s = {fraction:.1%} of roofline "
+          f"{roofline_tokens_per_s:.1f} tok/s ({bandwidth:.0f} GB/s, {weight_bytes / 1e9:.2f} GB)")
+    print(f"wrote {output}")
+
+
+if __name__ == "__main__":
+    main()
