@@ -47,8 +47,9 @@ def _longest_accepted(matches: torch.Tensor, retrieve_indices: torch.Tensor) -> 
     """Row with the longest all-accepted prefix (first such row on ties) and its length + 1."""
     matches = matches & (retrieve_indices[:, 1:] != PAD)
     accepted = matches.long().cumprod(dim=1).sum(dim=1)
-    best_row = accepted.argmax()
-    return best_row, accepted[best_row] + 1
+    # max(dim) returns the first maximal index, and indexes without a host sync.
+    longest, best_row = accepted.max(dim=0)
+    return best_row, longest + 1
 
 
 def greedy_accept(

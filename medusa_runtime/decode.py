@@ -180,11 +180,12 @@ class TreeDecoder:
 
     def _next_tree_tokens(self, root: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """Tokens of the next tree: ``root`` then each head's top-k at ``hidden [H]``."""
+        root = root.view(1)
         if self.tree.depth == 0:
-            return root.view(1)
+            return root
         head_logits = self.heads(hidden, num_heads=self.tree.depth)  # [D, V]
         top = head_logits.topk(self.buffers.top_k, dim=-1).indices
-        flat = torch.cat([root.view(1), top.reshape(-1)])
+        flat = torch.cat([root, top.reshape(-1)])
         return flat[self.buffers.candidate_indices]
 
     def prefill(self, input_ids: torch.Tensor) -> None:
@@ -216,9 +217,12 @@ class TreeDecoder:
         best_row, accept_length = accept(
             self.acceptance, tokens, logits, buffers.retrieve_indices
         )
-        path = buffers.retrieve_indices[best_row].clamp(min=0)  # [D+1]; padding -> root, unused
-        last_node = path[accept_length - 1]
-        root = logits[last_node].argmax(dim=-1)
+        # index_select, not t[scalar_tensor]: indexing with a 0-dim tensor syncs the host,
+        # which a CUDA graph capture refuses.
+        path = buffers.retrieve_indices.index_select(0, best_row.view(1))[0].clamp(min=0)
+        last_position = (accept_length - 1).view(1)
+        last_node = path.index_select(0, last_position)  # [1]
+        root = logits.index_select(0, last_node).argmax(dim=-1)  # [1]
 
         # Compaction: accepted nodes' K/V to slots L .. L+D (slots past L+n-1 get
         # leftovers that the next step overwrites before anyone sees them).
@@ -228,11 +232,12 @@ class TreeDecoder:
             layer.keys.index_copy_(2, targets, layer.keys.index_select(2, sources))
             layer.values.index_copy_(2, targets, layer.values.index_select(2, sources))
 
-        emitted = torch.cat([tokens[path[1:]], root.view(1)])
-        emitted[accept_length - 1] = root  # accepted candidates, then the next root
+        emitted = torch.cat([tokens[path[1:]], root])
+        emitted = emitted.index_copy(0, last_position, root)  # accepted candidates, next root
         self.emitted.copy_(emitted)
         self.accept_length.copy_(accept_length)
-        self.tree_tokens.copy_(self._next_tree_tokens(root, hidden[last_node])[None])
+        last_hidden = hidden.index_select(0, last_node)[0]
+        self.tree_tokens.copy_(self._next_tree_tokens(root, last_hidden)[None])
         self.prefix_length.add_(accept_length)
 
     def capture(self) -> None:
