@@ -50,9 +50,9 @@ def latency_table(arch_name: str, args: argparse.Namespace) -> LatencyTable:
     arch = get_arch(arch_name)
     if args.device == "cuda":
         import torch
-        from medusa_runtime.timing import random_weight_model
 
         from medusa_runtime.heads import MedusaConfig, MedusaHeads
+        from medusa_runtime.timing import random_weight_model
         from treeopt.overhead import measure_latency
 
         model = random_weight_model(arch.to_hf_config_dict(), torch.bfloat16, "cuda")

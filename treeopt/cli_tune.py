@@ -144,7 +144,6 @@ def _measure(model: str | None, arch: str | None, num_heads: int, batches: list[
     published_heads = None
     if arch is not None:
         from medusa_runtime.timing import random_weight_model
-
         from treeopt.arch import get_arch
 
         shape = get_arch(arch)

@@ -160,8 +160,9 @@ def measure_latency(
     """
     import torch
     import transformers
-    from medusa_runtime.timing import time_verification_step
     from tqdm import tqdm
+
+    from medusa_runtime.timing import time_verification_step
 
     def time_step(batch: int, context: int, num_tokens: int) -> float:
         result = time_verification_step(model, heads, num_tokens=num_tokens, batch=batch,
@@ -194,11 +195,6 @@ def measure_latency(
     )
 
 
-def step_seconds(result: Any) -> float:
+def step_seconds(result: dict[str, Any]) -> float:
     """The median step time in seconds from ``time_verification_step``'s result."""
-    if isinstance(result, (int, float)):
-        return float(result)
-    for key in ("median_s", "latency_s", "seconds", "median"):
-        if key in result:
-            return float(result[key])
-    raise TreeoptError(f"time_verification_step returned no median time: {sorted(result)}")
+    return float(result["median_s"])
