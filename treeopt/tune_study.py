@@ -63,7 +63,7 @@ def run_study(model: Any, heads: Any, prompts: Sequence[Sequence[int]], profile:
     import torch
 
     from medusa_runtime.acceptance import TypicalAcceptance
-    from medusa_runtime.generate import generate
+    from medusa_runtime.decode import generate
     from treeopt.build import build_tree
 
     if config.trials < 1:
