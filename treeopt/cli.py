@@ -171,18 +171,8 @@ def import_tree(
     typer.echo(f"wrote {output}: {len(tree)} nodes, depth {tree.depth}", err=True)
 
 
-def _register_command_modules() -> None:
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # that area has no verbs yet
-                continue
-            raise
-        module.register(app)
-
-
-_register_command_modules()
+for _module_name in COMMAND_MODULES:
+    importlib.import_module(_module_name).register(app)
 
 
 def main() -> None:
