@@ -66,7 +66,7 @@ def _read_file(path: Path, turns: str) -> list[str]:
     text = _read_text(path)
     suffix = path.suffix.lower()
     stripped = text.lstrip()
-    if suffix == ".jsonl" or (suffix != ".txt" and stripped.startswith("{")):
+    if suffix == ".jsonl" or (suffix not in (".txt", ".json") and stripped.startswith("{")):
         prompts: list[str] = []
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():

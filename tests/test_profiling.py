@@ -1,0 +1,226 @@
+"""Profiling on a hand-built model whose greedy text and head ranks are known exactly.
+
+``ShiftLM`` (vocabulary 8) has one-hot hidden states and greedily continues token
+``a`` with ``(a + STEP) % V``. Head k's projection scores token b after token a as
+``-((b - a - k - 1) % V)``, so the rank of b is ``(b - a - k - 1) % V``. On greedy
+text ``x_{t+1+k} = x_t + STEP (k + 1)``, so head k's rank is ``(STEP - 1)(k + 1) % V``:
+with STEP = 2, heads 1, 2, 3 rank the truth 2, 3, 4 (4 is a miss at top_k 4).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from medusa_runtime.heads import MedusaConfig, MedusaHeads
+from treeopt.errors import TreeoptError
+from treeopt.profiling import (
+    ProfileSettings,
+    Sequence_,
+    decode_positions,
+    future_targets,
+    greedy_continuations,
+    load_rank_vectors,
+    measure_ranks,
+    new_token_limit,
+    partial_path,
+    profile_model,
+    ranks_in_top_k,
+    ranks_path,
+    replay_tokens_per_step,
+    targets_path,
+)
+from treeopt.tree import Tree
+
+torch.set_num_threads(1)
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+STORIES = SHARED / "models" / "stories260K"
+V = 8
+STEP = 2
+NUM_HEADS = 3
+TOP_K = 4
+EOS = 6
+CONTEXT = 64
+
+
+class Body(nn.Module):
+    def __init__(self, embed: nn.Embedding) -> None:
+        super().__init__()
+        self.embed = embed
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> SimpleNamespace:
+        return SimpleNamespace(last_hidden_state=self.embed(input_ids))
+
+
+class ShiftLM(nn.Module):
+    """Greedy next token of ``a`` is ``(a + STEP) % V``; hidden state = one-hot(token)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(V, V)
+        self.embed.weight.data = torch.eye(V)
+        self.body = Body(self.embed)
+        self.lm_head = nn.Linear(V, V, bias=False)
+        self.lm_head.weight.data = torch.eye(V)[(torch.arange(V) - STEP) % V]
+        self.config = SimpleNamespace(max_position_embeddings=CONTEXT)
+        self.generate_calls = 0
+
+    def get_decoder(self) -> nn.Module:
+        return self.body
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed
+
+    def generate(self, input_ids, attention_mask, max_new_tokens, eos_token_id, pad_token_id,
+                 **_: object) -> torch.Tensor:
+        self.generate_calls += 1
+        out = input_ids.clone()
+        done = torch.zeros(len(out), dtype=torch.bool)
+        for _ in range(max_new_tokens):
+            nxt = self.lm_head(self.embed(out[:, -1])).argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, pad_token_id), nxt)
+            out = torch.cat([out, nxt[:, None]], dim=1)
+            done |= nxt == eos_token_id
+        return out
+
+
+def shift_heads() -> MedusaHeads:
+    heads = MedusaHeads(MedusaConfig(NUM_HEADS, 1, hidden_size=V, vocab_size=V))
+    b, a = torch.meshgrid(torch.arange(V), torch.arange(V), indexing="ij")
+    for k, head in enumerate(heads.heads, start=1):
+        head[-1].weight.data = -((b - a - k - 1) % V).float()
+    return heads
+
+
+TOKENIZER = SimpleNamespace(eos_token_id=EOS, pad_token_id=None)
+SETTINGS = ProfileSettings(top_k=TOP_K, max_new_tokens=5, batch_size=2)
+# prompt [1, 3] -> 5 7 1 3 5 (5 new tokens); prompt [0] -> 2 4 6 (stops at EOS 6)
+EXPECTED = {
+    (1, 3): [[2, 3, -1], [2, 3, -1], [2, 3, -1], [2, -1, -1], [-1, -1, -1]],
+    (0,): [[2, 3, -1], [2, -1, -1], [-1, -1, -1]],
+}
+
+
+def test_positions_and_future_targets() -> None:
+    assert list(decode_positions(3, 6, include_prompt=False)) == [2, 3, 4]
+    assert list(decode_positions(3, 6, include_prompt=True)) == [0, 1, 2, 3, 4]
+    ids = [10, 11, 12, 13, 14]
+    np.testing.assert_array_equal(
+        future_targets(ids, range(1, 4), 2), [[13, 14], [14, -1], [-1, -1]]
+    )
+
+
+def test_ranks_in_top_k() -> None:
+    logits = torch.tensor([[0.1, 0.9, 0.5, 0.3], [0.4, 0.3, 0.2, 0.1]])
+    ranks = ranks_in_top_k(logits, torch.tensor([2, 3]), top_k=3)
+    assert ranks.tolist() == [1, -1]
+    assert ranks_in_top_k(logits, torch.tensor([1, -1]), top_k=3).tolist() == [0, -1]
+
+
+def test_new_token_limit_clips_to_context() -> None:
+    model = ShiftLM()
+    assert new_token_limit(model, 10, 5) == 5
+    assert new_token_limit(model, CONTEXT - 2, 5) == 2
+    assert new_token_limit(model, CONTEXT, 5) == 0
+
+
+def test_profile_model_exact_ranks_targets_and_files(tmp_path: Path) -> None:
+    model = ShiftLM()
+    output = tmp_path / "p.json"
+    prompts = [[1, 3], [0]]
+    profile = profile_model(model, TOKENIZER, shift_heads(), prompts, output, SETTINGS,
+                            model_id="shift", heads_id="shift-heads", progress=False)
+    ranks, groups, first = load_rank_vectors(ranks_path(output))
+    np.testing.assert_array_equal(ranks[groups == 0], EXPECTED[(1, 3)])
+    np.testing.assert_array_equal(ranks[groups == 1], EXPECTED[(0,)])
+    assert first.tolist() == [0, 0]
+    assert profile.num_positions == 8 and profile.num_heads == NUM_HEADS
+    assert profile.top_k == TOP_K
+    assert profile.provenance["greedy_mismatches"] == 0
+    # P(r_1 = 2) = 6/8, P(r_2 = 3) = 4/8
+    assert profile.marginal[0].tolist() == [0, 0, 0.75, 0]
+    assert profile.marginal[1].tolist() == [0, 0, 0, 0.5]
+    cached = json.loads(targets_path(output).read_text())["continuations"]
+    assert sorted(cached.values()) == [[2, 4, 6], [5, 7, 1, 3, 5]]
+    assert not partial_path(output).exists()
+    # The targets are generated once: a second profile reuses the cache.
+    calls = model.generate_calls
+    profile_model(model, TOKENIZER, shift_heads(), prompts, tmp_path / "p.json", SETTINGS,
+                  model_id="shift", heads_id="shift-heads", progress=False)
+    assert model.generate_calls == calls
+
+
+def test_include_prompt_measures_prompt_positions(tmp_path: Path) -> None:
+    settings = ProfileSettings(top_k=TOP_K, max_new_tokens=1, include_prompt=True)
+    profile_model(ShiftLM(), TOKENIZER, shift_heads(), [[1, 3, 5]], tmp_path / "p.json",
+                  settings, model_id="shift", heads_id="h", progress=False)
+    ranks, _, first = load_rank_vectors(ranks_path(tmp_path / "p.json"))
+    # sequence 1 3 5 7: positions 0, 1, 2; decoding starts at the last prompt token
+    np.testing.assert_array_equal(ranks, [[2, 3, -1], [2, -1, -1], [-1, -1, -1]])
+    assert first.tolist() == [2]
+
+
+def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path) -> None:
+    model, heads = ShiftLM(), shift_heads()
+    sequences = [Sequence_([1, 3], [5, 7, 1, 3, 5]), Sequence_([0], [2, 4, 6]),
+                 Sequence_([5], [7, 1])]
+    settings = ProfileSettings(top_k=TOP_K, batch_size=1)
+    checkpoint = tmp_path / "x.partial.npz"
+    full = measure_ranks(model, heads, sequences, settings, None, "fp", progress=False)
+
+    def interrupt(results: object) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        measure_ranks(model, heads, sequences, settings, checkpoint, "fp", progress=False,
+                      on_batch=interrupt)
+    assert checkpoint.exists()
+    with pytest.raises(TreeoptError, match="pass --resume"):
+        measure_ranks(model, heads, sequences, settings, checkpoint, "fp", progress=False)
+    with pytest.raises(TreeoptError, match="other settings"):
+        measure_ranks(model, heads, sequences, settings, checkpoint, "other", resume=True,
+                      progress=False)
+    resumed = measure_ranks(model, heads, sequences, settings, checkpoint, "fp", resume=True,
+                            progress=False)
+    for got, want in zip(resumed.stacked(NUM_HEADS), full.stacked(NUM_HEADS), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert resumed.done == 3
+
+
+def test_replay_walks_the_positions_decoding_visits() -> None:
+    ranks = np.array(EXPECTED[(1, 3)] + EXPECTED[(0,)])
+    groups = np.array([0] * 5 + [1] * 3)
+    tree = Tree.from_paths([[2], [2, 3]])
+    # prompt 0: position 0 gains 3 -> position 3 gains 2 -> end (5 tokens, 2 steps);
+    # prompt 1: position 0 gains 3 -> end (3 tokens, 1 step)
+    assert replay_tokens_per_step(tree, ranks, groups, np.array([0, 0])) == pytest.approx(8 / 3)
+    assert replay_tokens_per_step(Tree.from_paths([[0]]), ranks, groups,
+                                  np.array([0, 0])) == 1.0
+
+
+def test_empty_everything_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(TreeoptError, match="fills the model's context"):
+        profile_model(ShiftLM(), TOKENIZER, shift_heads(), [[1] * CONTEXT], tmp_path / "p.json",
+                      SETTINGS, model_id="s", heads_id="h", progress=False)
+
+
+@pytest.mark.skipif(not STORIES.is_dir(), reason="needs ../shared/models/stories260K")
+def test_batched_greedy_targets_equal_unbatched_generate() -> None:
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(STORIES)).eval()
+    prompts = [[1, 403, 407, 261, 378], [1, 300], [1, 403, 407, 261, 378, 300, 301, 302]]
+    got = greedy_continuations(model, prompts, 24, 2, None, "stories", batch_size=3,
+                               progress=False)
+    for prompt, tokens in zip(prompts, got, strict=True):
+        reference = model.generate(torch.tensor([prompt]), max_new_tokens=24, do_sample=False,
+                                   eos_token_id=2, pad_token_id=0)[0, len(prompt):].tolist()
+        if 2 in reference:
+            reference = reference[: reference.index(2) + 1]
+        assert tokens == reference
