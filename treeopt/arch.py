@@ -193,7 +193,7 @@ def get_arch(name_or_path: str | os.PathLike[str]) -> ArchShape:
             f"unknown arch {text!r}: not a config.json or model folder; named archs: "
             f"{known_archs()}"
         )
-    from treeopt.treefile import read_json
+    from treeopt.jsondoc import read_json
 
     config = read_json(path, "model config")
     label = path.parent.name if path.name == "config.json" else path.stem

@@ -183,7 +183,7 @@ def read_curve(path: str | os.PathLike[str]) -> Curve:
     """Read and validate a ``.json`` or ``.csv`` curve; one-line TreeoptError otherwise."""
     suffix = _suffix(path)
     if suffix == ".json":
-        from treeopt.treefile import read_json
+        from treeopt.jsondoc import read_json
 
         data = read_json(path, "curve")
         if not isinstance(data, dict) or data.get("format") != FORMAT:

@@ -31,12 +31,11 @@ import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cache
-from importlib import resources
 from typing import Any
 
 from treeopt.errors import TreeoptError
 from treeopt.fileio import atomic_write_text
-from treeopt.treefile import read_json
+from treeopt.jsondoc import check_format, check_schema, read_json, shipped_schema
 
 FORMAT = "treeopt.latency/1"
 SOURCES = ("measured", "roofline-model")
@@ -212,8 +211,7 @@ def _check_setting(setting: Setting) -> None:
 @cache
 def schema() -> dict[str, Any]:
     """The shipped JSON Schema of ``treeopt.latency/1``."""
-    text = resources.files("treeopt").joinpath("schemas/latency.schema.json").read_text("utf-8")
-    return json.loads(text)
+    return shipped_schema("latency.schema.json")
 
 
 def table_to_json(table: LatencyTable) -> dict[str, Any]:
@@ -245,21 +243,8 @@ def table_to_json(table: LatencyTable) -> dict[str, Any]:
 
 def table_from_json(data: Any, where: str = "latency file") -> LatencyTable:
     """Validate a parsed ``treeopt.latency/1`` object; one-line TreeoptError on a problem."""
-    if not isinstance(data, dict):
-        raise TreeoptError(f"{where} holds a JSON object, not {type(data).__name__}")
-    fmt = data.get("format")
-    if fmt != FORMAT:
-        if fmt is None:
-            raise TreeoptError(f"{where}: missing \"format\": expected \"{FORMAT}\"")
-        raise TreeoptError(f"{where}: format {fmt!r} is not {FORMAT!r}")
-    import jsonschema
-
-    error = jsonschema.exceptions.best_match(
-        jsonschema.Draft202012Validator(schema()).iter_errors(data)
-    )
-    if error is not None:
-        at = "/".join(str(part) for part in error.absolute_path) or "top level"
-        raise TreeoptError(f"{where} invalid at {at}: {error.message}")
+    check_format(data, FORMAT, where)
+    check_schema(data, schema(), where)
     measurements: dict[Setting, float | None] = {}
     notes: dict[Setting, str] = {}
     for row in data["measurements"]:

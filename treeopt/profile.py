@@ -36,7 +36,6 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache, cached_property
-from importlib import resources
 from pathlib import Path as FilePath
 from typing import Any
 
@@ -44,6 +43,7 @@ import numpy as np
 
 from treeopt.errors import TreeoptError
 from treeopt.fileio import atomic_write_text
+from treeopt.jsondoc import check_format, check_schema, shipped_schema
 from treeopt.tree import Path, format_path
 
 FORMAT = "treeopt.profile/1"
@@ -299,8 +299,7 @@ def _positive_int(value: object, name: str) -> int:
 @cache
 def schema() -> dict[str, Any]:
     """The shipped JSON Schema of ``treeopt.profile/1``."""
-    text = resources.files("treeopt").joinpath("schemas/profile.schema.json").read_text("utf-8")
-    return json.loads(text)
+    return shipped_schema("profile.schema.json")
 
 
 def _joint_to_json(joint: JointCounts) -> list[list[Any]]:
@@ -332,17 +331,6 @@ def profile_to_json(profile: Profile) -> dict[str, Any]:
     return data
 
 
-def _check_schema(data: Any) -> None:
-    import jsonschema
-
-    error = jsonschema.exceptions.best_match(
-        jsonschema.Draft202012Validator(schema()).iter_errors(data)
-    )
-    if error is not None:
-        where = "/".join(str(part) for part in error.absolute_path) or "top level"
-        raise TreeoptError(f"profile invalid at {where}: {error.message}")
-
-
 def _joint_from_json(raw: list[Any], num_heads: int, top_k: int, where: str) -> JointCounts:
     joint: JointCounts = {}
     for prefix_raw, count in raw:
@@ -361,14 +349,8 @@ def _joint_from_json(raw: list[Any], num_heads: int, top_k: int, where: str) -> 
 
 def profile_from_json(data: Any) -> Profile:
     """Validate a parsed ``treeopt.profile/1`` object; one-line TreeoptError otherwise."""
-    if not isinstance(data, dict):
-        raise TreeoptError(f"a profile file holds a JSON object, not {type(data).__name__}")
-    fmt = data.get("format")
-    if fmt != FORMAT:
-        if fmt is None:
-            raise TreeoptError(f"missing \"format\": expected \"{FORMAT}\"")
-        raise TreeoptError(f"format {fmt!r} is not {FORMAT!r}")
-    _check_schema(data)
+    check_format(data, FORMAT, "profile file")
+    check_schema(data, schema(), "profile")
     num_heads, top_k = data["num_heads"], data["top_k"]
     marginal = np.asarray(data["marginal"], dtype=float)
     if marginal.shape != (num_heads, top_k):
@@ -433,7 +415,7 @@ def _check_groups_add_up(
 
 def read_profile(path: str | os.PathLike[str]) -> Profile:
     """Read and validate a ``treeopt.profile/1`` file."""
-    from treeopt.treefile import read_json
+    from treeopt.jsondoc import read_json
 
     try:
         return profile_from_json(read_json(path, "profile"))

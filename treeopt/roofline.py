@@ -183,7 +183,7 @@ def save_device_profile(path: str | os.PathLike[str], profile: DeviceProfile) ->
 
 def load_device_profile(path: str | os.PathLike[str]) -> DeviceProfile:
     """Read a ``treeopt.device/1`` file."""
-    from treeopt.treefile import read_json
+    from treeopt.jsondoc import read_json
 
     return DeviceProfile.from_json(read_json(path, "device profile"), f"device profile {path}")
 

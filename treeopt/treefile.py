@@ -17,13 +17,12 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from functools import cache
-from importlib import resources
 from pathlib import Path as FilePath
 from typing import Any
 
 from treeopt.errors import TreeoptError
 from treeopt.fileio import atomic_write_text
+from treeopt.jsondoc import check_format, check_schema, read_json, shipped_schema
 from treeopt.tree import Tree
 
 FORMAT = "treeopt.tree/1"
@@ -38,29 +37,9 @@ class TreeDocument:
     provenance: dict[str, Any] = field(default_factory=dict)
 
 
-@cache
 def schema() -> dict[str, Any]:
     """The shipped JSON Schema of ``treeopt.tree/1``."""
-    text = resources.files("treeopt").joinpath("schemas/tree.schema.json").read_text("utf-8")
-    return json.loads(text)
-
-
-def read_json(path: str | os.PathLike[str], what: str) -> Any:
-    """Parse a JSON file, turning I/O and syntax errors into one-line TreeoptErrors."""
-    try:
-        text = FilePath(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TreeoptError(f"{what} file {path} does not exist") from None
-    except IsADirectoryError:
-        raise TreeoptError(f"{what} file {path} is a directory") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TreeoptError(f"cannot read {what} file {path}: {exc}") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise TreeoptError(
-            f"{path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from None
+    return shipped_schema("tree.schema.json")
 
 
 def document_from_json(data: Any) -> TreeDocument:
@@ -69,13 +48,7 @@ def document_from_json(data: Any) -> TreeDocument:
     Raises TreeoptError (TreeError for the paths) with a one-line message naming
     the first problem found.
     """
-    if not isinstance(data, dict):
-        raise TreeoptError(f"a tree file holds a JSON object, not {type(data).__name__}")
-    fmt = data.get("format")
-    if fmt != FORMAT:
-        if fmt is None:
-            raise TreeoptError(f"missing \"format\": expected \"{FORMAT}\"")
-        raise TreeoptError(f"format {fmt!r} is not {FORMAT!r}")
+    check_format(data, FORMAT, "tree file")
     num_heads = data.get("num_heads")
     if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
         raise TreeoptError(f"num_heads must be a positive integer, not {num_heads!r}")
@@ -83,22 +56,10 @@ def document_from_json(data: Any) -> TreeDocument:
     if not isinstance(paths, list):
         raise TreeoptError("\"paths\" must be a list of rank lists")
     tree = Tree.from_paths(paths, num_heads=num_heads)
-    _check_schema(data)
+    check_schema(data, schema(), "tree file")
     expected = data.get("expected_accept_length")
     return TreeDocument(tree, None if expected is None else float(expected),
                         dict(data.get("provenance") or {}))
-
-
-def _check_schema(data: dict[str, Any]) -> None:
-    """Check the rest of the object against the shipped schema."""
-    import jsonschema
-
-    error = jsonschema.exceptions.best_match(
-        jsonschema.Draft202012Validator(schema()).iter_errors(data)
-    )
-    if error is not None:
-        where = "/".join(str(part) for part in error.absolute_path) or "top level"
-        raise TreeoptError(f"tree file invalid at {where}: {error.message}")
 
 
 def document_to_json(document: TreeDocument) -> dict[str, Any]:
