@@ -157,6 +157,38 @@ def test_profile_predicts_runtime_and_built_tree_beats_mc_sim(tmp_path: Path) ->
         assert values == sorted(values), key
 
 
+def test_cli_train_heads_profile_build(tmp_path: Path) -> None:
+    """The verbs chain: train-heads output loads in profile, whose output builds a tree."""
+    if not STORIES.is_dir():
+        pytest.skip("needs ../shared/models/stories260K")
+    from typer.testing import CliRunner
+
+    from treeopt.cli import app
+    from treeopt.profile import load_profile
+    from treeopt.profiling import load_rank_vectors, ranks_path
+
+    runner = CliRunner()
+    common = ["-m", str(STORIES), "-d", str(STORY_PROMPTS), "--max-prompts", "12",
+              "--max-new-tokens", "16", "-q"]
+    result = runner.invoke(app, ["train-heads", *common, "--epochs", "1", "--num-heads", "3",
+                                 "-o", str(tmp_path / "heads")])
+    assert result.exit_code == 0, result.output
+    assert "head 3: top-1" in result.output
+    result = runner.invoke(app, ["profile", *common, "--heads", str(tmp_path / "heads"),
+                                 "--top-k", "4", "-o", str(tmp_path / "p.json")])
+    assert result.exit_code == 0, result.output
+    profile = load_profile(str(tmp_path / "p.json"))
+    assert (profile.num_heads, profile.top_k) == (3, 4)
+    # 12 prompts x 16 new tokens: one position per new token (the last has no next token,
+    # the last prompt token has the first), unless a continuation ended at EOS.
+    ranks, groups, _ = load_rank_vectors(ranks_path(tmp_path / "p.json"))
+    assert profile.num_positions == len(ranks) <= 12 * 16
+    assert len(set(groups.tolist())) == 12
+    result = runner.invoke(app, ["build", "-p", str(tmp_path / "p.json"), "--budget", "8",
+                                 "-o", str(tmp_path / "t.json")])
+    assert result.exit_code == 0, result.output
+
+
 if __name__ == "__main__":
     import tempfile
 

@@ -124,7 +124,7 @@ def profile(
     typer.echo(
         f"wrote {output}: {result.num_positions} positions from {info['prompts']} prompts, "
         f"{result.num_heads} heads, top-{result.top_k}"
-        + (f" ({info['skipped_prompts']} prompts skipped: no room in context)"
+        + (f" (skipped {info['skipped_prompts']} that fill the context)"
            if info["skipped_prompts"] else ""),
         err=True,
     )

@@ -438,8 +438,12 @@ def replay_tokens_per_step(
 
 def fingerprint_of(model_id: str, heads_id: str, prompts: Sequence[list[int]],
                    settings: ProfileSettings) -> str:
-    """A digest of everything a profile's numbers depend on (resume must match it)."""
-    blob = json.dumps([model_id, heads_id, [list(p) for p in prompts], asdict(settings)])
+    """A digest of everything a profile's numbers depend on (resume must match it).
+
+    The batch size is left out: it changes speed, not results.
+    """
+    measured = {k: v for k, v in asdict(settings).items() if k != "batch_size"}
+    blob = json.dumps([model_id, heads_id, [list(p) for p in prompts], measured])
     return hashlib.sha1(blob.encode()).hexdigest()
 
 
