@@ -105,7 +105,9 @@ def pipeline(workdir: Path, epochs: int = 20, learning_rate: float = 1e-2) -> di
         emitted = steps = new_tokens = passes = 0
         for prompt in held_ids:
             result = generate(model, heads, tree, prompt, MAX_NEW_TOKENS, eos_token_id=eos)
-            emitted += sum(result.accept_lengths[1:])  # verification steps only
+            # New tokens after the prefill's one, as kept (a last step that runs past
+            # EOS or max_new_tokens counts only what is kept), per verification step.
+            emitted += len(result.tokens) - 1
             steps += result.steps - 1
             new_tokens += len(result.tokens)
             passes += result.steps
