@@ -4,13 +4,15 @@ Both rules are pure, fixed-shape tensor functions (no host sync), so they run
 inside the captured verification step. Inputs, for a tree of ``q`` nodes whose
 retrieve table has ``P`` rows of ``D + 1`` columns (see ``buffers``):
 
-- ``tree_tokens`` ``[q]``: the token placed at each node;
-- ``logits`` ``[q, V]``: the base model's logits *after* each node;
-- ``retrieve_indices`` ``[P, D + 1]``: node numbers root-first, ``-1`` padded.
+- ``tree_tokens`` ``[..., q]``: the token placed at each node;
+- ``logits`` ``[..., q, V]``: the base model's logits *after* each node;
+- ``retrieve_indices`` ``[P, D + 1]``: node numbers root-first, ``-1`` padded
+  (one tree, shared by every sequence of a batch).
 
-They return ``(best_row, accept_length)``: the chosen row and how many of its
-nodes are accepted, the root included (so ``accept_length >= 1``). The root is
-always accepted: it is the base model's own greedy token from the step before.
+``...`` is an optional batch dimension ``B`` (one decision per sequence). They
+return ``(best_row, accept_length)``, each ``[...]``: the chosen row and how many
+of its nodes are accepted, the root included (so ``accept_length >= 1``). The root
+is always accepted: it is the base model's own greedy token from the step before.
 """
 
 from __future__ import annotations
@@ -46,9 +48,9 @@ def _longest_accepted(matches: torch.Tensor, retrieve_indices: torch.Tensor) -> 
 ]:
     """Row with the longest all-accepted prefix (first such row on ties) and its length + 1."""
     matches = matches & (retrieve_indices[:, 1:] != PAD)
-    accepted = matches.long().cumprod(dim=1).sum(dim=1)
+    accepted = matches.long().cumprod(dim=-1).sum(dim=-1)  # [..., P]
     # max(dim) returns the first maximal index, and indexes without a host sync.
-    longest, best_row = accepted.max(dim=0)
+    longest, best_row = accepted.max(dim=-1)
     return best_row, longest + 1
 
 
@@ -61,7 +63,7 @@ def greedy_accept(
     """
     nodes = retrieve_indices.clamp(min=0)
     predictions = logits.argmax(dim=-1)
-    matches = tree_tokens[nodes[:, 1:]] == predictions[nodes[:, :-1]]
+    matches = tree_tokens[..., nodes[:, 1:]] == predictions[..., nodes[:, :-1]]
     return _longest_accepted(matches, retrieve_indices)
 
 
@@ -80,8 +82,12 @@ def typical_accept(
         rule.posterior_alpha * torch.exp(-entropy),
     )
     parents = nodes[:, :-1]
-    candidate_probs = probs[parents, tree_tokens[nodes[:, 1:]]]
-    matches = candidate_probs > threshold[parents]
+    # probs[..., parent, token] as one gather over the flattened (node, vocab) axis:
+    # fixed-shape and with no [..., P, D, V] intermediate.
+    vocab = probs.shape[-1]
+    flat_index = parents * vocab + tree_tokens[..., nodes[:, 1:]]  # [..., P, D]
+    candidate_probs = probs.flatten(-2).gather(-1, flat_index.flatten(-2))
+    matches = candidate_probs.view(flat_index.shape) > threshold[..., parents]
     return _longest_accepted(matches, retrieve_indices)
 
 

@@ -95,11 +95,20 @@ def check_tree_fits(tree: Tree, heads: MedusaHeads | None, vocab_size: int) -> N
 
 
 class TreeDecoder:
-    """Static-shape decoding state for one sequence, one model, one tree.
+    """Static-shape decoding state for ``batch_size`` sequences, one model, one tree.
 
     Holds the static KV cache (``max_cache_len`` slots), the device copies of the
     tree buffers and the step's static input/output tensors. ``step()`` runs one
     verification step (a CUDA graph replay when captured).
+
+    Batching: HF's ``StaticLayer`` writes a block at one ``cumulative_length``
+    shared by all rows, but rows accept paths of different lengths. So the rows
+    share one write pointer ``write_length`` (``L``), advanced by the longest
+    accepted path; a row that accepted fewer tokens leaves *holes* (slots marked
+    invalid in ``valid [B, max_cache_len]`` and masked out forever), and its
+    position ids come from its own true length ``row_lengths [B]``. Prompts are
+    left-padded with holes. With ``B = 1`` there are never holes and this is plain
+    contiguous decoding.
     """
 
     def __init__(
@@ -123,11 +132,12 @@ class TreeDecoder:
             raise TreeoptError(
                 f"acceptance must be 'greedy' or TypicalAcceptance, not {acceptance!r}"
             )
-        if batch_size != 1:
-            raise TreeoptError("batch size > 1 is not supported yet (decode one sequence)")
+        if batch_size < 1:
+            raise TreeoptError(f"batch_size must be >= 1, not {batch_size}")
         self.heads = heads
         self.tree = tree
         self.acceptance = acceptance
+        self.batch_size = batch_size
         self.max_cache_len = max_cache_len
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
@@ -138,126 +148,164 @@ class TreeDecoder:
             )
 
         self.buffers = tree_buffers(tree).to(self.device)
-        q = self.buffers.num_tokens
-        # Static step inputs/outputs (updated in place so a captured graph sees them).
-        self.prefix_length = torch.zeros((), dtype=torch.long, device=self.device)
-        self.tree_tokens = torch.zeros((1, q), dtype=torch.long, device=self.device)
-        self.emitted = torch.zeros(tree.depth + 1, dtype=torch.long, device=self.device)
-        self.accept_length = torch.ones((), dtype=torch.long, device=self.device)
-        self.slots = torch.arange(max_cache_len, device=self.device)
+        q, device = self.buffers.num_tokens, self.device
+        # Static step state (updated in place so a captured graph sees it).
+        self.write_length = torch.zeros((), dtype=torch.long, device=device)  # shared L
+        self.row_lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.valid = torch.zeros(batch_size, max_cache_len, dtype=torch.bool, device=device)
+        self.tree_tokens = torch.zeros((batch_size, q), dtype=torch.long, device=device)
+        # Step outputs: accepted candidates then the next root, and how many are real.
+        self.emitted = torch.zeros(batch_size, tree.depth + 1, dtype=torch.long, device=device)
+        self.accept_length = torch.ones(batch_size, dtype=torch.long, device=device)
+        self.slots = torch.arange(max_cache_len, device=device)
         self.graph: torch.cuda.CUDAGraph | None = None
 
     @property
     def num_tokens(self) -> int:
         return self.buffers.num_tokens
 
+    # ------------------------------------------------------------ state
+    def snapshot(self) -> list[torch.Tensor]:
+        """Copies of the state a step reads (the cache past ``L`` is scratch)."""
+        return [t.clone() for t in (self.write_length, self.row_lengths, self.valid,
+                                    self.tree_tokens)]
+
+    def restore(self, snapshot: list[torch.Tensor]) -> None:
+        """Put back a :meth:`snapshot` in place (the captured graph keeps its addresses)."""
+        for target, saved in zip(
+            (self.write_length, self.row_lengths, self.valid, self.tree_tokens), snapshot,
+            strict=True,
+        ):
+            target.copy_(saved)
+
     # ------------------------------------------------------------ forward
     def _forward(
         self, tokens: torch.Tensor, block_mask: torch.Tensor, offsets: torch.Tensor
     ) -> torch.Tensor:
-        """Last hidden state ``[1, T, H]`` of ``tokens`` written at slots ``L .. L+T-1``.
+        """Last hidden state ``[B, T, H]`` of ``tokens [B, T]`` written at slots ``L .. L+T-1``.
 
-        ``block_mask[i, j]``: token i sees token j of this block; every token sees
-        the whole prefix (slots ``< L``) and nothing past the block.
+        ``block_mask [T, T]`` or ``[B, T, T]``: token i sees token j of this block;
+        every token also sees its row's valid slots (all ``< L``) and nothing else.
+        Position ids are ``row_lengths + offsets`` (``offsets [T]`` or ``[B, T]``).
         """
         length = tokens.shape[1]
         for layer in self.cache.layers:  # StaticLayer writes at cumulative_length + arange(T)
-            layer.cumulative_length.copy_(self.prefix_length)
-        relative = self.slots - self.prefix_length
+            layer.cumulative_length.copy_(self.write_length)
+        relative = self.slots - self.write_length
         in_block = (relative >= 0) & (relative < length)
-        sees_block = block_mask[:, relative.clamp(0, length - 1)] & in_block
-        visible = sees_block | (self.slots < self.prefix_length)
+        sees_block = block_mask[..., relative.clamp(0, length - 1)] & in_block
+        visible = sees_block | self.valid[:, None, :]  # [B, T, S]
         mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device)
-        mask = mask.masked_fill(~visible, torch.finfo(self.dtype).min)[None, None]
+        mask = mask.masked_fill(~visible, torch.finfo(self.dtype).min)[:, None]
         outputs = self.decoder(
             input_ids=tokens,
             attention_mask=mask,
-            position_ids=(self.prefix_length + offsets)[None],
+            position_ids=self.row_lengths[:, None] + offsets,
             past_key_values=self.cache,
             use_cache=True,
         )
         return outputs.last_hidden_state
 
     def _next_tree_tokens(self, root: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        """Tokens of the next tree: ``root`` then each head's top-k at ``hidden [H]``."""
-        root = root.view(1)
+        """Next trees' tokens ``[B, q]``: ``root [B]``, then heads' top-k at ``hidden [B, H]``."""
+        batch = root.shape[0]
+        root = root.view(batch, 1)
         if self.tree.depth == 0:
             return root
-        head_logits = self.heads(hidden, num_heads=self.tree.depth)  # [D, V]
-        top = head_logits.topk(self.buffers.top_k, dim=-1).indices
-        flat = torch.cat([root, top.reshape(-1)])
-        return flat[self.buffers.candidate_indices]
+        # [D, B, V]; reshape also takes heads that drop a batch dimension of one.
+        head_logits = self.heads(hidden, num_heads=self.tree.depth).reshape(
+            self.tree.depth, batch, -1
+        )
+        top = head_logits.topk(self.buffers.top_k, dim=-1).indices  # [D, B, k]
+        flat = torch.cat([root, top.transpose(0, 1).reshape(batch, -1)], dim=1)
+        return flat[:, self.buffers.candidate_indices]
 
-    def prefill(self, input_ids: torch.Tensor) -> None:
-        """Run the prompt ``[1, P]`` into an empty cache and lay out the first tree.
+    def prefill(self, input_ids: torch.Tensor, pad_mask: torch.Tensor | None = None) -> None:
+        """Run left-padded prompts ``[B, P]`` into an empty cache and lay out the first trees.
 
-        Emits the first new token (the first root) into ``emitted[0]``.
+        ``pad_mask [B, P]`` (bool, True = real token) marks the left padding; every
+        row must end with a real token. Emits each row's first new token (its
+        first root) into ``emitted[:, 0]``.
         """
-        length = input_ids.shape[1]
+        batch, length = input_ids.shape
+        if batch != self.batch_size:
+            raise TreeoptError(f"{batch} prompts for a decoder of batch size {self.batch_size}")
         if length + self.num_tokens > self.max_cache_len:
             raise TreeoptError(f"prompt of {length} tokens does not fit the cache")
-        self.prefix_length.zero_()
+        if pad_mask is None:
+            pad_mask = torch.ones_like(input_ids, dtype=torch.bool)
+        pad_mask = pad_mask.to(device=self.device, dtype=torch.bool)
+        self.write_length.zero_()
+        self.row_lengths.zero_()
+        self.valid.zero_()
         causal = torch.ones(length, length, dtype=torch.bool, device=self.device).tril()
-        offsets = torch.arange(length, device=self.device)
-        hidden = self._forward(input_ids, causal, offsets)[0, -1]
+        # A pad query also sees itself: with nothing visible its softmax row would be
+        # all-masked. Its output is never used and its slot stays a hole.
+        itself = torch.eye(length, dtype=torch.bool, device=self.device)
+        block = causal & (pad_mask[:, None, :] | itself)
+        offsets = (pad_mask.cumsum(dim=-1) - 1).clamp(min=0)  # true positions of real tokens
+        hidden = self._forward(input_ids, block, offsets)[:, -1]  # [B, H]
         root = self.lm_head(hidden).argmax(dim=-1)
-        self.tree_tokens.copy_(self._next_tree_tokens(root, hidden)[None])
-        self.prefix_length.fill_(length)
+        self.tree_tokens.copy_(self._next_tree_tokens(root, hidden))
+        self.valid[:, :length] = pad_mask
+        self.write_length.fill_(length)
+        self.row_lengths.copy_(pad_mask.sum(dim=-1))
         self.emitted.zero_()
-        self.emitted[0] = root
+        self.emitted[:, 0] = root
         self.accept_length.fill_(1)
 
     def _step(self) -> None:
-        """One verification step (fixed shapes, no host sync; see the module doc)."""
+        """One verification step for every row (fixed shapes, no host sync; see the module doc)."""
         buffers = self.buffers
-        tokens = self.tree_tokens[0]
-        hidden = self._forward(self.tree_tokens, buffers.attention_mask, buffers.position_offsets)
-        hidden = hidden[0]
-        logits = self.lm_head(hidden)
+        tokens = self.tree_tokens
+        hidden = self._forward(tokens, buffers.attention_mask, buffers.position_offsets)
+        logits = self.lm_head(hidden)  # [B, q, V]
         best_row, accept_length = accept(
             self.acceptance, tokens, logits, buffers.retrieve_indices
-        )
-        # index_select, not t[scalar_tensor]: indexing with a 0-dim tensor syncs the host,
-        # which a CUDA graph capture refuses.
-        path = buffers.retrieve_indices.index_select(0, best_row.view(1))[0].clamp(min=0)
-        last_position = (accept_length - 1).view(1)
-        last_node = path.index_select(0, last_position)  # [1]
-        root = logits.index_select(0, last_node).argmax(dim=-1)  # [1]
+        )  # [B], [B]
+        # Per-row gathers with index tensors, never t[0-dim tensor] (a host sync that
+        # CUDA graph capture refuses).
+        paths = buffers.retrieve_indices.index_select(0, best_row).clamp(min=0)  # [B, D+1]
+        last_position = (accept_length - 1)[:, None]  # [B, 1]
+        last_node = paths.gather(1, last_position)[..., None]  # [B, 1, 1]
+        last_hidden = hidden.gather(1, last_node.expand(-1, -1, hidden.shape[-1]))[:, 0]
+        root = logits.gather(1, last_node.expand(-1, -1, logits.shape[-1]))[:, 0].argmax(-1)
 
-        # Compaction: accepted nodes' K/V to slots L .. L+D (slots past L+n-1 get
-        # leftovers that the next step overwrites before anyone sees them).
-        sources = self.prefix_length + path
-        targets = self.prefix_length + self.slots[: path.numel()]
+        # Compaction: row b's accepted nodes' K/V to slots L .. L+n_b-1. Slots past
+        # L+n_b-1 become holes (invalid) or lie past the new L (overwritten next step).
+        offsets = self.slots[: paths.shape[1]]  # 0 .. D
+        sources = self.write_length + paths  # [B, D+1], per row
+        targets = self.write_length + offsets  # [D+1], shared
         for layer in self.cache.layers:
-            layer.keys.index_copy_(2, targets, layer.keys.index_select(2, sources))
-            layer.values.index_copy_(2, targets, layer.values.index_select(2, sources))
+            for store in (layer.keys, layer.values):  # [B, heads, S, head_dim]
+                index = sources[:, None, :, None].expand(-1, store.shape[1], -1, store.shape[3])
+                store.index_copy_(2, targets, store.gather(2, index))
+        self.valid.index_copy_(1, targets, offsets[None, :] < accept_length[:, None])
 
-        emitted = torch.cat([tokens[path[1:]], root])
-        emitted = emitted.index_copy(0, last_position, root)  # accepted candidates, next root
+        emitted = torch.cat([tokens.gather(1, paths[:, 1:]), root[:, None]], dim=1)
+        emitted = emitted.scatter(1, last_position, root[:, None])  # candidates, next root
         self.emitted.copy_(emitted)
         self.accept_length.copy_(accept_length)
-        last_hidden = hidden.index_select(0, last_node)[0]
-        self.tree_tokens.copy_(self._next_tree_tokens(root, last_hidden)[None])
-        self.prefix_length.add_(accept_length)
+        self.tree_tokens.copy_(self._next_tree_tokens(root, last_hidden))
+        self.row_lengths.add_(accept_length)
+        self.write_length.add_(accept_length.max())  # the longest row sets the shared L
 
     def capture(self) -> None:
         """Capture ``_step`` as a CUDA graph (after :meth:`prefill`; state is restored)."""
-        saved_prefix, saved_tokens = self.prefix_length.clone(), self.tree_tokens.clone()
+        saved = self.snapshot()
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):
             for _ in range(CUDA_GRAPH_WARMUP_STEPS):
                 self._step()
-                self.prefix_length.copy_(saved_prefix)
-                self.tree_tokens.copy_(saved_tokens)
+                self.restore(saved)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             self._step()
         self.graph = graph
         # Capture records without running; state is still the pre-step state.
-        self.prefix_length.copy_(saved_prefix)
-        self.tree_tokens.copy_(saved_tokens)
+        self.restore(saved)
 
     def step(self) -> None:
         """One verification step; the caller checks ``L + q <= max_cache_len`` first."""
@@ -267,52 +315,113 @@ class TreeDecoder:
             self._step()
 
 
-def _as_prompt(input_ids: torch.Tensor | Sequence[int], device: torch.device) -> torch.Tensor:
-    prompt = torch.as_tensor(input_ids, dtype=torch.long)
-    if prompt.dim() == 2:
-        if prompt.shape[0] != 1:
-            raise TreeoptError(
-                f"batch size {prompt.shape[0]} > 1 is not supported yet (pass one sequence)"
-            )
-        prompt = prompt[0]
-    if prompt.dim() != 1 or prompt.numel() == 0:
-        raise TreeoptError("input_ids must be a non-empty sequence of token ids")
-    return prompt[None].to(device)
+Prompts = torch.Tensor | Sequence[int] | Sequence[Sequence[int]]
+
+
+def _as_prompts(
+    input_ids: Prompts, attention_mask: torch.Tensor | Sequence[Sequence[int]] | None
+) -> tuple[list[list[int]], bool]:
+    """The real tokens of each prompt, and whether the input was a single sequence.
+
+    A 1-D input (or a 2-D one with one row) is one sequence; ``attention_mask``
+    (1 = token, 0 = padding, either side) picks the real tokens of a 2-D input.
+    """
+    if isinstance(input_ids, torch.Tensor):
+        rows = input_ids.tolist() if input_ids.dim() == 2 else [input_ids.tolist()]
+        single = input_ids.dim() == 1 or input_ids.shape[0] == 1
+    elif len(input_ids) > 0 and all(isinstance(row, Sequence | torch.Tensor) for row in input_ids):
+        rows = [list(map(int, row)) for row in input_ids]  # type: ignore[arg-type]
+        single = len(rows) == 1
+    else:
+        rows, single = [list(map(int, input_ids))], True  # type: ignore[arg-type]
+    if attention_mask is not None:
+        masks = torch.as_tensor(attention_mask).reshape(len(rows), -1).tolist()
+        if any(len(mask) != len(row) for mask, row in zip(masks, rows, strict=True)):
+            raise TreeoptError("attention_mask must have the shape of input_ids")
+        rows = [
+            [token for token, real in zip(row, mask, strict=True) if real]
+            for row, mask in zip(rows, masks, strict=True)
+        ]
+    if not rows or any(not row for row in rows):
+        raise TreeoptError("input_ids must be non-empty sequences of token ids")
+    return rows, single
+
+
+def _left_padded(rows: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``input_ids [B, P]`` left-padded (pad id 0, never seen) and its bool pad mask."""
+    length = max(len(row) for row in rows)
+    ids = torch.zeros(len(rows), length, dtype=torch.long)
+    mask = torch.zeros(len(rows), length, dtype=torch.bool)
+    for index, row in enumerate(rows):
+        ids[index, length - len(row):] = torch.tensor(row)
+        mask[index, length - len(row):] = True
+    return ids.to(device), mask.to(device)
+
+
+@dataclass
+class BatchGenerationResult:
+    """Per-sequence results of one batched :func:`generate` call, in input order.
+
+    ``sequences[b].accept_lengths`` covers only the passes row ``b`` was still
+    decoding; ``steps`` counts every batched forward pass (prefill included). The
+    timings are the whole batch's and are shared by every sequence's result.
+    """
+
+    sequences: list[GenerationResult]
+    steps: int = 0
+    wall_time_s: float = 0.0
+    capture_s: float = 0.0
+    prefill_s: float = 0.0
+
+    @property
+    def tokens(self) -> list[list[int]]:
+        return [sequence.tokens for sequence in self.sequences]
+
+    @property
+    def tokens_per_second(self) -> float:
+        """New tokens of all sequences over wall time (prefill included)."""
+        total = sum(len(sequence.tokens) for sequence in self.sequences)
+        return total / self.wall_time_s if self.wall_time_s > 0 else 0.0
 
 
 @torch.inference_mode()
-def generate(
+def generate_batch(
     model: nn.Module,
     heads: MedusaHeads | None,
     tree: Tree,
-    input_ids: torch.Tensor | Sequence[int],
+    input_ids: Prompts,
     max_new_tokens: int,
     acceptance: Acceptance = "greedy",
     eos_token_id: int | Sequence[int] | None = None,
     cuda_graph: bool | None = None,
-) -> GenerationResult:
-    """Decode up to ``max_new_tokens`` new tokens with Medusa tree verification.
+    attention_mask: torch.Tensor | Sequence[Sequence[int]] | None = None,
+) -> BatchGenerationResult:
+    """Batched :func:`generate`: always a :class:`BatchGenerationResult`, one row per prompt.
 
-    Guarantee: with ``acceptance="greedy"`` the tokens equal plain greedy decoding
-    (``model.generate(do_sample=False)``) token for token, stopping after the first
-    ``eos_token_id`` or at ``max_new_tokens``, whatever the tree (up to float
-    rounding of near-tied logits). ``cuda_graph`` defaults to True on CUDA.
-    Raises TreeoptError before decoding if the tree does not fit the heads.
+    ``input_ids``: a list of token lists (any lengths), or a 2-D tensor with an
+    optional ``attention_mask`` marking padding. Each row stops on its own at its
+    first ``eos_token_id`` or at ``max_new_tokens``; the batch runs until all stop.
     """
     if max_new_tokens < 1:
         raise TreeoptError(f"max_new_tokens must be >= 1, not {max_new_tokens}")
     device = next(model.parameters()).device
-    prompt = _as_prompt(input_ids, device)
+    rows, _ = _as_prompts(input_ids, attention_mask)
+    prompt, pad_mask = _left_padded(rows, device)
     eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
-    q = tree.num_tokens
+    batch, q = len(rows), tree.num_tokens
+    # The shared write pointer advances by the longest accepted path of any row, up
+    # to D + 1 a step, so a batch may use that much cache per new token; one
+    # sequence never leaves holes and needs exactly one slot per token.
+    growth = 1 if batch == 1 else tree.depth + 1
     decoder = TreeDecoder(
-        model, heads, tree, prompt.shape[1] + max_new_tokens + q, acceptance=acceptance
+        model, heads, tree, prompt.shape[1] + q + growth * max_new_tokens,
+        acceptance=acceptance, batch_size=batch,
     )
     synchronize = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     synchronize()
     start = time.perf_counter()
-    decoder.prefill(prompt)
-    tokens = [int(decoder.emitted[0])]  # host sync: the prefill is done
+    decoder.prefill(prompt, pad_mask)
+    tokens = [[token] for token in decoder.emitted[:, 0].tolist()]  # host sync: prefill done
     prefill_s = time.perf_counter() - start
     capture_s = 0.0
     if cuda_graph if cuda_graph is not None else device.type == "cuda":
@@ -320,16 +429,59 @@ def generate(
         decoder.capture()  # one-time cost per tree size: kept out of the decode time
         synchronize()
         capture_s = time.perf_counter() - capture_start
-    accept_lengths = [1]
-    while tokens[-1] not in eos and len(tokens) < max_new_tokens:
+    accept_lengths = [[1] for _ in rows]
+    active = [row[-1] not in eos and len(row) < max_new_tokens for row in tokens]
+    steps = 1
+    while any(active):
         decoder.step()
-        # The one host sync a step: the count and the emitted tokens together.
-        count, *emitted = torch.cat([decoder.accept_length.view(1), decoder.emitted]).tolist()
-        accept_lengths.append(count)
-        for token in emitted[:count]:
-            tokens.append(token)
-            if token in eos or len(tokens) == max_new_tokens:
-                break
+        steps += 1
+        # The one host sync a step: every row's count and emitted tokens together.
+        readback = torch.cat([decoder.accept_length[:, None], decoder.emitted], dim=1).tolist()
+        for row, (count, *emitted) in enumerate(readback):
+            if not active[row]:
+                continue  # finished rows ride along until the batch ends; ignore them
+            accept_lengths[row].append(count)
+            for token in emitted[:count]:
+                tokens[row].append(token)
+                if token in eos or len(tokens[row]) == max_new_tokens:
+                    active[row] = False
+                    break
     synchronize()
     wall_time_s = time.perf_counter() - start - capture_s
-    return GenerationResult(tokens, accept_lengths, wall_time_s, capture_s, prefill_s)
+    sequences = [
+        GenerationResult(row_tokens, row_accepts, wall_time_s, capture_s, prefill_s)
+        for row_tokens, row_accepts in zip(tokens, accept_lengths, strict=True)
+    ]
+    return BatchGenerationResult(sequences, steps, wall_time_s, capture_s, prefill_s)
+
+
+def generate(
+    model: nn.Module,
+    heads: MedusaHeads | None,
+    tree: Tree,
+    input_ids: Prompts,
+    max_new_tokens: int,
+    acceptance: Acceptance = "greedy",
+    eos_token_id: int | Sequence[int] | None = None,
+    cuda_graph: bool | None = None,
+    attention_mask: torch.Tensor | Sequence[Sequence[int]] | None = None,
+) -> GenerationResult | BatchGenerationResult:
+    """Decode up to ``max_new_tokens`` new tokens with Medusa tree verification.
+
+    Guarantee: with ``acceptance="greedy"`` the tokens equal plain greedy decoding
+    (``model.generate(do_sample=False)``) token for token, stopping after the first
+    ``eos_token_id`` or at ``max_new_tokens``, whatever the tree (up to float
+    rounding of near-tied logits). ``cuda_graph`` defaults to True on CUDA.
+    Raises TreeoptError before decoding if the tree does not fit the heads.
+
+    One sequence (1-D, or 2-D with one row) gives a :class:`GenerationResult`;
+    several (a list of token lists, or a 2-D tensor with ``attention_mask``) give a
+    :class:`BatchGenerationResult` (see :func:`generate_batch`), each row decoded
+    as if alone.
+    """
+    _, single = _as_prompts(input_ids, attention_mask)
+    result = generate_batch(
+        model, heads, tree, input_ids, max_new_tokens, acceptance=acceptance,
+        eos_token_id=eos_token_id, cuda_graph=cuda_graph, attention_mask=attention_mask,
+    )
+    return result.sequences[0] if single else result

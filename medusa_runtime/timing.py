@@ -102,6 +102,9 @@ def time_verification_step(
 ) -> dict[str, Any]:
     """Median seconds of one verification step of ``num_tokens`` tokens at ``context``.
 
+    ``batch`` sequences are verified together, each with its own tree of
+    ``num_tokens`` tokens over its own ``context`` cached tokens.
+
     The tree is :func:`representative_tree` (``num_tokens == 1`` is plain decoding
     and runs no heads). ``device`` defaults to the model's; the model and heads
     must already be there. ``cuda_graph`` defaults to True on CUDA. Returns a dict
@@ -111,24 +114,31 @@ def time_verification_step(
     device = torch.device(device) if device is not None else model_device
     if device != model_device and not (device.type == model_device.type == "cuda"):
         raise TreeoptError(f"model is on {model_device}, asked to time on {device}")
-    if repeats < 1 or warmup < 0 or context < 1:
-        raise TreeoptError("need repeats >= 1, warmup >= 0 and context >= 1")
+    if repeats < 1 or warmup < 0 or context < 1 or batch < 1:
+        raise TreeoptError("need repeats >= 1, warmup >= 0, context >= 1 and batch >= 1")
     num_heads = heads.num_heads if heads is not None else 0
     tree = representative_tree(num_tokens, num_heads)
     decoder = TreeDecoder(model, heads, tree, context + num_tokens, batch_size=batch)
     generator = torch.Generator(device="cpu").manual_seed(0)
     vocab = decoder.vocab_size
 
-    decoder.prefill(torch.randint(0, vocab, (1, 1), generator=generator).to(device))
+    decoder.prefill(torch.randint(0, vocab, (batch, 1), generator=generator).to(device))
     for layer in decoder.cache.layers:  # a full, non-zero context
         layer.keys.normal_(std=CACHE_FILL_STD)
         layer.values.normal_(std=CACHE_FILL_STD)
-    start_tokens = torch.randint(0, vocab, (1, num_tokens), generator=generator).to(device)
-    start_prefix = torch.tensor(context, device=device)
+    # Every row holds ``context`` contiguous tokens (no holes: the steady state the
+    # cost model assumes) and verifies its own random tree tokens.
+    decoder.write_length.fill_(context)
+    decoder.row_lengths.fill_(context)
+    decoder.valid.zero_()
+    decoder.valid[:, :context] = True
+    decoder.tree_tokens.copy_(
+        torch.randint(0, vocab, (batch, num_tokens), generator=generator).to(device)
+    )
+    start_state = decoder.snapshot()
 
     def reset() -> None:
-        decoder.prefix_length.copy_(start_prefix)
-        decoder.tree_tokens.copy_(start_tokens)
+        decoder.restore(start_state)
 
     use_graph = cuda_graph if cuda_graph is not None else device.type == "cuda"
     reset()

@@ -237,8 +237,8 @@ def test_tree_must_fit_heads(llama: nn.Module) -> None:
         generate(llama, heads, Tree.from_paths([[64]]), [1, 2], 5)
     with pytest.raises(TreeoptError, match="needs Medusa heads"):
         generate(llama, None, Tree.from_paths([[0]]), [1, 2], 5)
-    with pytest.raises(TreeoptError, match="batch size 2"):
-        generate(llama, heads, Tree.empty(), [[1, 2], [3, 4]], 5)
+    with pytest.raises(TreeoptError, match="non-empty"):  # batches work; empty rows do not
+        generate(llama, heads, Tree.empty(), [[1, 2], []], 5)
 
 
 @pytest.mark.skipif(not STORIES.is_dir(), reason="needs ../shared/models/stories260K")
