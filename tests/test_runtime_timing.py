@@ -38,5 +38,7 @@ def test_random_weight_model_and_step_timing() -> None:
         assert result["num_tokens"] == q and len(result["samples_s"]) == 3
         assert 0 < result["min_s"] <= result["median_s"] <= result["max_s"]
         assert result["cuda_graph"] is False
-    with pytest.raises(TreeoptError, match="batch size"):
-        time_verification_step(model, heads, 4, batch=2, context=8)
+    batched = time_verification_step(model, heads, 4, batch=2, context=8, warmup=0, repeats=2)
+    assert batched["batch"] == 2 and len(batched["samples_s"]) == 2
+    with pytest.raises(TreeoptError):
+        time_verification_step(model, heads, 4, context=8, repeats=0)
