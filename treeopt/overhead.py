@@ -14,11 +14,11 @@ from typing import Any
 
 from treeopt.errors import TreeoptError
 from treeopt.latency import OUT_OF_MEMORY, LatencyTable, Setting
+from treeopt.roofline import DTYPE_LONG_NAMES
 
 StepTimer = Callable[[int, int, int], float]  # (batch, context, num_tokens) -> seconds
-DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "fp8": "float8_e4m3fn",
-                 "float32": "float32", "float16": "float16", "bfloat16": "bfloat16",
-                 "float8_e4m3fn": "float8_e4m3fn"}
+# Short names (bf16) and torch's long names (bfloat16) both accepted; one table, in roofline.
+DTYPE_ALIASES = {**DTYPE_LONG_NAMES, **{long: long for long in DTYPE_LONG_NAMES.values()}}
 PREDICTED_OOM_NOTE = "predicted out of memory: weights + KV cache(context + num_tokens) > memory_gb"
 
 
