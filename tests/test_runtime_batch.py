@@ -14,6 +14,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_runtime import greedy_reference
 from torch import nn
 
 from medusa_runtime.decode import BatchGenerationResult, GenerationResult, generate, generate_batch
@@ -45,18 +46,6 @@ def tiny_llama(seed: int = 0) -> nn.Module:
 @pytest.fixture(scope="module")
 def llama() -> nn.Module:
     return tiny_llama()
-
-
-def greedy_reference(
-    model: nn.Module, prompt: list[int], max_new_tokens: int, eos: int | None = None
-) -> list[int]:
-    """Plain greedy decoding of one row alone, by transformers itself."""
-    input_ids = torch.tensor([prompt])
-    output = model.generate(
-        input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
-        do_sample=False, eos_token_id=eos, pad_token_id=0,
-    )
-    return output[0, len(prompt):].tolist()
 
 
 class BatchOracleHeads(nn.Module):
