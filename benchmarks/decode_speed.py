@@ -161,7 +161,9 @@ def main() -> None:
     args = parse_args()
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
-    use_graph = device.type == "cuda" and not args.no_cuda_graph
+    # None: capture on CUDA, falling back to eager (recorded per size) if capture fails,
+    # so one bad capture does not lose the whole run.
+    use_graph = None if device.type == "cuda" and not args.no_cuda_graph else False
     sizes = [int(size) for size in args.sizes.split(",")]
     torch.manual_seed(0)
 
@@ -178,7 +180,9 @@ def main() -> None:
             model, heads, q, context=args.context, warmup=args.warmup, repeats=args.repeats,
             cuda_graph=use_graph,
         )
-        latency[str(q)] = {key: timing[key] for key in ("median_s", "min_s", "max_s")}
+        latency[str(q)] = {key: timing[key] for key in
+                           ("median_s", "min_s", "max_s", "cuda_graph", "capture_error")
+                           if key in timing}
         print(f"q={q:4d}  step {timing['median_s'] * 1e3:8.3f} ms", flush=True)
     ratio = (latency["64"]["median_s"] / latency["1"]["median_s"]
              if "64" in latency and "1" in latency else None)
@@ -202,7 +206,7 @@ def main() -> None:
         "batch": 1,
         "context": args.context,
         "heads": {"num_heads": args.num_heads, "kind": args.head_kind},
-        "cuda_graph": use_graph,
+        "cuda_graph": {"asked": use_graph is None, "plain_decode_captured": plain.cuda_graph},
         "compiled_layers": args.compile,
         "latency": latency,
         "latency_ratio_64_over_1": ratio,

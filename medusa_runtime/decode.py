@@ -23,6 +23,7 @@ explicit ``position_ids`` with a ``StaticCache`` (Llama, Mistral, Qwen2 checked)
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -51,6 +52,7 @@ class GenerationResult:
     wall_time_s: float = 0.0  # prefill + decoding, CUDA graph capture excluded
     capture_s: float = 0.0  # one-time CUDA graph capture
     prefill_s: float = 0.0  # the prompt's forward pass, included in wall_time_s
+    cuda_graph: bool = False  # whether the step ran as a captured CUDA graph
 
     @property
     def steps(self) -> int:
@@ -159,6 +161,7 @@ class TreeDecoder:
         self.accept_length = torch.ones(batch_size, dtype=torch.long, device=device)
         self.slots = torch.arange(max_cache_len, device=device)
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.capture_error: str | None = None  # why the last capture_or_eager stayed eager
 
     @property
     def num_tokens(self) -> int:
@@ -293,19 +296,41 @@ class TreeDecoder:
     def capture(self) -> None:
         """Capture ``_step`` as a CUDA graph (after :meth:`prefill`; state is restored)."""
         saved = self.snapshot()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(CUDA_GRAPH_WARMUP_STEPS):
+        self.graph = None
+        try:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(CUDA_GRAPH_WARMUP_STEPS):
+                    self._step()
+                    self.restore(saved)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
                 self._step()
-                self.restore(saved)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self._step()
-        self.graph = graph
-        # Capture records without running; state is still the pre-step state.
-        self.restore(saved)
+            self.graph = graph
+        finally:
+            # Capture records without running, but a failed warm-up may have moved
+            # the state: always put back the pre-step state.
+            self.restore(saved)
+
+    def capture_or_eager(self, required: bool) -> bool:
+        """Capture the step if possible; return whether it was captured.
+
+        ``required``: a failed capture is a TreeoptError. Otherwise it warns (one
+        line, with the reason) and the decoder stays eager: slower, same tokens.
+        """
+        try:
+            self.capture()
+        except RuntimeError as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            if required:
+                raise TreeoptError(f"CUDA graph capture failed: {reason}") from None
+            warnings.warn(f"CUDA graph capture failed ({reason}); running the step eagerly",
+                          RuntimeWarning, stacklevel=2)
+            self.capture_error = reason
+            return False
+        return True
 
     def step(self) -> None:
         """One verification step; the caller checks ``L + q <= max_cache_len`` first."""
@@ -372,6 +397,7 @@ class BatchGenerationResult:
     wall_time_s: float = 0.0
     capture_s: float = 0.0
     prefill_s: float = 0.0
+    cuda_graph: bool = False
 
     @property
     def tokens(self) -> list[list[int]]:
@@ -405,6 +431,8 @@ def generate_batch(
     if max_new_tokens < 1:
         raise TreeoptError(f"max_new_tokens must be >= 1, not {max_new_tokens}")
     device = next(model.parameters()).device
+    if cuda_graph and device.type != "cuda":
+        raise TreeoptError(f"cuda_graph=True needs a model on a CUDA device, not {device}")
     rows, _ = _as_prompts(input_ids, attention_mask)
     prompt, pad_mask = _left_padded(rows, device)
     eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
@@ -424,9 +452,12 @@ def generate_batch(
     tokens = [[token] for token in decoder.emitted[:, 0].tolist()]  # host sync: prefill done
     prefill_s = time.perf_counter() - start
     capture_s = 0.0
+    captured = False
     if cuda_graph if cuda_graph is not None else device.type == "cuda":
         capture_start = time.perf_counter()
-        decoder.capture()  # one-time cost per tree size: kept out of the decode time
+        # One-time cost per tree size: kept out of the decode time. Asked for
+        # explicitly, a failure is an error; by default it falls back to eager.
+        captured = decoder.capture_or_eager(required=bool(cuda_graph))
         synchronize()
         capture_s = time.perf_counter() - capture_start
     accept_lengths = [[1] for _ in rows]
@@ -449,10 +480,10 @@ def generate_batch(
     synchronize()
     wall_time_s = time.perf_counter() - start - capture_s
     sequences = [
-        GenerationResult(row_tokens, row_accepts, wall_time_s, capture_s, prefill_s)
+        GenerationResult(row_tokens, row_accepts, wall_time_s, capture_s, prefill_s, captured)
         for row_tokens, row_accepts in zip(tokens, accept_lengths, strict=True)
     ]
-    return BatchGenerationResult(sequences, steps, wall_time_s, capture_s, prefill_s)
+    return BatchGenerationResult(sequences, steps, wall_time_s, capture_s, prefill_s, captured)
 
 
 def generate(
@@ -471,7 +502,9 @@ def generate(
     Guarantee: with ``acceptance="greedy"`` the tokens equal plain greedy decoding
     (``model.generate(do_sample=False)``) token for token, stopping after the first
     ``eos_token_id`` or at ``max_new_tokens``, whatever the tree (up to float
-    rounding of near-tied logits). ``cuda_graph`` defaults to True on CUDA.
+    rounding of near-tied logits). ``cuda_graph``: None (default) captures the step
+    on CUDA and falls back to eager with a warning if capture fails; True requires
+    the capture; False never captures. ``result.cuda_graph`` says what ran.
     Raises TreeoptError before decoding if the tree does not fit the heads.
 
     One sequence (1-D, or 2-D with one row) gives a :class:`GenerationResult`;

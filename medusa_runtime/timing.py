@@ -107,7 +107,9 @@ def time_verification_step(
 
     The tree is :func:`representative_tree` (``num_tokens == 1`` is plain decoding
     and runs no heads). ``device`` defaults to the model's; the model and heads
-    must already be there. ``cuda_graph`` defaults to True on CUDA. Returns a dict
+    must already be there. ``cuda_graph`` defaults to True on CUDA, falling back
+    to eager (``cuda_graph: False`` and ``capture_error`` in the result) if capture
+    fails; ``True`` makes that failure an error. Returns a dict
     with ``median_s``, ``min_s``, ``max_s``, ``samples_s`` and the settings.
     """
     model_device = next(model.parameters()).device
@@ -143,7 +145,7 @@ def time_verification_step(
     use_graph = cuda_graph if cuda_graph is not None else device.type == "cuda"
     reset()
     if use_graph:
-        decoder.capture()
+        use_graph = decoder.capture_or_eager(required=bool(cuda_graph))
     timer = _timer(device)
     samples = []
     for index in range(warmup + repeats):
@@ -158,6 +160,7 @@ def time_verification_step(
         "tree_paths": tree.as_lists(),
         "device": str(device),
         "cuda_graph": use_graph,
+        **({"capture_error": decoder.capture_error} if decoder.capture_error else {}),
         "median_s": statistics.median(samples),
         "min_s": min(samples),
         "max_s": max(samples),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -74,7 +75,8 @@ def test_bad_files_are_one_line_errors(tmp_path: Path, name: str, text: str,
 def test_missing_file_and_bad_options(tmp_path: Path) -> None:
     with pytest.raises(TreeoptError, match="does not exist"):
         read_prompts(tmp_path / "nope.jsonl")
-    with pytest.raises(TreeoptError, match="is a directory"):
+    # A folder is read as a Hugging Face dataset folder (or needs the datasets package).
+    with pytest.raises(TreeoptError, match=r"No .supported. data files|needs the 'datasets'"):
         read_prompts(write(tmp_path / "d", "x").parent)
     path = write(tmp_path / "p.txt", "a\n")
     with pytest.raises(TreeoptError, match="--max-prompts must be >= 1"):
@@ -83,14 +85,37 @@ def test_missing_file_and_bad_options(tmp_path: Path) -> None:
         read_prompts(path, turns="last")
 
 
-def test_hub_dataset_name_without_datasets_package() -> None:
-    try:
-        import datasets  # noqa: F401
-    except ImportError:
-        with pytest.raises(TreeoptError, match="needs the 'datasets' package"):
-            read_prompts("tatsu-lab/alpaca_eval")
-    else:
-        pytest.skip("datasets is installed")
+def test_hub_dataset_name_without_datasets_package(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError
+    with pytest.raises(TreeoptError, match="needs the 'datasets' package"):
+        read_prompts("tatsu-lab/alpaca_eval")
+
+
+def test_local_dataset_folder_with_splits(tmp_path: Path) -> None:
+    pytest.importorskip("datasets")
+    folder = tmp_path / "acme_prompts"
+    (folder / "data").mkdir(parents=True)
+    for split, prompts in (("train", ["a", "b", "c"]), ("test", ["x", "y"])):
+        rows = [{"instruction": prompt, "output": "..."} for prompt in prompts]
+        (folder / "data" / f"{split}.jsonl").write_text(
+            "".join(json.dumps(row) + "\n" for row in rows))
+    assert read_prompts(folder) == ["a", "b", "c"]
+    assert read_prompts(f"{folder}:test") == ["x", "y"]
+    with pytest.raises(TreeoptError, match=r"cannot load Hugging Face dataset .*split 'dev'"):
+        read_prompts(f"{folder}:dev")
+
+
+def test_uncached_hub_dataset_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch,
+                                                  tmp_path: Path) -> None:
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(TreeoptError) as caught:
+        read_prompts("treeopt-tests/no-such-dataset")
+    message = str(caught.value)
+    assert message.startswith("cannot load Hugging Face dataset 'treeopt-tests/no-such-dataset'")
+    assert message.endswith("download it first or pass a file") and "\n" not in message
 
 
 def test_split_held_out_is_seeded_and_disjoint() -> None:

@@ -6,19 +6,23 @@ On ``../shared/models/stories260K`` (a trained 260K-parameter Llama, no heads):
    (``tests/data/story_prompts.txt``: "Once upon a time" style openers made from a
    few templates, names and objects, seeded) plus MT-Bench first turns;
 2. profile the heads on held-out prompts (none used in training);
-3. build trees from that profile at several budgets (joint acceptance model);
+3. build trees from that profile at several budgets (joint acceptance model); the
+   profile keeps its ordered rank vectors, so the builder weights positions by
+   decoding steps and reports tokens per step replayed over that text;
 4. decode the same held-out prompts with ``medusa_runtime.generate`` (greedy) and
-   compare tokens per verification step with the profile's expected accept length.
+   compare tokens per verification step with the builder's predicted figure.
 
 Greedy verification accepts exactly what the profile measures at a position (the
 longest tree path matching the greedy future tokens), but decoding only visits
 some positions: a step that accepts ``a`` tokens skips the next ``a - 1``. So the
-profile's rank vectors replayed along decoding's walk
-(``treeopt.profiling.replay_tokens_per_step``) predict the measured tokens per
-verification step (asserted within 5%), while the position average that
-``expected_accept_length`` computes overstates it on this model, whose acceptance
-swings between long runs of repeated text and misses. The prefill pass (1 token,
-no tree) is left out of the measured rate. Run as a script to print the figures for the README:
+profile's rank vectors replayed along decoding's walk (:mod:`treeopt.replay`,
+the builder's figure) predict the measured tokens per verification step
+(asserted within 5%), while the position average that ``expected_accept_length``
+computes overstates it on this model, whose acceptance swings between long runs
+of repeated text and misses. A tree built by the position average
+(``built_64_by_positions``) is kept for comparison. The prefill pass (1 token, no
+tree) is left out of the measured rate. Run as a script to print the figures for
+the README:
 ``python tests/test_e2e.py`` (writes ``benchmarks/results/stories_e2e.json``).
 """
 
@@ -55,13 +59,8 @@ def pipeline(workdir: Path, epochs: int = 20, learning_rate: float = 1e-2) -> di
     from treeopt.calibration import encode_prompts, read_prompts, split_held_out
     from treeopt.evaluate import expected_accept_length
     from treeopt.models import load_base_model, load_heads
-    from treeopt.profiling import (
-        ProfileSettings,
-        load_rank_vectors,
-        profile_model,
-        ranks_path,
-        replay_tokens_per_step,
-    )
+    from treeopt.profiling import ProfileSettings, profile_model
+    from treeopt.replay import tokens_per_step
     from treeopt.train_heads import TrainSettings, train_heads
     from treeopt.treefile import load_tree
 
@@ -95,9 +94,10 @@ def pipeline(workdir: Path, epochs: int = 20, learning_rate: float = 1e-2) -> di
         model_id=str(STORIES), heads_id=str(workdir / "heads"), progress=False,
     )
     profile_seconds = time.perf_counter() - started
-    rank_vectors = load_rank_vectors(ranks_path(workdir / "profile.json"))
 
-    trees = {f"built_{b}": build_tree(profile, b, "joint").tree for b in BUDGETS}
+    built = {f"built_{b}": build_tree(profile, b, "joint") for b in BUDGETS}
+    built["built_64_by_positions"] = build_tree(profile, 64, "joint", weighting="positions")
+    trees = {name: result.tree for name, result in built.items()}
     trees["mc_sim_7b_63"] = load_tree("mc_sim_7b_63")
     rows = {}
     eos = tokenizer.eos_token_id
@@ -113,10 +113,13 @@ def pipeline(workdir: Path, epochs: int = 20, learning_rate: float = 1e-2) -> di
             passes += result.steps
         rows[name] = {
             "tokens_per_step": tree.num_tokens,
+            "builder_weighting": built[name].weighting if name in built else None,
+            "predicted_by_builder": (round(built[name].expected_accept_length, 4)
+                                     if name in built else None),
             "predicted_joint": round(expected_accept_length(tree, profile, "joint"), 4),
             "predicted_independent": round(
                 expected_accept_length(tree, profile, "independent"), 4),
-            "replayed": round(replay_tokens_per_step(tree, *rank_vectors), 4),
+            "replayed": round(tokens_per_step(tree, profile.sequences), 4),
             "measured_per_verification_step": round(emitted / steps, 4),
             "measured_acceleration_rate": round(new_tokens / passes, 4),
         }
@@ -143,18 +146,25 @@ def test_profile_predicts_runtime_and_built_tree_beats_mc_sim(tmp_path: Path) ->
     rows = figures["trees"]
     for name, row in rows.items():
         # The profile's rank vectors, replayed the way greedy decoding walks them,
-        # predict the runtime's tokens per verification step.
+        # predict the runtime's tokens per verification step...
         ratio = row["measured_per_verification_step"] / row["replayed"]
         assert abs(ratio - 1) <= AGREEMENT, (name, row)
+        # ...and that is the builder's own figure for the trees it builds by steps.
+        if row["builder_weighting"] == "steps":
+            ratio = row["measured_per_verification_step"] / row["predicted_by_builder"]
+            assert abs(ratio - 1) <= AGREEMENT, (name, row)
         # The position average overstates it here (long accepts skip positions);
         # see the module docstring and the README's profile section.
         assert row["measured_per_verification_step"] < row["predicted_joint"], (name, row)
     built, published = rows["built_64"], rows["mc_sim_7b_63"]
+    assert built["builder_weighting"] == "steps"
     assert built["tokens_per_step"] == published["tokens_per_step"] == 64
     assert built["measured_per_verification_step"] > published["measured_per_verification_step"]
-    assert built["predicted_joint"] > published["predicted_joint"]
+    assert built["replayed"] > published["replayed"]
+    # Weighting by steps never replays worse than the position-average tree.
+    assert built["replayed"] >= rows["built_64_by_positions"]["replayed"]
     # Bigger budgets: more predicted and more measured tokens per step.
-    for key in ("predicted_joint", "measured_per_verification_step"):
+    for key in ("predicted_by_builder", "measured_per_verification_step"):
         values = [rows[f"built_{b}"][key] for b in BUDGETS]
         assert values == sorted(values), key
 
@@ -167,7 +177,7 @@ def test_cli_train_heads_profile_build(tmp_path: Path) -> None:
 
     from treeopt.cli import app
     from treeopt.profile import load_profile
-    from treeopt.profiling import load_rank_vectors, ranks_path
+    from treeopt.replay import load_rank_sequences, ranks_path
 
     runner = CliRunner()
     common = ["-m", str(STORIES), "-d", str(STORY_PROMPTS), "--max-prompts", "12",
@@ -183,7 +193,8 @@ def test_cli_train_heads_profile_build(tmp_path: Path) -> None:
     assert (profile.num_heads, profile.top_k) == (3, 4)
     # 12 prompts x 16 new tokens: one position per new token (the last has no next token,
     # the last prompt token has the first), unless a continuation ended at EOS.
-    ranks, groups, _ = load_rank_vectors(ranks_path(tmp_path / "p.json"))
+    saved = load_rank_sequences(ranks_path(tmp_path / "p.json"))
+    ranks, groups = saved.ranks, saved.groups
     assert profile.num_positions == len(ranks) <= 12 * 16
     assert len(set(groups.tolist())) == 12
     result = runner.invoke(app, ["build", "-p", str(tmp_path / "p.json"), "--budget", "8",

@@ -20,22 +20,21 @@ from torch import nn
 
 from medusa_runtime.heads import MedusaConfig, MedusaHeads
 from treeopt.errors import TreeoptError
+from treeopt.profile import load_profile
 from treeopt.profiling import (
     ProfileSettings,
     Sequence_,
     decode_positions,
     future_targets,
     greedy_continuations,
-    load_rank_vectors,
     measure_ranks,
     new_token_limit,
     partial_path,
     profile_model,
     ranks_in_top_k,
-    ranks_path,
-    replay_tokens_per_step,
     targets_path,
 )
+from treeopt.replay import RankSequences, load_rank_sequences, ranks_path, tokens_per_step
 from treeopt.tree import Tree
 
 torch.set_num_threads(1)
@@ -136,10 +135,15 @@ def test_profile_model_exact_ranks_targets_and_files(tmp_path: Path) -> None:
     prompts = [[1, 3], [0]]
     profile = profile_model(model, TOKENIZER, shift_heads(), prompts, output, SETTINGS,
                             model_id="shift", heads_id="shift-heads", progress=False)
-    ranks, groups, first = load_rank_vectors(ranks_path(output))
+    saved = load_rank_sequences(ranks_path(output))
+    ranks, groups = saved.ranks, saved.groups
     np.testing.assert_array_equal(ranks[groups == 0], EXPECTED[(1, 3)])
     np.testing.assert_array_equal(ranks[groups == 1], EXPECTED[(0,)])
-    assert first.tolist() == [0, 0]
+    assert saved.first_decode_index.tolist() == [0, 0] and saved.top_k == TOP_K
+    # load_profile attaches the same rank vectors
+    loaded = load_profile(output)
+    assert loaded.sequences is not None
+    np.testing.assert_array_equal(loaded.sequences.ranks, ranks)
     assert profile.num_positions == 8 and profile.num_heads == NUM_HEADS
     assert profile.top_k == TOP_K
     assert profile.provenance["greedy_mismatches"] == 0
@@ -160,10 +164,10 @@ def test_include_prompt_measures_prompt_positions(tmp_path: Path) -> None:
     settings = ProfileSettings(top_k=TOP_K, max_new_tokens=1, include_prompt=True)
     profile_model(ShiftLM(), TOKENIZER, shift_heads(), [[1, 3, 5]], tmp_path / "p.json",
                   settings, model_id="shift", heads_id="h", progress=False)
-    ranks, _, first = load_rank_vectors(ranks_path(tmp_path / "p.json"))
+    saved = load_rank_sequences(ranks_path(tmp_path / "p.json"))
     # sequence 1 3 5 7: positions 0, 1, 2; decoding starts at the last prompt token
-    np.testing.assert_array_equal(ranks, [[2, 3, -1], [2, -1, -1], [-1, -1, -1]])
-    assert first.tolist() == [2]
+    np.testing.assert_array_equal(saved.ranks, [[2, 3, -1], [2, -1, -1], [-1, -1, -1]])
+    assert saved.first_decode_index.tolist() == [2]
 
 
 def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path) -> None:
@@ -196,12 +200,12 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path: Path) -> None:
 def test_replay_walks_the_positions_decoding_visits() -> None:
     ranks = np.array(EXPECTED[(1, 3)] + EXPECTED[(0,)])
     groups = np.array([0] * 5 + [1] * 3)
+    sequences = RankSequences(ranks, groups, np.array([0, 0]), TOP_K)
     tree = Tree.from_paths([[2], [2, 3]])
     # prompt 0: position 0 gains 3 -> position 3 gains 2 -> end (5 tokens, 2 steps);
     # prompt 1: position 0 gains 3 -> end (3 tokens, 1 step)
-    assert replay_tokens_per_step(tree, ranks, groups, np.array([0, 0])) == pytest.approx(8 / 3)
-    assert replay_tokens_per_step(Tree.from_paths([[0]]), ranks, groups,
-                                  np.array([0, 0])) == 1.0
+    assert tokens_per_step(tree, sequences) == pytest.approx(8 / 3)
+    assert tokens_per_step(Tree.from_paths([[0]]), sequences) == 1.0
 
 
 def test_empty_everything_is_an_error(tmp_path: Path) -> None:

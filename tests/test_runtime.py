@@ -259,3 +259,35 @@ def test_stories260k_lossless() -> None:
     torch.manual_seed(0)
     random_heads = MedusaHeads(MedusaConfig(4, 1, 64, 512))
     assert generate(model, random_heads, tree, prompt, 60, eos_token_id=eos).tokens == full
+
+
+def test_failed_capture_falls_back_to_eager_or_errors(llama: nn.Module,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from medusa_runtime.decode import TreeDecoder
+
+    heads = MedusaHeads(MedusaConfig(NUM_HEADS, 1, 32, VOCAB))
+    decoder = TreeDecoder(llama, heads, Tree.from_paths([[0], [1]]), 32)
+    decoder.prefill(torch.tensor([[1, 2, 3]]))
+    before = decoder.snapshot()
+
+    def fail() -> None:
+        raise RuntimeError("operation not permitted when stream is capturing\ndetails")
+
+    monkeypatch.setattr(decoder, "capture", fail)
+    with pytest.warns(RuntimeWarning, match=r"capture failed \(operation not permitted"):
+        assert decoder.capture_or_eager(required=False) is False
+    assert decoder.capture_error == "operation not permitted when stream is capturing"
+    assert decoder.graph is None
+    with pytest.raises(TreeoptError, match=r"^CUDA graph capture failed: operation not permitted "
+                       r"when stream is capturing$"):
+        decoder.capture_or_eager(required=True)
+    for got, want in zip(decoder.snapshot(), before, strict=True):
+        assert torch.equal(got, want)
+    # Eager steps still run from the untouched state.
+    decoder.step()
+    assert int(decoder.accept_length[0]) >= 1
+
+
+def test_cuda_graph_on_cpu_is_a_one_line_error(llama: nn.Module) -> None:
+    with pytest.raises(TreeoptError, match="cuda_graph=True needs a model on a CUDA device"):
+        generate(llama, None, Tree.empty(), [1, 2], 4, cuda_graph=True)

@@ -18,13 +18,25 @@ limits) are applied greedily: the result is valid but may be suboptimal (e.g. a
 capped node's high-value grandchildren are never reached). ``engine="vllm"`` is
 different: it searches every full product tree (branching ``c_1, c_2, ...`` per
 level, ranks ``0..c_d - 1``) exhaustively, so it is optimal among those.
+
+**Weighting by decoding steps.** The values above average over every calibration
+position. Decoding visits fewer: a step accepting ``a`` tokens skips ``a - 1``
+positions, so easy text is visited less than its share, and the position average
+overstates tokens per step (:mod:`treeopt.replay`). When the profile carries its
+ordered rank vectors, ``weighting="steps"`` (the default then) alternates: replay
+decoding with the current tree, rebuild optimally on the positions it visits,
+until the tree repeats. It returns the tree with the most replayed tokens per step
+met on the way (the first being the position-average tree, so it is never worse
+on the calibration text by that measure), and its ``curve`` is replayed tokens per
+step of every nested tree: what the runtime measures on those prompts. This is a
+fixed-point heuristic, not a proof of optimality over all trees.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from itertools import product
 
 from treeopt.errors import TreeoptError
@@ -37,10 +49,15 @@ from treeopt.formats import (
     check_vllm,
 )
 from treeopt.profile import Profile
+from treeopt.replay import nested_tokens_per_step, tokens_per_step, visited_positions
 from treeopt.tree import ROOT, Path, Tree
 
 ENGINES = ("trtllm", "vllm")
+WEIGHTINGS = ("steps", "positions")
 MIN_BUDGET = 2  # budget 1 is the root alone: plain decoding, nothing to build
+# Rebuilds on visited positions before giving up on a repeat; in practice the
+# tree repeats after 2-4 (see tests/test_build_steps.py).
+MAX_STEP_WEIGHTING_ROUNDS = 8
 
 __all__ = ["ENGINES", "BuildResult", "build_tree", "node_value", "node_values"]
 
@@ -59,6 +76,9 @@ class BuildResult:
         blend_weight: the blend's pseudo-count (``None`` unless ``blend``).
         branching: for ``engine="vllm"``, the best branching vector per
             ``num_tokens`` (index ``n - 1``); ``None`` otherwise.
+        weighting: ``positions`` (curve = position-average expected accept length)
+            or ``steps`` (curve = replayed tokens per decoding step).
+        rounds: trees built (1 unless ``steps``).
     """
 
     order: tuple[Path, ...]
@@ -67,6 +87,8 @@ class BuildResult:
     acceptance_model: str
     blend_weight: float | None = None
     branching: tuple[tuple[int, ...], ...] | None = None
+    weighting: str = "positions"
+    rounds: int = 1
 
     @property
     def budget(self) -> int:
@@ -123,6 +145,7 @@ def build_tree(
     max_children: int | None = None,
     engine: str | None = None,
     blend_weight: float | None = None,
+    weighting: str | None = None,
 ) -> BuildResult:
     """The best tree verifying ``budget`` tokens per step, and every smaller one.
 
@@ -138,9 +161,13 @@ def build_tree(
         engine: ``trtllm`` (<= 63 nodes, ranks < 16, depth <= 16) or ``vllm`` (full
             product trees only, searched exhaustively).
         blend_weight: the blend's pseudo-count (default: chosen by cross-validation).
+        weighting: ``positions`` (every calibration position counts once) or
+            ``steps`` (the positions decoding visits; needs ``profile.sequences``).
+            Default: ``steps`` when the profile has its rank vectors.
 
-    Unconstrained, every ``tree_at(n)`` is optimal (see the module docstring);
-    constrained, it is valid but may be suboptimal. Raises TreeoptError if the
+    With ``positions``, unconstrained, every ``tree_at(n)`` is optimal (see the
+    module docstring); constrained, it is valid but may be suboptimal. With
+    ``steps``, see "Weighting by decoding steps" there. Raises TreeoptError if the
     constraints leave fewer than ``budget - 1`` candidates.
     """
     if isinstance(budget, bool) or not isinstance(budget, int) or budget < MIN_BUDGET:
@@ -167,16 +194,67 @@ def build_tree(
         isinstance(max_children, bool) or not isinstance(max_children, int) or max_children < 1
     ):
         raise TreeoptError(f"--max-children must be an integer >= 1, not {max_children!r}")
+    if weighting is None:
+        weighting = "steps" if profile.sequences is not None else "positions"
+    if weighting not in WEIGHTINGS:
+        raise TreeoptError(f"unknown weighting {weighting!r} (choose from {', '.join(WEIGHTINGS)})")
+    if weighting == "steps" and profile.sequences is None:
+        raise TreeoptError(
+            "weighting by decoding steps needs the profile's rank vectors (PROFILE.ranks.npz, "
+            "written by treeopt profile); use weighting positions"
+        )
     caps = _rank_caps(profile, depth_limit, max_rank, engine)
     model = AcceptanceModel(profile, acceptance_model, blend_weight)
+
+    def build_once(model: AcceptanceModel) -> BuildResult:
+        if engine == "vllm":
+            return _build_product(model, budget, caps, max_children)
+        return _build_greedy(model, budget, caps, max_children)
+
+    result = build_once(model)
+    if weighting == "steps":
+        result = _weight_by_steps(result, profile, model, build_once)
     if engine == "vllm":
-        result = _build_product(model, budget, caps, max_children)
         check_vllm(result.tree)
-        return result
-    result = _build_greedy(model, budget, caps, max_children)
-    if engine == "trtllm":
+    elif engine == "trtllm":
         check_trtllm(result.tree)
     return result
+
+
+def _weight_by_steps(
+    first: BuildResult, profile: Profile, model: AcceptanceModel,
+    build_once: Callable[[AcceptanceModel], BuildResult],
+) -> BuildResult:
+    """Rebuild on the positions the last tree's decoding visits until a tree repeats.
+
+    Keeps the tree with the most replayed tokens per step; its curve is replayed.
+    """
+    sequences = profile.sequences
+    assert sequences is not None
+    result, rounds = first, 1
+    best, best_score = first, tokens_per_step(first.tree, sequences)
+    seen = {first.tree.paths}
+    while rounds < MAX_STEP_WEIGHTING_ROUNDS:
+        visited = visited_positions(result.tree, sequences)
+        # The profile of the visited positions (same prompts, same blend weight).
+        steps_profile = Profile.from_rank_vectors(
+            sequences.ranks[visited], profile.top_k, groups=sequences.groups[visited]
+        )
+        result = build_once(AcceptanceModel(steps_profile, model.name, model.blend_weight))
+        rounds += 1
+        if result.tree.paths in seen:
+            break
+        seen.add(result.tree.paths)
+        score = tokens_per_step(result.tree, sequences)
+        if score > best_score:
+            best, best_score = result, score
+    if best.branching is None:
+        curve = tuple(float(v) for v in nested_tokens_per_step(best.order, sequences))
+    else:  # product trees are not nested: replay each distinct one
+        scores = {b: tokens_per_step(product_tree(b, best.num_heads), sequences)
+                  for b in set(best.branching)}
+        curve = tuple(scores[b] for b in best.branching)
+    return replace(best, curve=curve, weighting="steps", rounds=rounds)
 
 
 def _build_greedy(

@@ -10,7 +10,9 @@ Accepted sources (picked by content and extension, see :func:`read_prompts`):
 - JSONL (or a JSON list) of objects with ``prompt`` or ``text`` (or ``instruction``).
 - Plain text: one prompt per non-blank line.
 - A Hugging Face dataset name (``owner/name`` or ``owner/name:split``) when the
-  ``datasets`` package is installed and the dataset is in its local cache.
+  ``datasets`` package is installed and the dataset is in its local cache, or a
+  local dataset folder (data files ``datasets.load_dataset`` reads, e.g. a
+  downloaded dataset repository; ``FOLDER:split`` picks a split).
 
 Every problem (missing file, no prompts, unknown layout) is a one-line TreeoptError.
 """
@@ -56,8 +58,6 @@ def _prompts_from_object(obj: Any, where: str, turns: str) -> list[str]:
 def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
-    except IsADirectoryError:
-        raise TreeoptError(f"calibration data {path} is a directory, not a file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise TreeoptError(f"cannot read calibration data {path}: {exc}") from None
 
@@ -102,14 +102,16 @@ def _read_hf_dataset(name: str, turns: str) -> list[str]:
             f"calibration data {name!r} is not a file, and reading it as a Hugging Face "
             "dataset needs the 'datasets' package (pip install datasets)"
         ) from None
-    dataset_name, _, split = name.partition(":")
+    dataset_name, _, split = name.rpartition(":") if ":" in name else (name, "", "")
     try:
         rows = datasets.load_dataset(dataset_name, split=split or DEFAULT_SPLIT)
     except Exception as exc:  # datasets raises many types; all mean "not available"
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        hint = ("pass a folder of data files that datasets reads, or a file"
+                if Path(dataset_name).is_dir() else "download it first or pass a file")
         raise TreeoptError(
             f"cannot load Hugging Face dataset {dataset_name!r} (split "
-            f"{split or DEFAULT_SPLIT!r}): {first_line}; download it first or pass a file"
+            f"{split or DEFAULT_SPLIT!r}): {first_line}; {hint}"
         ) from None
     prompts: list[str] = []
     for index, row in enumerate(rows):
@@ -135,7 +137,10 @@ def read_prompts(
     if max_prompts is not None and max_prompts < 1:
         raise TreeoptError(f"--max-prompts must be >= 1, not {max_prompts}")
     path = Path(source)
-    if path.exists():
+    folder, _, _ = str(source).rpartition(":")
+    if path.is_dir() or (folder and Path(folder).is_dir()):
+        prompts = _read_hf_dataset(str(source), turns)
+    elif path.exists():
         prompts = _read_file(path, turns)
     elif path.suffix.lower() in (".json", ".jsonl", ".txt") or "/" not in str(source):
         raise TreeoptError(f"calibration data {source} does not exist")

@@ -25,6 +25,11 @@ class AcceptanceChoice(str, Enum):
     blend = "blend"
 
 
+class WeightingChoice(str, Enum):
+    steps = "steps"
+    positions = "positions"
+
+
 class EngineChoice(str, Enum):
     trtllm = "trtllm"
     vllm = "vllm"
@@ -144,6 +149,18 @@ def build(
             "treeopt.curve/1).",
         ),
     ] = None,
+    weighting: Annotated[
+        WeightingChoice | None,
+        typer.Option(
+            "--weighting",
+            help="steps: weight calibration positions the way decoding visits them, so the "
+            "score is tokens per decoding step, what the runtime measures (needs the rank "
+            "vectors treeopt profile keeps beside the profile, PROFILE.ranks.npz). positions: "
+            "every position counts once (the position average overstates tokens per step "
+            "when acceptance swings along the text). Default: steps when the rank vectors "
+            "are there, else positions (e.g. the shipped profiles).",
+        ),
+    ] = None,
     holdout: HoldoutOption = None,
     seed: SeedOption = 0,
 ) -> None:
@@ -151,7 +168,9 @@ def build(
 
     Greedy by node value from the profile; optimal without --max-*/--engine limits
     (with them, valid but possibly suboptimal). One pass yields the best tree of
-    every smaller budget too (see --curve).
+    every smaller budget too (see --curve). With a measured profile's rank vectors
+    the score is tokens per decoding step, replayed over the calibration text
+    (see --weighting).
 
     Example: treeopt build --budget 64 -o tree.json
     """
@@ -167,6 +186,7 @@ def build(
         loaded, budget, model_of_acceptance.value, max_depth=max_depth,
         max_rank=parse_max_rank(max_rank), max_children=max_children,
         engine=None if engine is None else engine.value,
+        weighting=None if weighting is None else weighting.value,
     )
     provenance: dict[str, Any] = {
         "profile": profile,
@@ -174,11 +194,14 @@ def build(
         "budget": budget,
         "builder": "treeopt greedy" if engine != EngineChoice.vllm else "treeopt product search",
         "acceptance_model": model_of_acceptance.value,
+        "weighting": result.weighting,
         "created": _now(),
         "treeopt_version": _version(),
     }
     if result.blend_weight is not None:
         provenance["blend_weight"] = result.blend_weight
+    if result.weighting == "steps":
+        provenance["weighting_rounds"] = result.rounds
     limits = {"max_depth": max_depth, "max_rank": max_rank, "max_children": max_children,
               "engine": None if engine is None else engine.value}
     provenance.update({key: value for key, value in limits.items() if value is not None})
@@ -194,10 +217,12 @@ def build(
     else:
         write_tree(output, tree, result.expected_accept_length, provenance)
     where = f"wrote {output}: " if output is not None else ""
+    score = ("tokens per decoding step (replayed)" if result.weighting == "steps"
+             else "expected accept length")
     typer.echo(
         f"{where}{len(tree)} nodes ({tree.num_tokens} tokens/step incl. root), depth "
-        f"{tree.depth}, expected accept length {result.expected_accept_length:.4f} "
-        f"({model_of_acceptance.value}, profile {profile})",
+        f"{tree.depth}, {score} {result.expected_accept_length:.4f} "
+        f"({model_of_acceptance.value}, weighted by {result.weighting}, profile {profile})",
         err=True,
     )
 
@@ -210,6 +235,7 @@ def evaluate_trees(
     from treeopt.build import build_tree
     from treeopt.evaluate import AcceptanceModel, expected_accept_length
     from treeopt.profile import load_profile
+    from treeopt.replay import tokens_per_step
     from treeopt.treefile import load_tree
 
     full = load_profile(profile_name)
@@ -222,6 +248,9 @@ def evaluate_trees(
     loaded = [(name, load_tree(name)) for name in trees]
     beyond = {name: sum(1 for path in tree.paths if max(path) >= scored.top_k)
               for name, tree in loaded}
+    replayed: dict[str, float] = {}
+    if scored.sequences is not None:
+        replayed = {name: tokens_per_step(tree, scored.sequences) for name, tree in loaded}
     rows: list[dict[str, Any]] = []
     for model in models:
         weight = AcceptanceModel(scored, model).blend_weight  # choose the blend weight once
@@ -232,15 +261,21 @@ def evaluate_trees(
                 "expected_accept_length": expected_accept_length(tree, scored, model, weight),
                 "nodes_beyond_top_k": beyond[name],
             })
+            if replayed:
+                rows[-1]["tokens_per_step_replayed"] = replayed[name]
         if heldout is not None:
             for size in sorted({tree.num_tokens for _, tree in loaded if len(tree) > 0}):
-                oracle = build_tree(heldout, size, model, blend_weight=weight)
+                oracle = build_tree(heldout, size, model, blend_weight=weight,
+                                    weighting="positions")
                 rows.append({
                     "tree": f"oracle-{size}", "nodes": size - 1, "num_tokens": size,
                     "acceptance_model": model,
                     "expected_accept_length": oracle.expected_accept_length,
                     "nodes_beyond_top_k": 0,
                 })
+                if replayed:
+                    rows[-1]["tokens_per_step_replayed"] = tokens_per_step(
+                        oracle.tree, scored.sequences)
     for row in rows:
         row["profile"] = profile_name
         if holdout is not None:
@@ -249,17 +284,23 @@ def evaluate_trees(
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    """Trees down, models of acceptance across (expected accept length, 4 decimals)."""
+    """Trees down, models of acceptance across (expected accept length, 4 decimals).
+
+    A last column gives replayed tokens per decoding step when the profile has its
+    rank vectors.
+    """
     models = list(dict.fromkeys(row["acceptance_model"] for row in rows))
     trees = list(dict.fromkeys(row["tree"] for row in rows))
     by_key = {(row["tree"], row["acceptance_model"]): row for row in rows}
+    replayed = any("tokens_per_step_replayed" in row for row in rows)
     header = ["tree", "nodes", "tokens/step"] + [f"E[accept] {model}" for model in models]
+    header += ["replayed per step"] if replayed else []
     body = []
     for tree in trees:
         first = next(row for row in rows if row["tree"] == tree)
         body.append([tree, str(first["nodes"]), str(first["num_tokens"])] + [
             f"{by_key[(tree, model)]['expected_accept_length']:.4f}" for model in models
-        ])
+        ] + ([f"{first['tokens_per_step_replayed']:.4f}"] if replayed else []))
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) if i == 0 else cell.rjust(width)
                        for i, (cell, width) in enumerate(zip(line, widths, strict=True)))
@@ -294,7 +335,10 @@ def eval_trees(
     Expected accept length = tokens gained per decoding step, counting the base
     model's own token (the root): 1 + the sum over nodes of the probability that
     the step accepts the node. Plain decoding scores 1.0. Ranks beyond the
-    profile's top-k count as never accepted.
+    profile's top-k count as never accepted. For a measured profile with its rank
+    vectors (PROFILE.ranks.npz) a last column replays greedy decoding over the
+    calibration text: tokens per verification step as the runtime measures it,
+    which the position average overstates when acceptance swings along the text.
 
     With --holdout F --seed S the trees are scored on the held-out prompts, and an
     "oracle-N" row adds the tree built on those very prompts (the ceiling for any

@@ -271,6 +271,7 @@ def tune(
 
     rows = curve_rows(result, table.latency_curve(batch, context))
     provenance = _provenance(profile, source_file, table, result, acceptance_model)
+    provenance["weighting"] = built.weighting
     if curve is not None:
         from treeopt.curve import write_curve
 
@@ -290,8 +291,15 @@ def tune(
             )
         from treeopt.treefile import write_tree
 
-        write_tree(output, built.tree_at(best.num_tokens), best.expected_accept_length,
-                   provenance)
+        tree, value = built.tree_at(best.num_tokens), best.expected_accept_length
+        if built.weighting == "steps" and best.num_tokens < built.budget:
+            # The nested trees follow the full budget's visits; rebuilt at n*, the
+            # tree follows its own (kept only if it replays better).
+            rebuilt = build_tree(loaded_profile, best.num_tokens,
+                                 acceptance_model=acceptance_model)
+            if rebuilt.expected_accept_length > value:
+                tree, value = rebuilt.tree, rebuilt.expected_accept_length
+        write_tree(output, tree, value, provenance)
         typer.echo(f"wrote {output}: {best.num_tokens} tokens/step", err=True)
 
 

@@ -15,6 +15,11 @@ keeps two summaries of those rank vectors:
 Profiles measured by prompt keep the same counts per prompt (``groups``), so a
 profile can be split into a training part and a held-out part by prompt.
 
+A measured profile also keeps its ordered rank vectors beside the JSON
+(``PROFILE.json.ranks.npz``, :mod:`treeopt.replay`); :func:`load_profile`
+attaches them as ``sequences``, so trees can be scored by tokens per decoding
+step, replaying decoding's walk, not only by the position average.
+
 .. code-block:: json
 
     {"format": "treeopt.profile/1", "num_heads": 2, "top_k": 2, "num_positions": 4,
@@ -34,7 +39,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache, cached_property
 from pathlib import Path as FilePath
 from typing import Any
@@ -44,6 +49,7 @@ import numpy as np
 from treeopt.errors import TreeoptError
 from treeopt.fileio import atomic_write_text
 from treeopt.jsondoc import check_format, check_schema, shipped_schema
+from treeopt.replay import RankSequences, load_rank_sequences, ranks_path, save_rank_sequences
 from treeopt.tree import Path, format_path
 
 FORMAT = "treeopt.profile/1"
@@ -77,6 +83,8 @@ class Profile:
         num_positions: calibration positions (0 when unknown, e.g. published figures).
         provenance: free-form: model, heads, dataset, split, dtype, created, version.
         groups: the same counts per prompt, for held-out splits; ``None`` if not kept.
+        sequences: the ordered rank vectors summarized, for replaying decoding
+            (:mod:`treeopt.replay`); ``None`` if not at hand. Not part of the JSON.
     """
 
     num_heads: int
@@ -86,6 +94,7 @@ class Profile:
     num_positions: int = 0
     provenance: dict[str, Any] = field(default_factory=dict)
     groups: tuple[ProfileGroup, ...] | None = None
+    sequences: RankSequences | None = None
 
     # ----------------------------------------------------------- construction
     @classmethod
@@ -95,6 +104,7 @@ class Profile:
         top_k: int,
         groups: Sequence[int] | np.ndarray | None = None,
         provenance: Mapping[str, Any] | None = None,
+        first_decode_index: Sequence[int] | np.ndarray | None = None,
     ) -> Profile:
         """Summarize measured rank vectors.
 
@@ -106,6 +116,9 @@ class Profile:
             groups: ``(N,)`` prompt index of each position, so the profile can be
                 split by prompt; ``None`` keeps no grouping.
             provenance: free-form description stored with the profile.
+            first_decode_index: per prompt index, the row (within that prompt's
+                rows, which must be contiguous and in text order) where decoding's
+                first step is; given, the rank vectors are kept as ``sequences``.
         """
         top_k = _positive_int(top_k, "top_k")
         array = np.asarray(ranks)
@@ -128,9 +141,14 @@ class Profile:
         parts = [
             _group_from_ranks(array[group_ids == gid], top_k) for gid in np.unique(group_ids)
         ]
-        return cls.from_groups(
+        profile = cls.from_groups(
             parts, array.shape[1], top_k, dict(provenance or {}), keep_groups=groups is not None
         )
+        if first_decode_index is None:
+            return profile
+        return profile.with_sequences(RankSequences(
+            array, group_ids, np.asarray(first_decode_index, dtype=np.int64), top_k
+        ))
 
     @classmethod
     def from_groups(
@@ -229,6 +247,42 @@ class Profile:
                 row[path[-1]] = count
         return children
 
+    def with_sequences(self, sequences: RankSequences | None) -> Profile:
+        """This profile with ``sequences`` attached, after checking they are what it summarizes.
+
+        Raises TreeoptError if their shape, positions, per-head counts or prompts
+        differ from the profile's.
+        """
+        if sequences is None:
+            return replace(self, sequences=None)
+        counts = np.round(self.marginal * self.num_positions).astype(np.int64)
+        ranks = sequences.ranks
+        hit = (ranks >= 0) & (ranks < self.top_k)
+        measured = (
+            np.stack([np.bincount(ranks[hit[:, k], k], minlength=self.top_k)[: self.top_k]
+                      for k in range(ranks.shape[1])])
+            if ranks.shape[1] == self.num_heads else None
+        )
+        prompts = len(np.unique(sequences.groups))
+        if (
+            self.joint is None
+            or sequences.top_k != self.top_k
+            or len(sequences) != self.num_positions
+            or measured is None
+            or not np.array_equal(measured, counts)
+            or (self.groups is not None and prompts != len(self.groups))
+        ):
+            raise TreeoptError(
+                "the rank vectors do not match the profile (different positions, heads, top-k "
+                "or counts): re-run treeopt profile, or delete the stale .ranks.npz file"
+            )
+        return replace(self, sequences=sequences)
+
+    def _group_ids(self) -> np.ndarray:
+        """Prompt index (in ``sequences``) of each entry of ``groups``."""
+        assert self.sequences is not None
+        return np.unique(self.sequences.groups)
+
     def split(self, holdout_fraction: float, seed: int = 0) -> tuple[Profile, Profile]:
         """Split by prompt group into ``(train, heldout)``.
 
@@ -255,20 +309,23 @@ class Profile:
             provenance["split"] = {
                 "part": part, "holdout_fraction": holdout_fraction, "seed": seed, "groups": ids,
             }
-            parts.append(
-                Profile.from_groups(
-                    [self.groups[i] for i in ids], self.num_heads, self.top_k, provenance
-                )
-            )
+            parts.append(self._part([self.groups[i] for i in ids], ids, provenance))
         return parts[0], parts[1]
+
+    def _part(self, groups: list[ProfileGroup], ids: Sequence[int],
+              provenance: dict[str, Any]) -> Profile:
+        part = Profile.from_groups(groups, self.num_heads, self.top_k, provenance)
+        if self.sequences is None:
+            return part
+        prompt_ids = self._group_ids()[list(ids)]
+        return replace(part, sequences=self.sequences.subset(prompt_ids.tolist()))
 
     def subset(self, group_indices: Sequence[int]) -> Profile:
         """The profile of the given prompt groups only (for cross-validation)."""
         if self.groups is None:
             raise TreeoptError("this profile keeps no per-prompt groups")
-        return Profile.from_groups(
-            [self.groups[i] for i in group_indices], self.num_heads, self.top_k, self.provenance
-        )
+        return self._part([self.groups[i] for i in group_indices], group_indices,
+                          self.provenance)
 
 
 def _group_from_ranks(ranks: np.ndarray, top_k: int) -> ProfileGroup:
@@ -427,10 +484,21 @@ def read_profile(path: str | os.PathLike[str]) -> Profile:
 
 
 def load_profile(name_or_path: str | os.PathLike[str]) -> Profile:
-    """A profile file, or a shipped profile by name (e.g. ``vicuna-7b``)."""
+    """A profile file, or a shipped profile by name (e.g. ``vicuna-7b``).
+
+    A file's rank vectors (``PROFILE.ranks.npz`` beside it, as ``treeopt profile``
+    writes them) are attached as ``sequences`` when present.
+    """
     candidate = FilePath(name_or_path)
     if candidate.exists() or candidate.suffix == ".json" or os.sep in str(name_or_path):
-        return read_profile(candidate)
+        profile = read_profile(candidate)
+        sidecar = ranks_path(candidate)
+        if not sidecar.is_file():
+            return profile
+        try:
+            return profile.with_sequences(load_rank_sequences(sidecar, profile.top_k))
+        except TreeoptError as exc:
+            raise TreeoptError(f"{sidecar}: {exc}") from None
     from treeopt.shipped import shipped_profile_path
 
     return read_profile(shipped_profile_path(str(name_or_path)))
@@ -454,6 +522,15 @@ def dumps(profile: Profile) -> str:
 
 
 def write_profile(path: str | os.PathLike[str], profile: Profile) -> None:
-    """Write ``profile`` as ``treeopt.profile/1`` JSON, atomically."""
+    """Write ``profile`` as ``treeopt.profile/1`` JSON, atomically.
+
+    Its ``sequences``, if any, go to ``PROFILE.ranks.npz`` beside it (a stale one
+    there is removed otherwise), so :func:`load_profile` gets the same profile back.
+    """
+    sidecar = ranks_path(path)
+    if profile.sequences is not None:
+        save_rank_sequences(sidecar, profile.sequences)
+    else:
+        sidecar.unlink(missing_ok=True)
     atomic_write_text(path, dumps(profile))
 

@@ -12,7 +12,7 @@ Two phases, both resumable:
    decoding visits) unless ``include_prompt``. Partial results are checkpointed in
    ``<output>.partial.npz`` (also on Ctrl-C); ``resume=True`` continues them.
    The finished rank vectors stay in ``<output>.ranks.npz`` for
-   :func:`replay_tokens_per_step`.
+   :mod:`treeopt.replay` (tokens per decoding step).
 
 Torch is imported inside functions; everything here runs on loaded objects
 (:mod:`treeopt.models` loads them).
@@ -375,67 +375,6 @@ def measure_ranks(
     return results
 
 
-def ranks_path(output: str | Path) -> Path:
-    """Where the raw rank vectors behind profile ``output`` are kept (beside it)."""
-    return Path(f"{output}.ranks.npz")
-
-
-def save_rank_vectors(path: Path, ranks: np.ndarray, groups: np.ndarray,
-                      first_decode_index: np.ndarray) -> None:
-    """Write ordered rank vectors, their prompt index and where decoding starts, atomically.
-
-    ``first_decode_index[g]`` is the row, within prompt g's rows, of its last prompt
-    token: the position decoding's first step is at.
-    """
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, ranks=ranks, groups=groups, first_decode_index=first_decode_index)
-
-
-def load_rank_vectors(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(ranks, groups, first_decode_index) as written by :func:`save_rank_vectors`."""
-    try:
-        data = np.load(path, allow_pickle=False)
-        return data["ranks"], data["groups"], data["first_decode_index"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise TreeoptError(f"cannot read rank vectors {path}: {exc}") from None
-
-
-def accepted_tokens(tree: Any, rank_vector: Sequence[int]) -> int:
-    """Tokens one greedy step emits at a position: 1 + the deepest tree path it matches."""
-    depth = 0
-    while (depth < len(rank_vector) and rank_vector[depth] >= 0
-           and tuple(int(r) for r in rank_vector[: depth + 1]) in tree):
-        depth += 1
-    return 1 + depth
-
-
-def replay_tokens_per_step(
-    tree: Any, ranks: np.ndarray, groups: np.ndarray, first_decode_index: np.ndarray
-) -> float:
-    """Tokens per verification step greedy decoding with ``tree`` gets on the profiled text.
-
-    Replays decoding over each prompt's ordered rank vectors: the first step is at
-    the prompt's last token; a step emitting ``a`` tokens moves ``a`` positions on.
-    Unlike the position average (``treeopt.evaluate.expected_accept_length``),
-    this visits only the positions decoding visits, so it is what the runtime
-    measures (up to the last step's truncation at EOS / max_new_tokens). Positions
-    where many tokens are accepted are skipped over, so the position average
-    overstates tokens per step when acceptance varies along the text.
-    """
-    emitted = steps = 0
-    for group in np.unique(groups):
-        rows = ranks[groups == group]
-        position = int(first_decode_index[group])
-        while position < len(rows):
-            gained = accepted_tokens(tree, rows[position])
-            emitted += gained
-            steps += 1
-            position += gained
-    if steps == 0:
-        raise TreeoptError("no decoding positions to replay")
-    return emitted / steps
-
-
 def fingerprint_of(model_id: str, heads_id: str, prompts: Sequence[list[int]],
                    settings: ProfileSettings) -> str:
     """A digest of everything a profile's numbers depend on (resume must match it).
@@ -502,10 +441,9 @@ def profile_model(
         **{key: value for key, value in asdict(settings).items() if key != "batch_size"},
         **(provenance or {}),
     }
-    profile = Profile.from_rank_vectors(ranks.astype(np.int64), settings.top_k, groups=groups,
-                                        provenance=info)
-    write_profile(output, profile)
     first = [len(s.prompt) - 1 if settings.include_prompt else 0 for s in sequences]
-    save_rank_vectors(ranks_path(output), ranks, groups, np.asarray(first, dtype=np.int64))
+    profile = Profile.from_rank_vectors(ranks.astype(np.int64), settings.top_k, groups=groups,
+                                        provenance=info, first_decode_index=first)
+    write_profile(output, profile)  # and its rank vectors, for treeopt.replay
     checkpoint.unlink(missing_ok=True)
     return profile

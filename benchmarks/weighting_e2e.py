@@ -1,0 +1,111 @@
+"""Trees weighted by decoding steps vs by positions, measured with the runtime on stories260K.
+
+Trains Medusa heads on ``../shared/models/stories260K`` as ``tests/test_e2e.py``
+does (or reuses ``--heads``), profiles them on (a) the held-out prompts and (b)
+``--other-prompts`` of the training prompts, builds trees from each profile with
+``weighting="positions"`` and ``"steps"``, and decodes the held-out prompts with
+each tree (greedy, ``medusa_runtime.generate``). Profile (a) is in-sample for the
+trees (same prompts decoded); profile (b) is not. CPU, a few minutes.
+
+    python benchmarks/weighting_e2e.py [--heads DIR] [--other-prompts 120]
+
+Writes benchmarks/results/weighting_e2e.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+import test_e2e as e2e  # noqa: E402  (the e2e test's prompts, split and settings)
+
+from medusa_runtime import generate  # noqa: E402
+from treeopt.build import build_tree  # noqa: E402
+from treeopt.calibration import encode_prompts, read_prompts, split_held_out  # noqa: E402
+from treeopt.fileio import atomic_write_text  # noqa: E402
+from treeopt.models import load_base_model, load_heads  # noqa: E402
+from treeopt.profiling import ProfileSettings, profile_model  # noqa: E402
+from treeopt.replay import tokens_per_step  # noqa: E402
+from treeopt.train_heads import TrainSettings, train_heads  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "weighting_e2e.json"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--heads", type=Path, help="trained heads to reuse (default: train)")
+    parser.add_argument("--other-prompts", type=int, default=120)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    torch.manual_seed(e2e.SEED)
+    model, tokenizer = load_base_model(str(e2e.STORIES))
+    stories, mt_bench = read_prompts(e2e.STORY_PROMPTS), read_prompts(e2e.MT_BENCH)
+    story_train, story_held = split_held_out(
+        stories, e2e.HELD_OUT_STORIES / len(stories), e2e.SEED)
+    mt_train, mt_held = split_held_out(mt_bench, e2e.HELD_OUT_MT_BENCH / len(mt_bench), e2e.SEED)
+    room = model.config.max_position_embeddings - e2e.MAX_NEW_TOKENS - max(e2e.BUDGETS)
+    train_ids = [p for p in encode_prompts(tokenizer, story_train + mt_train) if len(p) <= room]
+    held_ids = [p for p in encode_prompts(tokenizer, story_held + mt_held) if len(p) <= room]
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        heads_dir = args.heads
+        if heads_dir is None:
+            heads_dir = work / "heads"
+            train_heads(model, tokenizer, train_ids, heads_dir,
+                        TrainSettings(epochs=20, learning_rate=1e-2, batch_size=16,
+                                      max_new_tokens=e2e.MAX_NEW_TOKENS, seed=e2e.SEED),
+                        model_id=str(e2e.STORIES), progress=False)
+        heads = load_heads(str(heads_dir))
+        settings = ProfileSettings(top_k=e2e.TOP_K, max_new_tokens=e2e.MAX_NEW_TOKENS)
+        profiles = {
+            "held_out_prompts": profile_model(model, tokenizer, heads, held_ids,
+                                              work / "held.json", settings, str(e2e.STORIES),
+                                              str(heads_dir), progress=False),
+            "other_prompts": profile_model(model, tokenizer, heads,
+                                           train_ids[: args.other_prompts], work / "other.json",
+                                           settings, str(e2e.STORIES), str(heads_dir),
+                                           progress=False),
+        }
+
+        def measured(tree: object) -> float:
+            emitted = steps = 0
+            for prompt in held_ids:
+                result = generate(model, heads, tree, prompt, e2e.MAX_NEW_TOKENS,
+                                  eos_token_id=tokenizer.eos_token_id)
+                emitted, steps = emitted + len(result.tokens) - 1, steps + result.steps - 1
+            return emitted / steps
+
+        rows = []
+        held_sequences = profiles["held_out_prompts"].sequences
+        for source, profile in profiles.items():
+            for budget in e2e.BUDGETS:
+                for weighting in ("positions", "steps"):
+                    started = time.perf_counter()
+                    result = build_tree(profile, budget, "joint", weighting=weighting)
+                    seconds = time.perf_counter() - started
+                    rows.append({
+                        "profile": source, "budget": budget, "weighting": weighting,
+                        "rounds": result.rounds, "build_seconds": round(seconds, 3),
+                        "builder_figure": round(result.expected_accept_length, 4),
+                        "replayed_on_held_out": round(
+                            tokens_per_step(result.tree, held_sequences), 4),
+                        "measured_on_held_out": round(measured(result.tree), 4),
+                    })
+                    print(json.dumps(rows[-1]), flush=True)
+    figures = {"model": "stories260K", "held_out_prompts": len(held_ids),
+               "other_prompts": min(args.other_prompts, len(train_ids)),
+               "note": "other_prompts are among the heads' training prompts", "rows": rows}
+    atomic_write_text(RESULTS, json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
