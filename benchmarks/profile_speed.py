@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -69,6 +70,8 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--prompt-len", type=int, default=32,
                         help="prompt part of each sequence (profiling skips it)")
+    parser.add_argument("-o", "--output", type=Path,
+                        help="JSON to write (default: results/profile_speed_<device>.json)")
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
@@ -118,8 +121,9 @@ def main() -> None:
         "profiling_over_prefill": round(ratio, 3),
         "target": TARGET_RATIO,
         "meets_target": ratio >= TARGET_RATIO,
+        "command": " ".join(["python", *sys.argv]),
     }
-    out = RESULTS / f"profile_speed_{args.device.split(':')[0]}.json"
+    out = args.output or RESULTS / f"profile_speed_{args.device.split(':')[0]}.json"
     atomic_write_text(out, json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
 

@@ -101,3 +101,40 @@ def test_no_latency_given():
     result = run("--profile", "x")
     assert result.exit_code == 2
     assert "give --latency FILE" in result.output
+
+
+def test_tune_with_rank_vectors_scores_tokens_per_step(tmp_path):
+    """A measured profile's curve is replayed tokens per step; n*'s tree is rebuilt for n*."""
+    import numpy as np
+
+    from treeopt.build import build_tree
+    from treeopt.profile import Profile, load_profile, write_profile
+    from treeopt.replay import tokens_per_step
+    from treeopt.treefile import load_tree
+
+    rng = np.random.default_rng(0)
+    easy = np.repeat(rng.random(200) < 0.5, 8)[:1600]
+    ranks = np.where(rng.random((1600, 3)) < 0.5, 1, rng.integers(-1, 3, (1600, 3)))
+    ranks[easy] = 0
+    path = tmp_path / "measured.json"
+    write_profile(path, Profile.from_rank_vectors(ranks, 3, groups=np.arange(1600) // 200,
+                                                  first_decode_index=np.zeros(8, dtype=int)))
+    profile = load_profile(path)
+    lat = latency_file(tmp_path / "lat.json")
+    out, curve = tmp_path / "tree.json", tmp_path / "curve.json"
+    result = run("--profile", path, "--latency", lat, "--batch", 1, "-m", "joint", "-o", out,
+                 "--curve", curve)
+    assert result.exit_code == 0, result.output
+    document = json.loads(out.read_text())
+    assert document["provenance"]["weighting"] == "steps"
+    tree = load_tree(str(out))
+    # The written figure is the written tree's replayed tokens per step...
+    assert document["expected_accept_length"] == pytest.approx(
+        tokens_per_step(tree, profile.sequences), abs=1e-4)
+    # ...at least the nested curve's value at n*, and the curve is replayed too.
+    rows = json.loads(curve.read_text())["rows"]
+    best = tree.num_tokens
+    assert document["expected_accept_length"] >= rows[best - 1]["expected_accept_length"] - 1e-6
+    nested = build_tree(profile, 16, "joint")
+    assert rows[best - 1]["expected_accept_length"] == pytest.approx(nested.curve[best - 1],
+                                                                      abs=1e-4)
