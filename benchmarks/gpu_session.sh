@@ -33,7 +33,11 @@ if [ "$part" = plan ] || [ "$part" = all ]; then
 timeout 150 python3 benchmarks/seed_chart.py --device cuda \
     -o "$out/seed_chart_measured.json" 2>&1 | tail -15
 
-# 3. Roofline prediction vs measured step latency, Llama-7B shape (issue #9).
+# 3. Profiling throughput vs prefill, full Llama-7B shape (issue #5).
+timeout 90 python3 benchmarks/profile_speed.py --device cuda --dtype bfloat16 \
+    -o "$out/profile_speed_cuda.json" 2>&1 | tail -16
+
+# 4. Roofline prediction vs measured step latency, Llama-7B shape (issue #9).
 timeout 150 python3 benchmarks/roofline_vs_measured.py 2>&1 | tail -15
 cp benchmarks/results/roofline_vs_measured_*.json "$out/" 2>/dev/null || true
 fi
