@@ -32,7 +32,9 @@ class TypicalAcceptance:
     A candidate is accepted when its probability under the base model (softmax of
     logits / ``temperature`` at its parent) exceeds
     ``min(posterior_threshold, posterior_alpha * exp(-H))``, H the entropy of that
-    distribution. The first token of each step (the root) is greedy.
+    distribution. The first token of each step (the root) is greedy. Among paths
+    accepted to the same length, the one whose candidates are most likely under
+    the base model wins, as in Medusa's reference implementation.
     """
 
     posterior_threshold: float = 0.09
@@ -43,14 +45,26 @@ class TypicalAcceptance:
 Acceptance = Literal["greedy"] | TypicalAcceptance
 
 
-def _longest_accepted(matches: torch.Tensor, retrieve_indices: torch.Tensor) -> tuple[
-    torch.Tensor, torch.Tensor
-]:
-    """Row with the longest all-accepted prefix (first such row on ties) and its length + 1."""
+def _longest_accepted(
+    matches: torch.Tensor, retrieve_indices: torch.Tensor,
+    log_probs: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row with the longest all-accepted prefix and its length + 1.
+
+    Ties go to the row whose accepted candidates have the largest summed
+    ``log_probs`` ``[..., P, D]`` (Medusa's rule for typical acceptance), or to the
+    first such row without them. (Under greedy acceptance tied rows share their
+    accepted nodes: only one child of a node can be the argmax.)
+    """
     matches = matches & (retrieve_indices[:, 1:] != PAD)
-    accepted = matches.long().cumprod(dim=-1).sum(dim=-1)  # [..., P]
-    # max(dim) returns the first maximal index, and indexes without a host sync.
+    prefix = matches.long().cumprod(dim=-1)  # [..., P, D]
+    accepted = prefix.sum(dim=-1)  # [..., P]
+    # max/argmax(dim) return the first maximal index, and index without a host sync.
     longest, best_row = accepted.max(dim=-1)
+    if log_probs is not None:
+        likelihood = (log_probs * prefix).sum(dim=-1)
+        tied = accepted == longest.unsqueeze(-1)
+        best_row = likelihood.masked_fill(~tied, float("-inf")).argmax(dim=-1)
     return best_row, longest + 1
 
 
@@ -86,9 +100,10 @@ def typical_accept(
     # fixed-shape and with no [..., P, D, V] intermediate.
     vocab = probs.shape[-1]
     flat_index = parents * vocab + tree_tokens[..., nodes[:, 1:]]  # [..., P, D]
-    candidate_probs = probs.flatten(-2).gather(-1, flat_index.flatten(-2))
-    matches = candidate_probs.view(flat_index.shape) > threshold[..., parents]
-    return _longest_accepted(matches, retrieve_indices)
+    candidate_probs = probs.flatten(-2).gather(-1, flat_index.flatten(-2)).view(flat_index.shape)
+    matches = candidate_probs > threshold[..., parents]
+    log_probs = torch.log(candidate_probs.clamp_min(torch.finfo(candidate_probs.dtype).tiny))
+    return _longest_accepted(matches, retrieve_indices, log_probs)
 
 
 def accept(

@@ -228,6 +228,25 @@ def test_typical_accept_by_hand() -> None:
     assert int(typical_accept(tokens, logits, retrieve, rule)[1]) == 1
 
 
+def test_typical_ties_go_to_the_likelier_path() -> None:
+    # Root then two children (tokens 1 and 2), both above the threshold; rows [0, 1] and
+    # [0, 2] accept one candidate each. Token 2 is likelier (0.5 vs 0.3): row 1 wins,
+    # though row 0 comes first.
+    retrieve = torch.tensor([[0, 1], [0, 2]])
+    tokens = torch.tensor([0, 1, 2])
+    logits = torch.log(torch.tensor([[0.2, 0.3, 0.5], [1 / 3] * 3, [1 / 3] * 3]))
+    row, length = typical_accept(tokens, logits, retrieve, TypicalAcceptance())
+    assert (int(row), int(length)) == (1, 2)
+    # Swap the probabilities: row 0 wins.
+    logits = torch.log(torch.tensor([[0.2, 0.5, 0.3], [1 / 3] * 3, [1 / 3] * 3]))
+    row, length = typical_accept(tokens, logits, retrieve, TypicalAcceptance())
+    assert (int(row), int(length)) == (0, 2)
+    # Nothing accepted: the first row, length 1 (the root).
+    rule = TypicalAcceptance(posterior_threshold=0.9, posterior_alpha=10.0)
+    row, length = typical_accept(tokens, logits, retrieve, rule)
+    assert (int(row), int(length)) == (0, 1)
+
+
 def test_tree_must_fit_heads(llama: nn.Module) -> None:
     heads = MedusaHeads(MedusaConfig(2, 1, 32, VOCAB))
     too_deep = Tree.from_paths([[0], [0, 0], [0, 0, 0]])
