@@ -51,28 +51,40 @@ def main() -> None:
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core
     rng = np.random.default_rng(SEED)
     ranks, prompts = synthetic_ranks(rng)
+    order = np.argsort(prompts, kind="stable")  # each prompt's positions contiguous
+    ranks, prompts = ranks[order], prompts[order]
     start = time.perf_counter()
-    profile = Profile.from_rank_vectors(ranks, TOP_K, groups=prompts)
+    profile = Profile.from_rank_vectors(ranks, TOP_K, groups=prompts,
+                                        first_decode_index=np.zeros(NUM_PROMPTS, dtype=int))
     summarize_s = time.perf_counter() - start
     timings: dict[str, float] = {}
     accept: dict[str, float] = {}
     # "blend" includes choosing its weight by cross-validation; "blend_weight_given"
-    # is the build alone, as when the weight is reused across budgets.
-    cases = {"independent": ("independent", False), "joint": ("joint", False),
-             "blend": ("blend", False), "blend_weight_given": ("blend", True)}
+    # is the build alone, as when the weight is reused across budgets. "*_steps":
+    # weighted by decoding steps (replays, rebuilds; the curve replayed for all budgets).
+    cases = {"independent": ("independent", False, "positions"),
+             "joint": ("joint", False, "positions"),
+             "blend": ("blend", False, "positions"),
+             "blend_weight_given": ("blend", True, "positions"),
+             "joint_steps": ("joint", False, "steps"),
+             "blend_steps_weight_given": ("blend", True, "steps")}
     weight = choose_blend_weight(profile)
-    for label, (model, reuse_weight) in cases.items():
+    rounds: dict[str, int] = {}
+    for label, (model, reuse_weight, weighting) in cases.items():
         best = float("inf")
         for _ in range(REPEATS):
             # A fresh profile object: nothing cached from the previous run.
             fresh = Profile(profile.num_heads, profile.top_k, profile.marginal, profile.joint,
-                            profile.num_positions, profile.provenance, profile.groups)
+                            profile.num_positions, profile.provenance, profile.groups,
+                            profile.sequences)
             start = time.perf_counter()
             result = build_tree(fresh, MAX_BUDGET, model,
-                                blend_weight=weight if reuse_weight else None)
+                                blend_weight=weight if reuse_weight else None,
+                                weighting=weighting)
             best = min(best, time.perf_counter() - start)
         timings[label] = best
         accept[label] = result.expected_accept_length
+        rounds[label] = result.rounds
     report = {
         "what": f"build_tree: all budgets 1..{MAX_BUDGET}, {NUM_HEADS} heads x top-{TOP_K}, "
         f"synthetic joint profile of {NUM_POSITIONS} positions over {NUM_PROMPTS} prompts",
@@ -83,6 +95,7 @@ def main() -> None:
         "distinct_prefixes": len(profile.joint or {}),
         "blend_weight": weight,
         "expected_accept_length_at_max_budget": accept,
+        "rounds": rounds,
         "repeats": REPEATS,
         "cores": 1,
         "python": platform.python_version(),

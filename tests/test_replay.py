@@ -87,8 +87,11 @@ def test_vectorized_replay_equals_the_reference_walk(seed: int) -> None:
     assert np.flatnonzero(visited_positions(tree, sequences)).tolist() == sorted(visited)
 
 
-@pytest.mark.parametrize("seed", range(5))
-def test_nested_replay_scores_every_prefix_tree(seed: int) -> None:
+@pytest.mark.parametrize(("seed", "blocks"), [(0, False), (1, False), (2, True), (3, True)])
+def test_nested_replay_scores_every_prefix_tree(seed: int, blocks: bool,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    if blocks:  # tabulate a few trees at a time
+        monkeypatch.setattr("treeopt.replay.NESTED_TABLE_ENTRIES", 150)
     rng = np.random.default_rng(100 + seed)
     sequences = random_sequences(rng)
     profile = Profile.from_rank_vectors(sequences.ranks, TOP_K, groups=sequences.groups)

@@ -37,6 +37,9 @@ from treeopt.tree import Path, Tree
 RANKS_SUFFIX = ".ranks.npz"
 # Chain entries past the last matched node: larger than any node count.
 UNMATCHED = np.iinfo(np.int64).max
+# Most (tree, position) accept lengths tabulated at once by nested_tokens_per_step
+# (int16: 64 MiB).
+NESTED_TABLE_ENTRIES = 1 << 25
 
 
 @dataclass(frozen=True, eq=False)
@@ -226,14 +229,29 @@ def nested_tokens_per_step(order: Sequence[Path], sequences: RankSequences) -> n
     if order:
         _check_depth(max(len(path) for path in order), sequences)
     chain = _chain_ids(order, sequences)
-    sizes = np.arange(len(order) + 1, dtype=np.int64)[:, None, None]
-
-    def lengths_at(rows: np.ndarray) -> np.ndarray:
-        # A parent precedes its children in ``order``, so the tree of the first m
-        # nodes accepts exactly the chain entries with index < m.
-        return 1 + np.sum(chain[rows] < sizes, axis=2)
-
-    emitted, steps, _ = _walk(lengths_at, sequences, len(order) + 1)
+    num_trees, num_positions = len(order) + 1, len(sequences)
+    # A parent precedes its children in ``order``, so the tree of the first m nodes
+    # accepts exactly the chain entries with index < m: position t's accept length
+    # rises by one at m = chain[t, j] + 1. Tabulate lengths[m, t] by a cumulative sum,
+    # in blocks of trees to bound memory.
+    matched = chain != UNMATCHED
+    rises_at = chain[matched] + 1
+    columns = np.broadcast_to(np.arange(num_positions)[:, None], chain.shape)[matched]
+    block = max(1, NESTED_TABLE_ENTRIES // max(num_positions, 1))
+    emitted = np.zeros(num_trees, dtype=np.int64)
+    steps = np.zeros(num_trees, dtype=np.int64)
+    for first in range(0, num_trees, block):
+        last = min(num_trees, first + block)
+        rises = np.zeros((last - first, num_positions), dtype=np.int16)
+        below = rises_at <= first  # already in the block's first tree
+        np.add.at(rises[0], columns[below], 1)
+        inside = ~below & (rises_at < last)
+        np.add.at(rises, (rises_at[inside] - first, columns[inside]), 1)
+        lengths = 1 + np.cumsum(rises, axis=0, dtype=np.int16)
+        tree_index = np.arange(last - first)[:, None]
+        emitted[first:last], steps[first:last], _ = _walk(
+            lambda rows, lengths=lengths, tree_index=tree_index: lengths[tree_index, rows],
+            sequences, last - first)
     return _ratio(emitted, steps)
 
 
