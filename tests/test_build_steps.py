@@ -76,15 +76,15 @@ def test_steps_weighting_picks_the_hard_texts_branch(profile: Profile) -> None:
 def test_oscillation_keeps_the_best_tree() -> None:
     # Period of 10 rows: 6 easy ([0, 0]) then 4 hard ([1, 0]). With tree {[0]} the
     # walk steps on 3 easy rows and 4 hard ones (10 tokens / 7 steps), so rebuilding
-    # on those picks {[1]}, which replays worse (6 + 2 steps for 10 tokens): the
-    # rounds stop there and {[0]} is kept.
+    # on those picks {[1]}, which replays worse (6 + 2 steps for 10 tokens) and
+    # whose walk picks {[0]} again: a repeat ends the rounds, and {[0]} is kept.
     ranks = np.array(([[0, 0]] * 6 + [[1, 0]] * 4) * 10)
     profile = Profile.from_rank_vectors(ranks, 2, groups=np.zeros(100, dtype=int),
                                         first_decode_index=[0])
     result = build_tree(profile, 2, "joint")
     assert result.tree.paths == ((0,),)
     assert result.expected_accept_length == pytest.approx(100 / 70)
-    assert result.rounds == 2
+    assert result.rounds == 3
     assert tokens_per_step(Tree.from_paths([[1]]), profile.sequences) == pytest.approx(100 / 80)
 
 

@@ -100,7 +100,9 @@ def profile(
     OUTPUT.targets.json); then base + heads are teacher-forced over prompt +
     continuation and, at every decoding position, the rank of each true future
     token in each head's top-k is recorded. The profile (marginal + joint) feeds
-    `treeopt build`. Interrupted? Rerun with --resume (OUTPUT.partial.npz).
+    `treeopt build`; the ordered rank vectors, kept beside it in OUTPUT.ranks.npz,
+    let build and eval score trees by tokens per decoding step (keep the two files
+    together). Interrupted? Rerun with --resume (OUTPUT.partial.npz).
 
     Example: treeopt profile -m vicuna-7b -d question.jsonl --device cuda -o vicuna7b.json
     """
@@ -125,7 +127,8 @@ def profile(
         f"wrote {output}: {result.num_positions} positions from {info['prompts']} prompts, "
         f"{result.num_heads} heads, top-{result.top_k}"
         + (f" (skipped {info['skipped_prompts']} that fill the context)"
-           if info["skipped_prompts"] else ""),
+           if info["skipped_prompts"] else "")
+        + f"; rank vectors in {output}.ranks.npz",
         err=True,
     )
 
