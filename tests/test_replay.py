@@ -16,9 +16,9 @@ from treeopt.replay import (
     load_rank_sequences,
     nested_tokens_per_step,
     ranks_path,
+    replay,
     save_rank_sequences,
     tokens_per_step,
-    visited_positions,
 )
 from treeopt.tree import Tree
 
@@ -84,7 +84,7 @@ def test_vectorized_replay_equals_the_reference_walk(seed: int) -> None:
     assert accept_lengths(tree, sequences).tolist() == expected
     rate, visited = reference_walk(tree, sequences)
     assert tokens_per_step(tree, sequences) == pytest.approx(rate, abs=1e-12)
-    assert np.flatnonzero(visited_positions(tree, sequences)).tolist() == sorted(visited)
+    assert np.flatnonzero(replay(tree, sequences)[1]).tolist() == sorted(visited)
 
 
 @pytest.mark.parametrize(("seed", "blocks"), [(0, False), (1, False), (2, True), (3, True)])
@@ -110,7 +110,7 @@ def test_hand_worked_walk() -> None:
     sequences = RankSequences(ranks, np.zeros(6, dtype=int), np.array([1]), TOP_K)
     tree = Tree.from_paths([[0], [0, 1]])
     assert accept_lengths(tree, sequences).tolist() == [2, 3, 1, 2, 1, 2]
-    assert visited_positions(tree, sequences).tolist() == [False, True, False, False, True, True]
+    assert replay(tree, sequences)[1].tolist() == [False, True, False, False, True, True]
     assert tokens_per_step(tree, sequences) == pytest.approx(6 / 3)
     # The position average over the visited rows equals the replay; over all rows it is
     # higher (11/6): the walk skipped rows 2 and 3.

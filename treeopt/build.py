@@ -49,7 +49,7 @@ from treeopt.formats import (
     check_vllm,
 )
 from treeopt.profile import Profile
-from treeopt.replay import nested_tokens_per_step, tokens_per_step, visited_positions
+from treeopt.replay import nested_tokens_per_step, replay, tokens_per_step
 from treeopt.tree import ROOT, Path, Tree
 
 ENGINES = ("trtllm", "vllm")
@@ -235,13 +235,14 @@ def _weight_by_steps(
     """
     sequences = profile.sequences
     assert sequences is not None
-    result, rounds = first, 1
-    best, best_score = first, tokens_per_step(first.tree, sequences)
+    rounds = 1
+    best = first
+    best_score, visited = replay(first.tree, sequences)
     seen = {first.tree.paths}
     stale = 0  # rounds in a row that did not improve on the best
     while rounds < MAX_STEP_WEIGHTING_ROUNDS:
-        visited = visited_positions(result.tree, sequences)
-        # The profile of the visited positions (same prompts, same blend weight).
+        # The profile of the positions the last tree visits (same prompts, same
+        # blend weight).
         steps_profile = Profile.from_rank_vectors(
             sequences.ranks[visited], profile.top_k, groups=sequences.groups[visited]
         )
@@ -250,7 +251,7 @@ def _weight_by_steps(
         if result.tree.paths in seen:
             break
         seen.add(result.tree.paths)
-        score = tokens_per_step(result.tree, sequences)
+        score, visited = replay(result.tree, sequences)
         if score > best_score:
             best, best_score, stale = result, score, 0
         else:

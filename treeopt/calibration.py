@@ -93,6 +93,12 @@ def _read_file(path: Path, turns: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+def _name_and_split(source: str) -> tuple[str, str]:
+    """``"owner/name:split"`` -> ``("owner/name", "split")``; no colon: an empty split."""
+    name, colon, split = source.rpartition(":")
+    return (name, split) if colon else (source, "")
+
+
 def _read_hf_dataset(name: str, turns: str) -> list[str]:
     """Rows of a cached Hugging Face dataset (``owner/name[:split]``), offline only."""
     try:
@@ -102,7 +108,7 @@ def _read_hf_dataset(name: str, turns: str) -> list[str]:
             f"calibration data {name!r} is not a file, and reading it as a Hugging Face "
             "dataset needs the 'datasets' package (pip install datasets)"
         ) from None
-    dataset_name, _, split = name.rpartition(":") if ":" in name else (name, "", "")
+    dataset_name, split = _name_and_split(name)
     try:
         rows = datasets.load_dataset(dataset_name, split=split or DEFAULT_SPLIT)
     except Exception as exc:  # datasets raises many types; all mean "not available"
@@ -137,8 +143,7 @@ def read_prompts(
     if max_prompts is not None and max_prompts < 1:
         raise TreeoptError(f"--max-prompts must be >= 1, not {max_prompts}")
     path = Path(source)
-    folder, _, _ = str(source).rpartition(":")
-    if path.is_dir() or (folder and Path(folder).is_dir()):
+    if path.is_dir() or Path(_name_and_split(str(source))[0]).is_dir():
         prompts = _read_hf_dataset(str(source), turns)
     elif path.exists():
         prompts = _read_file(path, turns)

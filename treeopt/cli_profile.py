@@ -108,6 +108,7 @@ def profile(
     """
     from treeopt.models import load_base_model, load_heads, require_heads, resolve_model
     from treeopt.profiling import ProfileSettings, profile_model
+    from treeopt.replay import ranks_path
 
     heads_id = require_heads(model, heads)
     base_id, _ = resolve_model(model)
@@ -128,7 +129,7 @@ def profile(
         f"{result.num_heads} heads, top-{result.top_k}"
         + (f" (skipped {info['skipped_prompts']} that fill the context)"
            if info["skipped_prompts"] else "")
-        + f"; rank vectors in {output}.ranks.npz",
+        + f"; rank vectors in {ranks_path(output)}",
         err=True,
     )
 

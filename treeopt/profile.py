@@ -146,7 +146,8 @@ class Profile:
         )
         if first_decode_index is None:
             return profile
-        return profile.with_sequences(RankSequences(
+        # Counted from these very rank vectors: nothing to check against.
+        return replace(profile, sequences=RankSequences(
             array, group_ids, np.asarray(first_decode_index, dtype=np.int64), top_k
         ))
 
@@ -256,20 +257,13 @@ class Profile:
         if sequences is None:
             return replace(self, sequences=None)
         counts = np.round(self.marginal * self.num_positions).astype(np.int64)
-        ranks = sequences.ranks
-        hit = (ranks >= 0) & (ranks < self.top_k)
-        measured = (
-            np.stack([np.bincount(ranks[hit[:, k], k], minlength=self.top_k)[: self.top_k]
-                      for k in range(ranks.shape[1])])
-            if ranks.shape[1] == self.num_heads else None
-        )
         prompts = len(np.unique(sequences.groups))
         if (
             self.joint is None
             or sequences.top_k != self.top_k
             or len(sequences) != self.num_positions
-            or measured is None
-            or not np.array_equal(measured, counts)
+            or sequences.num_heads != self.num_heads
+            or not np.array_equal(_marginal_counts(sequences.ranks, self.top_k), counts)
             or (self.groups is not None and prompts != len(self.groups))
         ):
             raise TreeoptError(
@@ -330,11 +324,8 @@ class Profile:
 
 def _group_from_ranks(ranks: np.ndarray, top_k: int) -> ProfileGroup:
     """Marginal counts and longest-prefix counts of one group's rank vectors."""
-    num_heads = ranks.shape[1]
     hit = (ranks >= 0) & (ranks < top_k)
-    counts = np.zeros((num_heads, top_k), dtype=np.int64)
-    for head in range(num_heads):
-        counts[head] = np.bincount(ranks[hit[:, head], head], minlength=top_k)
+    counts = _marginal_counts(ranks, top_k)
     # Longest prefix: everything from the first miss on is dropped (set to -1).
     in_prefix = np.cumprod(hit, axis=1).astype(bool)
     masked = np.where(in_prefix, ranks, -1)
@@ -344,6 +335,15 @@ def _group_from_ranks(ranks: np.ndarray, top_k: int) -> ProfileGroup:
         length = row.index(-1) if -1 in row else len(row)
         joint[tuple(row[:length])] = int(count)
     return ProfileGroup(int(ranks.shape[0]), counts, joint)
+
+
+def _marginal_counts(ranks: np.ndarray, top_k: int) -> np.ndarray:
+    """``(heads, top_k)``: positions whose rank in each head is each ``i < top_k``."""
+    hit = (ranks >= 0) & (ranks < top_k)
+    counts = np.zeros((ranks.shape[1], top_k), dtype=np.int64)
+    for head in range(ranks.shape[1]):
+        counts[head] = np.bincount(ranks[hit[:, head], head], minlength=top_k)
+    return counts
 
 
 def _positive_int(value: object, name: str) -> int:

@@ -200,23 +200,24 @@ def _ratio(emitted: np.ndarray, steps: np.ndarray) -> np.ndarray:
     return emitted / steps
 
 
-def tokens_per_step(tree: Tree, sequences: RankSequences) -> float:
-    """Tokens per verification step greedy decoding with ``tree`` gets on the profiled text.
+def replay(tree: Tree, sequences: RankSequences) -> tuple[float, np.ndarray]:
+    """Greedy decoding with ``tree`` walked over the profiled text.
 
-    Exact replay of decoding's walk (see the module docstring), so it matches the
-    runtime's measured rate on the same prompts.
+    Returns ``(tokens per verification step, visited)``, ``visited`` being ``(N,)``
+    bool: the positions decoding takes a step at. Exact replay of decoding's walk
+    (see the module docstring), so the rate matches the runtime's measured rate on
+    the same prompts.
     """
     lengths = accept_lengths(tree, sequences)
-    emitted, steps, _ = _walk(lambda rows: lengths[rows], sequences, 1)
-    return float(_ratio(emitted, steps)[0])
-
-
-def visited_positions(tree: Tree, sequences: RankSequences) -> np.ndarray:
-    """``(N,)`` bool: the positions greedy decoding with ``tree`` takes a step at."""
-    lengths = accept_lengths(tree, sequences)
-    _, _, visited = _walk(lambda rows: lengths[rows], sequences, 1, record_visits=True)
+    emitted, steps, visited = _walk(lambda rows: lengths[rows], sequences, 1,
+                                    record_visits=True)
     assert visited is not None
-    return visited
+    return float(_ratio(emitted, steps)[0]), visited
+
+
+def tokens_per_step(tree: Tree, sequences: RankSequences) -> float:
+    """Tokens per verification step greedy decoding with ``tree`` gets on the profiled text."""
+    return replay(tree, sequences)[0]
 
 
 def nested_tokens_per_step(order: Sequence[Path], sequences: RankSequences) -> np.ndarray:
