@@ -79,8 +79,8 @@ def parse_args() -> argparse.Namespace:
                         help="new tokens for the end-to-end plain decode run")
     parser.add_argument("--no-cuda-graph", action="store_true", help="eager steps (debugging)")
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile each decoder layer (fuses the small ops) before "
-                             "CUDA-graph capture")
+                        help="torch.compile the whole verification step (fuses the small "
+                             "ops) before CUDA-graph capture; compiles once per size")
     parser.add_argument("--model", help="real HF model for the Medusa section")
     parser.add_argument("--medusa-heads", help="Medusa heads folder or hub id for --model")
     parser.add_argument("--tree", help="tree JSON file or shipped name for --model")
@@ -119,13 +119,6 @@ def synthetic_heads(model: torch.nn.Module, num_heads: int, kind: str) -> Medusa
     return heads.eval()
 
 
-def compile_layers(model: torch.nn.Module) -> None:
-    """torch.compile every decoder layer (same code: one compilation per shape)."""
-    torch._dynamo.config.cache_size_limit = 64
-    for layer in model.get_decoder().layers:
-        layer.compile(dynamic=False)
-
-
 def medusa_section(args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
                    use_graph: bool) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -147,7 +140,8 @@ def medusa_section(args: argparse.Namespace, device: torch.device, dtype: torch.
         for prompt in prompts:
             ids = tokenizer(prompt, return_tensors="pt").input_ids
             result = generate(model, heads, run_tree, ids, args.max_new_tokens,
-                              eos_token_id=tokenizer.eos_token_id, cuda_graph=use_graph)
+                              eos_token_id=tokenizer.eos_token_id, cuda_graph=use_graph,
+                              compile_step=args.compile)
             tokens, steps, seconds = tokens + len(result.tokens), steps + result.steps, \
                 seconds + result.wall_time_s
         runs[name] = {"tokens": tokens, "steps": steps, "seconds": seconds,
@@ -170,15 +164,13 @@ def main() -> None:
     shape = TINY if args.tiny else LLAMA_7B
     model = random_weight_model(shape, dtype=dtype, device=device)
     heads = synthetic_heads(model, args.num_heads, args.head_kind)
-    if args.compile:
-        compile_layers(model)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
 
     latency: dict[str, Any] = {}
     for q in sizes:
         timing = time_verification_step(
             model, heads, q, context=args.context, warmup=args.warmup, repeats=args.repeats,
-            cuda_graph=use_graph,
+            cuda_graph=use_graph, compile_step=args.compile,
         )
         latency[str(q)] = {key: timing[key] for key in
                            ("median_s", "min_s", "max_s", "cuda_graph", "capture_error")
@@ -190,7 +182,8 @@ def main() -> None:
     bandwidth = measure_bandwidth_gbs(device) if args.measure_bandwidth else args.bandwidth_gbs
     roofline_tokens_per_s = bandwidth * 1e9 / weight_bytes
     prompt = torch.randint(0, shape["vocab_size"], (1, args.context))
-    plain = generate(model, None, Tree.empty(), prompt, args.decode_tokens, cuda_graph=use_graph)
+    plain = generate(model, None, Tree.empty(), prompt, args.decode_tokens, cuda_graph=use_graph,
+                     compile_step=args.compile)
     step_tokens_per_s = 1.0 / latency["1"]["median_s"] if "1" in latency else None
     fraction = plain.decode_tokens_per_second / roofline_tokens_per_s
 
@@ -207,7 +200,7 @@ def main() -> None:
         "context": args.context,
         "heads": {"num_heads": args.num_heads, "kind": args.head_kind},
         "cuda_graph": {"asked": use_graph is None, "plain_decode_captured": plain.cuda_graph},
-        "compiled_layers": args.compile,
+        "compiled_step": args.compile,
         "latency": latency,
         "latency_ratio_64_over_1": ratio,
         "plain_decode": {

@@ -24,7 +24,7 @@ if [ "$part" = runtime ] || [ "$part" = all ]; then
 # 1. Runtime: step latency vs tree size, plain decode vs HBM roofline (issue #4).
 timeout 150 python3 benchmarks/decode_speed.py --measure-bandwidth \
     -o "$out/decode_speed_h100.json" 2>&1 | tail -25
-timeout 150 python3 benchmarks/decode_speed.py --measure-bandwidth --compile \
+timeout 300 python3 benchmarks/decode_speed.py --measure-bandwidth --compile --sizes 1,16,64 \
     -o "$out/decode_speed_h100_compile.json" 2>&1 | tail -25
 
 fi

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -37,6 +37,9 @@ from treeopt.errors import TreeoptError
 from treeopt.tree import Tree
 
 CUDA_GRAPH_WARMUP_STEPS = 2  # eager runs on a side stream before capture (allocator, lazy init)
+# torch.compile makes one compilation of ``_step`` per decoder shape (tree, batch,
+# cache length); dynamo's default of 8 per function would end a tuning sweep.
+COMPILED_SHAPES_LIMIT = 1024
 
 
 @dataclass
@@ -49,10 +52,11 @@ class GenerationResult:
 
     tokens: list[int]
     accept_lengths: list[int] = field(default_factory=list)
-    wall_time_s: float = 0.0  # prefill + decoding, CUDA graph capture excluded
-    capture_s: float = 0.0  # one-time CUDA graph capture
+    wall_time_s: float = 0.0  # prefill + decoding, one-time setup excluded
+    setup_s: float = 0.0  # one-time step compilation and CUDA graph capture
     prefill_s: float = 0.0  # the prompt's forward pass, included in wall_time_s
     cuda_graph: bool = False  # whether the step ran as a captured CUDA graph
+    compiled: bool = False  # whether the step ran through torch.compile
 
     @property
     def steps(self) -> int:
@@ -111,6 +115,11 @@ class TreeDecoder:
     position ids come from its own true length ``row_lengths [B]``. Prompts are
     left-padded with holes. With ``B = 1`` there are never holes and this is plain
     contiguous decoding.
+
+    ``compile_step``: run the step through ``torch.compile(fullgraph=True)``, which
+    fuses its many small kernels (norms, rotary, mask, acceptance, compaction);
+    on CUDA the compiled step is then captured as usual. Compilation happens on
+    the first step (tens of seconds for a 7B model) and once per decoder shape.
     """
 
     def __init__(
@@ -121,6 +130,7 @@ class TreeDecoder:
         max_cache_len: int,
         acceptance: Acceptance = "greedy",
         batch_size: int = 1,
+        compile_step: bool = False,
     ) -> None:
         from transformers import StaticCache
         from transformers.cache_utils import StaticLayer
@@ -160,6 +170,16 @@ class TreeDecoder:
         self.emitted = torch.zeros(batch_size, tree.depth + 1, dtype=torch.long, device=device)
         self.accept_length = torch.ones(batch_size, dtype=torch.long, device=device)
         self.slots = torch.arange(max_cache_len, device=device)
+        self.compiled = compile_step
+        self.run_step: Callable[[], None] = self._step
+        if compile_step:
+            import torch._dynamo.config as dynamo_config
+
+            dynamo_config.recompile_limit = max(dynamo_config.recompile_limit,
+                                                COMPILED_SHAPES_LIMIT)
+            dynamo_config.accumulated_recompile_limit = max(
+                dynamo_config.accumulated_recompile_limit, COMPILED_SHAPES_LIMIT)
+            self.run_step = torch.compile(self._step, fullgraph=True, dynamic=False)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.capture_error: str | None = None  # why the last capture_or_eager stayed eager
 
@@ -301,13 +321,13 @@ class TreeDecoder:
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
-                for _ in range(CUDA_GRAPH_WARMUP_STEPS):
-                    self._step()
+                for _ in range(CUDA_GRAPH_WARMUP_STEPS):  # compiles a compiled step
+                    self.run_step()
                     self.restore(saved)
             torch.cuda.current_stream().wait_stream(stream)
             graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(graph):
-                self._step()
+                self.run_step()
             self.graph = graph
         finally:
             # Capture records without running, but a failed warm-up may have moved
@@ -332,12 +352,29 @@ class TreeDecoder:
             return False
         return True
 
+    def warm_up(self) -> None:
+        """Run one step and put the state back: compiles a compiled step ahead of timing.
+
+        A failed compilation is a one-line TreeoptError.
+        """
+        from torch._dynamo.exc import TorchDynamoException
+
+        saved = self.snapshot()
+        try:
+            self.run_step()
+        except TorchDynamoException as exc:
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise TreeoptError(f"torch.compile of the verification step failed: {reason}") \
+                from None
+        finally:
+            self.restore(saved)
+
     def step(self) -> None:
         """One verification step; the caller checks ``L + q <= max_cache_len`` first."""
         if self.graph is not None:
             self.graph.replay()
         else:
-            self._step()
+            self.run_step()
 
 
 Prompts = torch.Tensor | Sequence[int] | Sequence[Sequence[int]]
@@ -395,9 +432,10 @@ class BatchGenerationResult:
     sequences: list[GenerationResult]
     steps: int = 0
     wall_time_s: float = 0.0
-    capture_s: float = 0.0
+    setup_s: float = 0.0
     prefill_s: float = 0.0
     cuda_graph: bool = False
+    compiled: bool = False
 
     @property
     def tokens(self) -> list[list[int]]:
@@ -421,6 +459,7 @@ def generate_batch(
     eos_token_id: int | Sequence[int] | None = None,
     cuda_graph: bool | None = None,
     attention_mask: torch.Tensor | Sequence[Sequence[int]] | None = None,
+    compile_step: bool = False,
 ) -> BatchGenerationResult:
     """Batched :func:`generate`: always a :class:`BatchGenerationResult`, one row per prompt.
 
@@ -443,7 +482,7 @@ def generate_batch(
     growth = 1 if batch == 1 else tree.depth + 1
     decoder = TreeDecoder(
         model, heads, tree, prompt.shape[1] + q + growth * max_new_tokens,
-        acceptance=acceptance, batch_size=batch,
+        acceptance=acceptance, batch_size=batch, compile_step=compile_step,
     )
     synchronize = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     synchronize()
@@ -451,17 +490,19 @@ def generate_batch(
     decoder.prefill(prompt, pad_mask)
     tokens = [[token] for token in decoder.emitted[:, 0].tolist()]  # host sync: prefill done
     prefill_s = time.perf_counter() - start
-    capture_s = 0.0
-    captured = False
-    if cuda_graph if cuda_graph is not None else device.type == "cuda":
-        capture_start = time.perf_counter()
-        # One-time cost per tree size: kept out of the decode time. Asked for
-        # explicitly, a failure is an error; by default it falls back to eager.
-        captured = decoder.capture_or_eager(required=bool(cuda_graph))
-        synchronize()
-        capture_s = time.perf_counter() - capture_start
     accept_lengths = [[1] for _ in rows]
     active = [row[-1] not in eos and len(row) < max_new_tokens for row in tokens]
+    # One-time setup, kept out of the decode time: compilation, then capture (asked
+    # for explicitly, a failure is an error; by default it falls back to eager).
+    setup_start = time.perf_counter()
+    captured = False
+    if any(active):
+        if compile_step:
+            decoder.warm_up()
+        if cuda_graph if cuda_graph is not None else device.type == "cuda":
+            captured = decoder.capture_or_eager(required=bool(cuda_graph))
+    synchronize()
+    setup_s = time.perf_counter() - setup_start
     steps = 1
     while any(active):
         decoder.step()
@@ -478,12 +519,14 @@ def generate_batch(
                     active[row] = False
                     break
     synchronize()
-    wall_time_s = time.perf_counter() - start - capture_s
+    wall_time_s = time.perf_counter() - start - setup_s
     sequences = [
-        GenerationResult(row_tokens, row_accepts, wall_time_s, capture_s, prefill_s, captured)
+        GenerationResult(row_tokens, row_accepts, wall_time_s, setup_s, prefill_s, captured,
+                         compile_step)
         for row_tokens, row_accepts in zip(tokens, accept_lengths, strict=True)
     ]
-    return BatchGenerationResult(sequences, steps, wall_time_s, capture_s, prefill_s, captured)
+    return BatchGenerationResult(sequences, steps, wall_time_s, setup_s, prefill_s, captured,
+                                 compile_step)
 
 
 def generate(
@@ -496,6 +539,7 @@ def generate(
     eos_token_id: int | Sequence[int] | None = None,
     cuda_graph: bool | None = None,
     attention_mask: torch.Tensor | Sequence[Sequence[int]] | None = None,
+    compile_step: bool = False,
 ) -> GenerationResult | BatchGenerationResult:
     """Decode up to ``max_new_tokens`` new tokens with Medusa tree verification.
 
@@ -504,7 +548,10 @@ def generate(
     ``eos_token_id`` or at ``max_new_tokens``, whatever the tree (up to float
     rounding of near-tied logits). ``cuda_graph``: None (default) captures the step
     on CUDA and falls back to eager with a warning if capture fails; True requires
-    the capture; False never captures. ``result.cuda_graph`` says what ran.
+    the capture; False never captures. ``compile_step`` runs the step through
+    ``torch.compile`` (see :class:`TreeDecoder`); same tokens, fewer kernels.
+    ``result.cuda_graph`` and ``result.compiled`` say what ran; one-time
+    compilation and capture are in ``result.setup_s``, not in the wall time.
     Raises TreeoptError before decoding if the tree does not fit the heads.
 
     One sequence (1-D, or 2-D with one row) gives a :class:`GenerationResult`;
@@ -516,5 +563,6 @@ def generate(
     result = generate_batch(
         model, heads, tree, input_ids, max_new_tokens, acceptance=acceptance,
         eos_token_id=eos_token_id, cuda_graph=cuda_graph, attention_mask=attention_mask,
+        compile_step=compile_step,
     )
     return result.sequences[0] if single else result

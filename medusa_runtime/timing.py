@@ -99,6 +99,7 @@ def time_verification_step(
     repeats: int = DEFAULT_REPEATS,
     device: torch.device | str | None = None,
     cuda_graph: bool | None = None,
+    compile_step: bool = False,
 ) -> dict[str, Any]:
     """Median seconds of one verification step of ``num_tokens`` tokens at ``context``.
 
@@ -109,7 +110,8 @@ def time_verification_step(
     and runs no heads). ``device`` defaults to the model's; the model and heads
     must already be there. ``cuda_graph`` defaults to True on CUDA, falling back
     to eager (``cuda_graph: False`` and ``capture_error`` in the result) if capture
-    fails; ``True`` makes that failure an error. Returns a dict
+    fails; ``True`` makes that failure an error. ``compile_step`` times the
+    ``torch.compile``d step (compiled before warm-up). Returns a dict
     with ``median_s``, ``min_s``, ``max_s``, ``samples_s`` and the settings.
     """
     model_device = next(model.parameters()).device
@@ -120,7 +122,8 @@ def time_verification_step(
         raise TreeoptError("need repeats >= 1, warmup >= 0, context >= 1 and batch >= 1")
     num_heads = heads.num_heads if heads is not None else 0
     tree = representative_tree(num_tokens, num_heads)
-    decoder = TreeDecoder(model, heads, tree, context + num_tokens, batch_size=batch)
+    decoder = TreeDecoder(model, heads, tree, context + num_tokens, batch_size=batch,
+                          compile_step=compile_step)
     generator = torch.Generator(device="cpu").manual_seed(0)
     vocab = decoder.vocab_size
 
@@ -144,6 +147,8 @@ def time_verification_step(
 
     use_graph = cuda_graph if cuda_graph is not None else device.type == "cuda"
     reset()
+    if compile_step:
+        decoder.warm_up()
     if use_graph:
         use_graph = decoder.capture_or_eager(required=bool(cuda_graph))
     timer = _timer(device)
@@ -160,6 +165,7 @@ def time_verification_step(
         "tree_paths": tree.as_lists(),
         "device": str(device),
         "cuda_graph": use_graph,
+        "compiled": compile_step,
         **({"capture_error": decoder.capture_error} if decoder.capture_error else {}),
         "median_s": statistics.median(samples),
         "min_s": min(samples),

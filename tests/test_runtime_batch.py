@@ -14,7 +14,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_runtime import NUM_HEADS, greedy_reference, trees
+from tiny_lm import NUM_HEADS, VOCAB, greedy_reference, trees
 from torch import nn
 
 from medusa_runtime.decode import BatchGenerationResult, GenerationResult, generate, generate_batch
@@ -24,7 +24,6 @@ from treeopt.tree import Tree
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 STORIES = SHARED / "models" / "stories260K"
-VOCAB = 64
 ORACLE_RANKS = 3  # the oracle puts the true token at rank 0, 1 or 2
 
 torch.set_num_threads(1)

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from test_profiling import ShiftLM, V  # the hand-built model with known greedy text
+from shift_lm import ShiftLM, V  # the hand-built model with known greedy text
 
 from medusa_runtime.heads import MedusaHeads
 from treeopt.errors import TreeoptError

@@ -79,6 +79,9 @@ def overhead(
              "without published heads).")] = 5,
     warmup: Annotated[int, typer.Option(help="Untimed steps before timing each size.")] = 3,
     repeats: Annotated[int, typer.Option(help="Timed steps per size; the median is kept.")] = 10,
+    compile_step: Annotated[bool, typer.Option(
+        "--compile", help="Time the torch.compile'd step (fuses small kernels; compiles once "
+                          "per setting, tens of seconds each for a 7B model).")] = False,
 ) -> None:
     """Measure (or predict) the verification-step latency for each tree size.
 
@@ -124,14 +127,14 @@ def overhead(
         if warmup < 0 or repeats < 1:
             raise TreeoptError("--warmup must be >= 0 and --repeats >= 1")
         table = _measure(model, arch if random_weights else None, heads, batches, contexts,
-                         size_list, device, dtype, warmup, repeats)
+                         size_list, device, dtype, warmup, repeats, compile_step)
     write_latency(output, table)
     typer.echo(f"wrote {output}: {len(table.measurements)} settings, {table.describe()}", err=True)
 
 
 def _measure(model: str | None, arch: str | None, num_heads: int, batches: list[int],
              contexts: list[int], sizes: list[int], device: str, dtype: str,
-             warmup: int, repeats: int) -> LatencyTable:
+             warmup: int, repeats: int, compile_step: bool) -> LatencyTable:
     """Load the model (or build a random-weight one) and heads, then run the sweep."""
     import torch
 
@@ -162,7 +165,7 @@ def _measure(model: str | None, arch: str | None, num_heads: int, batches: list[
         medusa = MedusaHeads(MedusaConfig(num_heads, 1, config.hidden_size, config.vocab_size))
         medusa = medusa.to(device=device, dtype=torch_dtype).eval()
     return measure_latency(net, medusa, name, batches, contexts, sizes, device, dtype,
-                           warmup, repeats)
+                           warmup, repeats, compile_step=compile_step)
 
 
 # ---------------------------------------------------------------------- tune

@@ -150,12 +150,14 @@ def measure_latency(
     warmup: int,
     repeats: int,
     show_progress: bool = True,
+    compile_step: bool = False,
 ) -> LatencyTable:
     """Time the runtime's verification step for every setting on ``device``.
 
     Uses ``medusa_runtime.timing.time_verification_step`` (warm-up, then the
     median of ``repeats``). Out-of-memory is recorded as the limit and the sweep
-    goes on (see :func:`sweep`). The table names the device (``"cpu"`` on CPU),
+    goes on (see :func:`sweep`). ``compile_step`` times the ``torch.compile``d
+    step (see ``medusa_runtime.decode.TreeDecoder``). The table names the device (``"cpu"`` on CPU),
     dtype and library versions.
     """
     import torch
@@ -167,7 +169,7 @@ def measure_latency(
     def time_step(batch: int, context: int, num_tokens: int) -> float:
         result = time_verification_step(model, heads, num_tokens=num_tokens, batch=batch,
                                         context=context, warmup=warmup, repeats=repeats,
-                                        device=device)
+                                        device=device, compile_step=compile_step)
         return step_seconds(result)
 
     def free_memory() -> None:
@@ -191,7 +193,8 @@ def measure_latency(
         versions={"torch": torch.__version__, "transformers": transformers.__version__,
                   "cuda": torch.version.cuda if is_cuda else None},
         method={"timer": "medusa_runtime.timing.time_verification_step",
-                "statistic": "median", "warmup": warmup, "repeats": repeats},
+                "statistic": "median", "warmup": warmup, "repeats": repeats,
+                "compiled_step": compile_step},
     )
 
 
