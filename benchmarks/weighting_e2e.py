@@ -81,7 +81,7 @@ def main() -> None:
             for prompt in held_ids:
                 result = generate(model, heads, tree, prompt, e2e.MAX_NEW_TOKENS,
                                   eos_token_id=tokenizer.eos_token_id)
-                emitted, steps = emitted + len(result.tokens) - 1, steps + result.steps - 1
+                emitted, steps = emitted + len(result.tokens) - 1, steps + result.verification_steps
             return emitted / steps
 
         rows = []

@@ -69,6 +69,21 @@ class GenerationResult:
         return len(self.tokens) / self.steps if self.steps else 0.0
 
     @property
+    def verification_steps(self) -> int:
+        """Forward passes after the prefill: the tree verification steps."""
+        return max(self.steps - 1, 0)
+
+    @property
+    def tokens_per_verification_step(self) -> float:
+        """Tokens after the prefill's one per verification step.
+
+        What ``treeopt build`` predicts as tokens per step (a last step cut by EOS or
+        ``max_new_tokens`` counts only the tokens kept).
+        """
+        steps = self.verification_steps
+        return (len(self.tokens) - 1) / steps if steps else 0.0
+
+    @property
     def tokens_per_second(self) -> float:
         """New tokens over wall time (prefill included)."""
         return len(self.tokens) / self.wall_time_s if self.wall_time_s > 0 else 0.0

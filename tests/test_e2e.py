@@ -108,7 +108,7 @@ def pipeline(workdir: Path, epochs: int = 20, learning_rate: float = 1e-2) -> di
             # New tokens after the prefill's one, as kept (a last step that runs past
             # EOS or max_new_tokens counts only what is kept), per verification step.
             emitted += len(result.tokens) - 1
-            steps += result.steps - 1
+            steps += result.verification_steps
             new_tokens += len(result.tokens)
             passes += result.steps
         rows[name] = {

@@ -180,3 +180,12 @@ def test_split_keeps_each_parts_rank_vectors() -> None:
     kept = set(heldout.sequences.groups.tolist()) | set(train.sequences.groups.tolist())
     assert kept == set(range(8))
     assert not set(heldout.sequences.groups.tolist()) & set(train.sequences.groups.tolist())
+
+
+def test_tokens_per_step_needs_rank_vectors() -> None:
+    from treeopt.errors import TreeoptError
+    from treeopt.profile import load_profile
+    from treeopt.treefile import load_tree
+
+    with pytest.raises(TreeoptError, match="needs the rank vectors"):
+        tokens_per_step(load_tree("mc_sim_7b_63"), load_profile("vicuna-7b"))

@@ -113,6 +113,9 @@ def test_oracle_chain_accepts_long_paths(llama: nn.Module) -> None:
     assert result.tokens == full[:30]
     assert max(result.accept_lengths) == NUM_HEADS + 1
     assert result.acceleration_rate > 3.0
+    # 29 tokens after the prefill's: 7 full steps of 4, then one cut to 1 at the limit.
+    assert result.verification_steps == 8
+    assert result.tokens_per_verification_step == 29 / 8
     # EOS in the middle of an accepted path stops right after it.
     eos = full[6]
     stopped = generate(llama, heads, tree, prompt, 30, eos_token_id=eos)
@@ -125,6 +128,7 @@ def test_root_only_tree_is_plain_decoding(llama: nn.Module) -> None:
     assert result.tokens == greedy_reference(llama, prompt, 17)
     assert result.accept_lengths == [1] * 17
     assert result.steps == 17 and result.acceleration_rate == 1.0
+    assert result.verification_steps == 16 and result.tokens_per_verification_step == 1.0
     assert result.tokens_per_second > 0
 
 

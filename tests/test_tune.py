@@ -119,3 +119,28 @@ def test_best_is_the_argmax(gains, steps):
     result = tune_size(accept, make_table(rows), batch=1, context=1)
     assert all(result.best.speedup >= p.speedup for p in result.points)
     assert result.best.speedup >= 1.0  # plain decoding is always a candidate
+
+
+def test_tune_tree_returns_the_builders_tree_of_the_best_size():
+    from treeopt.build import build_tree
+    from treeopt.profile import Profile
+    from treeopt.tune import tune_tree
+
+    profile = Profile.from_cumulative_accuracy(
+        [[0.6, 0.7, 0.75], [0.4, 0.5, 0.55], [0.3, 0.38, 0.42]], {"source": "synthetic"})
+    table = make_table({(1, 128, n): plateau_latency(n) for n in range(1, 9)}
+                       | {(4, 128, n): BASE_S * n for n in range(1, 9)})
+    tuned = tune_tree(profile, table)  # batch: the smallest; context: the only one
+    assert (tuned.result.batch, tuned.result.context) == (1, 128)
+    built = build_tree(profile, 8)
+    assert tuned.accept_curve == pytest.approx(list(built.curve))
+    # Overhead is flat to 4 tokens and E[accept] rises strictly, so n* = 4 exactly when
+    # the 5th token's gain is below the 20% its overhead adds.
+    assert built.curve[4] / 1.2 < built.curve[3]
+    assert tuned.result.best.num_tokens == 4
+    assert tuned.tree == built.tree_at(4) and tuned.score == pytest.approx(built.curve[3])
+    assert tuned.weighting == "positions"
+    compute_bound = tune_tree(profile, table, batch=4)
+    assert compute_bound.result.best.num_tokens == 1 and compute_bound.tree.num_tokens == 1
+    with pytest.raises(TreeoptError, match="nothing to tune"):
+        tune_tree(profile, table, max_budget=1)

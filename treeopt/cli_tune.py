@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from treeopt.errors import TreeoptError
+from treeopt.latency import DEFAULT_CONTEXT
 from treeopt.shipped import DEFAULT_PROFILE
 
 if TYPE_CHECKING:
@@ -22,12 +23,8 @@ DEFAULT_BATCHES = "1,4,16,64"
 DEFAULT_CONTEXTS = "128,1024,4096"
 # Dense where the optimum usually is (16..96 tokens), sparse out to 256.
 DEFAULT_SIZES = "1,2,4,8,16,24,32,48,64,80,96,128,160,192,256"
-# The context the Medusa appendix analyses tree size at; tune's default when the
-# table has several and --context is not given (the nearest covered one is used).
-DEFAULT_CONTEXT = 1024
 # A curve this long or shorter is printed in full; longer ones show a summary.
 FULL_TABLE_ROWS = 32
-MIN_TREE_TOKENS = 2  # the root and one candidate: the smallest tree the builder makes
 
 
 def parse_int_list(text: str, option: str) -> list[int]:
@@ -242,39 +239,26 @@ def tune(
         return
     if not latency:
         raise TreeoptError("give --latency FILE (make one with `treeopt overhead`), or --measure")
-    from treeopt.build import build_tree
     from treeopt.latency import load_latency, prefer_measured
     from treeopt.profile import load_profile
-    from treeopt.tune import batch_view, curve_rows, tune_size
+    from treeopt.tune import batch_view, curve_rows, tune_tree
 
     tables = [(str(path), load_latency(path)) for path in latency]
     source_file, table = prefer_measured(tables)
-    if batch is None:
-        batch = table.batches[0]
-    if context is None:
-        context = table.nearest_context(DEFAULT_CONTEXT)
-    size_limit = table.max_num_tokens(batch, context)
-    budget = size_limit if max_budget is None else min(max_budget, size_limit)
-    if budget < MIN_TREE_TOKENS:
-        raise TreeoptError(
-            f"nothing to tune at batch {batch}, context {context}: the latency table covers "
-            f"sizes up to {size_limit} and --max-budget is {max_budget} (a tree needs "
-            f">= {MIN_TREE_TOKENS} tokens per step)"
-        )
     loaded_profile = load_profile(profile)
     typer.echo(f"latency: {source_file}: {table.describe()}", err=True)
     if len(tables) > 1:
         others = ", ".join(name for name, _ in tables if name != source_file)
         typer.echo(f"  (preferred over {others})", err=True)
-    built = build_tree(loaded_profile, budget, acceptance_model=acceptance_model)
-    accept = list(built.curve)
-    result = tune_size(accept, table, batch, context, max_budget)
+    tuned = tune_tree(loaded_profile, table, batch, context, max_budget, acceptance_model)
+    result = tuned.result
     _print_tune_table(result, table)
-    _print_batch_view(batch_view(accept, table, context, max_budget), context)
+    _print_batch_view(batch_view(tuned.accept_curve, table, result.context, max_budget),
+                      result.context)
 
-    rows = curve_rows(result, table.latency_curve(batch, context))
+    rows = curve_rows(result, table.latency_curve(result.batch, result.context))
     provenance = _provenance(profile, source_file, table, result, acceptance_model)
-    provenance["weighting"] = built.weighting
+    provenance["weighting"] = tuned.weighting
     if curve is not None:
         from treeopt.curve import write_curve
 
@@ -283,27 +267,19 @@ def tune(
     if plot is not None:
         from treeopt.plots import plot_curve
 
-        plot_curve(rows, plot, f"{profile} on {table.device}, batch {batch}, context {context}")
+        plot_curve(rows, plot, f"{profile} on {table.device}, batch {result.batch}, "
+                               f"context {result.context}")
         typer.echo(f"wrote {plot}", err=True)
-    best = result.best
     if output is not None:
-        if best.num_tokens == 1:
+        if result.best.num_tokens == 1:
             raise TreeoptError(
-                f"at batch {batch}, context {context} no tree beats plain decoding on "
-                f"{table.device} (best size 1): nothing to write"
+                f"at batch {result.batch}, context {result.context} no tree beats plain "
+                f"decoding on {table.device} (best size 1): nothing to write"
             )
         from treeopt.treefile import write_tree
 
-        tree, value = built.tree_at(best.num_tokens), best.expected_accept_length
-        if built.weighting == "steps" and best.num_tokens < built.budget:
-            # The nested trees follow the full budget's visits; rebuilt at n*, the
-            # tree follows its own (kept only if it replays better).
-            rebuilt = build_tree(loaded_profile, best.num_tokens,
-                                 acceptance_model=acceptance_model)
-            if rebuilt.expected_accept_length > value:
-                tree, value = rebuilt.tree, rebuilt.expected_accept_length
-        write_tree(output, tree, value, provenance)
-        typer.echo(f"wrote {output}: {best.num_tokens} tokens/step", err=True)
+        write_tree(output, tuned.tree, tuned.score, provenance)
+        typer.echo(f"wrote {output}: {result.best.num_tokens} tokens/step", err=True)
 
 
 def _provenance(profile: str, source_file: str, table: LatencyTable, result: TuneResult,

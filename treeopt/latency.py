@@ -37,6 +37,10 @@ from treeopt.errors import TreeoptError
 from treeopt.fileio import atomic_write_text
 from treeopt.jsondoc import check_format, check_schema, read_json, shipped_schema
 
+# The context the Medusa appendix analyses tree size at: what tuning uses when a
+# table has several and none is asked for (the nearest covered one).
+DEFAULT_CONTEXT = 1024
+
 FORMAT = "treeopt.latency/1"
 SOURCES = ("measured", "roofline-model")
 OUT_OF_MEMORY = "out of memory"

@@ -16,8 +16,8 @@ gets on the profiled text (up to the last step's truncation at EOS or
 Why not average over all positions: where acceptance is high, steps are long
 and skip positions, so decoding *visits* hard text more often than its share of
 positions. The position average (:func:`treeopt.evaluate.expected_accept_length`)
-then overstates measured tokens per step (by 11-20% for the stories260K heads of
-``tests/test_e2e.py``). Everything here is numpy, vectorized over positions and
+then overstates measured tokens per step, the more so the better the heads (see
+``benchmarks/results/stories_e2e.json``). Everything here is numpy, vectorized over positions and
 over many trees at once.
 """
 
@@ -27,6 +27,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path as FilePath
+from typing import Any
 
 import numpy as np
 
@@ -215,8 +216,19 @@ def replay(tree: Tree, sequences: RankSequences) -> tuple[float, np.ndarray]:
     return float(_ratio(emitted, steps)[0]), visited
 
 
-def tokens_per_step(tree: Tree, sequences: RankSequences) -> float:
-    """Tokens per verification step greedy decoding with ``tree`` gets on the profiled text."""
+def tokens_per_step(tree: Tree, data: RankSequences | Any) -> float:
+    """Tokens per verification step greedy decoding with ``tree`` gets on the profiled text.
+
+    ``data``: a measured :class:`~treeopt.profile.Profile` (its ``sequences``) or
+    :class:`RankSequences`. A profile without rank vectors (the shipped ones,
+    made from published accuracies) is a one-line TreeoptError.
+    """
+    sequences = getattr(data, "sequences", data)
+    if not isinstance(sequences, RankSequences):
+        raise TreeoptError(
+            "tokens per step needs the rank vectors `treeopt profile` keeps "
+            "(PROFILE.json.ranks.npz beside the profile); this profile has none"
+        )
     return replay(tree, sequences)[0]
 
 

@@ -11,8 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from treeopt.build import MIN_BUDGET, build_tree
 from treeopt.errors import TreeoptError
-from treeopt.latency import LatencyTable
+from treeopt.latency import DEFAULT_CONTEXT, LatencyTable
+from treeopt.profile import Profile
+from treeopt.tree import Tree
 
 
 @dataclass(frozen=True)
@@ -153,3 +156,63 @@ def curve_rows(result: TuneResult, latency: Mapping[int, float]) -> list[dict[st
         }
         for point in result.points
     ]
+
+
+@dataclass(frozen=True)
+class TunedTree:
+    """The tree of the best size for one latency setting, and how it was chosen.
+
+    Attributes:
+        result: the speedup curve at (batch, context) and its best size n*.
+        tree: the tree of n* tokens per step (root-only when nothing beats plain
+            decoding, i.e. n* = 1).
+        score: the builder's figure for ``tree`` (tokens per step, root included:
+            replayed under steps weighting, else the expected accept length).
+        accept_curve: the builder's figure for every size 1..budget (the curve tuned).
+        weighting: the builder's weighting (``"positions"`` or ``"steps"``).
+    """
+
+    result: TuneResult
+    tree: Tree
+    score: float
+    accept_curve: list[float]
+    weighting: str
+
+
+def tune_tree(
+    profile: Profile,
+    table: LatencyTable,
+    batch: int | None = None,
+    context: int | None = None,
+    max_budget: int | None = None,
+    acceptance_model: str = "independent",
+) -> TunedTree:
+    """Build the nested trees for ``profile`` and pick the size of best predicted speedup.
+
+    ``batch`` defaults to the table's smallest, ``context`` to its nearest to
+    :data:`DEFAULT_CONTEXT`. The builder runs to the largest size the table covers
+    there (capped by ``max_budget``), :func:`tune_size` picks n*, and the returned
+    tree is the builder's n*-token tree. Under steps weighting the nested trees
+    follow the full budget's visited positions, so n*'s tree is also rebuilt for
+    its own and the rebuilt one is kept if it replays better.
+    """
+    batch = table.batches[0] if batch is None else batch
+    context = table.nearest_context(DEFAULT_CONTEXT) if context is None else context
+    size_limit = table.max_num_tokens(batch, context)
+    budget = size_limit if max_budget is None else min(max_budget, size_limit)
+    if budget < MIN_BUDGET:
+        raise TreeoptError(
+            f"nothing to tune at batch {batch}, context {context}: the latency table covers "
+            f"sizes up to {size_limit} and --max-budget is {max_budget} (a tree needs "
+            f">= {MIN_BUDGET} tokens per step)"
+        )
+    built = build_tree(profile, budget, acceptance_model=acceptance_model)
+    accept_curve = [float(value) for value in built.curve]
+    result = tune_size(accept_curve, table, batch, context, max_budget)
+    best = result.best
+    tree, score = built.tree_at(best.num_tokens), best.expected_accept_length
+    if built.weighting == "steps" and 1 < best.num_tokens < built.budget:
+        rebuilt = build_tree(profile, best.num_tokens, acceptance_model=acceptance_model)
+        if rebuilt.expected_accept_length > score:
+            tree, score = rebuilt.tree, rebuilt.expected_accept_length
+    return TunedTree(result, tree, score, accept_curve, built.weighting)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from treeopt.build import MIN_BUDGET
 from treeopt.errors import TreeoptError
 
 # Search space. Medusa's defaults (threshold 0.09, alpha 0.3 = sqrt(0.09)) sit
@@ -22,7 +23,6 @@ from treeopt.errors import TreeoptError
 # searched on a log scale.
 THRESHOLD_RANGE = (0.01, 0.3)
 ALPHA_RANGE = (0.05, 0.6)
-MIN_BUDGET = 2  # the root and one candidate
 DEFAULT_MAX_BUDGET = 128
 WARMUP_NEW_TOKENS = 4  # an untimed call per trial: kernels loaded, CUDA graphs captured
 
