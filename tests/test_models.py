@@ -81,8 +81,10 @@ def test_missing_local_folders_are_one_line_errors(tmp_path: Path) -> None:
 
 
 def test_bad_dtype_and_device_map() -> None:
-    with pytest.raises(TreeoptError, match="--dtype must be one of"):
+    with pytest.raises(TreeoptError, match="unknown dtype 'float8'"):
         load_base_model("x/y", dtype="float8")
+    with pytest.raises(TreeoptError, match="--dtype must be auto, float32, float16, bfloat16"):
+        load_base_model("x/y", dtype="fp8")
     with pytest.raises(TreeoptError, match="--device-map must be one of"):
         load_base_model("x/y", device_map="balanced")
 
@@ -91,8 +93,23 @@ def test_bad_dtype_and_device_map() -> None:
 def test_loads_a_local_model_frozen_in_the_requested_dtype() -> None:
     import torch
 
-    model, tokenizer = load_base_model(str(STORIES), dtype="bfloat16")
+    model, tokenizer = load_base_model(str(STORIES), dtype="bf16")  # = bfloat16
     assert model.lm_head.weight.dtype == torch.bfloat16
     assert not any(p.requires_grad for p in model.parameters())
     assert not model.training
     assert tokenizer.eos_token_id == 2
+
+
+def test_heads_sharing_the_base_lm_head_load_with_it(tmp_path: Path) -> None:
+    import torch
+
+    from medusa_runtime.heads import MedusaConfig, MedusaHeads
+
+    lm_head = torch.nn.Linear(16, 40, bias=False)
+    saved = MedusaHeads(MedusaConfig(2, 1, 16, 40, share_lm_head=True), base_lm_head=lm_head)
+    saved.save_pretrained(tmp_path)
+    loaded = load_heads(str(tmp_path), base_lm_head=lm_head)
+    hidden = torch.randn(3, 16)
+    assert torch.equal(loaded(hidden), saved(hidden))
+    with pytest.raises(TreeoptError, match="share the base lm_head; pass base_lm_head"):
+        load_heads(str(tmp_path))

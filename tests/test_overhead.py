@@ -8,7 +8,8 @@ from typer.testing import CliRunner
 from treeopt.cli import app
 from treeopt.errors import TreeoptError
 from treeopt.latency import OUT_OF_MEMORY, LatencyTable
-from treeopt.overhead import canonical_dtype, is_out_of_memory, sweep
+from treeopt.overhead import is_out_of_memory, sweep
+from treeopt.roofline import canonical_dtype
 
 
 class OutOfMemoryError(RuntimeError):

@@ -12,7 +12,6 @@ from treeopt.roofline import (
     ceilings,
     fit_device_profile,
     operator_rows,
-    predict_latency_table,
     predict_step_latency,
     step_operators,
 )
@@ -137,7 +136,9 @@ def test_fp8_uses_fp8_peak():
 
 
 def test_latency_table_is_roofline_source():
-    table = predict_latency_table(get_arch("llama-7b"), A100, [1], [1024], [16, 64])
+    from treeopt.overhead import predict_latency
+
+    table = predict_latency(get_arch("llama-7b"), A100, [1], [1024], [16, 64], "bf16")
     assert table.source == "roofline-model" and table.gpu["name"] == "a100-80gb-pcie"
     assert set(table.measurements) == {(1, 1024, 1), (1, 1024, 16), (1, 1024, 64)}
 
@@ -186,3 +187,14 @@ def test_fit_recovers_a_known_device():
     assert fitted.kernel_overhead_us == pytest.approx(3.0, rel=0.05)
     assert fitted.compute_fraction == pytest.approx(0.5, rel=0.02)
     assert math.isclose(fitted.fit["rms_relative_error"], 0.0, abs_tol=0.02)
+
+
+def test_dtype_names_either_way():
+    from treeopt.roofline import canonical_dtype, dtype_bytes_of, short_dtype
+
+    assert [short_dtype(name) for name in ("bf16", "BFloat16", "float32", "fp8")] == [
+        "bf16", "bf16", "fp32", "fp8"]
+    assert canonical_dtype("fp16") == canonical_dtype("float16") == "float16"
+    assert dtype_bytes_of("bfloat16") == dtype_bytes_of("bf16") == 2
+    with pytest.raises(TreeoptError, match=r"^unknown dtype 'int3'"):
+        short_dtype("int3")

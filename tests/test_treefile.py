@@ -172,3 +172,20 @@ def test_written_files_get_umask_mode_not_mkstemp_0600(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["export", "mc_sim_7b_63", "--to", "bogus"],
+         "error: Invalid value for '--to': Value error, 'bogus' is not one of 'medusa', "
+         "'trtllm', 'vllm', 'eagle'. (see 'treeopt export --help')"),
+        (["nosuch"], "error: No such command 'nosuch'. (see 'treeopt --help')"),
+        (["validate"], "error: Missing argument 'tree'. (see 'treeopt validate --help')"),
+        (["build", "--budget"], "error: Option '--budget' requires an argument."),
+    ],
+)
+def test_usage_errors_are_one_line(args, message):
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [message]

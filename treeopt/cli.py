@@ -13,7 +13,7 @@ import json
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from typer.core import TyperGroup
@@ -32,7 +32,29 @@ COMMAND_MODULES = (
 
 
 class TreeoptGroup(TyperGroup):
-    """Turns a TreeoptError anywhere in a verb into ``error: ...`` and exit code 2."""
+    """Turns a TreeoptError anywhere in a verb, or a usage error, into one ``error: ...`` line.
+
+    Exit code 2 for both, as click uses for usage errors.
+    """
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except typer.TyperException as exc:  # bad option, value, verb or missing argument
+            context = getattr(exc, "ctx", None)
+            if type(exc).__name__ == "NoArgsIsHelpError":  # bare `treeopt`: its message is the help
+                typer.echo(exc.format_message(), err=True)
+            else:
+                where = f" (see '{context.command_path} --help')" if context is not None else ""
+                typer.echo(f"error: {exc.format_message()}{where}", err=True)
+            sys.exit(getattr(exc, "exit_code", 2))
+        except typer.Abort:
+            typer.echo("aborted", err=True)
+            sys.exit(1)
+        # Without standalone mode click returns the exit code of --help and typer.Exit.
+        sys.exit(result if isinstance(result, int) else 0)
 
     def invoke(self, ctx: typer.Context) -> object:
         try:

@@ -114,7 +114,8 @@ def profile(
     base_id, _ = resolve_model(model)
     base, tokenizer = load_base_model(model, device=device, dtype=dtype, device_map=device_map)
     head_device = base.lm_head.weight.device
-    loaded_heads = load_heads(heads_id, device=head_device, dtype=base.lm_head.weight.dtype)
+    loaded_heads = load_heads(heads_id, device=head_device, dtype=base.lm_head.weight.dtype,
+                              base_lm_head=base.get_output_embeddings())
     prompt_ids = _prompt_ids(data, tokenizer, max_prompts, seed, turns, chat_template)
     settings = ProfileSettings(top_k=top_k, max_new_tokens=max_new_tokens,
                                include_prompt=include_prompt, batch_size=batch_size)

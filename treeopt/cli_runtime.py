@@ -60,7 +60,8 @@ def generate_command(
         float, typer.Option(help="typical: delta, scale of exp(-entropy) in the threshold.")
     ] = 0.3,
     device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ...")] = "cpu",
-    dtype: Annotated[str, typer.Option(help="auto, float32, float16, bfloat16.")] = "auto",
+    dtype: Annotated[str, typer.Option(
+        help="auto (the checkpoint's), bf16, fp16 or fp32 (or torch's names).")] = "auto",
     compile_step: Annotated[bool, typer.Option(
         "--compile", help="torch.compile the verification step first (same text, fewer "
                           "kernels; worth it for long outputs on a GPU).")] = False,
@@ -84,7 +85,7 @@ def generate_command(
     from medusa_runtime.acceptance import TypicalAcceptance
     from medusa_runtime.decode import generate
     from medusa_runtime.heads import MedusaConfig, MedusaHeads
-    from treeopt.models import load_base_model, resolve_model
+    from treeopt.models import load_base_model, load_heads, resolve_model
     from treeopt.tree import Tree
     from treeopt.treefile import load_tree
 
@@ -107,9 +108,8 @@ def generate_command(
                 f"--tree {tree} needs Medusa heads: pass --heads DIR_OR_HUB_ID "
                 "(or --random-heads for a test, or --tree root for plain decoding)"
             )
-        medusa = MedusaHeads.from_pretrained(
-            heads_name, base_lm_head=lm_head, dtype=parameter.dtype, device=parameter.device
-        ).eval()
+        medusa = load_heads(heads_name, device=parameter.device, dtype=parameter.dtype,
+                            base_lm_head=lm_head)
     rule = (
         TypicalAcceptance(posterior_threshold, posterior_alpha)
         if acceptance is AcceptanceRule.typical else "greedy"

@@ -96,7 +96,7 @@ def overhead(
       treeopt overhead --predict --arch llama-7b --gpu a100-80gb-sxm -o lat-a100.json
     """
     from treeopt.latency import write_latency
-    from treeopt.overhead import canonical_dtype
+    from treeopt.roofline import canonical_dtype
 
     batches = parse_int_list(batch, "--batch")
     contexts = parse_int_list(context, "--context")
@@ -156,7 +156,8 @@ def _measure(model: str | None, arch: str | None, num_heads: int, batches: list[
         name = str(model)
         published_heads = resolve_model(str(model))[1]
     if published_heads is not None:
-        medusa = load_heads(published_heads, device=device, dtype=torch_dtype)
+        medusa = load_heads(published_heads, device=device, dtype=torch_dtype,
+                            base_lm_head=net.get_output_embeddings())
     else:  # the step time depends on the heads' shapes, not their weights
         config = net.config
         medusa = MedusaHeads(MedusaConfig(num_heads, 1, config.hidden_size, config.vocab_size))
@@ -210,7 +211,7 @@ def tune(
     study_name: Annotated[str, typer.Option(help="--measure: study name in the storage.")] = (
         "treeopt-tune"),
     device: Annotated[str, typer.Option(help="--measure: cuda or cpu.")] = "cuda",
-    dtype: Annotated[str, typer.Option(help="--measure: auto, bfloat16, float16, float32.")] = (
+    dtype: Annotated[str, typer.Option(help="--measure: auto, bf16, fp16 or fp32.")] = (
         "auto"),
 ) -> None:
     """Pick the tree size with the best predicted speedup for your GPU and batch.

@@ -50,7 +50,7 @@ REGISTRY: dict[str, ModelSpec] = {
     ),
 }
 
-DTYPES = ("auto", "float32", "float16", "bfloat16")
+LOADABLE_DTYPES = ("float32", "float16", "bfloat16")  # also as fp32, fp16, bf16
 DEVICE_MAPS = ("auto",)
 
 
@@ -102,11 +102,17 @@ def resolve_dtype(dtype: str) -> Any:
     """The torch dtype for a ``--dtype`` value ("auto": the checkpoint's own)."""
     import torch
 
+    from treeopt.roofline import canonical_dtype
+
     if dtype == "auto":
         return "auto"
-    if dtype not in DTYPES:
-        raise TreeoptError(f"--dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
-    return getattr(torch, dtype)
+    name = canonical_dtype(dtype)
+    if name not in LOADABLE_DTYPES:
+        raise TreeoptError(
+            f"--dtype must be auto, {', '.join(LOADABLE_DTYPES)} (or bf16, fp16, fp32), "
+            f"not {dtype!r}"
+        )
+    return getattr(torch, name)
 
 
 def load_base_model(
@@ -143,12 +149,16 @@ def load_base_model(
     return loaded, tokenizer
 
 
-def load_heads(heads: str, device: Any = "cpu", dtype: Any = None) -> Any:
-    """Medusa heads (a ``medusa_runtime.heads.MedusaHeads``) from a folder or hub id."""
+def load_heads(heads: str, device: Any = "cpu", dtype: Any = None, base_lm_head: Any = None) -> Any:
+    """Medusa heads (a ``medusa_runtime.heads.MedusaHeads``) from a folder or hub id.
+
+    ``base_lm_head``: the base model's output embedding, which heads saved with
+    ``share_lm_head`` reuse (required for them, ignored by heads with their own).
+    """
     from medusa_runtime.heads import MedusaHeads
 
     try:
-        loaded = MedusaHeads.from_pretrained(heads)
+        loaded = MedusaHeads.from_pretrained(heads, base_lm_head=base_lm_head)
     except TreeoptError:
         raise
     except (OSError, ValueError, KeyError) as exc:

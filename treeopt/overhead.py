@@ -14,22 +14,10 @@ from typing import Any
 
 from treeopt.errors import TreeoptError
 from treeopt.latency import OUT_OF_MEMORY, LatencyTable, Setting
-from treeopt.roofline import DTYPE_LONG_NAMES
+from treeopt.roofline import canonical_dtype
 
 StepTimer = Callable[[int, int, int], float]  # (batch, context, num_tokens) -> seconds
-# Short names (bf16) and torch's long names (bfloat16) both accepted; one table, in roofline.
-DTYPE_ALIASES = {**DTYPE_LONG_NAMES, **{long: long for long in DTYPE_LONG_NAMES.values()}}
 PREDICTED_OOM_NOTE = "predicted out of memory: weights + KV cache(context + num_tokens) > memory_gb"
-
-
-def canonical_dtype(dtype: str) -> str:
-    """``bf16`` -> ``bfloat16`` etc.; one-line error for an unknown name."""
-    try:
-        return DTYPE_ALIASES[dtype.lower()]
-    except KeyError:
-        raise TreeoptError(
-            f"unknown dtype {dtype!r} (choose from {', '.join(sorted(DTYPE_ALIASES))})"
-        ) from None
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -106,11 +94,10 @@ def predict_latency(
     the GPU's memory is recorded as out of memory, as a measured sweep would
     record it; a GPU given without a capacity (memory 0) never runs out.
     """
-    from treeopt.roofline import DTYPE_BYTES, DTYPE_LONG_NAMES, ceilings, predict_step_latency
+    from treeopt.roofline import ceilings, dtype_bytes_of, predict_step_latency
 
     long_name = canonical_dtype(dtype)
-    short = {long: short for short, long in DTYPE_LONG_NAMES.items()}[long_name]
-    dtype_bytes = DTYPE_BYTES[short]
+    dtype_bytes = dtype_bytes_of(dtype)
     capacity = float(getattr(gpu, "memory_gb", 0.0) or 0.0) * 1e9
 
     def time_step(batch: int, context: int, num_tokens: int) -> float:

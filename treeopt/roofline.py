@@ -45,6 +45,10 @@ DTYPE_BYTES: dict[str, int] = {"bf16": 2, "fp16": 2, "fp32": 4, "fp8": 1}
 DTYPE_LONG_NAMES: dict[str, str] = {
     "bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "fp8": "float8_e4m3fn",
 }
+DTYPE_SHORT_NAMES: dict[str, str] = {
+    **{short: short for short in DTYPE_LONG_NAMES},
+    **{long: short for short, long in DTYPE_LONG_NAMES.items()},
+}
 
 PHASES = ("prefill", "decode", "parallel_decode")
 LAYER_OPERATORS = ("qkv", "qk", "pv", "o", "up", "gate", "down")
@@ -233,30 +237,24 @@ def predict_step_latency(
                for op in step_operators(arch, batch, context, num_tokens, medusa_heads))
 
 
-def predict_latency_table(
-    arch: ArchShape, gpu: GPUSpec, batches: list[int], contexts: list[int], sizes: list[int],
-    dtype: str = "bf16", device_profile: DeviceProfile | None = None,
-) -> Any:
-    """A ``treeopt.latency/1`` table (``source: roofline-model``) of :func:`predict_step_latency`.
+def short_dtype(dtype: str) -> str:
+    """``bf16`` or ``bfloat16`` -> ``bf16`` (any case); one-line error for an unknown name."""
+    try:
+        return DTYPE_SHORT_NAMES[dtype.lower()]
+    except KeyError:
+        raise TreeoptError(
+            f"unknown dtype {dtype!r} (choose from {', '.join(DTYPE_SHORT_NAMES)})"
+        ) from None
 
-    The table itself (out-of-memory rule, metadata) is built in one place,
-    :func:`treeopt.overhead.predict_latency`, which ``treeopt overhead --predict``
-    uses; this is that function under the roofline module's name.
-    """
-    from treeopt.overhead import predict_latency
 
-    return predict_latency(arch, gpu, batches, contexts, sizes,
-                           DTYPE_LONG_NAMES.get(dtype, dtype), device_profile)
+def canonical_dtype(dtype: str) -> str:
+    """torch's name for a dtype given either way: ``bf16`` -> ``bfloat16``."""
+    return DTYPE_LONG_NAMES[short_dtype(dtype)]
 
 
 def dtype_bytes_of(dtype: str) -> int:
-    """Bytes per element of a ``--dtype`` name; one-line error for an unknown one."""
-    try:
-        return DTYPE_BYTES[dtype]
-    except KeyError:
-        raise TreeoptError(
-            f"unknown dtype {dtype!r}; known: {', '.join(DTYPE_BYTES)}"
-        ) from None
+    """Bytes per element of a dtype name (``bf16`` or ``bfloat16``); one-line error if unknown."""
+    return DTYPE_BYTES[short_dtype(dtype)]
 
 
 # ----------------------------------------------------------------------- rows
@@ -343,6 +341,7 @@ def time_matmul(op: MatmulOp, dtype: str = "bf16", device: str = "cpu",
     """Median seconds of one ``op`` on ``device`` (CUDA events on GPU, perf_counter on CPU)."""
     import torch
 
+    dtype = short_dtype(dtype)
     if dtype == "fp8":
         raise TreeoptError("--measure does not time fp8 (torch has no plain fp8 matmul); "
                            "use bf16 or fp16")

@@ -133,7 +133,8 @@ def run_study_cli(*, profile: str, model: str | None, heads: str | None, prompts
 
     net, tokenizer = load_base_model(model, device=device, dtype=dtype)
     medusa = load_heads(require_heads(model, heads), device=device,
-                        dtype=next(net.parameters()).dtype)
+                        dtype=next(net.parameters()).dtype,
+                        base_lm_head=net.get_output_embeddings())
     ids = encode_prompts(tokenizer, read_prompts(prompts, max_prompts=max_prompts, seed=seed))
     config = StudyConfig(trials=trials, seed=seed,
                          max_budget=max_budget or DEFAULT_MAX_BUDGET,
