@@ -103,10 +103,20 @@ class BuildResult:
 
     @property
     def expected_accept_length(self) -> float:
+        """The full tree's figure: ``curve[-1]``, tokens per step, root included.
+
+        Under ``weighting="positions"`` the expected accept length (position average);
+        under ``"steps"`` the replayed tokens per decoding step, which is what the
+        runtime measures on the profiled text (and what tree files store for it).
+        """
         return self.curve[-1]
 
     def tree_at(self, num_tokens: int) -> Tree:
-        """The tree verifying ``num_tokens`` tokens per step (root included)."""
+        """The tree verifying ``num_tokens`` tokens per step (root included).
+
+        For ``engine="vllm"`` it is the best tree with uniform levels of *at most*
+        ``num_tokens`` tokens (a product of branching factors cannot hit every size).
+        """
         if not 1 <= num_tokens <= self.budget:
             raise TreeoptError(f"num_tokens must be in 1..{self.budget}, not {num_tokens}")
         if self.branching is not None:

@@ -331,6 +331,10 @@ def simulate(
         source = f"profile {name}"
     rows = run_simulation(curve, shape, spec, batches, contexts, candidate_list, dtype_bytes,
                           fitted, medusa_heads)
+    left_out = len(batches) * len(contexts) * len(candidate_list) - len(rows)
+    if left_out:
+        typer.echo(f"left out {left_out} settings that do not fit in {spec.name}'s "
+                   f"{spec.memory_gb:g} GB (weights + KV cache)", err=True)
     if plot is not None:
         from treeopt.roofline_plots import plot_simulation
 

@@ -94,17 +94,14 @@ def predict_latency(
     the GPU's memory is recorded as out of memory, as a measured sweep would
     record it; a GPU given without a capacity (memory 0) never runs out.
     """
-    from treeopt.roofline import ceilings, dtype_bytes_of, predict_step_latency
+    from treeopt.roofline import ceilings, dtype_bytes_of, fits_in_memory, predict_step_latency
 
     long_name = canonical_dtype(dtype)
     dtype_bytes = dtype_bytes_of(dtype)
-    capacity = float(getattr(gpu, "memory_gb", 0.0) or 0.0) * 1e9
 
     def time_step(batch: int, context: int, num_tokens: int) -> float:
-        if capacity:
-            kv_cache = arch.kv_cache_bytes(batch, context + num_tokens, dtype_bytes)
-            if arch.weight_bytes(dtype_bytes) + kv_cache > capacity:
-                raise MemoryError(PREDICTED_OOM_NOTE)
+        if not fits_in_memory(arch, gpu, batch, context + num_tokens, dtype_bytes):
+            raise MemoryError(PREDICTED_OOM_NOTE)
         return predict_step_latency(arch, gpu, batch, context, num_tokens,
                                     dtype_bytes=dtype_bytes, device_profile=device_profile)
 

@@ -237,6 +237,19 @@ def predict_step_latency(
                for op in step_operators(arch, batch, context, num_tokens, medusa_heads))
 
 
+def fits_in_memory(arch: ArchShape, gpu: GPUSpec | None, batch: int, positions: int,
+                   dtype_bytes: float) -> bool:
+    """Whether weights plus a KV cache of ``positions`` per sequence fit in ``gpu``'s memory.
+
+    A GPU given without a capacity (``memory_gb`` 0, or none) always fits.
+    """
+    capacity = float(getattr(gpu, "memory_gb", 0.0) or 0.0) * 1e9
+    if not capacity:
+        return True
+    return arch.weight_bytes(dtype_bytes) + arch.kv_cache_bytes(batch, positions, dtype_bytes) \
+        <= capacity
+
+
 def short_dtype(dtype: str) -> str:
     """``bf16`` or ``bfloat16`` -> ``bf16`` (any case); one-line error for an unknown name."""
     try:

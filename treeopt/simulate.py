@@ -19,7 +19,12 @@ from typing import Any
 from treeopt.arch import ArchShape
 from treeopt.errors import TreeoptError
 from treeopt.hardware import GPUSpec
-from treeopt.roofline import MEDUSA_NUM_HEADS, DeviceProfile, predict_step_latency
+from treeopt.roofline import (
+    MEDUSA_NUM_HEADS,
+    DeviceProfile,
+    fits_in_memory,
+    predict_step_latency,
+)
 
 # The keys of one simulation row, in output order.
 SIMULATION_KEYS = ("batch", "context", "candidates", "acceleration_rate", "overhead", "speedup")
@@ -60,6 +65,9 @@ def simulate(
 
     ``acceleration[q - 1]`` is the acceleration rate at q candidates
     (``acceleration[0]`` = 1.0). Rows are ordered by batch, context, candidates.
+    A setting whose weights plus KV cache (context + q positions per sequence)
+    exceed the GPU's memory has no row, as ``treeopt overhead --predict`` marks it
+    out of memory.
     """
     if not acceleration or abs(acceleration[0] - 1.0) > 1e-9:
         raise TreeoptError("an acceleration curve starts at 1.0 (plain decoding, q = 1)")
@@ -72,9 +80,13 @@ def simulate(
     rows = []
     for batch in batches:
         for context in contexts:
+            if not fits_in_memory(arch, gpu, batch, context + 1, dtype_bytes):
+                continue
             base = predict_step_latency(arch, gpu, batch, context, 1, dtype_bytes,
                                         device_profile, medusa_heads)
             for q in candidates:
+                if not fits_in_memory(arch, gpu, batch, context + q, dtype_bytes):
+                    continue
                 latency = predict_step_latency(arch, gpu, batch, context, q, dtype_bytes,
                                                device_profile, medusa_heads)
                 overhead = latency / base
@@ -97,14 +109,7 @@ def best_candidates(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def builder_acceleration_curve(profile_name: str, max_candidates: int) -> list[float]:
     """Expected accept length of the profile's nested optimal trees, num_tokens 1..max."""
-    try:
-        from treeopt.build import build_tree
-    except ModuleNotFoundError as exc:
-        if exc.name != "treeopt.build":
-            raise
-        raise TreeoptError(
-            "the tree builder (treeopt.build) is not installed; use --acceptance log:A"
-        ) from None
+    from treeopt.build import build_tree
     from treeopt.profile import load_profile
 
     curve = list(build_tree(load_profile(profile_name), max_candidates).curve)
