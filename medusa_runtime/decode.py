@@ -216,6 +216,24 @@ class TreeDecoder:
         ):
             target.copy_(saved)
 
+    def fill_context(self, context: int, std: float) -> None:
+        """Make every row hold ``context`` contiguous cached tokens of random keys/values.
+
+        For timing a step at a context length without decoding that far: no holes
+        (the steady state the cost model assumes), values never zero (zeros can run
+        faster than real data). Call after :meth:`prefill`.
+        """
+        if context + self.num_tokens > self.max_cache_len:
+            raise TreeoptError(f"context {context} + {self.num_tokens} tree tokens exceed the "
+                               f"cache of {self.max_cache_len}")
+        for layer in self.cache.layers:
+            layer.keys.normal_(std=std)
+            layer.values.normal_(std=std)
+        self.write_length.fill_(context)
+        self.row_lengths.fill_(context)
+        self.valid.zero_()
+        self.valid[:, :context] = True
+
     # ------------------------------------------------------------ forward
     def _forward(
         self, tokens: torch.Tensor, block_mask: torch.Tensor, offsets: torch.Tensor

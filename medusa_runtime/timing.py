@@ -21,10 +21,9 @@ from torch import nn
 from medusa_runtime.decode import TreeDecoder
 from medusa_runtime.heads import MedusaHeads
 from treeopt.errors import TreeoptError
+from treeopt.overhead import DEFAULT_REPEATS, DEFAULT_WARMUP
 from treeopt.tree import Tree
 
-DEFAULT_WARMUP = 3
-DEFAULT_REPEATS = 20
 CACHE_FILL_STD = 1.0  # random K/V scale; only the values' non-zeroness matters for timing
 
 
@@ -128,15 +127,7 @@ def time_verification_step(
     vocab = decoder.vocab_size
 
     decoder.prefill(torch.randint(0, vocab, (batch, 1), generator=generator).to(device))
-    for layer in decoder.cache.layers:  # a full, non-zero context
-        layer.keys.normal_(std=CACHE_FILL_STD)
-        layer.values.normal_(std=CACHE_FILL_STD)
-    # Every row holds ``context`` contiguous tokens (no holes: the steady state the
-    # cost model assumes) and verifies its own random tree tokens.
-    decoder.write_length.fill_(context)
-    decoder.row_lengths.fill_(context)
-    decoder.valid.zero_()
-    decoder.valid[:, :context] = True
+    decoder.fill_context(context, CACHE_FILL_STD)
     decoder.tree_tokens.copy_(
         torch.randint(0, vocab, (batch, num_tokens), generator=generator).to(device)
     )

@@ -19,6 +19,7 @@ import typer
 from typer.core import TyperGroup
 
 from treeopt.errors import TreeoptError
+from treeopt.formats import TRTLLM_DEFAULT_MAX_DRAFT_LEN
 
 # Modules that add verbs; each must import cheaply (no torch at module level).
 COMMAND_MODULES = (
@@ -136,7 +137,7 @@ def export_tree(
     ] = None,
     max_draft_len: Annotated[
         int, typer.Option(help="TensorRT-LLM engine's max_draft_len (nodes, root excluded).")
-    ] = 63,
+    ] = TRTLLM_DEFAULT_MAX_DRAFT_LEN,
     allow_nonuniform: Annotated[
         bool,
         typer.Option(

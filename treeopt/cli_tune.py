@@ -13,6 +13,8 @@ import typer
 
 from treeopt.errors import TreeoptError
 from treeopt.latency import DEFAULT_CONTEXT
+from treeopt.overhead import DEFAULT_REPEATS, DEFAULT_WARMUP
+from treeopt.roofline import MEDUSA_NUM_HEADS
 from treeopt.shipped import DEFAULT_PROFILE
 
 if TYPE_CHECKING:
@@ -73,9 +75,11 @@ def overhead(
     dtype: Annotated[str, typer.Option(help="bf16, fp16 or fp32 (fp8 for --predict).")] = "bf16",
     heads: Annotated[int, typer.Option(
         help="Medusa heads to time with random weights (--random-weights or a model "
-             "without published heads).")] = 5,
-    warmup: Annotated[int, typer.Option(help="Untimed steps before timing each size.")] = 3,
-    repeats: Annotated[int, typer.Option(help="Timed steps per size; the median is kept.")] = 10,
+             "without published heads).")] = MEDUSA_NUM_HEADS,
+    warmup: Annotated[int, typer.Option(
+        help="Untimed steps before timing each size.")] = DEFAULT_WARMUP,
+    repeats: Annotated[int, typer.Option(
+        help="Timed steps per size; the median is kept.")] = DEFAULT_REPEATS,
     compile_step: Annotated[bool, typer.Option(
         "--compile", help="Time the torch.compile'd step (fuses small kernels; compiles once "
                           "per setting, tens of seconds each for a 7B model).")] = False,

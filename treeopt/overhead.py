@@ -17,6 +17,10 @@ from treeopt.latency import OUT_OF_MEMORY, LatencyTable, Setting
 from treeopt.roofline import canonical_dtype
 
 StepTimer = Callable[[int, int, int], float]  # (batch, context, num_tokens) -> seconds
+# Timing defaults of the measured sweep (and of medusa_runtime.timing): steps are
+# fixed-shape replays, so the median of a few repeats after a short warm-up is stable.
+DEFAULT_WARMUP = 3
+DEFAULT_REPEATS = 10
 PREDICTED_OOM_NOTE = "predicted out of memory: weights + KV cache(context + num_tokens) > memory_gb"
 
 
