@@ -171,3 +171,30 @@ def test_import_profile_reproduces_shipped(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     np.testing.assert_allclose(load_profile(str(out)).marginal,
                                load_profile("vicuna-13b").marginal, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("outputs", "message"),
+    [
+        (["-o", "{tmp}"], "error: cannot write '{tmp}': it is a folder, give a file name"),
+        (["-o", "{tmp}/missing/t.json"],
+         "error: cannot write {tmp}/missing/t.json: {tmp}/missing does not exist"),
+        # A bad second output is refused before the first is written.
+        (["-o", "{tmp}/t.json", "--curve", "{tmp}/c.txt"],
+         "error: curve file {tmp}/c.txt must end in .json or .csv, not .txt"),
+    ],
+)
+def test_bad_outputs_are_refused_before_any_work(outputs: list[str], message: str,
+                                                 tmp_path: Path) -> None:
+    args = [arg.format(tmp=tmp_path) for arg in outputs]
+    result = CliRunner().invoke(app, ["build", "--budget", "8", *args])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [message.format(tmp=tmp_path)]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_output_is_one_line_error(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["build", "--budget", "8", "-o", "/proc/t.json"])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == ["error: cannot write /proc/t.json: No such file or "
+                                          "directory"]

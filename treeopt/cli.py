@@ -19,6 +19,7 @@ import typer
 from typer.core import TyperGroup
 
 from treeopt.errors import TreeoptError
+from treeopt.fileio import output_file
 from treeopt.formats import TRTLLM_DEFAULT_MAX_DRAFT_LEN
 
 # Modules that add verbs; each must import cheaply (no torch at module level).
@@ -133,7 +134,8 @@ def export_tree(
     tree: TreeArg,
     to: Annotated[ExportTarget, typer.Option("--to", help="Target runtime's format.")],
     output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="Write here (default: stdout).")
+        Path | None, typer.Option("-o", "--output", callback=output_file,
+            help="Write here (default: stdout).")
     ] = None,
     max_draft_len: Annotated[
         int, typer.Option(help="TensorRT-LLM engine's max_draft_len (nodes, root excluded).")
@@ -176,7 +178,8 @@ def export_tree(
 def import_tree(
     file: Annotated[Path, typer.Argument(help="File in another runtime's tree format.")],
     from_: Annotated[ExportTarget, typer.Option("--from", help="Format of FILE.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="treeopt.tree/1 file to write.")],
+    output: Annotated[Path, typer.Option("-o", "--output", callback=output_file,
+        help="treeopt.tree/1 file to write.")],
     num_heads: Annotated[
         int | None, typer.Option(help="Medusa heads the tree is for (default: its depth).")
     ] = None,

@@ -15,7 +15,9 @@ from typing import Annotated, Any
 
 import typer
 
+from treeopt.curve import curve_file
 from treeopt.errors import TreeoptError
+from treeopt.fileio import output_file
 from treeopt.shipped import DEFAULT_PROFILE
 
 
@@ -139,12 +141,13 @@ def build(
     ] = None,
     output: Annotated[
         Path | None,
-        typer.Option("-o", "--output", help="treeopt.tree/1 file to write (default: stdout)."),
+        typer.Option("-o", "--output", callback=output_file,
+            help="treeopt.tree/1 file to write (default: stdout)."),
     ] = None,
     curve: Annotated[
         Path | None,
         typer.Option(
-            "--curve",
+            "--curve", callback=curve_file,
             help="Also write expected accept length for every budget 1..N (.json or .csv, "
             "treeopt.curve/1).",
         ),
@@ -412,7 +415,8 @@ def import_profile(
         str, typer.Option("--model", help="Model to import (exact or unique prefix of the "
                           "CSV's model column).")
     ],
-    output: Annotated[Path, typer.Option("-o", "--output", help="treeopt.profile/1 to write.")],
+    output: Annotated[Path, typer.Option("-o", "--output", callback=output_file,
+        help="treeopt.profile/1 to write.")],
     source: Annotated[
         str | None, typer.Option("--source", help="Citation stored in provenance.")
     ] = None,

@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from treeopt.fileio import output_file, output_folder
+
 ModelOpt = Annotated[
     str,
     typer.Option(
@@ -72,7 +74,8 @@ def _prompt_ids(data: str, tokenizer: object, max_prompts: int | None, seed: int
 def profile(
     model: ModelOpt,
     data: DataOpt,
-    output: Annotated[Path, typer.Option("-o", "--output", help="Profile JSON to write.")],
+    output: Annotated[Path, typer.Option("-o", "--output", callback=output_file,
+                                         help="Profile JSON to write.")],
     heads: Annotated[
         str | None,
         typer.Option(help="Medusa heads folder or hub id (default: the registry's for --model)."),
@@ -139,7 +142,8 @@ def train_heads(
     model: ModelOpt,
     data: DataOpt,
     output: Annotated[
-        Path, typer.Option("-o", "--output", help="Folder for the heads (config.json + "
+        Path, typer.Option("-o", "--output", callback=output_folder,
+            help="Folder for the heads (config.json + "
                            "medusa_lm_head.safetensors) and train_report.json.")
     ],
     num_heads: Annotated[int, typer.Option(help="Medusa heads K (head k predicts k+1 ahead).")]

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from treeopt.errors import TreeoptError
-from treeopt.render import DEFAULT_MAX_NODES
+from treeopt.render import DEFAULT_MAX_NODES, picture_file
 
 if TYPE_CHECKING:
     from treeopt.profile import Profile
@@ -125,7 +125,7 @@ def render(
     output: Annotated[
         Path | None,
         typer.Option(
-            "-o", "--output",
+            "-o", "--output", callback=picture_file,
             help="Picture to write: .svg, .png, .pdf or .dot. Default: TREE's name + .svg "
             "here.",
         ),

@@ -13,6 +13,8 @@ from typing import Annotated, Any
 import typer
 
 from treeopt.errors import TreeoptError
+from treeopt.fileio import output_file, output_folder
+from treeopt.plots import plot_file
 
 ROOFLINE_BATCHES = "1,4,16,64"
 ROOFLINE_CONTEXTS = "1024"
@@ -103,13 +105,15 @@ def roofline(
         "fit its achieved bandwidth, peak and per-kernel cost.")] = False,
     repeats: Annotated[int, typer.Option(help="--measure: timed repeats (median kept).")] = 10,
     save_device_profile: Annotated[Path | None, typer.Option(
-        "--save-device-profile", help="--measure: write the fit as a treeopt.device/1 file "
+        "--save-device-profile", callback=output_file,
+            help="--measure: write the fit as a treeopt.device/1 file "
         "that --device-profile (here, in simulate) reads.")] = None,
     device_profile: DeviceProfileOption = None,
     as_json: Annotated[bool, typer.Option(
         "--json", help="Print only a JSON list of rows on stdout.")] = False,
     plot: Annotated[Path | None, typer.Option(
-        "--plot", help="Write a log-log roofline figure (PNG) here.")] = None,
+        "--plot", callback=plot_file,
+        help="Write a log-log roofline figure here (.png, .svg or .pdf).")] = None,
     list_gpus: Annotated[bool, typer.Option(
         "--list-gpus", help="Print the GPU table and exit.")] = False,
 ) -> None:
@@ -277,7 +281,8 @@ def simulate(
         "--json", help="Print only a JSON list of {batch, context, candidates, "
         "acceleration_rate, overhead, speedup}.")] = False,
     plot: Annotated[Path | None, typer.Option(
-        "--plot", help="Folder for the three appendix figures: simulate_acceleration.png "
+        "--plot", callback=output_folder,
+            help="Folder for the three appendix figures: simulate_acceleration.png "
         "(b=1, s=1024), simulate_batch.png (per batch, s=1024), simulate_context.png "
         "(per context, b=4).")] = None,
 ) -> None:

@@ -11,9 +11,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from treeopt.curve import curve_file
 from treeopt.errors import TreeoptError
+from treeopt.fileio import output_file
 from treeopt.latency import DEFAULT_CONTEXT
 from treeopt.overhead import DEFAULT_REPEATS, DEFAULT_WARMUP
+from treeopt.plots import plot_file
 from treeopt.roofline import MEDUSA_NUM_HEADS
 from treeopt.shipped import DEFAULT_PROFILE
 
@@ -49,7 +52,7 @@ def parse_int_list(text: str, option: str) -> list[int]:
 
 # ------------------------------------------------------------------ overhead
 def overhead(
-    output: Annotated[Path, typer.Option("-o", "--output",
+    output: Annotated[Path, typer.Option("-o", "--output", callback=output_file,
                                          help="treeopt.latency/1 JSON file to write.")],
     model: Annotated[str | None, typer.Option(
         help="Model to time: registry name (vicuna-7b), folder or hub id. Its Medusa heads "
@@ -190,11 +193,14 @@ def tune(
         "--model-of-acceptance", "-m", "--acceptance-model",
         help="Builder's acceptance model (see `treeopt build --help`).")] = "independent",
     output: Annotated[Path | None, typer.Option(
-        "-o", "--output", help="Write the best tree here (treeopt.tree/1).")] = None,
+        "-o", "--output", callback=output_file,
+        help="Write the best tree here (treeopt.tree/1).")] = None,
     curve: Annotated[Path | None, typer.Option(
+        callback=curve_file,
         help="Write n, E[accept], latency, overhead, speedup per size (.json or .csv).")] = None,
     plot: Annotated[Path | None, typer.Option(
-        help="Plot acceptance, overhead and speedup vs tree size (.png, .svg, .pdf).")] = None,
+        callback=plot_file,
+            help="Plot acceptance, overhead and speedup vs tree size (.png, .svg, .pdf).")] = None,
     measure: Annotated[bool, typer.Option(
         "--measure", help="Tune by measured tokens/s instead (optuna study over budget, "
                           "depth, typical-acceptance threshold and alpha); see the options "

@@ -34,7 +34,7 @@ from pathlib import Path as FilePath
 from typing import Any
 
 from treeopt.errors import TreeoptError
-from treeopt.fileio import atomic_write_text
+from treeopt.fileio import atomic_write_text, check_output_path
 
 FORMAT = "treeopt.curve/1"
 OPTIONAL_COLUMNS = ("latency_s", "overhead", "speedup")
@@ -144,6 +144,13 @@ def _suffix(path: str | os.PathLike[str]) -> str:
             f"curve file {path} must end in .json or .csv, not {suffix or 'nothing'}"
         )
     return suffix
+
+
+def curve_file(value: FilePath | None) -> FilePath | None:
+    """typer callback: check a ``--curve`` output option (.json or .csv) before any work."""
+    if value is not None:
+        _suffix(check_output_path(value))
+    return value
 
 
 def curve_to_text(curve: Curve, suffix: str) -> str:

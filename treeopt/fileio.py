@@ -8,6 +8,26 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from treeopt.errors import TreeoptError
+
+
+def check_output_path(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path if it can be an output file, else a one-line TreeoptError.
+
+    Its folder must exist (it is not created: a typo should not make folders) and
+    it must not be a folder itself. Verbs call this for every output before any
+    work, so a bad second output never leaves the first one written.
+    """
+    text = os.fspath(path)
+    target = Path(text)
+    if not text or target.is_dir():
+        raise TreeoptError(f"cannot write {text!r}: it is a folder, give a file name")
+    folder = target.parent
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise TreeoptError(f"cannot write {target}: {folder} {what}")
+    return target
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iterator[Path]:
@@ -15,14 +35,18 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
 
     On any exception the temporary file is removed and ``path`` is untouched, so a
     crash or Ctrl-C never leaves a truncated output behind. ``suffix`` defaults to
-    the target's own, for writers that pick a format by extension.
+    the target's own, for writers that pick a format by extension. A path that
+    cannot be written (see :func:`check_output_path`, or the system refusing) is
+    a one-line TreeoptError.
     """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=suffix if suffix is not None else target.suffix,
-        dir=target.parent,
-    )
+    target = check_output_path(path)
+    try:
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=f".{target.name}.", suffix=suffix if suffix is not None else target.suffix,
+            dir=target.parent,
+        )
+    except OSError as exc:
+        raise TreeoptError(f"cannot write {target}: {exc.strerror or exc}") from None
     os.close(fd)
     tmp = Path(tmp_name)
     # mkstemp makes the file 0600; outputs should get the usual umask-based mode.
@@ -31,7 +55,10 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
     tmp.chmod(0o666 & ~umask)
     try:
         yield tmp
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except OSError as exc:
+            raise TreeoptError(f"cannot write {target}: {exc.strerror or exc}") from None
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -43,3 +70,21 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
         handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+# typer callbacks: an output option is checked when the command line is parsed, before
+# any work, so a bad second output never costs a long run or leaves the first written.
+def output_file(value: Path | None) -> Path | None:
+    """Check an output file option (see :func:`check_output_path`); None passes."""
+    return None if value is None else check_output_path(value)
+
+
+def output_folder(value: Path | None) -> Path | None:
+    """Check an output folder option: an existing folder, or a new one in an existing folder."""
+    if value is None:
+        return None
+    if value.exists() and not value.is_dir():
+        raise TreeoptError(f"cannot write into {value}: it is a file, give a folder")
+    if not value.exists() and not value.parent.is_dir():
+        raise TreeoptError(f"cannot create folder {value}: {value.parent} does not exist")
+    return value

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 from treeopt.errors import TreeoptError
-from treeopt.fileio import atomic_path
+from treeopt.fileio import atomic_path, check_output_path
 
 PLOT_FORMATS = ("svg", "png", "pdf")
 PANEL_WIDTH_IN = 6.4  # one column of a README or paper at readable font sizes
@@ -60,6 +60,27 @@ def curve_series(rows: Iterable[object], field: str) -> tuple[list[int], list[fl
     return [budget for budget, _ in pairs], [value for _, value in pairs]
 
 
+def plot_format(path: str | os.PathLike[str]) -> str:
+    """The picture format of ``path`` by its extension (``png``, ``svg``, ``pdf``, ...).
+
+    One-line TreeoptError for any other extension, or a path that cannot be an
+    output file; verbs call it before any work.
+    """
+    target = check_output_path(path)
+    fmt = target.suffix.lower().lstrip(".")
+    if fmt not in PLOT_FORMATS:
+        choices = ", ".join(f".{name}" for name in PLOT_FORMATS)
+        raise TreeoptError(f"cannot tell the plot format of {target}: end it in {choices}")
+    return fmt
+
+
+def plot_file(value: Path | None) -> Path | None:
+    """typer callback: check a ``--plot`` file option before any work."""
+    if value is not None:
+        plot_format(value)
+    return value
+
+
 def plot_curve(rows: Sequence[object], path: str | os.PathLike[str], title: str) -> Path:
     """Plot accept length (and overhead, speedup when present) against num_tokens.
 
@@ -69,10 +90,7 @@ def plot_curve(rows: Sequence[object], path: str | os.PathLike[str], title: str)
     curve or an unknown extension.
     """
     target = Path(path)
-    fmt = target.suffix.lower().lstrip(".")
-    if fmt not in PLOT_FORMATS:
-        choices = ", ".join(f".{name}" for name in PLOT_FORMATS)
-        raise TreeoptError(f"cannot tell the plot format of {target}: end it in {choices}")
+    fmt = plot_format(target)
     panels = [
         (field, label, *curve_series(rows, field))
         for field, label in PANELS

@@ -451,6 +451,15 @@ def output_format(output: str | os.PathLike[str]) -> str:
     return suffix
 
 
+def picture_file(value: FilePath | None) -> FilePath | None:
+    """typer callback: check a picture output option (folder, extension) before any work."""
+    if value is not None:
+        from treeopt.fileio import check_output_path
+
+        output_format(check_output_path(value))
+    return value
+
+
 def render_dot(source: str, output: str | os.PathLike[str]) -> RenderOutcome:
     """Write ``source`` to ``output`` in the format its extension names, atomically.
 

@@ -35,9 +35,11 @@ def _pyplot() -> Any:
 
 def _save(figure: Any, path: str | os.PathLike[str]) -> Path:
     from treeopt.fileio import atomic_path
+    from treeopt.plots import plot_format
 
+    fmt = plot_format(path)
     with atomic_path(path) as tmp:
-        figure.savefig(tmp, dpi=DPI, bbox_inches="tight")
+        figure.savefig(tmp, format=fmt, dpi=DPI, bbox_inches="tight")
     _pyplot().close(figure)
     return Path(path)
 
