@@ -198,3 +198,28 @@ def test_unwritable_output_is_one_line_error(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert result.stderr.splitlines() == ["error: cannot write /proc/t.json: No such file or "
                                           "directory"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["profile", "-m", "x", "-d", "y", "-o", "{tmp}/p.json", "--batch-size", "0"],
+         "error: Invalid value for '--batch-size': Input should be greater than or equal to 1 "
+         "(see 'treeopt profile --help')"),
+        (["train-heads", "-m", "x", "-d", "y", "-o", "{tmp}/h", "--lr", "-1"],
+         "error: --lr must be > 0, not -1.0"),
+        (["overhead", "--random-weights", "--arch", "llama-7b", "--device", "foo",
+          "-o", "{tmp}/o.json"],
+         "error: --device 'foo' is not a torch device (cpu, cuda, cuda:1, mps)"),
+        (["tune", "--measure", "--model", "x", "--heads", "h", "--prompts", "{prompts}",
+          "--storage", "foo://x"],
+         "error: cannot open --storage foo://x: Can't load plugin: sqlalchemy.dialects:foo"),
+    ],
+)
+def test_model_verbs_refuse_bad_options_before_loading(args: list[str], message: str,
+                                                       tmp_path: Path) -> None:
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("hello\n")
+    result = CliRunner().invoke(app, [arg.format(tmp=tmp_path, prompts=prompts) for arg in args])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [message]

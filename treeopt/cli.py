@@ -192,7 +192,12 @@ def import_tree(
         text = file.read_text(encoding="utf-8")
     except OSError as exc:
         raise TreeoptError(f"cannot read {file}: {exc.strerror or exc}") from None
-    tree = import_text(text, from_.value, num_heads=num_heads)
+    except UnicodeDecodeError:
+        raise TreeoptError(f"cannot read {file}: not UTF-8 text") from None
+    try:
+        tree = import_text(text, from_.value, num_heads=num_heads)
+    except TreeoptError as exc:
+        raise TreeoptError(f"{file}: {exc}") from None
     write_tree(output, tree, provenance={"imported_from": str(file), "format": from_.value})
     typer.echo(f"wrote {output}: {len(tree)} nodes, depth {tree.depth}", err=True)
 

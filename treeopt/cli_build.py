@@ -371,10 +371,12 @@ def read_accuracy_csv(path: Path, model: str) -> tuple[str, list[list[float]]]:
     The CSV has columns ``model, head, top1 .. topK``; ``model`` matches a model
     exactly or as a unique prefix (``vicuna-7b`` matches ``vicuna-7b-v1.3``).
     """
+    extra = "\0extra"  # DictReader's key for cells beyond the header
     try:
         with open(path, newline="", encoding="utf-8") as handle:
-            records = list(csv.DictReader(handle))
-            columns = list(records[0]) if records else []
+            reader = csv.DictReader(handle, restkey=extra)
+            records = list(reader)
+            columns = [str(name) for name in reader.fieldnames or []]
     except FileNotFoundError:
         raise TreeoptError(f"CSV file {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -382,6 +384,9 @@ def read_accuracy_csv(path: Path, model: str) -> tuple[str, list[list[float]]]:
     top_columns = [c for c in columns if c.startswith("top") and c[3:].isdigit()]
     if "model" not in columns or "head" not in columns or not top_columns:
         raise TreeoptError(f"{path}: needs columns model, head, top1..topK; has {columns}")
+    ragged = [index for index, record in enumerate(records, start=2) if extra in record]
+    if ragged:
+        raise TreeoptError(f"{path}: line {ragged[0]} has more cells than the header")
     top_columns.sort(key=lambda c: int(c[3:]))
     if [int(c[3:]) for c in top_columns] != list(range(1, len(top_columns) + 1)):
         raise TreeoptError(f"{path}: top-k columns must be top1..topK without gaps")
@@ -439,7 +444,10 @@ def import_profile(
     }
     if note:
         provenance["note"] = note
-    profile = Profile.from_cumulative_accuracy(rows, provenance)
+    try:
+        profile = Profile.from_cumulative_accuracy(rows, provenance)
+    except TreeoptError as exc:
+        raise TreeoptError(f"{csv_file}: {exc}") from None
     write_profile(output, profile)
     typer.echo(
         f"wrote {output}: {profile.num_heads} heads x top-{profile.top_k} ({name})", err=True

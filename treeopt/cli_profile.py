@@ -10,7 +10,15 @@ from typing import Annotated
 
 import typer
 
+from treeopt.errors import TreeoptError
 from treeopt.fileio import output_file, output_folder
+
+
+def _positive(option: str, value: float) -> float:
+    if not value > 0:
+        raise TreeoptError(f"{option} must be > 0, not {value}")
+    return value
+
 
 ModelOpt = Annotated[
     str,
@@ -32,7 +40,7 @@ DataOpt = Annotated[
 ]
 DeviceOpt = Annotated[str, typer.Option(help="Torch device: cpu, cuda, cuda:1, mps.")]
 DtypeOpt = Annotated[
-    str, typer.Option(help="auto (the checkpoint's), float32, float16 or bfloat16.")
+    str, typer.Option(help="auto (the checkpoint's), bf16, fp16 or fp32 (or torch's names).")
 ]
 DeviceMapOpt = Annotated[
     str | None,
@@ -40,7 +48,7 @@ DeviceMapOpt = Annotated[
                  "--device)."),
 ]
 MaxPromptsOpt = Annotated[
-    int | None, typer.Option(help="Use a seeded random subset of this many prompts.")
+    int | None, typer.Option(min=1, help="Use a seeded random subset of this many prompts.")
 ]
 SeedOpt = Annotated[int, typer.Option(help="Seed for --max-prompts and splits.")]
 TurnsOpt = Annotated[
@@ -54,9 +62,10 @@ ChatOpt = Annotated[
                  help="Wrap each prompt in the tokenizer's chat template, when it has one."),
 ]
 MaxNewOpt = Annotated[
-    int, typer.Option(help="Greedy continuation length per prompt (clipped to the context).")
+    int, typer.Option(min=1,
+                      help="Greedy continuation length per prompt (clipped to the context).")
 ]
-BatchOpt = Annotated[int, typer.Option(help="Sequences per forward pass.")]
+BatchOpt = Annotated[int, typer.Option(min=1, help="Sequences per forward pass.")]
 ResumeOpt = Annotated[
     bool, typer.Option(help="Continue the partial results / checkpoint of an interrupted run.")
 ]
@@ -80,7 +89,8 @@ def profile(
         str | None,
         typer.Option(help="Medusa heads folder or hub id (default: the registry's for --model)."),
     ] = None,
-    top_k: Annotated[int, typer.Option(help="Ranks recorded per head; beyond is a miss.")] = 20,
+    top_k: Annotated[int, typer.Option(
+        min=1, help="Ranks recorded per head; beyond is a miss.")] = 20,
     max_new_tokens: MaxNewOpt = 256,
     include_prompt: Annotated[
         bool, typer.Option(help="Also measure positions inside the prompt (decoding never "
@@ -146,12 +156,14 @@ def train_heads(
             help="Folder for the heads (config.json + "
                            "medusa_lm_head.safetensors) and train_report.json.")
     ],
-    num_heads: Annotated[int, typer.Option(help="Medusa heads K (head k predicts k+1 ahead).")]
+    num_heads: Annotated[int, typer.Option(
+        min=1, help="Medusa heads K (head k predicts k+1 ahead).")]
     = 5,
-    num_layers: Annotated[int, typer.Option(help="ResBlocks per head.")] = 1,
-    epochs: Annotated[int, typer.Option(help="Passes over the training prompts.")] = 3,
-    learning_rate: Annotated[float, typer.Option("--lr", help="AdamW peak learning rate.")]
-    = 1e-3,
+    num_layers: Annotated[int, typer.Option(min=0, help="ResBlocks per head.")] = 1,
+    epochs: Annotated[int, typer.Option(min=1, help="Passes over the training prompts.")] = 3,
+    learning_rate: Annotated[float, typer.Option(
+        "--lr", callback=lambda value: _positive("--lr", value),
+        help="AdamW peak learning rate.")] = 1e-3,
     held_out: Annotated[
         float, typer.Option(help="Fraction of prompts held out for the accuracy report.")
     ] = 0.1,

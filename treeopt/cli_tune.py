@@ -77,12 +77,12 @@ def overhead(
     device: Annotated[str, typer.Option(help="cuda, cuda:N or cpu (measured).")] = "cuda",
     dtype: Annotated[str, typer.Option(help="bf16, fp16 or fp32 (fp8 for --predict).")] = "bf16",
     heads: Annotated[int, typer.Option(
-        help="Medusa heads to time with random weights (--random-weights or a model "
+        min=0, help="Medusa heads to time with random weights (--random-weights or a model "
              "without published heads).")] = MEDUSA_NUM_HEADS,
     warmup: Annotated[int, typer.Option(
-        help="Untimed steps before timing each size.")] = DEFAULT_WARMUP,
+        min=0, help="Untimed steps before timing each size.")] = DEFAULT_WARMUP,
     repeats: Annotated[int, typer.Option(
-        help="Timed steps per size; the median is kept.")] = DEFAULT_REPEATS,
+        min=1, help="Timed steps per size; the median is kept.")] = DEFAULT_REPEATS,
     compile_step: Annotated[bool, typer.Option(
         "--compile", help="Time the torch.compile'd step (fuses small kernels; compiles once "
                           "per setting, tens of seconds each for a 7B model).")] = False,
@@ -143,10 +143,13 @@ def _measure(model: str | None, arch: str | None, num_heads: int, batches: list[
     import torch
 
     from medusa_runtime.heads import MedusaConfig, MedusaHeads
+    from treeopt.models import LOADABLE_DTYPES, resolve_device
     from treeopt.overhead import measure_latency
 
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TreeoptError(f"--device {device}: no CUDA device is visible (use --device cpu)")
+    resolve_device(device)
+    if dtype not in LOADABLE_DTYPES:
+        raise TreeoptError(f"measured timing takes bf16, fp16 or fp32, not {dtype} "
+                           "(fp8 only with --predict)")
     torch_dtype = getattr(torch, dtype)
     published_heads = None
     if arch is not None:
@@ -211,10 +214,10 @@ def tune(
         help="--measure: Medusa heads folder or hub id (default: the model's published).")] = None,
     prompts: Annotated[str | None, typer.Option(
         help="--measure: calibration prompts (MT-Bench question.jsonl, .txt, ...).")] = None,
-    max_prompts: Annotated[int, typer.Option(help="--measure: prompts per trial.")] = 8,
+    max_prompts: Annotated[int, typer.Option(min=1, help="--measure: prompts per trial.")] = 8,
     max_new_tokens: Annotated[int, typer.Option(
-        help="--measure: tokens generated per prompt.")] = 128,
-    trials: Annotated[int, typer.Option(help="--measure: optuna trials to run now.")] = 20,
+        min=1, help="--measure: tokens generated per prompt.")] = 128,
+    trials: Annotated[int, typer.Option(min=1, help="--measure: optuna trials to run now.")] = 20,
     seed: Annotated[int, typer.Option(help="--measure: sampler and prompt seed.")] = 0,
     storage: Annotated[str | None, typer.Option(
         help="--measure: optuna storage, e.g. sqlite:///study.db, so a study resumes.")] = None,

@@ -115,6 +115,20 @@ def resolve_dtype(dtype: str) -> Any:
     return getattr(torch, name)
 
 
+def resolve_device(device: str) -> Any:
+    """The torch device for a ``--device`` value; one-line error if invalid or absent."""
+    import torch
+
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise TreeoptError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, mps)")\
+            from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise TreeoptError(f"--device {device}: no CUDA device is visible (use --device cpu)")
+    return resolved
+
+
 def load_base_model(
     model: str, device: str = "cpu", dtype: str = "auto", device_map: str | None = None
 ) -> tuple[Any, Any]:

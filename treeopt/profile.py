@@ -201,10 +201,13 @@ class Profile:
             )
         for head, row in enumerate(cumulative, start=1):
             if not np.all(np.isfinite(row)) or row.min() < 0 or row.max() > 1:
-                raise TreeoptError(f"head {head}: accuracies must lie in [0, 1], got {list(row)}")
+                raise TreeoptError(
+                    f"head {head}: accuracies must lie in [0, 1], got {row.tolist()}"
+                )
             if np.any(np.diff(row) < -PROBABILITY_TOLERANCE):
                 raise TreeoptError(
-                    f"head {head}: cumulative top-k accuracies must not decrease, got {list(row)}"
+                    f"head {head}: cumulative top-k accuracies must not decrease, "
+                    f"got {row.tolist()}"
                 )
         marginal = np.clip(np.diff(cumulative, axis=1, prepend=0.0), 0.0, 1.0)
         return cls(
@@ -409,7 +412,10 @@ def profile_from_json(data: Any) -> Profile:
     check_format(data, FORMAT, "profile file")
     check_schema(data, schema(), "profile")
     num_heads, top_k = data["num_heads"], data["top_k"]
-    marginal = np.asarray(data["marginal"], dtype=float)
+    rows = data["marginal"]
+    if len({len(row) for row in rows}) > 1:
+        raise TreeoptError(f"marginal rows must all have top_k = {top_k} values (ragged rows)")
+    marginal = np.asarray(rows, dtype=float)
     if marginal.shape != (num_heads, top_k):
         raise TreeoptError(
             f"marginal must be num_heads x top_k = {num_heads} x {top_k}, "

@@ -10,6 +10,7 @@ torch are imported inside the functions.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +60,6 @@ def run_study(model: Any, heads: Any, prompts: Sequence[Sequence[int]], profile:
     Objective: total new tokens / total wall time over ``prompts`` (token ids),
     maximized. Guarantees the returned tree is the one the best trial measured.
     """
-    import optuna
     import torch
 
     from medusa_runtime.acceptance import TypicalAcceptance
@@ -102,11 +102,7 @@ def run_study(model: Any, heads: Any, prompts: Sequence[Sequence[int]], profile:
         trial.set_user_attr("acceleration_rate", tokens / steps if steps else 0.0)
         return tokens / seconds if seconds > 0 else 0.0
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        study_name=config.study_name, storage=config.storage, direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=config.seed), load_if_exists=True,
-    )
+    study = open_study(config)
     study.optimize(objective, n_trials=config.trials, show_progress_bar=True)
     best = study.best_trial
     built = tree_for(best.params)
@@ -116,6 +112,21 @@ def run_study(model: Any, heads: Any, prompts: Sequence[Sequence[int]], profile:
         tree=built.tree, expected_accept_length=built.expected_accept_length,
         num_trials=len(study.trials),
     )
+
+
+def open_study(config: StudyConfig) -> Any:
+    """The optuna study of ``config`` (resumed if its storage has it); one-line error if not."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.create_study(
+            study_name=config.study_name, storage=config.storage, direction="maximize",
+            sampler=optuna.samplers.TPESampler(seed=config.seed), load_if_exists=True,
+        )
+    except Exception as exc:  # bad URL, missing driver, locked file: all one message
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise TreeoptError(f"cannot open --storage {config.storage}: {reason}") from None
 
 
 def run_study_cli(*, profile: str, model: str | None, heads: str | None, prompts: str | None,
@@ -131,16 +142,19 @@ def run_study_cli(*, profile: str, model: str | None, heads: str | None, prompts
     from treeopt.models import load_base_model, load_heads, require_heads
     from treeopt.profile import load_profile
 
-    net, tokenizer = load_base_model(model, device=device, dtype=dtype)
-    medusa = load_heads(require_heads(model, heads), device=device,
-                        dtype=next(net.parameters()).dtype,
-                        base_lm_head=net.get_output_embeddings())
-    ids = encode_prompts(tokenizer, read_prompts(prompts, max_prompts=max_prompts, seed=seed))
+    # Everything that can fail cheaply fails before the model loads.
     config = StudyConfig(trials=trials, seed=seed,
                          max_budget=max_budget or DEFAULT_MAX_BUDGET,
                          max_new_tokens=max_new_tokens, acceptance_model=acceptance_model,
                          storage=storage, study_name=study_name)
-    outcome = run_study(net, medusa, ids, load_profile(profile), config,
+    loaded_profile = load_profile(profile)
+    texts = read_prompts(prompts, max_prompts=max_prompts, seed=seed)
+    heads_name = require_heads(model, heads)
+    open_study(config)
+    net, tokenizer = load_base_model(model, device=device, dtype=dtype)
+    medusa = load_heads(heads_name, device=device, dtype=next(net.parameters()).dtype,
+                        base_lm_head=net.get_output_embeddings())
+    outcome = run_study(net, medusa, encode_prompts(tokenizer, texts), loaded_profile, config,
                         eos_token_id=tokenizer.eos_token_id)
     params = ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
                        for key, value in outcome.params.items())
@@ -156,5 +170,5 @@ def run_study_cli(*, profile: str, model: str | None, heads: str | None, prompts
             "measured_acceleration_rate": round(outcome.acceleration_rate, 4),
             "trials": outcome.num_trials, "storage": storage, "created": utc_now(),
         })
-        print(f"wrote {output}")
+        print(f"wrote {output}", file=sys.stderr)
     return outcome
