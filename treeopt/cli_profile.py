@@ -72,14 +72,6 @@ ResumeOpt = Annotated[
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 
 
-def _prompt_ids(data: str, tokenizer: object, max_prompts: int | None, seed: int, turns: str,
-                chat_template: bool) -> list[list[int]]:
-    from treeopt.calibration import encode_prompts, read_prompts
-
-    prompts = read_prompts(data, max_prompts=max_prompts, seed=seed, turns=turns)
-    return encode_prompts(tokenizer, prompts, chat_template=chat_template)
-
-
 def profile(
     model: ModelOpt,
     data: DataOpt,
@@ -119,19 +111,22 @@ def profile(
 
     Example: treeopt profile -m vicuna-7b -d question.jsonl --device cuda -o vicuna7b.json
     """
+    from treeopt.calibration import encode_prompts, read_prompts
     from treeopt.models import load_base_model, load_heads, require_heads, resolve_model
     from treeopt.profiling import ProfileSettings, profile_model
     from treeopt.replay import ranks_path
 
+    # Cheap checks first: the prompts are read before the model loads.
     heads_id = require_heads(model, heads)
     base_id, _ = resolve_model(model)
+    texts = read_prompts(data, max_prompts=max_prompts, seed=seed, turns=turns)
+    settings = ProfileSettings(top_k=top_k, max_new_tokens=max_new_tokens,
+                               include_prompt=include_prompt, batch_size=batch_size)
     base, tokenizer = load_base_model(model, device=device, dtype=dtype, device_map=device_map)
     head_device = base.lm_head.weight.device
     loaded_heads = load_heads(heads_id, device=head_device, dtype=base.lm_head.weight.dtype,
                               base_lm_head=base.get_output_embeddings())
-    prompt_ids = _prompt_ids(data, tokenizer, max_prompts, seed, turns, chat_template)
-    settings = ProfileSettings(top_k=top_k, max_new_tokens=max_new_tokens,
-                               include_prompt=include_prompt, batch_size=batch_size)
+    prompt_ids = encode_prompts(tokenizer, texts, chat_template=chat_template)
     result = profile_model(
         base, tokenizer, loaded_heads, prompt_ids, output, settings, model_id=base_id,
         heads_id=heads_id, resume=resume, progress=not quiet,
@@ -188,18 +183,21 @@ def train_heads(
 
     Example: treeopt train-heads -m ./my-model -d prompts.txt --epochs 5 -o heads/
     """
+    from treeopt.calibration import encode_prompts, read_prompts
     from treeopt.models import load_base_model, resolve_model
     from treeopt.train_heads import TrainSettings
     from treeopt.train_heads import train_heads as run_training
 
+    # Cheap checks first: settings and prompts before the model loads.
     base_id, _ = resolve_model(model)
-    base, tokenizer = load_base_model(model, device=device, dtype=dtype, device_map=device_map)
-    prompt_ids = _prompt_ids(data, tokenizer, max_prompts, seed, turns, chat_template)
     settings = TrainSettings(
         num_heads=num_heads, num_layers=num_layers, epochs=epochs, learning_rate=learning_rate,
         batch_size=batch_size, held_out_fraction=held_out, max_new_tokens=max_new_tokens,
         seed=seed,
     )
+    texts = read_prompts(data, max_prompts=max_prompts, seed=seed, turns=turns)
+    base, tokenizer = load_base_model(model, device=device, dtype=dtype, device_map=device_map)
+    prompt_ids = encode_prompts(tokenizer, texts, chat_template=chat_template)
     report = run_training(base, tokenizer, prompt_ids, output, settings, model_id=base_id,
                           resume=resume, progress=not quiet)
     accuracy = report["held_out_accuracy"]

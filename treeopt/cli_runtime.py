@@ -85,14 +85,20 @@ def generate_command(
     from medusa_runtime.acceptance import TypicalAcceptance
     from medusa_runtime.decode import generate
     from medusa_runtime.heads import MedusaConfig, MedusaHeads
-    from treeopt.models import load_base_model, load_heads, resolve_model
+    from treeopt.models import load_base_model, load_heads, resolve_device, resolve_model
     from treeopt.tree import Tree
     from treeopt.treefile import load_tree
 
+    # Cheap checks first: the tree and options before the model loads.
+    chosen = Tree.empty() if tree == "root" else load_tree(tree)
+    if random_heads and heads is not None:
+        raise TreeoptError("give --heads or --random-heads, not both")
+    if chosen.depth == 0 and (heads is not None or random_heads):
+        raise TreeoptError("--tree root decodes without heads: pass a --tree to use them")
+    resolve_device(device)
     base, tokenizer = load_base_model(model, device=device, dtype=dtype)
     lm_head = base.get_output_embeddings()
     parameter = next(base.parameters())
-    chosen = Tree.empty() if tree == "root" else load_tree(tree)
     medusa = None
     if random_heads:
         torch.manual_seed(0)

@@ -56,6 +56,23 @@ class TrainSettings:
     max_new_tokens: int = 256
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        # Checked at construction, so a bad setting fails before any model loads.
+        for name in ("num_heads", "epochs", "batch_size", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise TreeoptError(f"{name} must be >= 1, not {getattr(self, name)}")
+        if self.num_layers < 0:
+            raise TreeoptError(f"num_layers must be >= 0, not {self.num_layers}")
+        if not self.learning_rate > 0:
+            raise TreeoptError(f"learning_rate must be > 0, not {self.learning_rate}")
+        if not 0.0 < self.held_out_fraction < 1.0:
+            raise TreeoptError(
+                f"held-out fraction must be in (0, 1): the report needs held-out prompts, "
+                f"not {self.held_out_fraction}"
+            )
+        if not 0.0 <= self.warmup_fraction < 1.0:
+            raise TreeoptError(f"warmup_fraction must be in [0, 1), not {self.warmup_fraction}")
+
 
 def head_loss_weights(num_heads: int) -> list[float]:
     """Per-head loss weights ``HEAD_LOSS_DECAY ** k`` for k = 1..num_heads."""
