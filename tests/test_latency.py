@@ -54,7 +54,7 @@ def test_sizes_above_an_oom_are_not_used():
 
 
 def test_unknown_setting_lists_what_is_covered():
-    with pytest.raises(TreeoptError, match=r"no batch 2 at context 128 \(it covers: batch 1"):
+    with pytest.raises(TreeoptError, match=r"no batch 2 at context 128 \(it covers batches 1"):
         make_table().overhead_curve(2, 128)
 
 

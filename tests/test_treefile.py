@@ -84,9 +84,9 @@ def good(**overrides):
 MALFORMED = [
     ("", "not valid JSON"),
     ("{", "not valid JSON"),
-    ("[[0], [1]]", "holds a JSON object, not list"),
-    ('"paths"', "holds a JSON object, not str"),
-    ("null", "holds a JSON object, not NoneType"),
+    ("[[0], [1]]", "must hold a JSON object, not an array"),
+    ('"paths"', "must hold a JSON object, not a string"),
+    ("null", "must hold a JSON object, not null"),
     (json.dumps({"num_heads": 3, "paths": [[0]]}), 'missing "format"'),
     (good(format="treeopt.tree/2"), "format 'treeopt.tree/2' is not"),
     (good(format="medusa"), "format 'medusa' is not"),

@@ -181,7 +181,8 @@ def import_tree(
     output: Annotated[Path, typer.Option("-o", "--output", callback=output_file,
         help="treeopt.tree/1 file to write.")],
     num_heads: Annotated[
-        int | None, typer.Option(help="Medusa heads the tree is for (default: its depth).")
+        int | None,
+        typer.Option(min=1, help="Medusa heads the tree is for (default: its depth)."),
     ] = None,
 ) -> None:
     """Read a tree from another runtime's format and write it as treeopt.tree/1 JSON."""

@@ -183,6 +183,8 @@ def render(
         loaded_profile = load_profile(profile)
 
     model = acceptance_model
+    if loaded_profile is None and model != DEFAULT_ACCEPTANCE_MODEL:
+        raise TreeoptError(f"-m {model} needs --profile: it colours nodes by a profile")
     if compare is None:
         probabilities, accept, source = None, first.expected_accept_length, "from the tree file"
         if loaded_profile is not None:

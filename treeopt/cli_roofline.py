@@ -68,12 +68,15 @@ def _device_profile(path: Path | None) -> Any:
     return load_device_profile(path)
 
 
-def _print_gpus() -> None:
+def _print_gpus(as_json: bool) -> None:
     from rich.console import Console
     from rich.table import Table
 
     from treeopt.hardware import GPUS
 
+    if as_json:
+        typer.echo(json.dumps([spec.as_dict() for spec in GPUS.values()], indent=1))
+        return
     table = Table(title="GPUs (dense fp16/bf16 tensor peak; datasheet sources)")
     for column in ("gpu", "TFLOP/s", "GB/s", "memory GB", "ridge FLOPs/byte", "source"):
         table.add_column(column, overflow="fold")
@@ -140,7 +143,7 @@ def roofline(
       treeopt roofline --arch /path/to/model --measure --save-device-profile dev.json
     """
     if list_gpus:
-        _print_gpus()
+        _print_gpus(as_json)
         return
     if arch is None:
         raise TreeoptError("roofline needs --arch (e.g. llama-7b) or --list-gpus")

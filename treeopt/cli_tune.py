@@ -39,8 +39,6 @@ def parse_int_list(text: str, option: str) -> list[int]:
     values = []
     for part in text.split(","):
         part = part.strip()
-        if not part:
-            continue
         try:
             values.append(int(part))
         except ValueError:
@@ -122,6 +120,8 @@ def overhead(
 
         table = predict_latency(get_arch(arch), get_gpu(gpu), batches, contexts, size_list, dtype)
     else:
+        if gpu is not None:
+            raise TreeoptError("--gpu is for --predict; a measured sweep times the GPU it runs on")
         if (model is None) == (not random_weights):
             raise TreeoptError(
                 "give --model M, or --random-weights --arch A, or --predict --arch A --gpu G"
@@ -132,6 +132,9 @@ def overhead(
             raise TreeoptError("--warmup must be >= 0 and --repeats >= 1")
         table = _measure(model, arch if random_weights else None, heads, batches, contexts,
                          size_list, device, dtype, warmup, repeats, compile_step)
+    if all(seconds is None for seconds in table.measurements.values()):
+        raise TreeoptError("every setting is out of memory: nothing to write (smaller --batch "
+                           "or --context?)")
     write_latency(output, table)
     typer.echo(f"wrote {output}: {len(table.measurements)} settings, {table.describe()}", err=True)
 
@@ -245,6 +248,8 @@ def tune(
     if measure:
         from treeopt.tune_study import run_study_cli
 
+        if latency:
+            raise TreeoptError("--measure times real decoding; it takes no --latency file")
         run_study_cli(profile=profile, model=model, heads=heads, prompts=prompts,
                       max_prompts=max_prompts, max_new_tokens=max_new_tokens, trials=trials,
                       seed=seed, storage=storage, study_name=study_name, device=device,
@@ -257,7 +262,7 @@ def tune(
     from treeopt.profile import load_profile
     from treeopt.tune import batch_view, curve_rows, tune_tree
 
-    tables = [(str(path), load_latency(path)) for path in latency]
+    tables = [(name, load_latency(name)) for name in dict.fromkeys(map(str, latency))]
     source_file, table = prefer_measured(tables)
     loaded_profile = load_profile(profile)
     typer.echo(f"latency: {source_file}: {table.describe()}", err=True)

@@ -48,7 +48,9 @@ def check_format(data: Any, fmt: str, what: str) -> dict[str, Any]:
     ``what`` names the document in messages, e.g. ``"tree file"``.
     """
     if not isinstance(data, dict):
-        raise TreeoptError(f"{what} holds a JSON object, not {type(data).__name__}")
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null",
+                int: "a number", float: "a number"}.get(type(data), type(data).__name__)
+        raise TreeoptError(f"{what} must hold a JSON object, not {kind}")
     tag = data.get("format")
     if tag is None:
         raise TreeoptError(f"{what}: missing \"format\": expected \"{fmt}\"")

@@ -125,12 +125,10 @@ class LatencyTable:
             if b == batch and s == context
         }
         if not row:
-            covered = "; ".join(
-                f"batch {b} context {s}" for b, s in self.settings()
-            )
             raise TreeoptError(
-                f"latency table has no batch {batch} at context {context} "
-                f"(it covers: {covered})"
+                f"latency table has no batch {batch} at context {context} (it covers batches "
+                f"{', '.join(map(str, self.batches))} and contexts "
+                f"{', '.join(map(str, self.contexts))})"
             )
         return row
 

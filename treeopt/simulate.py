@@ -109,10 +109,16 @@ def best_candidates(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def builder_acceleration_curve(profile_name: str, max_candidates: int) -> list[float]:
     """Expected accept length of the profile's nested optimal trees, num_tokens 1..max."""
-    from treeopt.build import build_tree
+    from treeopt.build import MIN_BUDGET, build_tree
     from treeopt.profile import load_profile
 
-    curve = list(build_tree(load_profile(profile_name), max_candidates).curve)
+    profile = load_profile(profile_name)
+    if max_candidates < MIN_BUDGET:
+        return [1.0]  # only plain decoding asked for: nothing to build
+    try:
+        curve = list(build_tree(profile, max_candidates).curve)
+    except TreeoptError as exc:
+        raise TreeoptError(f"--candidates up to {max_candidates}: {exc}") from None
     if len(curve) < max_candidates:
         raise TreeoptError(
             f"profile {profile_name} supports trees of at most {len(curve)} tokens; "
