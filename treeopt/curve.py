@@ -188,6 +188,8 @@ def write_curve(
 
 def read_curve(path: str | os.PathLike[str]) -> Curve:
     """Read and validate a ``.json`` or ``.csv`` curve; one-line TreeoptError otherwise."""
+    if FilePath(path).is_dir():
+        raise TreeoptError(f"curve file {path} is a folder")
     suffix = _suffix(path)
     if suffix == ".json":
         from treeopt.jsondoc import read_json

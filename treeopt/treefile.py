@@ -86,8 +86,14 @@ def dumps(document: TreeDocument) -> str:
 
 
 def read_tree_document(path: str | os.PathLike[str]) -> TreeDocument:
-    """Read and validate a ``treeopt.tree/1`` file."""
-    return document_from_json(read_json(path, "tree"))
+    """Read and validate a ``treeopt.tree/1`` file; content errors name the file."""
+    try:
+        return document_from_json(read_json(path, "tree"))
+    except TreeoptError as exc:
+        message = str(exc)
+        if str(path) in message:  # read_json's own errors name the file already
+            raise
+        raise TreeoptError(f"{path}: {message}") from None
 
 
 def write_tree(
