@@ -119,14 +119,14 @@ def test_split_parts_build_by_steps(profile: Profile) -> None:
 def test_cli_build_and_eval_by_steps(profile: Profile, tmp_path: Path) -> None:
     write_profile(tmp_path / "p.json", profile)
     runner = CliRunner()
-    result = runner.invoke(app, ["build", "-p", str(tmp_path / "p.json"), "-b", "5", "-m",
+    result = runner.invoke(app, ["build", "-p", str(tmp_path / "p.json"), "-b", "5", "-a",
                                  "joint", "-o", str(tmp_path / "t.json")])
     assert result.exit_code == 0, result.output
     assert "tokens per decoding step (replayed)" in result.output
     assert "weighted by steps" in result.output
     document = json.loads((tmp_path / "t.json").read_text())
     assert document["provenance"]["weighting"] == "steps"
-    result = runner.invoke(app, ["build", "-p", str(tmp_path / "p.json"), "-b", "5", "-m",
+    result = runner.invoke(app, ["build", "-p", str(tmp_path / "p.json"), "-b", "5", "-a",
                                  "joint", "--weighting", "positions"])
     assert result.exit_code == 0, result.output
     assert '"weighting": "positions"' in result.stdout

@@ -123,7 +123,7 @@ def test_eval_help_says_root_counts() -> None:
 
 def test_holdout_build_eval_and_oracle(measured_profile: Path, tmp_path: Path) -> None:
     tree_path = tmp_path / "train.json"
-    built = invoke("build", "-p", measured_profile, "-b", 16, "-m", "blend",
+    built = invoke("build", "-p", measured_profile, "-b", 16, "-a", "blend",
                    "--holdout", 0.25, "--seed", 1, "-o", tree_path)
     assert built.exit_code == 0, built.output
     assert load_tree_document(tree_path).provenance["split"]["part"] == "train"

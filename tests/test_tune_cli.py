@@ -86,7 +86,8 @@ def test_unknown_batch_is_a_one_line_error(tmp_path, profile_file):
     lat = latency_file(tmp_path / "lat.json")
     result = run("--profile", profile_file, "--latency", lat, "--batch", 2)
     assert result.exit_code == 2
-    assert "error: latency table has no batch 2 at context 512 (it covers batches 1, 8 and contexts 512)" in result.output
+    assert ("error: latency table has no batch 2 at context 512 (it covers batches 1, 8 and "
+            "contexts 512)") in result.output
 
 
 def test_plot(tmp_path, profile_file):
@@ -122,7 +123,7 @@ def test_tune_with_rank_vectors_scores_tokens_per_step(tmp_path):
     profile = load_profile(path)
     lat = latency_file(tmp_path / "lat.json")
     out, curve = tmp_path / "tree.json", tmp_path / "curve.json"
-    result = run("--profile", path, "--latency", lat, "--batch", 1, "-m", "joint", "-o", out,
+    result = run("--profile", path, "--latency", lat, "--batch", 1, "-a", "joint", "-o", out,
                  "--curve", curve)
     assert result.exit_code == 0, result.output
     document = json.loads(out.read_text())

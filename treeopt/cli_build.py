@@ -108,7 +108,7 @@ def build(
     model_of_acceptance: Annotated[
         AcceptanceChoice,
         typer.Option(
-            "--model-of-acceptance", "-m",
+            "--acceptance-model", "-a", "--model-of-acceptance",
             help="independent: heads independent (product of per-head rank probabilities; "
             "works with any profile). joint: exact frequencies of rank prefixes on the "
             "calibration set. blend: joint shrunk toward independent, weight chosen by "
@@ -320,7 +320,7 @@ def eval_trees(
     model_of_acceptance: Annotated[
         list[AcceptanceChoice] | None,
         typer.Option(
-            "--model-of-acceptance", "-m",
+            "--acceptance-model", "-a", "--model-of-acceptance",
             help="Model(s) of acceptance to score with (repeatable; default: every model the "
             "profile supports: independent, plus joint and blend for measured profiles).",
         ),

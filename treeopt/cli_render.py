@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from treeopt.cli_build import AcceptanceChoice
 from treeopt.errors import TreeoptError
 from treeopt.render import DEFAULT_MAX_NODES, picture_file
 
@@ -139,13 +140,13 @@ def render(
         ),
     ] = DEFAULT_MAX_NODES,
     acceptance_model: Annotated[
-        str,
+        AcceptanceChoice,
         typer.Option(
-            "--model-of-acceptance", "-m", "--acceptance-model",
+            "--acceptance-model", "-a", "--model-of-acceptance",
             help="With --profile: independent, joint or blend, as in `treeopt build` "
             "(joint and blend need a measured profile).",
         ),
-    ] = DEFAULT_ACCEPTANCE_MODEL,
+    ] = AcceptanceChoice(DEFAULT_ACCEPTANCE_MODEL),
     compare: Annotated[
         str | None,
         typer.Option(
@@ -182,9 +183,9 @@ def render(
 
         loaded_profile = load_profile(profile)
 
-    model = acceptance_model
+    model = acceptance_model.value
     if loaded_profile is None and model != DEFAULT_ACCEPTANCE_MODEL:
-        raise TreeoptError(f"-m {model} needs --profile: it colours nodes by a profile")
+        raise TreeoptError(f"-a {model} needs --profile: it colours nodes by a profile")
     if compare is None:
         probabilities, accept, source = None, first.expected_accept_length, "from the tree file"
         if loaded_profile is not None:

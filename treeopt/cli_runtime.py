@@ -21,7 +21,8 @@ class AcceptanceRule(str, Enum):
 def generate_command(
     prompt: Annotated[str, typer.Option("--prompt", help="Text to continue.")],
     model: Annotated[
-        str, typer.Option("--model", help="Base model: registry name (vicuna-7b), folder, hub id.")
+        str, typer.Option("--model", "-m",
+                          help="Base model: registry name (vicuna-7b), folder, hub id.")
     ],
     tree: Annotated[
         str,

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from treeopt.cli_build import AcceptanceChoice
 from treeopt.curve import curve_file
 from treeopt.errors import TreeoptError
 from treeopt.fileio import output_file
@@ -53,6 +54,7 @@ def overhead(
     output: Annotated[Path, typer.Option("-o", "--output", callback=output_file,
                                          help="treeopt.latency/1 JSON file to write.")],
     model: Annotated[str | None, typer.Option(
+        "--model", "-m",
         help="Model to time: registry name (vicuna-7b), folder or hub id. Its Medusa heads "
              "are used when published, else random heads of the same shape.")] = None,
     random_weights: Annotated[bool, typer.Option(
@@ -186,7 +188,7 @@ def tune(
         help="treeopt.latency/1 file(s) from `treeopt overhead`; repeat to give several "
              "(a measured one is preferred over a roofline prediction).")] = None,
     profile: Annotated[str, typer.Option(
-        help="Acceptance profile: file or shipped name.")] = DEFAULT_PROFILE,
+        "--profile", "-p", help="Acceptance profile: file or shipped name.")] = DEFAULT_PROFILE,
     batch: Annotated[int | None, typer.Option(
         help="Batch size to tune for (default: the smallest in the latency file).")] = None,
     context: Annotated[int | None, typer.Option(
@@ -195,9 +197,10 @@ def tune(
     max_budget: Annotated[int | None, typer.Option(
         help="Largest tree (tokens/step, root included) to consider (default: the largest "
              "size the latency file covers; never extrapolated).")] = None,
-    acceptance_model: Annotated[str, typer.Option(
-        "--model-of-acceptance", "-m", "--acceptance-model",
-        help="Builder's acceptance model (see `treeopt build --help`).")] = "independent",
+    acceptance_model: Annotated[AcceptanceChoice, typer.Option(
+        "--acceptance-model", "-a", "--model-of-acceptance",
+        help="Builder's acceptance model (see `treeopt build --help`).")] = (
+        AcceptanceChoice.independent),
     output: Annotated[Path | None, typer.Option(
         "-o", "--output", callback=output_file,
         help="Write the best tree here (treeopt.tree/1).")] = None,
@@ -212,7 +215,7 @@ def tune(
                           "depth, typical-acceptance threshold and alpha); see the options "
                           "below.")] = False,
     model: Annotated[str | None, typer.Option(
-        help="--measure: model (registry name, folder or hub id).")] = None,
+        "--model", "-m", help="--measure: model (registry name, folder or hub id).")] = None,
     heads: Annotated[str | None, typer.Option(
         help="--measure: Medusa heads folder or hub id (default: the model's published).")] = None,
     prompts: Annotated[str | None, typer.Option(
@@ -253,7 +256,8 @@ def tune(
         run_study_cli(profile=profile, model=model, heads=heads, prompts=prompts,
                       max_prompts=max_prompts, max_new_tokens=max_new_tokens, trials=trials,
                       seed=seed, storage=storage, study_name=study_name, device=device,
-                      dtype=dtype, max_budget=max_budget, acceptance_model=acceptance_model,
+                      dtype=dtype, max_budget=max_budget,
+                      acceptance_model=acceptance_model.value,
                       output=output)
         return
     if not latency:
@@ -269,14 +273,14 @@ def tune(
     if len(tables) > 1:
         others = ", ".join(name for name, _ in tables if name != source_file)
         typer.echo(f"  (preferred over {others})", err=True)
-    tuned = tune_tree(loaded_profile, table, batch, context, max_budget, acceptance_model)
+    tuned = tune_tree(loaded_profile, table, batch, context, max_budget, acceptance_model.value)
     result = tuned.result
     _print_tune_table(result, table)
     _print_batch_view(batch_view(tuned.accept_curve, table, result.context, max_budget),
                       result.context)
 
     rows = curve_rows(result, table.latency_curve(result.batch, result.context))
-    provenance = _provenance(profile, source_file, table, result, acceptance_model)
+    provenance = _provenance(profile, source_file, table, result, acceptance_model.value)
     provenance["weighting"] = tuned.weighting
     if curve is not None:
         from treeopt.curve import write_curve

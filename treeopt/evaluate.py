@@ -62,7 +62,7 @@ class AcceptanceModel:
         if acceptance_model != "independent" and not profile.has_joint:
             raise TreeoptError(
                 f"the {acceptance_model} model of acceptance needs a profile with joint counts; "
-                "this one has marginals only (use --model-of-acceptance independent, or measure "
+                "this one has marginals only (use --acceptance-model independent, or measure "
                 "one with treeopt profile)"
             )
         self.profile = profile
@@ -224,7 +224,7 @@ def choose_blend_weight(profile: Profile) -> float:
     if profile.groups is None or len(profile.groups) < 2 or profile.joint is None:
         raise TreeoptError(
             "the blend model of acceptance picks its weight by cross-validation over prompts and "
-            "needs a profile with >= 2 prompt groups (use --model-of-acceptance joint or "
+            "needs a profile with >= 2 prompt groups (use --acceptance-model joint or "
             "independent)"
         )
     num_groups = len(profile.groups)
