@@ -261,7 +261,8 @@ def _print_rows(rows: list[dict], title: str) -> None:
 
 def simulate(
     profile: Annotated[str | None, typer.Option(
-        "--profile", "-p", help="Acceptance profile (file or shipped name) whose nested optimal trees "
+        "--profile", "-p",
+        help="Acceptance profile (file or shipped name) whose nested optimal trees "
         "give the acceleration rate. Default: the shipped vicuna-7b.")] = None,
     arch: ArchOption = DEFAULT_ARCH,
     gpu: GpuOption = None,
