@@ -40,7 +40,7 @@ from dataclasses import dataclass, replace
 from itertools import product
 
 from treeopt.errors import TreeoptError
-from treeopt.evaluate import AcceptanceModel, node_value, node_values
+from treeopt.evaluate import AcceptanceModel
 from treeopt.formats import (
     TRTLLM_DEFAULT_MAX_DRAFT_LEN,
     TRTLLM_MAX_DEPTH,
@@ -61,7 +61,7 @@ MIN_BUDGET = 2  # budget 1 is the root alone: plain decoding, nothing to build
 MAX_STEP_WEIGHTING_ROUNDS = 8
 STEP_WEIGHTING_PATIENCE = 2
 
-__all__ = ["ENGINES", "BuildResult", "build_tree", "node_value", "node_values"]
+__all__ = ["ENGINES", "BuildResult", "build_tree"]
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from typer.core import TyperGroup
 
 from treeopt.errors import TreeoptError
 from treeopt.fileio import output_file
-from treeopt.formats import TRTLLM_DEFAULT_MAX_DRAFT_LEN
+from treeopt.formats import FORMATS, TRTLLM_DEFAULT_MAX_DRAFT_LEN
 
 # Modules that add verbs; each must import cheaply (no torch at module level).
 COMMAND_MODULES = (
@@ -89,11 +89,7 @@ TreeArg = Annotated[
 ]
 
 
-class ExportTarget(str, Enum):
-    medusa = "medusa"
-    trtllm = "trtllm"
-    vllm = "vllm"
-    eagle = "eagle"
+ExportTarget = Enum("ExportTarget", {name: name for name in FORMATS}, type=str)  # typer choices
 
 
 @app.command()

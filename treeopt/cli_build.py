@@ -8,33 +8,24 @@ from __future__ import annotations
 import csv
 import json
 import sys
-from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from treeopt.build import ENGINES, WEIGHTINGS
 from treeopt.curve import curve_file
 from treeopt.errors import TreeoptError
+from treeopt.evaluate import ACCEPTANCE_MODELS
 from treeopt.fileio import output_file
+from treeopt.jsondoc import utc_now
 from treeopt.shipped import DEFAULT_PROFILE
 
-
-class AcceptanceChoice(str, Enum):
-    independent = "independent"
-    joint = "joint"
-    blend = "blend"
-
-
-class WeightingChoice(str, Enum):
-    steps = "steps"
-    positions = "positions"
-
-
-class EngineChoice(str, Enum):
-    trtllm = "trtllm"
-    vllm = "vllm"
+# typer choices, made from the API's own tuples so the two never drift apart.
+AcceptanceChoice = Enum("AcceptanceChoice", {name: name for name in ACCEPTANCE_MODELS}, type=str)
+WeightingChoice = Enum("WeightingChoice", {name: name for name in WEIGHTINGS}, type=str)
+EngineChoice = Enum("EngineChoice", {name: name for name in ENGINES}, type=str)
 
 
 ProfileOption = Annotated[
@@ -62,10 +53,6 @@ HoldoutOption = Annotated[
 SeedOption = Annotated[
     int, typer.Option("--seed", help="Seed of the prompt split (same seed = same split).")
 ]
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def _version() -> str:
@@ -198,7 +185,7 @@ def build(
         "builder": "treeopt greedy" if engine != EngineChoice.vllm else "treeopt product search",
         "acceptance_model": model_of_acceptance.value,
         "weighting": result.weighting,
-        "created": _now(),
+        "created": utc_now(),
         "treeopt_version": _version(),
     }
     if result.blend_weight is not None:
@@ -440,7 +427,7 @@ def import_profile(
     name, rows = read_accuracy_csv(csv_file, model)
     provenance = {
         "model": name, "source": source or csv_file.name, "kind": "published cumulative top-k "
-        "accuracy", "created": _now(), "treeopt_version": _version(),
+        "accuracy", "created": utc_now(), "treeopt_version": _version(),
     }
     if note:
         provenance["note"] = note

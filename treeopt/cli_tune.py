@@ -307,7 +307,7 @@ def tune(
 
 def _provenance(profile: str, source_file: str, table: LatencyTable, result: TuneResult,
                 acceptance_model: str) -> dict[str, Any]:
-    from treeopt.latency import utc_now
+    from treeopt.jsondoc import utc_now
 
     best = result.best
     return {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import datetime, timezone
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -69,3 +70,8 @@ def check_schema(data: Any, schema: dict[str, Any], what: str) -> None:
     if error is not None:
         where = "/".join(str(part) for part in error.absolute_path) or "top level"
         raise TreeoptError(f"{what} invalid at {where}: {error.message}")
+
+
+def utc_now() -> str:
+    """The current time as every document's ``created`` field writes it (UTC, seconds)."""
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")

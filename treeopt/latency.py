@@ -29,13 +29,12 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from functools import cache
 from typing import Any
 
 from treeopt.errors import TreeoptError
 from treeopt.fileio import atomic_write_text
-from treeopt.jsondoc import check_format, check_schema, read_json, shipped_schema
+from treeopt.jsondoc import check_format, check_schema, read_json, shipped_schema, utc_now
 
 # The context the Medusa appendix analyses tree size at: what tuning uses when a
 # table has several and none is asked for (the nearest covered one).
@@ -48,12 +47,7 @@ OUT_OF_MEMORY = "out of memory"
 Setting = tuple[int, int, int]  # (batch, context, num_tokens)
 
 
-def utc_now() -> str:
-    """The current time as the ``created`` field writes it (UTC, seconds)."""
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
-@dataclass
+@dataclass(frozen=True)
 class LatencyTable:
     """Verification-step latency (seconds) per (batch, context, num_tokens).
 

@@ -495,8 +495,10 @@ def load_profile(name_or_path: str | os.PathLike[str]) -> Profile:
     A file's rank vectors (``PROFILE.ranks.npz`` beside it, as ``treeopt profile``
     writes them) are attached as ``sequences`` when present.
     """
+    from treeopt.shipped import names_a_file
+
     candidate = FilePath(name_or_path)
-    if candidate.exists() or candidate.suffix == ".json" or os.sep in str(name_or_path):
+    if names_a_file(candidate):
         profile = read_profile(candidate)
         sidecar = ranks_path(candidate)
         if not sidecar.is_file():

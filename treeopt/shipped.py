@@ -6,6 +6,7 @@ wheel carries the same folder as ``treeopt/_trees``.
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from pathlib import Path
 
@@ -32,6 +33,16 @@ def _names(folders: tuple[str, ...]) -> dict[str, Path]:
         for path in sorted((trees_root() / folder).glob("*.json")):
             names.setdefault(path.stem, path)
     return names
+
+
+def names_a_file(name_or_path: str | os.PathLike[str]) -> bool:
+    """Whether a tree or profile argument means a file rather than a shipped name.
+
+    It does if the file exists, ends in ``.json`` or contains a path separator, so
+    a missing file is reported as missing, not as an unknown shipped name.
+    """
+    text = os.fspath(name_or_path)
+    return Path(text).exists() or text.endswith(".json") or os.sep in text
 
 
 def shipped_tree_names() -> list[str]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path as FilePath
 from typing import Any
 
 from treeopt.errors import TreeoptError
@@ -110,10 +109,10 @@ def write_tree(
 
 def load_tree_document(name_or_path: str | os.PathLike[str]) -> TreeDocument:
     """Read a tree file, or a shipped tree by name (e.g. ``mc_sim_7b_63``)."""
-    candidate = FilePath(name_or_path)
-    if candidate.exists() or candidate.suffix == ".json" or os.sep in str(name_or_path):
-        return read_tree_document(candidate)
-    from treeopt.shipped import shipped_tree_path
+    from treeopt.shipped import names_a_file, shipped_tree_path
+
+    if names_a_file(name_or_path):
+        return read_tree_document(name_or_path)
 
     return read_tree_document(shipped_tree_path(str(name_or_path)))
 

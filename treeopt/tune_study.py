@@ -138,7 +138,7 @@ def run_study_cli(*, profile: str, model: str | None, heads: str | None, prompts
     if model is None or prompts is None:
         raise TreeoptError("--measure needs --model and --prompts (calibration prompts)")
     from treeopt.calibration import encode_prompts, read_prompts
-    from treeopt.latency import utc_now
+    from treeopt.jsondoc import utc_now
     from treeopt.models import load_base_model, load_heads, require_heads
     from treeopt.profile import load_profile
 
