@@ -189,3 +189,12 @@ def test_usage_errors_are_one_line(args, message):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [message]
+
+
+def test_version_and_short_help():
+    from treeopt import __version__
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout == f"treeopt {__version__}\n"
+    result = CliRunner().invoke(app, ["validate", "-h"])
+    assert result.exit_code == 0 and "treeopt validate mc_sim_7b_63" in result.stdout

@@ -52,9 +52,10 @@ class TreeoptGroup(TyperGroup):
                 where = f" (see '{context.command_path} --help')" if context is not None else ""
                 typer.echo(f"error: {exc.format_message()}{where}", err=True)
             sys.exit(getattr(exc, "exit_code", 2))
-        except typer.Abort:
-            typer.echo("aborted", err=True)
-            sys.exit(1)
+        except (typer.Abort, KeyboardInterrupt):
+            typer.echo("interrupted (profile and train-heads keep their partial work: rerun "
+                       "with --resume)", err=True)
+            sys.exit(130)
         # Without standalone mode click returns the exit code of --help and typer.Exit.
         sys.exit(result if isinstance(result, int) else 0)
 
@@ -82,7 +83,25 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        from treeopt import __version__
+
+        typer.echo(f"treeopt {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option(
+        "--version", callback=_show_version, is_eager=True,
+        help="Print the version and exit.")] = False,
+) -> None:
+    """Find, tune and export the best Medusa token tree for your model and GPU."""
 
 TreeArg = Annotated[
     str, typer.Argument(help="Tree JSON file, or the name of a shipped tree (e.g. mc_sim_7b_63).")
@@ -94,7 +113,13 @@ ExportTarget = Enum("ExportTarget", {name: name for name in FORMATS}, type=str) 
 
 @app.command()
 def validate(tree: TreeArg) -> None:
-    """Check a tree file; print 'ok' and a one-line summary, or the first problem (exit 2)."""
+    """Check a tree file; print 'ok' and a one-line summary, or the first problem (exit 2).
+
+    \b
+    Examples:
+      treeopt validate tree.json
+      treeopt validate mc_sim_7b_63        (a shipped tree)
+    """
     from treeopt.treefile import load_tree
 
     loaded = load_tree(tree)
@@ -109,7 +134,13 @@ def info(
     tree: TreeArg,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object.")] = False,
 ) -> None:
-    """Nodes, depth, per-depth width and max rank per depth of a tree."""
+    """Nodes, depth, per-depth width and max rank per depth of a tree.
+
+    \b
+    Examples:
+      treeopt info mc_sim_7b_63
+      treeopt info tree.json --json
+    """
     from treeopt.treefile import load_tree_document
 
     document = load_tree_document(tree)
@@ -150,6 +181,11 @@ def export_tree(
     medusa_choices/eagle_choices (checked against its limits). vllm: vLLM
     speculative_token_tree (string of tuples; refused unless every node at a level
     has the same number of children). eagle: EAGLE tree_choices.
+
+    \b
+    Examples:
+      treeopt export tree.json --to trtllm -o medusa_choices.json
+      treeopt export mc_sim_7b_63 --to vllm --allow-nonuniform
     """
     from treeopt.fileio import atomic_write_text
     from treeopt.formats import export_text, nonuniform_levels
@@ -181,7 +217,13 @@ def import_tree(
         typer.Option(min=1, help="Medusa heads the tree is for (default: its depth)."),
     ] = None,
 ) -> None:
-    """Read a tree from another runtime's format and write it as treeopt.tree/1 JSON."""
+    """Read a tree from another runtime's format and write it as treeopt.tree/1 JSON.
+
+    \b
+    Examples:
+      treeopt import medusa_choices.py --from medusa -o tree.json
+      treeopt import choices.json --from trtllm --num-heads 5 -o tree.json
+    """
     from treeopt.formats import import_text
     from treeopt.treefile import write_tree
 

@@ -43,11 +43,10 @@ HoldoutOption = Annotated[
     typer.Option(
         "--holdout",
         help=(
-            "Split the profile by prompt: this fraction of prompts is held out (needs a measured "
-            "profile with per-prompt groups). build uses the other part; eval scores on the "
-            "held-out part."
+            "Split the profile by prompt: this fraction of prompts, strictly between 0 and 1, "
+            "is held out (needs a measured profile with per-prompt groups). build uses the "
+            "other part; eval scores on the held-out part."
         ),
-        min=0.0, max=1.0,
     ),
 ]
 SeedOption = Annotated[
@@ -334,6 +333,11 @@ def eval_trees(
     "oracle-N" row adds the tree built on those very prompts (the ceiling for any
     static tree of N tokens). Build the contender on the other part with
     treeopt build --holdout F --seed S.
+
+    \b
+    Examples:
+      treeopt eval mc_sim_7b_63 tree.json
+      treeopt eval mc_sim_7b_63 tree.json -p my.json -a joint --json
     """
     models = None if not model_of_acceptance else [m.value for m in model_of_acceptance]
     rows = evaluate_trees(trees, profile, models, holdout, seed)
@@ -343,8 +347,8 @@ def eval_trees(
             warned.add(row["tree"])
             typer.echo(
                 f"warning: {row['tree']}: {row['nodes_beyond_top_k']} of {row['nodes']} nodes use "
-                f"a rank beyond the profile's top-k and score 0 (profile a larger --top-k for a "
-                f"fair comparison)", err=True,
+                f"a rank beyond the profile's top-k and score 0 (a fair comparison needs a "
+                f"profile measured with a larger --top-k: treeopt profile --top-k 10)", err=True,
             )
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
@@ -421,6 +425,10 @@ def import_profile(
     marginal[k][i] = top(i+1) - top(i). Such a profile supports only the
     independent model of acceptance, and ranks beyond the CSV's top-k count as
     never accepted.
+
+    \b
+    Example:
+      treeopt import-profile medusa_acc.csv --model vicuna-7b -o vicuna-7b.json
     """
     from treeopt.profile import Profile, write_profile
 

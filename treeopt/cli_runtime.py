@@ -45,7 +45,9 @@ def generate_command(
             help="Untrained random heads (testing only: lossless but accepts almost nothing).",
         ),
     ] = False,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 128,
+    max_new_tokens: Annotated[int, typer.Option(
+        "--max-new-tokens", min=1,
+        help="New tokens to generate at most (EOS stops sooner).")] = 128,
     acceptance: Annotated[
         AcceptanceRule,
         typer.Option(

@@ -412,6 +412,10 @@ def profile_model(
         raise TreeoptError(f"--top-k must be >= 1, not {settings.top_k}")
     if settings.max_new_tokens < 1:
         raise TreeoptError(f"--max-new-tokens must be >= 1, not {settings.max_new_tokens}")
+    vocab_size = heads.config.vocab_size
+    if settings.top_k > vocab_size:
+        raise TreeoptError(f"--top-k {settings.top_k} exceeds the heads' vocabulary of "
+                           f"{vocab_size} tokens")
     eos = getattr(tokenizer, "eos_token_id", None)
     pad = pad_token_id_of(tokenizer, eos)
     kept = [list(p) for p in prompts if new_token_limit(model, len(p), settings.max_new_tokens)]
