@@ -210,7 +210,9 @@ def main() -> None:
         "plain_decode": {
             "weight_bytes": weight_bytes,
             "bandwidth_gbs": bandwidth,
-            "bandwidth_source": "measured copy" if args.measure_bandwidth else "--bandwidth-gbs",
+            "bandwidth_source": ("measured copy" if args.measure_bandwidth
+                                 else "--bandwidth-gbs" if args.bandwidth_gbs
+                                 else "H100 SXM datasheet" if on_gpu else None),
             "roofline_tokens_per_s": roofline_tokens_per_s,
             "step_tokens_per_s": step_tokens_per_s,
             "decode_tokens_per_s": plain.decode_tokens_per_second,

@@ -40,6 +40,9 @@ CUDA_GRAPH_WARMUP_STEPS = 2  # eager runs on a side stream before capture (alloc
 # torch.compile makes one compilation of ``_step`` per decoder shape (tree, batch,
 # cache length); dynamo's default of 8 per function would end a tuning sweep.
 COMPILED_SHAPES_LIMIT = 1024
+# A compiled step is specialised to its cache length; generate rounds the length up to
+# a multiple of this so prompts of different lengths reuse one compilation.
+COMPILED_CACHE_BUCKET = 256
 
 
 @dataclass
@@ -134,7 +137,8 @@ class TreeDecoder:
     ``compile_step``: run the step through ``torch.compile(fullgraph=True)``, which
     fuses its many small kernels (norms, rotary, mask, acceptance, compaction);
     on CUDA the compiled step is then captured as usual. Compilation happens on
-    the first step (tens of seconds for a 7B model) and once per decoder shape.
+    the first step (tens of seconds for a 7B model) and once per decoder shape
+    (tree, batch, cache length, acceptance rule and its thresholds).
     """
 
     def __init__(
@@ -190,10 +194,12 @@ class TreeDecoder:
         if compile_step:
             import torch._dynamo.config as dynamo_config
 
-            dynamo_config.recompile_limit = max(dynamo_config.recompile_limit,
-                                                COMPILED_SHAPES_LIMIT)
-            dynamo_config.accumulated_recompile_limit = max(
-                dynamo_config.accumulated_recompile_limit, COMPILED_SHAPES_LIMIT)
+            # Process-wide; named cache_size_limit before torch 2.7.
+            for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
+                         "accumulated_cache_size_limit"):
+                if hasattr(dynamo_config, name):
+                    setattr(dynamo_config, name,
+                            max(getattr(dynamo_config, name), COMPILED_SHAPES_LIMIT))
             self.run_step = torch.compile(self._step, fullgraph=True, dynamic=False)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.capture_error: str | None = None  # why the last capture_or_eager stayed eager
@@ -390,12 +396,16 @@ class TreeDecoder:
 
         A failed compilation is a one-line TreeoptError.
         """
-        from torch._dynamo.exc import TorchDynamoException
+        from torch._dynamo import exc as dynamo_errors
 
+        # The recompile-limit error is not a TorchDynamoException.
+        failures = tuple(getattr(dynamo_errors, name) for name in
+                         ("TorchDynamoException", "FailOnRecompileLimitHit",
+                          "FailOnCacheLimitHit") if hasattr(dynamo_errors, name))
         saved = self.snapshot()
         try:
             self.run_step()
-        except TorchDynamoException as exc:
+        except failures as exc:
             reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise TreeoptError(f"torch.compile of the verification step failed: {reason}") \
                 from None
@@ -513,9 +523,12 @@ def generate_batch(
     # to D + 1 a step, so a batch may use that much cache per new token; one
     # sequence never leaves holes and needs exactly one slot per token.
     growth = 1 if batch == 1 else tree.depth + 1
+    cache_length = prompt.shape[1] + q + growth * max_new_tokens
+    if compile_step:
+        cache_length = -(-cache_length // COMPILED_CACHE_BUCKET) * COMPILED_CACHE_BUCKET
     decoder = TreeDecoder(
-        model, heads, tree, prompt.shape[1] + q + growth * max_new_tokens,
-        acceptance=acceptance, batch_size=batch, compile_step=compile_step,
+        model, heads, tree, cache_length, acceptance=acceptance, batch_size=batch,
+        compile_step=compile_step,
     )
     synchronize = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     synchronize()
@@ -528,10 +541,11 @@ def generate_batch(
     # One-time setup, kept out of the decode time: compilation, then capture (asked
     # for explicitly, a failure is an error; by default it falls back to eager).
     setup_start = time.perf_counter()
-    captured = False
+    captured = compiled = False
     if any(active):
         if compile_step:
             decoder.warm_up()
+            compiled = True
         if cuda_graph if cuda_graph is not None else device.type == "cuda":
             captured = decoder.capture_or_eager(required=bool(cuda_graph))
     synchronize()
@@ -555,11 +569,11 @@ def generate_batch(
     wall_time_s = time.perf_counter() - start - setup_s
     sequences = [
         GenerationResult(row_tokens, row_accepts, wall_time_s, setup_s, prefill_s, captured,
-                         compile_step)
+                         compiled)
         for row_tokens, row_accepts in zip(tokens, accept_lengths, strict=True)
     ]
     return BatchGenerationResult(sequences, steps, wall_time_s, setup_s, prefill_s, captured,
-                                 compile_step)
+                                 compiled)
 
 
 def generate(

@@ -86,3 +86,19 @@ def test_config_missing_fields(tmp_path):
     path.write_text(json.dumps({"hidden_size": 64, "num_attention_heads": 4}))
     result = invoke("roofline", "--arch", path)
     assert result.exit_code == 2 and "lacks" in result.stderr
+
+
+def test_simulate_makes_a_new_plot_folder_and_refuses_when_nothing_fits(tmp_path):
+    folder = tmp_path / "figs"
+    result = CliRunner().invoke(app, ["simulate", "--gpu", "a100-80gb-sxm", "--batch", "1",
+                                      "--context", "1024", "--plot", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert sorted(path.name for path in folder.iterdir()) == [
+        "simulate_acceleration.png", "simulate_batch.png", "simulate_context.png"]
+    result = CliRunner().invoke(app, ["simulate", "--arch", "llama-65b", "--gpu", "l4",
+                                      "--plot", str(tmp_path / "none")])
+    assert result.exit_code == 2
+    assert result.stderr.splitlines() == [
+        "error: no setting fits in l4's 24 GB (weights + KV cache): smaller --batch or "
+        "--context?"]
+    assert not (tmp_path / "none").exists()

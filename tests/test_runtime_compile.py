@@ -49,21 +49,35 @@ def test_step_traces_without_graph_breaks(kind: str, acceptance: object, batch: 
     assert explanation.graph_count == 1
 
 
+def compiled_graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
+
+
 def test_compiled_generate_is_lossless_and_matches_eager_steps() -> None:
     model = tiny_model()
     heads = random_heads()
     prompt = [3, 17, 42, 8, 5]
     eager = generate(model, heads, TREE, prompt, 24)
+    before = compiled_graphs()
     compiled = generate(model, heads, TREE, prompt, 24, compile_step=True)
+    assert compiled_graphs() == before + 1  # the step really went through dynamo
     assert compiled.compiled and not eager.compiled
     assert compiled.tokens == eager.tokens == greedy_reference(model, prompt, 24)
     assert compiled.accept_lengths == eager.accept_lengths
-    assert compiled.setup_s > 0  # compilation happened before the timed decode
+    # A longer prompt falls in the same cache-length bucket: no second compilation.
+    longer = [*prompt, 9, 11]
+    again = generate(model, heads, TREE, longer, 24, compile_step=True)
+    assert compiled_graphs() == before + 1
+    assert again.tokens == greedy_reference(model, longer, 24)
 
 
 def test_compiled_timing_reports_it() -> None:
+    before = compiled_graphs()
     result = time_verification_step(tiny_model(), random_heads(), 4, context=16, warmup=0,
                                      repeats=2, compile_step=True)
+    assert compiled_graphs() == before + 1
     assert result["compiled"] is True and result["cuda_graph"] is False
     assert len(result["samples_s"]) == 2
 

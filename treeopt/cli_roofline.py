@@ -340,6 +340,9 @@ def simulate(
         source = f"profile {name}"
     rows = run_simulation(curve, shape, spec, batches, contexts, candidate_list, dtype_bytes,
                           fitted, medusa_heads)
+    if not rows:
+        raise TreeoptError(f"no setting fits in {spec.name}'s {spec.memory_gb:g} GB (weights + "
+                           "KV cache): smaller --batch or --context?")
     left_out = len(batches) * len(contexts) * len(candidate_list) - len(rows)
     if left_out:
         typer.echo(f"left out {left_out} settings that do not fit in {spec.name}'s "

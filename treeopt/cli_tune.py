@@ -112,8 +112,9 @@ def overhead(
         raise TreeoptError("--sizes must include 1 (plain decoding): overheads are relative to it")
     dtype = canonical_dtype(dtype)
     if predict:
-        if model is not None or random_weights:
-            raise TreeoptError("--predict takes --arch and --gpu, not --model/--random-weights")
+        if model is not None or random_weights or compile_step:
+            raise TreeoptError("--predict takes --arch and --gpu, not --model, --random-weights "
+                               "or --compile")
         if arch is None or gpu is None:
             raise TreeoptError("--predict needs --arch (e.g. llama-7b) and --gpu (e.g. h100-sxm)")
         from treeopt.arch import get_arch

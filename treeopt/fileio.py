@@ -20,12 +20,15 @@ def check_output_path(path: str | os.PathLike[str]) -> Path:
     """
     text = os.fspath(path)
     target = Path(text)
-    if not text or target.is_dir():
-        raise TreeoptError(f"cannot write {text!r}: it is a folder, give a file name")
-    folder = target.parent
-    if not folder.is_dir():
-        what = "is not a folder" if folder.exists() else "does not exist"
-        raise TreeoptError(f"cannot write {target}: {folder} {what}")
+    try:
+        if not text or target.is_dir():
+            raise TreeoptError(f"cannot write {text!r}: it is a folder, give a file name")
+        folder = target.parent
+        if not folder.is_dir():
+            what = "is not a folder" if folder.exists() else "does not exist"
+            raise TreeoptError(f"cannot write {target}: {folder} {what}")
+    except OSError as exc:  # name too long, no permission to look
+        raise TreeoptError(f"cannot write {target}: {exc.strerror or exc}") from None
     return target
 
 
@@ -83,8 +86,11 @@ def output_folder(value: Path | None) -> Path | None:
     """Check an output folder option: an existing folder, or a new one in an existing folder."""
     if value is None:
         return None
-    if value.exists() and not value.is_dir():
-        raise TreeoptError(f"cannot write into {value}: it is a file, give a folder")
-    if not value.exists() and not value.parent.is_dir():
-        raise TreeoptError(f"cannot create folder {value}: {value.parent} does not exist")
+    try:
+        if value.exists() and not value.is_dir():
+            raise TreeoptError(f"cannot write into {value}: it is a file, give a folder")
+        if not value.exists() and not value.parent.is_dir():
+            raise TreeoptError(f"cannot create folder {value}: {value.parent} does not exist")
+    except OSError as exc:
+        raise TreeoptError(f"cannot write into {value}: {exc.strerror or exc}") from None
     return value

@@ -480,13 +480,11 @@ def read_profile(path: str | os.PathLike[str]) -> Profile:
     """Read and validate a ``treeopt.profile/1`` file."""
     from treeopt.jsondoc import read_json
 
+    data = read_json(path, "profile")  # its errors name the file already
     try:
-        return profile_from_json(read_json(path, "profile"))
+        return profile_from_json(data)
     except TreeoptError as exc:
-        message = str(exc)
-        if str(path) in message:
-            raise
-        raise TreeoptError(f"{path}: {message}") from None
+        raise TreeoptError(f"{path}: {exc}") from None
 
 
 def load_profile(name_or_path: str | os.PathLike[str]) -> Profile:

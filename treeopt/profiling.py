@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from treeopt.errors import TreeoptError
-from treeopt.fileio import atomic_path, atomic_write_text
+from treeopt.fileio import atomic_path, atomic_write_text, check_output_path
 from treeopt.treefile import read_json
 
 TARGETS_FORMAT = "treeopt.targets/1"
@@ -407,7 +407,7 @@ def profile_model(
     """
     from treeopt.profile import Profile, write_profile
 
-    output = Path(output)
+    output = check_output_path(output)  # before any work, as the CLI checks it
     if settings.top_k < 1:
         raise TreeoptError(f"--top-k must be >= 1, not {settings.top_k}")
     if settings.max_new_tokens < 1:

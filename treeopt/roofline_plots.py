@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from treeopt.errors import TreeoptError
 from treeopt.roofline import OPERATORS, Ceilings
 
 PHASE_COLORS = {"prefill": "tab:red", "decode": "tab:blue", "parallel_decode": "tab:green"}
@@ -106,7 +107,10 @@ def plot_simulation(rows: Sequence[dict[str, Any]], directory: str | os.PathLike
     plt = _pyplot()
     batches = sorted({row["batch"] for row in rows})
     contexts = sorted({row["context"] for row in rows})
+    if not rows:
+        raise TreeoptError("nothing to plot: no setting fits in the GPU's memory")
     folder = Path(directory)
+    folder.mkdir(exist_ok=True)  # its parent was checked when the option was parsed
     written = []
 
     batch, context = _nearest(batches, OVERVIEW_BATCH), _nearest(contexts, OVERVIEW_CONTEXT)

@@ -86,13 +86,11 @@ def dumps(document: TreeDocument) -> str:
 
 def read_tree_document(path: str | os.PathLike[str]) -> TreeDocument:
     """Read and validate a ``treeopt.tree/1`` file; content errors name the file."""
+    data = read_json(path, "tree")  # its errors name the file already
     try:
-        return document_from_json(read_json(path, "tree"))
+        return document_from_json(data)
     except TreeoptError as exc:
-        message = str(exc)
-        if str(path) in message:  # read_json's own errors name the file already
-            raise
-        raise TreeoptError(f"{path}: {message}") from None
+        raise TreeoptError(f"{path}: {exc}") from None
 
 
 def write_tree(
