@@ -40,6 +40,9 @@ CUDA_GRAPH_WARMUP_STEPS = 2  # eager runs on a side stream before capture (alloc
 # torch.compile makes one compilation of ``_step`` per decoder shape (tree, batch,
 # cache length); dynamo's default of 8 per function would end a tuning sweep.
 COMPILED_SHAPES_LIMIT = 1024
+# Cache slots are allocated in multiples of this, so each row of the additive mask
+# starts 16-byte aligned: SDPA's fused kernels otherwise pad (copy) the mask per layer.
+CACHE_SLOT_ALIGNMENT = 64
 # A compiled step is specialised to its cache length; generate rounds the length up to
 # a multiple of this so prompts of different lengths reuse one compilation.
 COMPILED_CACHE_BUCKET = 256
@@ -121,7 +124,8 @@ def check_tree_fits(tree: Tree, heads: MedusaHeads | None, vocab_size: int) -> N
 class TreeDecoder:
     """Static-shape decoding state for ``batch_size`` sequences, one model, one tree.
 
-    Holds the static KV cache (``max_cache_len`` slots), the device copies of the
+    Holds the static KV cache (``max_cache_len`` slots, rounded up to a multiple of
+    :data:`CACHE_SLOT_ALIGNMENT`), the device copies of the
     tree buffers and the step's static input/output tensors. ``step()`` runs one
     verification step (a CUDA graph replay when captured).
 
@@ -169,6 +173,7 @@ class TreeDecoder:
         self.tree = tree
         self.acceptance = acceptance
         self.batch_size = batch_size
+        max_cache_len = -(-max_cache_len // CACHE_SLOT_ALIGNMENT) * CACHE_SLOT_ALIGNMENT
         self.max_cache_len = max_cache_len
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
