@@ -42,7 +42,6 @@ import test_e2e as e2e  # noqa: E402  (the e2e test's prompts, split and setting
 
 from medusa_runtime import generate  # noqa: E402
 from treeopt import build_tree, load_tree, measure_latency, tune_tree  # noqa: E402
-from treeopt.calibration import encode_prompts, read_prompts, split_held_out  # noqa: E402
 from treeopt.fileio import atomic_write_text  # noqa: E402
 from treeopt.models import load_base_model, load_heads  # noqa: E402
 from treeopt.profiling import ProfileSettings, profile_model  # noqa: E402
@@ -82,18 +81,12 @@ def main() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(e2e.SEED)
     model, tokenizer = load_base_model(str(e2e.STORIES))
-    stories, mt_bench = read_prompts(e2e.STORY_PROMPTS), read_prompts(e2e.MT_BENCH)
-    story_train, story_held = split_held_out(
-        stories, e2e.HELD_OUT_STORIES / len(stories), e2e.SEED)
-    mt_train, mt_held = split_held_out(mt_bench, e2e.HELD_OUT_MT_BENCH / len(mt_bench), e2e.SEED)
-    room = model.config.max_position_embeddings - e2e.MAX_NEW_TOKENS - max(SIZES)
-    train_ids = [p for p in encode_prompts(tokenizer, story_train + mt_train) if len(p) <= room]
+    train_ids, held_ids = e2e.prompt_ids(model, tokenizer, max(SIZES))
     # A seeded random share, so calibration has the decoded prompts' mix of stories and
     # MT-Bench questions (the training list is all stories first).
     order = random.Random(e2e.SEED).sample(range(len(train_ids)), len(train_ids))
     calibration_ids = [train_ids[i] for i in sorted(order[: args.calibration_prompts])]
     head_training_ids = [train_ids[i] for i in sorted(order[args.calibration_prompts:])]
-    held_ids = [p for p in encode_prompts(tokenizer, story_held + mt_held) if len(p) <= room]
     timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)

@@ -30,7 +30,6 @@ import test_e2e as e2e  # noqa: E402  (the e2e test's prompts, split and setting
 
 from medusa_runtime import generate  # noqa: E402
 from treeopt.build import build_tree  # noqa: E402
-from treeopt.calibration import encode_prompts, read_prompts, split_held_out  # noqa: E402
 from treeopt.fileio import atomic_write_text  # noqa: E402
 from treeopt.models import load_base_model, load_heads  # noqa: E402
 from treeopt.profiling import ProfileSettings, profile_model  # noqa: E402
@@ -48,13 +47,7 @@ def main() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(e2e.SEED)
     model, tokenizer = load_base_model(str(e2e.STORIES))
-    stories, mt_bench = read_prompts(e2e.STORY_PROMPTS), read_prompts(e2e.MT_BENCH)
-    story_train, story_held = split_held_out(
-        stories, e2e.HELD_OUT_STORIES / len(stories), e2e.SEED)
-    mt_train, mt_held = split_held_out(mt_bench, e2e.HELD_OUT_MT_BENCH / len(mt_bench), e2e.SEED)
-    room = model.config.max_position_embeddings - e2e.MAX_NEW_TOKENS - max(e2e.BUDGETS)
-    train_ids = [p for p in encode_prompts(tokenizer, story_train + mt_train) if len(p) <= room]
-    held_ids = [p for p in encode_prompts(tokenizer, story_held + mt_held) if len(p) <= room]
+    train_ids, held_ids = e2e.prompt_ids(model, tokenizer, max(e2e.BUDGETS))
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         heads_dir = args.heads

@@ -50,13 +50,31 @@ BUDGETS = (8, 16, 32, 64)
 AGREEMENT = 0.05  # |measured / predicted - 1| allowed on held-out prompts
 
 
+def prompt_ids(model: Any, tokenizer: Any, max_tree_tokens: int) -> tuple[list[list[int]],
+                                                                          list[list[int]]]:
+    """(training, held-out) token ids: story openers and MT-Bench first turns, split seeded.
+
+    Prompts too long for a whole continuation plus a tree of ``max_tree_tokens`` in the
+    model's context are dropped, so the profile and the runtime see the same new tokens.
+    """
+    from treeopt.calibration import encode_prompts, read_prompts, split_held_out
+
+    stories = read_prompts(STORY_PROMPTS)
+    mt_bench = read_prompts(MT_BENCH)
+    story_train, story_held = split_held_out(stories, HELD_OUT_STORIES / len(stories), SEED)
+    mt_train, mt_held = split_held_out(mt_bench, HELD_OUT_MT_BENCH / len(mt_bench), SEED)
+    room = model.config.max_position_embeddings - MAX_NEW_TOKENS - max_tree_tokens
+    train_ids = [p for p in encode_prompts(tokenizer, story_train + mt_train) if len(p) <= room]
+    held_ids = [p for p in encode_prompts(tokenizer, story_held + mt_held) if len(p) <= room]
+    return train_ids, held_ids
+
+
 def pipeline(workdir: Path, epochs: int = 20, learning_rate: float = 1e-2) -> dict[str, Any]:
     """Run the whole pipeline in ``workdir``; return the figures (JSON-able)."""
     import torch
 
     from medusa_runtime import generate
     from treeopt.build import build_tree
-    from treeopt.calibration import encode_prompts, read_prompts, split_held_out
     from treeopt.evaluate import expected_accept_length
     from treeopt.models import load_base_model, load_heads
     from treeopt.profiling import ProfileSettings, profile_model
@@ -67,15 +85,7 @@ def pipeline(workdir: Path, epochs: int = 20, learning_rate: float = 1e-2) -> di
     torch.set_num_threads(1)
     torch.manual_seed(SEED)
     model, tokenizer = load_base_model(str(STORIES))
-    stories = read_prompts(STORY_PROMPTS)
-    mt_bench = read_prompts(MT_BENCH)
-    story_train, story_held = split_held_out(stories, HELD_OUT_STORIES / len(stories), SEED)
-    mt_train, mt_held = split_held_out(mt_bench, HELD_OUT_MT_BENCH / len(mt_bench), SEED)
-    # Whole continuations and the tree must fit the 512-token context, so the
-    # profile and the runtime see the same number of new tokens.
-    room = model.config.max_position_embeddings - MAX_NEW_TOKENS - max(BUDGETS)
-    train_ids = [p for p in encode_prompts(tokenizer, story_train + mt_train) if len(p) <= room]
-    held_ids = [p for p in encode_prompts(tokenizer, story_held + mt_held) if len(p) <= room]
+    train_ids, held_ids = prompt_ids(model, tokenizer, max(BUDGETS))
 
     started = time.perf_counter()
     report = train_heads(
