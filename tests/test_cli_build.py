@@ -223,3 +223,11 @@ def test_model_verbs_refuse_bad_options_before_loading(args: list[str], message:
     result = CliRunner().invoke(app, [arg.format(tmp=tmp_path, prompts=prompts) for arg in args])
     assert result.exit_code == 2
     assert result.stderr.splitlines() == [message]
+
+
+def test_dash_output_is_stdout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["build", "--budget", "4", "-o", "-"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["paths"] == [[0], [1], [0, 0]]
+    assert list(tmp_path.iterdir()) == []

@@ -19,7 +19,7 @@ import typer
 from typer.core import TyperGroup
 
 from treeopt.errors import TreeoptError
-from treeopt.fileio import output_file
+from treeopt.fileio import output_file, output_file_or_stdout
 from treeopt.formats import FORMATS, TRTLLM_DEFAULT_MAX_DRAFT_LEN
 
 # Modules that add verbs; each must import cheaply (no torch at module level).
@@ -161,8 +161,8 @@ def export_tree(
     tree: TreeArg,
     to: Annotated[ExportTarget, typer.Option("--to", help="Target runtime's format.")],
     output: Annotated[
-        Path | None, typer.Option("-o", "--output", callback=output_file,
-            help="Write here (default: stdout).")
+        Path | None, typer.Option("-o", "--output", callback=output_file_or_stdout,
+            help="Write here (default, or -: stdout).")
     ] = None,
     max_draft_len: Annotated[
         int, typer.Option(help="TensorRT-LLM engine's max_draft_len (nodes, root excluded).")

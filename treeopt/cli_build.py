@@ -18,7 +18,7 @@ from treeopt.build import ENGINES, WEIGHTINGS
 from treeopt.curve import curve_file
 from treeopt.errors import TreeoptError
 from treeopt.evaluate import ACCEPTANCE_MODELS
-from treeopt.fileio import output_file
+from treeopt.fileio import output_file, output_file_or_stdout
 from treeopt.jsondoc import utc_now
 from treeopt.shipped import DEFAULT_PROFILE
 
@@ -127,8 +127,8 @@ def build(
     ] = None,
     output: Annotated[
         Path | None,
-        typer.Option("-o", "--output", callback=output_file,
-            help="treeopt.tree/1 file to write (default: stdout)."),
+        typer.Option("-o", "--output", callback=output_file_or_stdout,
+            help="treeopt.tree/1 file to write (default, or -: stdout)."),
     ] = None,
     curve: Annotated[
         Path | None,

@@ -86,6 +86,7 @@ def overhead(
     compile_step: Annotated[bool, typer.Option(
         "--compile", help="Time the torch.compile'd step (fuses small kernels; compiles once "
                           "per setting, tens of seconds each for a 7B model).")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Measure (or predict) the verification-step latency for each tree size.
 
@@ -134,7 +135,7 @@ def overhead(
         if warmup < 0 or repeats < 1:
             raise TreeoptError("--warmup must be >= 0 and --repeats >= 1")
         table = _measure(model, arch if random_weights else None, heads, batches, contexts,
-                         size_list, device, dtype, warmup, repeats, compile_step)
+                         size_list, device, dtype, warmup, repeats, compile_step, quiet)
     if all(seconds is None for seconds in table.measurements.values()):
         raise TreeoptError("every setting is out of memory: nothing to write (smaller --batch "
                            "or --context?)")
@@ -144,7 +145,7 @@ def overhead(
 
 def _measure(model: str | None, arch: str | None, num_heads: int, batches: list[int],
              contexts: list[int], sizes: list[int], device: str, dtype: str,
-             warmup: int, repeats: int, compile_step: bool) -> LatencyTable:
+             warmup: int, repeats: int, compile_step: bool, quiet: bool) -> LatencyTable:
     """Load the model (or build a random-weight one) and heads, then run the sweep."""
     import torch
 
@@ -179,7 +180,8 @@ def _measure(model: str | None, arch: str | None, num_heads: int, batches: list[
         medusa = MedusaHeads(MedusaConfig(num_heads, 1, config.hidden_size, config.vocab_size))
         medusa = medusa.to(device=device, dtype=torch_dtype).eval()
     return measure_latency(net, medusa, name, batches, contexts, sizes, device, dtype,
-                           warmup, repeats, compile_step=compile_step)
+                           warmup, repeats, show_progress=not quiet,
+                           compile_step=compile_step)
 
 
 # ---------------------------------------------------------------------- tune

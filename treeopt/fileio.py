@@ -82,6 +82,11 @@ def output_file(value: Path | None) -> Path | None:
     return None if value is None else check_output_path(value)
 
 
+def output_file_or_stdout(value: Path | None) -> Path | None:
+    """Like :func:`output_file`, for options whose default is stdout: ``-`` means stdout."""
+    return None if value is None or os.fspath(value) == "-" else check_output_path(value)
+
+
 def output_folder(value: Path | None) -> Path | None:
     """Check an output folder option: an existing folder, or a new one in an existing folder."""
     if value is None:
