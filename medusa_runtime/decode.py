@@ -33,7 +33,7 @@ from torch import nn
 from medusa_runtime.acceptance import Acceptance, TypicalAcceptance, accept
 from medusa_runtime.buffers import tree_buffers
 from medusa_runtime.heads import MedusaHeads
-from treeopt.errors import TreeoptError
+from treeopt.errors import TreeoptError, first_line
 from treeopt.tree import Tree
 
 CUDA_GRAPH_WARMUP_STEPS = 2  # eager runs on a side stream before capture (allocator, lazy init)
@@ -387,7 +387,7 @@ class TreeDecoder:
         try:
             self.capture()
         except RuntimeError as exc:
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            reason = first_line(exc)
             if required:
                 raise TreeoptError(f"CUDA graph capture failed: {reason}") from None
             warnings.warn(f"CUDA graph capture failed ({reason}); running the step eagerly",
@@ -411,7 +411,7 @@ class TreeDecoder:
         try:
             self.run_step()
         except failures as exc:
-            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            reason = first_line(exc)
             raise TreeoptError(f"torch.compile of the verification step failed: {reason}") \
                 from None
         finally:

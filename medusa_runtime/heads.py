@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from treeopt.errors import TreeoptError
+from treeopt.errors import TreeoptError, first_line
 from treeopt.fileio import atomic_path, atomic_write_text
 
 CONFIG_FILE = "config.json"
@@ -169,8 +169,9 @@ class MedusaHeads(nn.Module):
         try:
             heads.heads.load_state_dict(state, strict=True)
         except RuntimeError as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise TreeoptError(f"{directory}: weights do not match config.json: {first}") from None
+            raise TreeoptError(
+                f"{directory}: weights do not match config.json: {first_line(exc)}"
+            ) from None
         if dtype is not None or device is not None:
             heads.to(device=device, dtype=dtype)
         return heads

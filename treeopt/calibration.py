@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from treeopt.errors import TreeoptError
+from treeopt.errors import TreeoptError, first_line
 
 # Keys that hold a prompt in an object, in the order they are tried.
 PROMPT_KEYS = ("prompt", "text", "instruction")
@@ -112,12 +112,11 @@ def _read_hf_dataset(name: str, turns: str) -> list[str]:
     try:
         rows = datasets.load_dataset(dataset_name, split=split or DEFAULT_SPLIT)
     except Exception as exc:  # datasets raises many types; all mean "not available"
-        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         hint = ("pass a folder of data files that datasets reads, or a file"
                 if Path(dataset_name).is_dir() else "download it first or pass a file")
         raise TreeoptError(
             f"cannot load Hugging Face dataset {dataset_name!r} (split "
-            f"{split or DEFAULT_SPLIT!r}): {first_line}; {hint}"
+            f"{split or DEFAULT_SPLIT!r}): {first_line(exc)}; {hint}"
         ) from None
     prompts: list[str] = []
     for index, row in enumerate(rows):

@@ -11,3 +11,8 @@ class TreeoptError(ValueError):
 
 class TreeError(TreeoptError):
     """A set of paths that is not a valid Medusa tree."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (its class name if it has none), for one-line errors."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

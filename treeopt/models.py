@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from treeopt.errors import TreeoptError
+from treeopt.errors import TreeoptError, first_line
 
 
 @dataclass(frozen=True)
@@ -87,8 +87,7 @@ def _offline() -> bool:
 def _not_available(what: str, name: str, exc: BaseException) -> TreeoptError:
     """The one-line error for a model or heads that cannot be loaded."""
     if Path(name).exists():
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return TreeoptError(f"cannot load {what} from folder {name}: {first}")
+        return TreeoptError(f"cannot load {what} from folder {name}: {first_line(exc)}")
     if Path(name).is_absolute() or name.startswith(".") or name.count("/") > 1:
         return TreeoptError(f"{what} folder {name} does not exist")
     where = "offline (HF_HUB_OFFLINE=1) and " if _offline() else ""

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from treeopt.build import MIN_BUDGET
-from treeopt.errors import TreeoptError
+from treeopt.errors import TreeoptError, first_line
 
 # Search space. Medusa's defaults (threshold 0.09, alpha 0.3 = sqrt(0.09)) sit
 # inside both ranges; thresholds span an order of magnitude each way, so they are
@@ -125,8 +125,8 @@ def open_study(config: StudyConfig) -> Any:
             sampler=optuna.samplers.TPESampler(seed=config.seed), load_if_exists=True,
         )
     except Exception as exc:  # bad URL, missing driver, locked file: all one message
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise TreeoptError(f"cannot open --storage {config.storage}: {reason}") from None
+        raise TreeoptError(f"cannot open --storage {config.storage}: {first_line(exc)}") \
+            from None
 
 
 def run_study_cli(*, profile: str, model: str | None, heads: str | None, prompts: str | None,
