@@ -194,7 +194,6 @@ class TreeDecoder:
         self.emitted = torch.zeros(batch_size, tree.depth + 1, dtype=torch.long, device=device)
         self.accept_length = torch.ones(batch_size, dtype=torch.long, device=device)
         self.slots = torch.arange(max_cache_len, device=device)
-        self.compiled = compile_step
         self.run_step: Callable[[], None] = self._step
         if compile_step:
             import torch._dynamo.config as dynamo_config

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from datetime import datetime, timezone
 from functools import cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from treeopt.errors import TreeoptError
+
+T = TypeVar("T")
 
 
 def read_json(path: str | os.PathLike[str], what: str) -> Any:
@@ -34,6 +37,18 @@ def read_json(path: str | os.PathLike[str], what: str) -> Any:
         raise TreeoptError(
             f"{path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
+
+
+def read_document(path: str | os.PathLike[str], what: str, parse: Callable[[Any], T]) -> T:
+    """``parse`` the JSON file ``path``; every one-line error names the file.
+
+    :func:`read_json`'s own errors name it already; ``parse``'s get ``"{path}: "``.
+    """
+    data = read_json(path, what)
+    try:
+        return parse(data)
+    except TreeoptError as exc:
+        raise TreeoptError(f"{path}: {exc}") from None
 
 
 @cache

@@ -478,13 +478,9 @@ def _check_groups_add_up(
 
 def read_profile(path: str | os.PathLike[str]) -> Profile:
     """Read and validate a ``treeopt.profile/1`` file."""
-    from treeopt.jsondoc import read_json
+    from treeopt.jsondoc import read_document
 
-    data = read_json(path, "profile")  # its errors name the file already
-    try:
-        return profile_from_json(data)
-    except TreeoptError as exc:
-        raise TreeoptError(f"{path}: {exc}") from None
+    return read_document(path, "profile", profile_from_json)
 
 
 def load_profile(name_or_path: str | os.PathLike[str]) -> Profile:

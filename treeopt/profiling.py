@@ -32,7 +32,7 @@ import numpy as np
 
 from treeopt.errors import TreeoptError
 from treeopt.fileio import atomic_path, atomic_write_text, check_output_path
-from treeopt.treefile import read_json
+from treeopt.jsondoc import read_json
 
 TARGETS_FORMAT = "treeopt.targets/1"
 PARTIAL_FORMAT = "treeopt.partial-profile/1"

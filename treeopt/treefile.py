@@ -21,7 +21,7 @@ from typing import Any
 
 from treeopt.errors import TreeoptError
 from treeopt.fileio import atomic_write_text
-from treeopt.jsondoc import check_format, check_schema, read_json, shipped_schema
+from treeopt.jsondoc import check_format, check_schema, read_document, shipped_schema
 from treeopt.tree import Tree
 
 FORMAT = "treeopt.tree/1"
@@ -86,11 +86,7 @@ def dumps(document: TreeDocument) -> str:
 
 def read_tree_document(path: str | os.PathLike[str]) -> TreeDocument:
     """Read and validate a ``treeopt.tree/1`` file; content errors name the file."""
-    data = read_json(path, "tree")  # its errors name the file already
-    try:
-        return document_from_json(data)
-    except TreeoptError as exc:
-        raise TreeoptError(f"{path}: {exc}") from None
+    return read_document(path, "tree", document_from_json)
 
 
 def write_tree(
