@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from treeopt.build import build_tree
-from treeopt.evaluate import choose_blend_weight
-from treeopt.fileio import atomic_write_text
-from treeopt.profile import Profile
+from treeopt.core.atomic import atomic_write_text
+from treeopt.core.profile import Profile
+from treeopt.optimize.acceptance_models import choose_blend_weight
+from treeopt.optimize.build import build_tree
 
 NUM_HEADS = 5
 TOP_K = 20

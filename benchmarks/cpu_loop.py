@@ -42,11 +42,11 @@ import test_e2e as e2e  # noqa: E402  (the e2e test's prompts, split and setting
 
 from medusa_runtime import generate  # noqa: E402
 from treeopt import build_tree, load_tree, measure_latency, tune_tree  # noqa: E402
-from treeopt.fileio import atomic_write_text  # noqa: E402
-from treeopt.models import load_base_model, load_heads  # noqa: E402
-from treeopt.profiling import ProfileSettings, profile_model  # noqa: E402
-from treeopt.train_heads import TrainSettings, train_heads  # noqa: E402
-from treeopt.tree import Tree  # noqa: E402
+from treeopt.core.atomic import atomic_write_text  # noqa: E402
+from treeopt.core.tree import Tree  # noqa: E402
+from treeopt.model.loading import load_base_model, load_heads  # noqa: E402
+from treeopt.model.profiling import ProfileSettings, profile_model  # noqa: E402
+from treeopt.model.train_heads import TrainSettings, train_heads  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "cpu_loop.json"
 SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)

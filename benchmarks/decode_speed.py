@@ -39,7 +39,7 @@ sys.path.insert(0, str(REPO))  # a bare box runs this from a checkout, not an in
 from medusa_runtime.decode import generate  # noqa: E402
 from medusa_runtime.heads import MedusaConfig, MedusaHeads  # noqa: E402
 from medusa_runtime.timing import random_weight_model, time_verification_step  # noqa: E402
-from treeopt.tree import Tree  # noqa: E402
+from treeopt.core.tree import Tree  # noqa: E402
 
 H100_SXM_BANDWIDTH_GBS = 3350.0
 LATENCY_RATIO_TARGET = 1.10
@@ -124,7 +124,7 @@ def medusa_section(args: argparse.Namespace, device: torch.device, dtype: torch.
                    use_graph: bool) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from treeopt.treefile import load_tree
+    from treeopt.files.tree_file import load_tree
 
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(args.model)
@@ -234,7 +234,7 @@ def main() -> None:
         report["medusa"] = medusa_section(args, device, dtype, use_graph)
 
     output = Path(args.output or REPO / f"benchmarks/results/decode_speed_{device.type}.json")
-    from treeopt.fileio import atomic_write_text
+    from treeopt.core.atomic import atomic_write_text
 
     atomic_write_text(output, json.dumps(report, indent=2) + "\n")
     print(f"latency(64)/latency(1) = {ratio}")

@@ -25,8 +25,8 @@ from pathlib import Path
 import torch
 
 from medusa_runtime.heads import MedusaConfig, MedusaHeads
-from treeopt.fileio import atomic_write_text
-from treeopt.profiling import Sequence_, batch_rank_vectors
+from treeopt.core.atomic import atomic_write_text
+from treeopt.model.profiling import Sequence_, batch_rank_vectors
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_RATIO = 0.5
@@ -83,7 +83,7 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
     if args.model:
-        from treeopt.models import load_base_model
+        from treeopt.model.loading import load_base_model
 
         model, _ = load_base_model(args.model, device=args.device, dtype=args.dtype)
         name = Path(args.model).name

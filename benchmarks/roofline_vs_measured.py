@@ -25,11 +25,11 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from treeopt.arch import ArchShape, get_arch
-from treeopt.fileio import atomic_write_text
-from treeopt.hardware import GPUSpec, gpu_for_device_name
-from treeopt.latency import load_latency
-from treeopt.roofline import load_device_profile, predict_step_latency
+from treeopt.core.atomic import atomic_write_text
+from treeopt.cost.arch import ArchShape, get_arch
+from treeopt.cost.gpus import GPUSpec, gpu_for_device_name
+from treeopt.cost.roofline import load_device_profile, predict_step_latency
+from treeopt.files.latency_file import load_latency
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FULL = {"arch": "llama-7b", "batch": "1,2,4,8,16", "context": "128,512,1024,2048,4096",

@@ -21,15 +21,16 @@ import json
 import sys
 from pathlib import Path
 
-from treeopt.arch import get_arch
-from treeopt.build import build_tree
-from treeopt.evaluate import expected_accept_length
-from treeopt.fileio import atomic_write_text
-from treeopt.latency import LatencyTable, utc_now
-from treeopt.profile import load_profile
-from treeopt.shipped import trees_root
-from treeopt.treefile import load_tree
-from treeopt.tune import tune_size
+from treeopt.core.atomic import atomic_write_text
+from treeopt.core.latency import LatencyTable
+from treeopt.core.timestamps import utc_now
+from treeopt.cost.arch import get_arch
+from treeopt.files.profile_file import load_profile
+from treeopt.files.shipped import trees_root
+from treeopt.files.tree_file import load_tree
+from treeopt.optimize.acceptance_models import expected_accept_length
+from treeopt.optimize.build import build_tree
+from treeopt.optimize.tune import tune_size
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # (bundled profile, Llama shape, published trees, the seed's speedup on an A100)
@@ -53,7 +54,7 @@ def latency_table(arch_name: str, args: argparse.Namespace) -> LatencyTable:
 
         from medusa_runtime.heads import MedusaConfig, MedusaHeads
         from medusa_runtime.timing import random_weight_model
-        from treeopt.overhead import measure_latency
+        from treeopt.model.measure import measure_latency
 
         model = random_weight_model(arch.to_hf_config_dict(), torch.bfloat16, "cuda")
         heads = MedusaHeads(MedusaConfig(args.heads, 1, arch.hidden_size, arch.vocab_size))
@@ -64,8 +65,8 @@ def latency_table(arch_name: str, args: argparse.Namespace) -> LatencyTable:
         del model, heads
         torch.cuda.empty_cache()
         return table
-    from treeopt.hardware import get_gpu
-    from treeopt.overhead import predict_latency
+    from treeopt.cost.gpus import get_gpu
+    from treeopt.cost.predict import predict_latency
 
     return predict_latency(arch, get_gpu(args.gpu), [args.batch], [args.context],
                            list(range(1, MAX_BUDGET + 1)), "bf16")

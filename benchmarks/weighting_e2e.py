@@ -29,12 +29,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 import test_e2e as e2e  # noqa: E402  (the e2e test's prompts, split and settings)
 
 from medusa_runtime import generate  # noqa: E402
-from treeopt.build import build_tree  # noqa: E402
-from treeopt.fileio import atomic_write_text  # noqa: E402
-from treeopt.models import load_base_model, load_heads  # noqa: E402
-from treeopt.profiling import ProfileSettings, profile_model  # noqa: E402
-from treeopt.replay import tokens_per_step  # noqa: E402
-from treeopt.train_heads import TrainSettings, train_heads  # noqa: E402
+from treeopt.core.atomic import atomic_write_text  # noqa: E402
+from treeopt.model.loading import load_base_model, load_heads  # noqa: E402
+from treeopt.model.profiling import ProfileSettings, profile_model  # noqa: E402
+from treeopt.model.train_heads import TrainSettings, train_heads  # noqa: E402
+from treeopt.optimize.build import build_tree  # noqa: E402
+from treeopt.optimize.replay import tokens_per_step  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "weighting_e2e.json"
 

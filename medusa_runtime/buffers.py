@@ -26,7 +26,7 @@ from functools import lru_cache
 
 import torch
 
-from treeopt.tree import Tree
+from treeopt.core.tree import Tree
 
 PAD = -1  # retrieve_indices filler past a path's leaf
 

@@ -33,8 +33,8 @@ from torch import nn
 from medusa_runtime.acceptance import Acceptance, TypicalAcceptance, accept
 from medusa_runtime.buffers import tree_buffers
 from medusa_runtime.heads import MedusaHeads
+from treeopt.core.tree import Tree
 from treeopt.errors import TreeoptError, first_line
-from treeopt.tree import Tree
 
 CUDA_GRAPH_WARMUP_STEPS = 2  # eager runs on a side stream before capture (allocator, lazy init)
 # torch.compile makes one compilation of ``_step`` per decoder shape (tree, batch,

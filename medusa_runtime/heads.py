@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from treeopt.core.atomic import atomic_path, atomic_write_text
 from treeopt.errors import TreeoptError, first_line
-from treeopt.fileio import atomic_path, atomic_write_text
 
 CONFIG_FILE = "config.json"
 WEIGHTS_PT = "medusa_lm_head.pt"

@@ -20,9 +20,9 @@ from torch import nn
 
 from medusa_runtime.decode import TreeDecoder
 from medusa_runtime.heads import MedusaHeads
+from treeopt.core.latency import DEFAULT_REPEATS, DEFAULT_WARMUP
+from treeopt.core.tree import Tree
 from treeopt.errors import TreeoptError
-from treeopt.overhead import DEFAULT_REPEATS, DEFAULT_WARMUP
-from treeopt.tree import Tree
 
 CACHE_FILL_STD = 1.0  # random K/V scale; only the values' non-zeroness matters for timing
 
@@ -87,6 +87,29 @@ def _timer(device: torch.device) -> Callable[[Callable[[], None]], float]:
     return time_host
 
 
+def time_samples(
+    fn: Callable[[], None],
+    device: torch.device | str,
+    warmup: int = DEFAULT_WARMUP,
+    repeats: int = DEFAULT_REPEATS,
+    reset: Callable[[], None] | None = None,
+) -> list[float]:
+    """Seconds of ``repeats`` runs of ``fn`` after ``warmup`` untimed ones: treeopt's one timer.
+
+    CUDA events on a CUDA device (kernel time, no host jitter), ``perf_counter`` on
+    the host. ``reset`` runs untimed before every run, so each sees the same state.
+    """
+    timer = _timer(torch.device(device))
+    samples = []
+    for index in range(warmup + repeats):
+        if reset is not None:
+            reset()
+        seconds = timer(fn)
+        if index >= warmup:
+            samples.append(seconds)
+    return samples
+
+
 @torch.inference_mode()
 def time_verification_step(
     model: nn.Module,
@@ -142,13 +165,7 @@ def time_verification_step(
         decoder.warm_up()
     if use_graph:
         use_graph = decoder.capture_or_eager(required=bool(cuda_graph))
-    timer = _timer(device)
-    samples = []
-    for index in range(warmup + repeats):
-        reset()
-        seconds = timer(decoder.step)
-        if index >= warmup:
-            samples.append(seconds)
+    samples = time_samples(decoder.step, device, warmup, repeats, reset=reset)
     return {
         "num_tokens": num_tokens,
         "batch": batch,

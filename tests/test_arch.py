@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from treeopt.arch import ARCHS, get_arch
+from treeopt.cost.arch import ARCHS, get_arch
 from treeopt.errors import TreeoptError
 
 SHARED_MODEL = Path(__file__).resolve().parents[1] / ".." / "shared" / "models" / "stories260K"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from medusa_runtime.buffers import tree_buffers
-from treeopt.tree import Tree
+from treeopt.core.tree import Tree
 
 
 def test_root_only_tree() -> None:

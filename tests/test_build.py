@@ -10,13 +10,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from treeopt.build import build_tree, product_tree
+from treeopt.core.profile import Profile
+from treeopt.core.tree import Tree
 from treeopt.errors import TreeoptError
-from treeopt.evaluate import expected_accept_length, node_value
-from treeopt.formats import check_trtllm, export_text
-from treeopt.profile import Profile, load_profile
-from treeopt.tree import Tree
-from treeopt.treefile import load_tree
+from treeopt.files.engines import check_trtllm, export_text
+from treeopt.files.profile_file import load_profile
+from treeopt.files.tree_file import load_tree
+from treeopt.optimize.acceptance_models import expected_accept_length, node_value
+from treeopt.optimize.build import build_tree, product_tree
 
 BRUTE_FORCE_MAX_NODES = 6
 

@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from treeopt.build import MAX_STEP_WEIGHTING_ROUNDS, build_tree, product_tree
 from treeopt.cli import app
+from treeopt.core.profile import Profile
+from treeopt.core.ranks import RankSequences
+from treeopt.core.tree import Tree
 from treeopt.errors import TreeoptError
-from treeopt.profile import Profile, load_profile, write_profile
-from treeopt.replay import RankSequences, tokens_per_step
-from treeopt.tree import Tree
+from treeopt.files.profile_file import load_profile, write_profile
+from treeopt.optimize.build import MAX_STEP_WEIGHTING_ROUNDS, build_tree, product_tree
+from treeopt.optimize.replay import tokens_per_step
 
 TOP_K = 6
 

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from treeopt.calibration import encode_prompts, read_prompts, split_held_out
 from treeopt.errors import TreeoptError
+from treeopt.model.calibration import encode_prompts, read_prompts, split_held_out
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 

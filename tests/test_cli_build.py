@@ -10,9 +10,10 @@ import pytest
 from typer.testing import CliRunner
 
 from treeopt.cli import app
-from treeopt.curve import read_curve
-from treeopt.profile import Profile, load_profile, write_profile
-from treeopt.treefile import load_tree_document
+from treeopt.core.profile import Profile
+from treeopt.files.curve_file import read_curve
+from treeopt.files.profile_file import load_profile, write_profile
+from treeopt.files.tree_file import load_tree_document
 
 runner = CliRunner()
 SHARED = Path(__file__).resolve().parents[2] / "shared"

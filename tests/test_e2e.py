@@ -15,7 +15,7 @@ On ``../shared/models/stories260K`` (a trained 260K-parameter Llama, no heads):
 Greedy verification accepts exactly what the profile measures at a position (the
 longest tree path matching the greedy future tokens), but decoding only visits
 some positions: a step that accepts ``a`` tokens skips the next ``a - 1``. So the
-profile's rank vectors replayed along decoding's walk (:mod:`treeopt.replay`,
+profile's rank vectors replayed along decoding's walk (:mod:`treeopt.optimize.replay`,
 the builder's figure) predict the measured tokens per verification step
 (asserted within 5%), while the position average that ``expected_accept_length``
 computes overstates it on this model, whose acceptance swings between long runs
@@ -57,7 +57,7 @@ def prompt_ids(model: Any, tokenizer: Any, max_tree_tokens: int) -> tuple[list[l
     Prompts too long for a whole continuation plus a tree of ``max_tree_tokens`` in the
     model's context are dropped, so the profile and the runtime see the same new tokens.
     """
-    from treeopt.calibration import encode_prompts, read_prompts, split_held_out
+    from treeopt.model.calibration import encode_prompts, read_prompts, split_held_out
 
     stories = read_prompts(STORY_PROMPTS)
     mt_bench = read_prompts(MT_BENCH)
@@ -74,13 +74,13 @@ def pipeline(workdir: Path, epochs: int = 20, learning_rate: float = 1e-2) -> di
     import torch
 
     from medusa_runtime import generate
-    from treeopt.build import build_tree
-    from treeopt.evaluate import expected_accept_length
-    from treeopt.models import load_base_model, load_heads
-    from treeopt.profiling import ProfileSettings, profile_model
-    from treeopt.replay import tokens_per_step
-    from treeopt.train_heads import TrainSettings, train_heads
-    from treeopt.treefile import load_tree
+    from treeopt.files.tree_file import load_tree
+    from treeopt.model.loading import load_base_model, load_heads
+    from treeopt.model.profiling import ProfileSettings, profile_model
+    from treeopt.model.train_heads import TrainSettings, train_heads
+    from treeopt.optimize.acceptance_models import expected_accept_length
+    from treeopt.optimize.build import build_tree
+    from treeopt.optimize.replay import tokens_per_step
 
     torch.set_num_threads(1)
     torch.manual_seed(SEED)
@@ -186,8 +186,8 @@ def test_cli_train_heads_profile_build(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from treeopt.cli import app
-    from treeopt.profile import load_profile
-    from treeopt.replay import load_rank_sequences, ranks_path
+    from treeopt.files.profile_file import load_profile
+    from treeopt.files.ranks_file import load_rank_sequences, ranks_path
 
     runner = CliRunner()
     common = ["-m", str(STORIES), "-d", str(STORY_PROMPTS), "--max-prompts", "12",
@@ -218,7 +218,7 @@ if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
         figures = pipeline(Path(tmp))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    from treeopt.fileio import atomic_write_text
+    from treeopt.core.atomic import atomic_write_text
 
     atomic_write_text(RESULTS, json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures, indent=2))

@@ -7,8 +7,12 @@ import math
 import numpy as np
 import pytest
 
+from treeopt.core.profile import Profile
+from treeopt.core.tree import Tree
 from treeopt.errors import TreeoptError
-from treeopt.evaluate import (
+from treeopt.files.profile_file import load_profile
+from treeopt.files.tree_file import load_tree
+from treeopt.optimize.acceptance_models import (
     blend_weight_grid,
     choose_blend_weight,
     expected_accept_length,
@@ -16,9 +20,6 @@ from treeopt.evaluate import (
     node_value,
     node_values,
 )
-from treeopt.profile import Profile, load_profile
-from treeopt.tree import Tree
-from treeopt.treefile import load_tree
 
 # Eight positions, two heads, top-2 (-1 = miss). Head 1: rank 0 at 4, rank 1 at 2;
 # head 2: rank 0 at 4, rank 1 at 2 (marginals 1/2, 1/4 for both heads).

@@ -6,17 +6,17 @@ import pytest
 from typer.testing import CliRunner
 
 from treeopt.cli import app
+from treeopt.core.tree import Tree
 from treeopt.errors import TreeoptError
-from treeopt.formats import (
+from treeopt.files.engines import (
     FORMATS,
     export_text,
     import_text,
     nonuniform_levels,
     parse_paths,
 )
-from treeopt.shipped import shipped_tree_names
-from treeopt.tree import Tree
-from treeopt.treefile import load_tree
+from treeopt.files.shipped import shipped_tree_names
+from treeopt.files.tree_file import load_tree
 
 runner = CliRunner()
 UNIFORM = Tree.from_paths([[0], [1], [0, 0], [0, 1], [1, 0], [1, 1], [0, 0, 0], [0, 1, 0],

@@ -6,14 +6,9 @@ import json
 
 import pytest
 
+from treeopt.core.latency import LatencyTable
 from treeopt.errors import TreeoptError
-from treeopt.latency import (
-    LatencyTable,
-    load_latency,
-    prefer_measured,
-    table_to_json,
-    write_latency,
-)
+from treeopt.files.latency_file import load_latency, prefer_measured, table_to_json, write_latency
 
 
 def make_table(source: str = "measured") -> LatencyTable:

@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 
 from treeopt.errors import TreeoptError
-from treeopt.models import REGISTRY, load_base_model, load_heads, require_heads, resolve_model
+from treeopt.model.loading import (
+    REGISTRY,
+    load_base_model,
+    load_heads,
+    require_heads,
+    resolve_model,
+)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 STORIES = SHARED / "models" / "stories260K"
@@ -46,7 +52,7 @@ def _offline_error(code: str) -> str:
 
 def test_offline_uncached_model_is_one_line_error_naming_the_download() -> None:
     message = _offline_error(
-        "from treeopt.models import load_base_model\n"
+        "from treeopt.model.loading import load_base_model\n"
         "from treeopt.errors import TreeoptError\n"
         "try:\n"
         f"    load_base_model({FAKE_ID!r})\n"

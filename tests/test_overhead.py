@@ -6,10 +6,10 @@ import pytest
 from typer.testing import CliRunner
 
 from treeopt.cli import app
+from treeopt.core.latency import OUT_OF_MEMORY, LatencyTable
+from treeopt.cost.predict import is_out_of_memory, sweep
+from treeopt.cost.roofline import canonical_dtype
 from treeopt.errors import TreeoptError
-from treeopt.latency import OUT_OF_MEMORY, LatencyTable
-from treeopt.overhead import is_out_of_memory, sweep
-from treeopt.roofline import canonical_dtype
 
 
 class OutOfMemoryError(RuntimeError):
@@ -87,9 +87,9 @@ def test_cli_bad_input_is_one_line(tmp_path, args, message):
 
 
 def test_predict_marks_settings_that_do_not_fit():
-    from treeopt.arch import get_arch
-    from treeopt.hardware import get_gpu
-    from treeopt.overhead import PREDICTED_OOM_NOTE, predict_latency
+    from treeopt.cost.arch import get_arch
+    from treeopt.cost.gpus import get_gpu
+    from treeopt.cost.predict import PREDICTED_OOM_NOTE, predict_latency
 
     arch, gpu = get_arch("llama-7b"), get_gpu("a100-80gb-sxm")
     table = predict_latency(arch, gpu, [1, 64], [4096], [2, 16], "bf16")

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from treeopt.curve import CurveRow, read_curve, write_curve
+from treeopt.core.curve import CurveRow
+from treeopt.core.profile import Profile
 from treeopt.errors import TreeoptError
-from treeopt.profile import (
-    Profile,
+from treeopt.files.curve_file import read_curve, write_curve
+from treeopt.files.profile_file import (
     dumps,
     load_profile,
     profile_from_json,

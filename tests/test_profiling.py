@@ -14,9 +14,12 @@ import pytest
 import torch
 from shift_lm import CONTEXT, NUM_HEADS, ShiftLM, shift_heads
 
+from treeopt.core.ranks import RankSequences
+from treeopt.core.tree import Tree
 from treeopt.errors import TreeoptError
-from treeopt.profile import load_profile
-from treeopt.profiling import (
+from treeopt.files.profile_file import load_profile
+from treeopt.files.ranks_file import load_rank_sequences, ranks_path
+from treeopt.model.profiling import (
     ProfileSettings,
     Sequence_,
     decode_positions,
@@ -29,8 +32,7 @@ from treeopt.profiling import (
     ranks_in_top_k,
     targets_path,
 )
-from treeopt.replay import RankSequences, load_rank_sequences, ranks_path, tokens_per_step
-from treeopt.tree import Tree
+from treeopt.optimize.replay import tokens_per_step
 
 torch.set_num_threads(1)
 SHARED = Path(__file__).resolve().parents[2] / "shared"

@@ -10,10 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from treeopt import cli_render, render
 from treeopt.cli import app
+from treeopt.cli import render as cli_render
+from treeopt.core.tree import Tree
 from treeopt.errors import TreeoptError
-from treeopt.render import (
+from treeopt.files.tree_file import write_tree
+from treeopt.pictures import render
+from treeopt.pictures.render import (
     BOTH_FILL,
     FIRST_ONLY_FILL,
     SECOND_ONLY_FILL,
@@ -24,8 +27,6 @@ from treeopt.render import (
     tree_to_dot,
     visible_paths,
 )
-from treeopt.tree import Tree
-from treeopt.treefile import write_tree
 
 HAS_DOT = shutil.which("dot") is not None
 needs_dot = pytest.mark.skipif(not HAS_DOT, reason="graphviz's dot binary is not installed")
@@ -277,7 +278,7 @@ def test_cli_profile_colours_nodes(tmp_path, monkeypatch):
                         lambda _profile, paths, _model: {p: SMALL_P[p] for p in paths})
     monkeypatch.setattr(cli_render, "_expected_accept_length",
                         lambda tree, _profile, _model: 1 + sum(SMALL_P[p] for p in tree.paths))
-    monkeypatch.setattr("treeopt.profile.load_profile", lambda name: object())
+    monkeypatch.setattr("treeopt.files.profile_file.load_profile", lambda name: object())
     tree_file = tmp_path / "small.json"
     write_tree(tree_file, SMALL)
     out = tmp_path / "p.dot"
@@ -307,14 +308,15 @@ def test_cli_bad_input_is_one_line_exit_2(args, message, tmp_path, monkeypatch):
 
 
 def test_cli_profile_with_a_real_measured_profile(tmp_path):
-    """End to end: probabilities and the title come from treeopt.evaluate."""
-    profile_module = pytest.importorskip("treeopt.profile")
-    pytest.importorskip("treeopt.evaluate")
+    """End to end: probabilities and the title come from treeopt.optimize.acceptance_models."""
+    from treeopt.core.profile import Profile
+    from treeopt.files.profile_file import write_profile
+    pytest.importorskip("treeopt.optimize.acceptance_models")
     # 4 positions, 3 heads: head 1 is right at rank 0 three times out of four.
     ranks = [[0, 0, 1], [0, 1, 0], [0, 0, 0], [1, 0, -1]]
-    profile = profile_module.Profile.from_rank_vectors(ranks, top_k=2)
+    profile = Profile.from_rank_vectors(ranks, top_k=2)
     profile_file = tmp_path / "p.json"
-    profile_module.write_profile(profile_file, profile)
+    write_profile(profile_file, profile)
     tree_file = tmp_path / "small.json"
     write_tree(tree_file, SMALL)
     out = tmp_path / "p.dot"

@@ -7,20 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from treeopt.build import build_tree
+from treeopt.core.profile import Profile
+from treeopt.core.ranks import RankSequences
+from treeopt.core.tree import Tree
 from treeopt.errors import TreeoptError
-from treeopt.profile import Profile, load_profile, write_profile
-from treeopt.replay import (
-    RankSequences,
-    accept_lengths,
-    load_rank_sequences,
-    nested_tokens_per_step,
-    ranks_path,
-    replay,
-    save_rank_sequences,
-    tokens_per_step,
-)
-from treeopt.tree import Tree
+from treeopt.files.profile_file import load_profile, write_profile
+from treeopt.files.ranks_file import load_rank_sequences, ranks_path, save_rank_sequences
+from treeopt.optimize.build import build_tree
+from treeopt.optimize.replay import accept_lengths, nested_tokens_per_step, replay, tokens_per_step
 
 TOP_K = 4
 
@@ -91,7 +85,7 @@ def test_vectorized_replay_equals_the_reference_walk(seed: int) -> None:
 def test_nested_replay_scores_every_prefix_tree(seed: int, blocks: bool,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     if blocks:  # tabulate a few trees at a time
-        monkeypatch.setattr("treeopt.replay.NESTED_TABLE_ENTRIES", 150)
+        monkeypatch.setattr("treeopt.optimize.replay.NESTED_TABLE_ENTRIES", 150)
     rng = np.random.default_rng(100 + seed)
     sequences = random_sequences(rng)
     profile = Profile.from_rank_vectors(sequences.ranks, TOP_K, groups=sequences.groups)
@@ -184,8 +178,8 @@ def test_split_keeps_each_parts_rank_vectors() -> None:
 
 def test_tokens_per_step_needs_rank_vectors() -> None:
     from treeopt.errors import TreeoptError
-    from treeopt.profile import load_profile
-    from treeopt.treefile import load_tree
+    from treeopt.files.profile_file import load_profile
+    from treeopt.files.tree_file import load_tree
 
     with pytest.raises(TreeoptError, match="needs the rank vectors"):
         tokens_per_step(load_tree("mc_sim_7b_63"), load_profile("vicuna-7b"))

@@ -4,10 +4,9 @@ import math
 
 import pytest
 
-from treeopt.arch import ArchShape, get_arch
-from treeopt.errors import TreeoptError
-from treeopt.hardware import GPUS, custom_gpu, get_gpu, gpu_for_device_name, resolve_gpu
-from treeopt.roofline import (
+from treeopt.cost.arch import ArchShape, get_arch
+from treeopt.cost.gpus import GPUS, custom_gpu, get_gpu, gpu_for_device_name, resolve_gpu
+from treeopt.cost.roofline import (
     DeviceProfile,
     ceilings,
     fit_device_profile,
@@ -15,6 +14,7 @@ from treeopt.roofline import (
     predict_step_latency,
     step_operators,
 )
+from treeopt.errors import TreeoptError
 
 A100 = GPUS["a100-80gb-pcie"]
 
@@ -136,7 +136,7 @@ def test_fp8_uses_fp8_peak():
 
 
 def test_latency_table_is_roofline_source():
-    from treeopt.overhead import predict_latency
+    from treeopt.cost.predict import predict_latency
 
     table = predict_latency(get_arch("llama-7b"), A100, [1], [1024], [16, 64], "bf16")
     assert table.source == "roofline-model" and table.gpu["name"] == "a100-80gb-pcie"
@@ -190,7 +190,7 @@ def test_fit_recovers_a_known_device():
 
 
 def test_dtype_names_either_way():
-    from treeopt.roofline import canonical_dtype, dtype_bytes_of, short_dtype
+    from treeopt.cost.roofline import canonical_dtype, dtype_bytes_of, short_dtype
 
     assert [short_dtype(name) for name in ("bf16", "BFloat16", "float32", "fp8")] == [
         "bf16", "bf16", "fp32", "fp8"]

@@ -5,8 +5,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from treeopt.arch import ArchShape
 from treeopt.cli import app
+from treeopt.cost.arch import ArchShape
 
 TINY = ArchShape("tiny", 64, 172, 2, 8, 4, 8, 512)
 

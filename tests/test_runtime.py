@@ -15,8 +15,8 @@ from torch import nn
 from medusa_runtime.acceptance import TypicalAcceptance, greedy_accept, typical_accept
 from medusa_runtime.decode import generate
 from medusa_runtime.heads import MedusaConfig, MedusaHeads
+from treeopt.core.tree import Tree
 from treeopt.errors import TreeoptError
-from treeopt.tree import Tree
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 STORIES = SHARED / "models" / "stories260K"

@@ -20,7 +20,7 @@ from torch import nn
 from medusa_runtime.decode import BatchGenerationResult, GenerationResult, generate, generate_batch
 from medusa_runtime.heads import MedusaConfig, MedusaHeads
 from medusa_runtime.timing import time_verification_step
-from treeopt.tree import Tree
+from treeopt.core.tree import Tree
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 STORIES = SHARED / "models" / "stories260K"

@@ -16,8 +16,8 @@ from medusa_runtime.acceptance import TypicalAcceptance
 from medusa_runtime.decode import TreeDecoder, generate
 from medusa_runtime.heads import MedusaConfig, MedusaHeads
 from medusa_runtime.timing import time_verification_step
+from treeopt.core.tree import Tree
 from treeopt.errors import TreeoptError
-from treeopt.tree import Tree
 
 TREE = Tree.from_paths([(0,), (1,), (2,), (0, 0), (0, 1), (1, 0), (0, 0, 0)], num_heads=NUM_HEADS)
 
@@ -100,7 +100,7 @@ def test_failed_compilation_is_one_line_error(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_measured_latency_table_records_compilation() -> None:
-    from treeopt.overhead import measure_latency
+    from treeopt.model.measure import measure_latency
 
     table = measure_latency(tiny_model(), random_heads(), "tiny", [1], [16], [1, 2], "cpu",
                             "float32", warmup=0, repeats=1, show_progress=False,

@@ -4,16 +4,16 @@ import math
 
 import pytest
 
-from treeopt.arch import get_arch
-from treeopt.errors import TreeoptError
-from treeopt.hardware import GPUS
-from treeopt.simulate import (
+from treeopt.cost.arch import get_arch
+from treeopt.cost.gpus import GPUS
+from treeopt.cost.simulate import (
     SIMULATION_KEYS,
     best_candidates,
     log_acceleration_curve,
     parse_acceptance,
     simulate,
 )
+from treeopt.errors import TreeoptError
 
 LLAMA_7B = get_arch("llama-7b")
 A100 = GPUS["a100-80gb-pcie"]

@@ -13,7 +13,7 @@ from shift_lm import ShiftLM, V  # the hand-built model with known greedy text
 
 from medusa_runtime.heads import MedusaHeads
 from treeopt.errors import TreeoptError
-from treeopt.train_heads import (
+from treeopt.model.train_heads import (
     HEAD_LOSS_DECAY,
     REPORT_FILE,
     TrainSettings,

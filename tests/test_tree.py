@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from treeopt.core.tree import Tree, check_top_k
 from treeopt.errors import TreeError
-from treeopt.tree import Tree, check_top_k
 
 SMALL = [[1], [0], [0, 1], [0, 0], [0, 0, 0]]
 

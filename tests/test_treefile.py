@@ -7,10 +7,10 @@ import pytest
 from typer.testing import CliRunner
 
 from treeopt.cli import app
+from treeopt.core.tree import Tree
 from treeopt.errors import TreeoptError
-from treeopt.shipped import shipped_tree_names
-from treeopt.tree import Tree
-from treeopt.treefile import (
+from treeopt.files.shipped import shipped_tree_names
+from treeopt.files.tree_file import (
     FORMAT,
     TreeDocument,
     document_from_json,
@@ -192,7 +192,7 @@ def test_usage_errors_are_one_line(args, message):
 
 
 def test_version_and_short_help():
-    from treeopt import __version__
+    from treeopt._version import __version__
 
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0 and result.stdout == f"treeopt {__version__}\n"

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from treeopt.core.latency import LatencyTable
 from treeopt.errors import TreeoptError
-from treeopt.latency import LatencyTable
-from treeopt.tune import batch_view, best_point, curve_rows, speedup_points, tune_size
+from treeopt.optimize.tune import batch_view, best_point, curve_rows, speedup_points, tune_size
 
 # E[accept](n) for n = 1..8: diminishing returns, as a nested optimal tree gives.
 ACCEPT = [1.0, 1.8, 2.4, 2.8, 3.0, 3.1, 3.15, 3.18]
@@ -122,9 +122,9 @@ def test_best_is_the_argmax(gains, steps):
 
 
 def test_tune_tree_returns_the_builders_tree_of_the_best_size():
-    from treeopt.build import build_tree
-    from treeopt.profile import Profile
-    from treeopt.tune import tune_tree
+    from treeopt.core.profile import Profile
+    from treeopt.optimize.build import build_tree
+    from treeopt.optimize.tune import tune_tree
 
     profile = Profile.from_cumulative_accuracy(
         [[0.6, 0.7, 0.75], [0.4, 0.5, 0.55], [0.3, 0.38, 0.42]], {"source": "synthetic"})

@@ -8,7 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from treeopt.cli import app
-from treeopt.latency import LatencyTable, write_latency
+from treeopt.core.latency import LatencyTable
+from treeopt.files.latency_file import write_latency
 
 # Cumulative top-1..top-3 accuracies of 3 heads: every candidate has positive
 # probability, so E[accept] rises strictly with every token added.
@@ -19,7 +20,8 @@ BASE_S = 0.01
 
 @pytest.fixture
 def profile_file(tmp_path):
-    from treeopt.profile import Profile, write_profile
+    from treeopt.core.profile import Profile
+    from treeopt.files.profile_file import write_profile
 
     path = tmp_path / "profile.json"
     write_profile(path, Profile.from_cumulative_accuracy(CUMULATIVE, {"source": "synthetic"}))
@@ -108,10 +110,11 @@ def test_tune_with_rank_vectors_scores_tokens_per_step(tmp_path):
     """A measured profile's curve is replayed tokens per step; n*'s tree is rebuilt for n*."""
     import numpy as np
 
-    from treeopt.build import build_tree
-    from treeopt.profile import Profile, load_profile, write_profile
-    from treeopt.replay import tokens_per_step
-    from treeopt.treefile import load_tree
+    from treeopt.core.profile import Profile
+    from treeopt.files.profile_file import load_profile, write_profile
+    from treeopt.files.tree_file import load_tree
+    from treeopt.optimize.build import build_tree
+    from treeopt.optimize.replay import tokens_per_step
 
     rng = np.random.default_rng(0)
     easy = np.repeat(rng.random(200) < 0.5, 8)[:1600]

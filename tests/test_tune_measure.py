@@ -23,8 +23,8 @@ def tiny():
 
 
 def test_study_runs_resumes_and_returns_the_best_tree(tmp_path, tiny):
-    from treeopt.profile import Profile
-    from treeopt.tune_study import StudyConfig, run_study
+    from treeopt.core.profile import Profile
+    from treeopt.model.study import StudyConfig, run_study
 
     model, heads = tiny
     profile = Profile.from_cumulative_accuracy(

@@ -6,7 +6,7 @@ import torch
 from hypothesis import strategies as st
 from torch import nn
 
-from treeopt.tree import Tree
+from treeopt.core.tree import Tree
 
 VOCAB = 64
 NUM_HEADS = 3

@@ -1,0 +1,133 @@
+"""Options and checks shared by the verbs: one definition each, so verbs agree.
+
+typer callbacks here check an option when the command line is parsed, before any
+work, so a bad second output never costs a long run or leaves the first written.
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from treeopt.core.atomic import check_output_path
+from treeopt.cost.gpus import GPUSpec
+from treeopt.errors import TreeoptError
+from treeopt.files.curve_file import curve_suffix
+from treeopt.optimize.acceptance_models import ACCEPTANCE_MODELS
+from treeopt.optimize.build import ENGINES, WEIGHTINGS
+
+# typer choices, made from the API's own tuples so the two never drift apart.
+AcceptanceChoice = Enum("AcceptanceChoice", {name: name for name in ACCEPTANCE_MODELS}, type=str)
+WeightingChoice = Enum("WeightingChoice", {name: name for name in WEIGHTINGS}, type=str)
+EngineChoice = Enum("EngineChoice", {name: name for name in ENGINES}, type=str)
+
+
+ProfileOption = Annotated[
+    str,
+    typer.Option(
+        "--profile", "-p",
+        help=(
+            "Acceptance profile: a treeopt.profile/1 file or a shipped name "
+            "(vicuna-7b, vicuna-13b, vicuna-33b). Measure your own with treeopt profile."
+        ),
+    ),
+]
+HoldoutOption = Annotated[
+    float | None,
+    typer.Option(
+        "--holdout",
+        help=(
+            "Split the profile by prompt: this fraction of prompts, strictly between 0 and 1, "
+            "is held out (needs a measured profile with per-prompt groups). build uses the "
+            "other part; eval scores on the held-out part."
+        ),
+    ),
+]
+SeedOption = Annotated[
+    int, typer.Option("--seed", help="Seed of the prompt split (same seed = same split).")
+]
+
+
+# ------------------------------------------------------------------ callbacks
+def output_file(value: Path | None) -> Path | None:
+    """Check an output file option (see :func:`check_output_path`); None passes."""
+    return None if value is None else check_output_path(value)
+
+
+def output_file_or_stdout(value: Path | None) -> Path | None:
+    """Like :func:`output_file`, for options whose default is stdout: ``-`` means stdout."""
+    return None if value is None or os.fspath(value) == "-" else check_output_path(value)
+
+
+def output_folder(value: Path | None) -> Path | None:
+    """Check an output folder option: an existing folder, or a new one in an existing folder."""
+    if value is None:
+        return None
+    try:
+        if value.exists() and not value.is_dir():
+            raise TreeoptError(f"cannot write into {value}: it is a file, give a folder")
+        if not value.exists() and not value.parent.is_dir():
+            raise TreeoptError(f"cannot create folder {value}: {value.parent} does not exist")
+    except OSError as exc:
+        raise TreeoptError(f"cannot write into {value}: {exc.strerror or exc}") from None
+    return value
+
+
+def curve_file(value: Path | None) -> Path | None:
+    """Check a ``--curve`` output option (.json or .csv)."""
+    if value is not None:
+        curve_suffix(check_output_path(value))
+    return value
+
+
+def plot_file(value: Path | None) -> Path | None:
+    """Check a ``--plot`` file option (folder, extension)."""
+    if value is not None:
+        from treeopt.pictures.plots import plot_format
+
+        plot_format(value)
+    return value
+
+
+def picture_file(value: Path | None) -> Path | None:
+    """Check a picture output option (folder, extension)."""
+    if value is not None:
+        from treeopt.pictures.render import output_format
+
+        output_format(check_output_path(value))
+    return value
+
+
+# -------------------------------------------------------------------- parsing
+def parse_int_list(text: str, option: str) -> list[int]:
+    """``"1,4,16"`` -> [1, 4, 16], sorted and unique; one-line error naming ``option``."""
+    from treeopt.cost.predict import check_sizes
+
+    values = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            values.append(int(part))
+        except ValueError:
+            raise TreeoptError(
+                f"{option} takes comma-separated integers like 1,4,16, not {text!r}"
+            ) from None
+    return check_sizes(values, option)
+
+
+def gpu_named(name: str | None, peak: float | None = None,
+              bandwidth: float | None = None) -> GPUSpec:
+    """A ``--gpu`` value (a table slug, or ``auto`` for the visible CUDA device) or a
+    custom GPU from ``--peak-tflops``/``--bandwidth-gbs``."""
+    from treeopt.cost.gpus import resolve_gpu
+
+    if name is not None and name.lower() == "auto":
+        from treeopt.model.measure import gpu_auto
+
+        return gpu_auto()
+    return resolve_gpu(name, peak, bandwidth)

@@ -1,0 +1,216 @@
+"""``treeopt profile`` and ``treeopt train-heads``: measure or train Medusa heads on a model.
+
+Torch and transformers are imported inside the verbs only (CLI start-up stays fast).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from treeopt.cli.options import output_file, output_folder
+from treeopt.errors import TreeoptError
+
+
+def _positive(option: str, value: float) -> float:
+    if not value > 0:
+        raise TreeoptError(f"{option} must be > 0, not {value}")
+    return value
+
+
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model", "-m",
+        help="Registry name (vicuna-7b, vicuna-13b, vicuna-33b, zephyr-7b), local folder, "
+        "or Hugging Face hub id. Hub ids load from the normal cache; with HF_HUB_OFFLINE=1 "
+        "only what is already downloaded.",
+    ),
+]
+DataOpt = Annotated[
+    str,
+    typer.Option(
+        "--data", "-d",
+        help="Calibration prompts: AlpacaEval alpaca_eval.json (instruction), FastChat "
+        "MT-Bench question.jsonl (turns), JSONL with prompt/text, plain text (one prompt a "
+        "line), or a cached Hugging Face dataset owner/name[:split] (needs `datasets`).",
+    ),
+]
+DeviceOpt = Annotated[str, typer.Option(help="Torch device: cpu, cuda, cuda:1, mps.")]
+DtypeOpt = Annotated[
+    str, typer.Option(help="auto (the checkpoint's), bf16, fp16 or fp32 (or torch's names).")
+]
+DeviceMapOpt = Annotated[
+    str | None,
+    typer.Option(help="'auto': let accelerate shard a model too big for one GPU (ignores "
+                 "--device)."),
+]
+MaxPromptsOpt = Annotated[
+    int | None, typer.Option(min=1, help="Use a seeded random subset of this many prompts.")
+]
+SeedOpt = Annotated[int, typer.Option(help="Seed for --max-prompts and splits.")]
+TurnsOpt = Annotated[
+    str,
+    typer.Option(help="MT-Bench turns: 'first' (later turns refer to an answer the prompt "
+                 "lacks) or 'each' (every turn its own prompt)."),
+]
+ChatOpt = Annotated[
+    bool,
+    typer.Option("--chat-template/--no-chat-template",
+                 help="Wrap each prompt in the tokenizer's chat template, when it has one."),
+]
+MaxNewOpt = Annotated[
+    int, typer.Option(min=1,
+                      help="Greedy continuation length per prompt (clipped to the context).")
+]
+BatchOpt = Annotated[int, typer.Option(min=1, help="Sequences per forward pass.")]
+ResumeOpt = Annotated[
+    bool, typer.Option(help="Continue the partial results / checkpoint of an interrupted run.")
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+def profile(
+    model: ModelOpt,
+    data: DataOpt,
+    output: Annotated[Path, typer.Option("-o", "--output", callback=output_file,
+                                         help="Profile JSON to write.")],
+    heads: Annotated[
+        str | None,
+        typer.Option(help="Medusa heads folder or hub id (default: the registry's for --model)."),
+    ] = None,
+    top_k: Annotated[int, typer.Option(
+        min=1, help="Ranks recorded per head; beyond is a miss.")] = 20,
+    max_new_tokens: MaxNewOpt = 256,
+    include_prompt: Annotated[
+        bool, typer.Option(help="Also measure positions inside the prompt (decoding never "
+                           "visits them).")
+    ] = False,
+    max_prompts: MaxPromptsOpt = None,
+    seed: SeedOpt = 0,
+    turns: TurnsOpt = "first",
+    chat_template: ChatOpt = True,
+    batch_size: BatchOpt = 8,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "auto",
+    device_map: DeviceMapOpt = None,
+    resume: ResumeOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Measure how well a model's Medusa heads predict its own greedy output.
+
+    For each prompt the model's greedy continuation is generated once (cached in
+    OUTPUT.targets.json); then base + heads are teacher-forced over prompt +
+    continuation and, at every decoding position, the rank of each true future
+    token in each head's top-k is recorded. The profile (marginal + joint) feeds
+    `treeopt build`; the ordered rank vectors, kept beside it in OUTPUT.ranks.npz,
+    let build and eval score trees by tokens per decoding step (keep the two files
+    together). Interrupted? Rerun with --resume (OUTPUT.partial.npz).
+
+    Example: treeopt profile -m vicuna-7b -d question.jsonl --device cuda -o vicuna7b.json
+    """
+    from treeopt.files.ranks_file import ranks_path
+    from treeopt.model.calibration import encode_prompts, read_prompts
+    from treeopt.model.loading import load_base_model, load_heads, require_heads, resolve_model
+    from treeopt.model.profiling import ProfileSettings, profile_model
+
+    # Cheap checks first: the prompts are read before the model loads.
+    heads_id = require_heads(model, heads)
+    base_id, _ = resolve_model(model)
+    texts = read_prompts(data, max_prompts=max_prompts, seed=seed, turns=turns)
+    settings = ProfileSettings(top_k=top_k, max_new_tokens=max_new_tokens,
+                               include_prompt=include_prompt, batch_size=batch_size)
+    base, tokenizer = load_base_model(model, device=device, dtype=dtype, device_map=device_map)
+    head_device = base.lm_head.weight.device
+    loaded_heads = load_heads(heads_id, device=head_device, dtype=base.lm_head.weight.dtype,
+                              base_lm_head=base.get_output_embeddings())
+    prompt_ids = encode_prompts(tokenizer, texts, chat_template=chat_template)
+    result = profile_model(
+        base, tokenizer, loaded_heads, prompt_ids, output, settings, model_id=base_id,
+        heads_id=heads_id, resume=resume, progress=not quiet,
+        provenance={"dataset": str(data), "dtype": dtype, "chat_template": chat_template},
+    )
+    info = result.provenance
+    typer.echo(
+        f"wrote {output}: {result.num_positions} positions from {info['prompts']} prompts, "
+        f"{result.num_heads} heads, top-{result.top_k}"
+        + (f" (skipped {info['skipped_prompts']} that fill the context)"
+           if info["skipped_prompts"] else "")
+        + f"; rank vectors in {ranks_path(output)}",
+        err=True,
+    )
+
+
+def train_heads(
+    model: ModelOpt,
+    data: DataOpt,
+    output: Annotated[
+        Path, typer.Option("-o", "--output", callback=output_folder,
+            help="Folder for the heads (config.json + "
+                           "medusa_lm_head.safetensors) and train_report.json.")
+    ],
+    num_heads: Annotated[int, typer.Option(
+        min=1, help="Medusa heads K (head k predicts k+1 ahead).")]
+    = 5,
+    num_layers: Annotated[int, typer.Option(min=0, help="ResBlocks per head.")] = 1,
+    epochs: Annotated[int, typer.Option(min=1, help="Passes over the training prompts.")] = 3,
+    learning_rate: Annotated[float, typer.Option(
+        "--lr", callback=lambda value: _positive("--lr", value),
+        help="AdamW peak learning rate.")] = 1e-3,
+    held_out: Annotated[
+        float, typer.Option(help="Fraction of prompts held out for the accuracy report.")
+    ] = 0.1,
+    max_new_tokens: MaxNewOpt = 256,
+    max_prompts: MaxPromptsOpt = None,
+    seed: SeedOpt = 0,
+    turns: TurnsOpt = "first",
+    chat_template: ChatOpt = True,
+    batch_size: BatchOpt = 8,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "auto",
+    device_map: DeviceMapOpt = None,
+    resume: ResumeOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Train Medusa-1 heads (frozen base, heads only) by self-distillation.
+
+    Targets are the model's own greedy continuations of the prompts (cached in
+    OUTPUT/targets.json); head k's loss is weighted 0.8^k (Medusa paper). The heads
+    are saved after every epoch in the layout `treeopt profile --heads` and the
+    runtime load; the run reports per-head top-1/top-5 on the held-out prompts.
+
+    Example: treeopt train-heads -m ./my-model -d prompts.txt --epochs 5 -o heads/
+    """
+    from treeopt.model.calibration import encode_prompts, read_prompts
+    from treeopt.model.loading import load_base_model, resolve_model
+    from treeopt.model.train_heads import TrainSettings
+    from treeopt.model.train_heads import train_heads as run_training
+
+    # Cheap checks first: settings and prompts before the model loads.
+    base_id, _ = resolve_model(model)
+    settings = TrainSettings(
+        num_heads=num_heads, num_layers=num_layers, epochs=epochs, learning_rate=learning_rate,
+        batch_size=batch_size, held_out_fraction=held_out, max_new_tokens=max_new_tokens,
+        seed=seed,
+    )
+    texts = read_prompts(data, max_prompts=max_prompts, seed=seed, turns=turns)
+    base, tokenizer = load_base_model(model, device=device, dtype=dtype, device_map=device_map)
+    prompt_ids = encode_prompts(tokenizer, texts, chat_template=chat_template)
+    report = run_training(base, tokenizer, prompt_ids, output, settings, model_id=base_id,
+                          resume=resume, progress=not quiet)
+    accuracy = report["held_out_accuracy"]
+    typer.echo(f"wrote {output}: {num_heads} heads; held-out accuracy per head:", err=True)
+    for k in range(num_heads):
+        typer.echo(
+            f"  head {k + 1}: top-1 {accuracy['top1'][k]:.3f}  top-5 {accuracy['top5'][k]:.3f}",
+            err=True,
+        )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``profile`` and ``train-heads`` to the treeopt CLI."""
+    app.command("profile")(profile)
+    app.command("train-heads")(train_heads)
+

@@ -1,0 +1,142 @@
+"""``treeopt generate``: decode a prompt with Medusa tree verification (medusa_runtime).
+
+torch, transformers and medusa_runtime are imported inside the verb only.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated
+
+import typer
+
+from treeopt.errors import TreeoptError
+
+
+class AcceptanceRule(str, Enum):
+    greedy = "greedy"
+    typical = "typical"
+
+
+def generate_command(
+    prompt: Annotated[str, typer.Option("--prompt", help="Text to continue.")],
+    model: Annotated[
+        str, typer.Option("--model", "-m",
+                          help="Base model: registry name (vicuna-7b), folder, hub id.")
+    ],
+    tree: Annotated[
+        str,
+        typer.Option(
+            "--tree",
+            help="Tree JSON file or shipped name (mc_sim_7b_63); 'root' = plain decoding.",
+        ),
+    ] = "root",
+    heads: Annotated[
+        str | None,
+        typer.Option(
+            "--heads",
+            help="Medusa heads folder or hub id (default: the model's registered heads).",
+        ),
+    ] = None,
+    random_heads: Annotated[
+        bool,
+        typer.Option(
+            "--random-heads",
+            help="Untrained random heads (testing only: lossless but accepts almost nothing).",
+        ),
+    ] = False,
+    max_new_tokens: Annotated[int, typer.Option(
+        "--max-new-tokens", min=1,
+        help="New tokens to generate at most (EOS stops sooner).")] = 128,
+    acceptance: Annotated[
+        AcceptanceRule,
+        typer.Option(
+            "--acceptance",
+            help="greedy: output equals plain greedy decoding. typical: Medusa's typical "
+            "acceptance (accepts more, output may differ).",
+        ),
+    ] = AcceptanceRule.greedy,
+    posterior_threshold: Annotated[
+        float, typer.Option(help="typical: epsilon, the probability cap of the threshold.")
+    ] = 0.09,
+    posterior_alpha: Annotated[
+        float, typer.Option(help="typical: delta, scale of exp(-entropy) in the threshold.")
+    ] = 0.3,
+    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ...")] = "cpu",
+    dtype: Annotated[str, typer.Option(
+        help="auto (the checkpoint's), bf16, fp16 or fp32 (or torch's names).")] = "auto",
+    compile_step: Annotated[bool, typer.Option(
+        "--compile", help="torch.compile the verification step first (same text, fewer "
+                          "kernels; worth it for long outputs on a GPU).")] = False,
+) -> None:
+    """Generate text with Medusa tree decoding; print it and a one-line summary.
+
+    Each step verifies the whole tree (budget = tokens per step, the root included)
+    in one forward pass and keeps the longest accepted path. With --acceptance greedy
+    the text is exactly what plain greedy decoding writes, only faster; the summary
+    shows new tokens, forward passes (steps, prefill included), the acceleration rate
+    (tokens per step) and tokens/s.
+
+    Examples:
+
+      treeopt generate --model vicuna-7b --tree mc_sim_7b_63 --device cuda --prompt "Hi"
+
+      treeopt generate --model ./llama --tree root --prompt "Once"   (plain decoding)
+    """
+    import torch
+
+    from medusa_runtime.acceptance import TypicalAcceptance
+    from medusa_runtime.decode import generate
+    from medusa_runtime.heads import MedusaConfig, MedusaHeads
+    from treeopt.core.tree import Tree
+    from treeopt.files.tree_file import load_tree
+    from treeopt.model.loading import load_base_model, load_heads, resolve_device, resolve_model
+
+    # Cheap checks first: the tree and options before the model loads.
+    chosen = Tree.empty() if tree == "root" else load_tree(tree)
+    if random_heads and heads is not None:
+        raise TreeoptError("give --heads or --random-heads, not both")
+    if chosen.depth == 0 and (heads is not None or random_heads):
+        raise TreeoptError("--tree root decodes without heads: pass a --tree to use them")
+    resolve_device(device)
+    base, tokenizer = load_base_model(model, device=device, dtype=dtype)
+    lm_head = base.get_output_embeddings()
+    parameter = next(base.parameters())
+    medusa = None
+    if random_heads:
+        torch.manual_seed(0)
+        config = MedusaConfig(
+            max(chosen.num_heads, chosen.depth, 1), 1, base.config.hidden_size,
+            int(lm_head.weight.shape[0]),
+        )
+        medusa = MedusaHeads(config).to(device=parameter.device, dtype=parameter.dtype).eval()
+    elif chosen.depth > 0:
+        _, heads_name = resolve_model(model, heads)
+        if heads_name is None:
+            raise TreeoptError(
+                f"--tree {tree} needs Medusa heads: pass --heads DIR_OR_HUB_ID "
+                "(or --random-heads for a test, or --tree root for plain decoding)"
+            )
+        medusa = load_heads(heads_name, device=parameter.device, dtype=parameter.dtype,
+                            base_lm_head=lm_head)
+    rule = (
+        TypicalAcceptance(posterior_threshold, posterior_alpha)
+        if acceptance is AcceptanceRule.typical else "greedy"
+    )
+    input_ids = tokenizer(prompt, return_tensors="pt").input_ids
+    result = generate(
+        base, medusa, chosen, input_ids, max_new_tokens, acceptance=rule,
+        eos_token_id=tokenizer.eos_token_id, compile_step=compile_step,
+    )
+    typer.echo(prompt + tokenizer.decode(result.tokens, skip_special_tokens=True))
+    typer.echo(
+        f"{len(result.tokens)} tokens, {result.steps} steps, acceleration rate "
+        f"{result.acceleration_rate:.2f} tokens/step, {result.tokens_per_second:.1f} tokens/s "
+        f"(tree {chosen.num_tokens} tokens/step, {acceptance.value})",
+        err=True,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``generate`` to the treeopt app."""
+    app.command("generate")(generate_command)

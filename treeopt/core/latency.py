@@ -1,0 +1,206 @@
+"""The ``treeopt.latency/1`` format: verification-step latency per setting.
+
+One file holds the latency of one tree-verification step, in seconds, for each
+(batch, context, num_tokens) it covers, measured on a device (``treeopt
+overhead``) or predicted by the roofline model (``treeopt overhead --predict``):
+
+.. code-block:: json
+
+    {"format": "treeopt.latency/1", "source": "measured",
+     "device": "NVIDIA H100 80GB HBM3", "dtype": "bfloat16", "arch": "llama-7b",
+     "created": "2025-01-01T00:00:00Z",
+     "versions": {"torch": "2.5.1", "transformers": "4.46.0"},
+     "gpu": null, "method": {"warmup": 3, "repeats": 10},
+     "measurements": [
+       {"batch": 1, "context": 1024, "num_tokens": 1, "latency_s": 0.0123},
+       {"batch": 64, "context": 4096, "num_tokens": 256, "latency_s": null,
+        "note": "out of memory"}]}
+
+``num_tokens`` counts the root (1 = plain decoding). ``latency_s: null`` means
+the setting did not fit: it is the limit for that batch and context, and every
+larger size there counts as unavailable too. The JSON Schema ships as
+``treeopt/schemas/latency.schema.json``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from treeopt.core.timestamps import utc_now
+from treeopt.errors import TreeoptError
+
+# The context the Medusa appendix analyses tree size at: what tuning uses when a
+# table has several and none is asked for (the nearest covered one).
+DEFAULT_CONTEXT = 1024
+
+FORMAT = "treeopt.latency/1"
+SOURCES = ("measured", "roofline-model")
+OUT_OF_MEMORY = "out of memory"
+# Timing defaults of every measured table (the runtime's timer and the operator timer):
+# steps are fixed-shape replays, so the median of a few repeats after a short warm-up
+# is stable.
+DEFAULT_WARMUP = 3
+DEFAULT_REPEATS = 10
+
+Setting = tuple[int, int, int]  # (batch, context, num_tokens)
+
+
+@dataclass(frozen=True)
+class LatencyTable:
+    """Verification-step latency (seconds) per (batch, context, num_tokens).
+
+    Attributes:
+        measurements: ``(batch, context, num_tokens) -> seconds``, or ``None`` where
+            the setting ran out of memory (the limit for that batch and context).
+        source: ``"measured"`` or ``"roofline-model"``.
+        device: the device measured (``"cpu"`` on CPU) or the GPU predicted for.
+        dtype: weights' and activations' dtype (``"bfloat16"``...).
+        arch: the model shape (``"llama-7b"``, a config or model path).
+        created: UTC ISO-8601 time the table was made.
+        versions: library versions of a measured run (torch, transformers, cuda).
+        gpu: the GPU spec a roofline prediction used; None for measurements.
+        method: free-form description of how the numbers were obtained.
+        notes: ``setting -> why its latency is None`` (e.g. ``"out of memory"``).
+    """
+
+    measurements: dict[Setting, float | None]
+    source: str
+    device: str
+    dtype: str
+    arch: str
+    created: str = field(default_factory=utc_now)
+    versions: dict[str, str | None] = field(default_factory=dict)
+    gpu: dict[str, Any] | None = None
+    method: dict[str, Any] = field(default_factory=dict)
+    notes: dict[Setting, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise TreeoptError(
+                f"latency source {self.source!r} is not one of {', '.join(SOURCES)}"
+            )
+        for setting, seconds in self.measurements.items():
+            _check_setting(setting)
+            if seconds is not None and not (math.isfinite(seconds) and seconds > 0):
+                batch, context, num_tokens = setting
+                raise TreeoptError(
+                    f"latency at batch {batch}, context {context}, num_tokens {num_tokens} "
+                    f"is {seconds!r}: must be a positive number of seconds or null (out of memory)"
+                )
+
+    # ---------------------------------------------------------------- queries
+    @property
+    def batches(self) -> list[int]:
+        """Batch sizes the table covers, ascending."""
+        return sorted({batch for batch, _, _ in self.measurements})
+
+    @property
+    def contexts(self) -> list[int]:
+        """Context lengths the table covers, ascending."""
+        return sorted({context for _, context, _ in self.measurements})
+
+    def settings(self) -> list[tuple[int, int]]:
+        """The (batch, context) pairs the table covers, ascending."""
+        return sorted({(batch, context) for batch, context, _ in self.measurements})
+
+    def describe(self) -> str:
+        """One line naming where the numbers come from, for users and provenance."""
+        if self.source == "measured":
+            return f"measured on {self.device} ({self.arch}, {self.dtype})"
+        return f"roofline-model prediction for {self.device} ({self.arch}, {self.dtype})"
+
+    def _row(self, batch: int, context: int) -> dict[int, float | None]:
+        """``num_tokens -> seconds or None`` at one setting; one-line error if absent."""
+        row = {
+            num_tokens: seconds
+            for (b, s, num_tokens), seconds in self.measurements.items()
+            if b == batch and s == context
+        }
+        if not row:
+            raise TreeoptError(
+                f"latency table has no batch {batch} at context {context} (it covers batches "
+                f"{', '.join(map(str, self.batches))} and contexts "
+                f"{', '.join(map(str, self.contexts))})"
+            )
+        return row
+
+    def oom_limit(self, batch: int, context: int) -> int | None:
+        """The smallest num_tokens that ran out of memory at this setting, or None."""
+        failed = [n for n, seconds in self._row(batch, context).items() if seconds is None]
+        return min(failed) if failed else None
+
+    def measured_sizes(self, batch: int, context: int) -> list[int]:
+        """Sizes with a latency at this setting below its out-of-memory limit, ascending."""
+        limit = self.oom_limit(batch, context)
+        return sorted(
+            n for n, seconds in self._row(batch, context).items()
+            if seconds is not None and (limit is None or n < limit)
+        )
+
+    def max_num_tokens(self, batch: int, context: int) -> int:
+        """The largest size the overhead curve covers here (no extrapolation past it)."""
+        sizes = self.measured_sizes(batch, context)
+        if not sizes:
+            raise TreeoptError(
+                f"latency table has no usable size at batch {batch}, context {context} "
+                f"(every size ran out of memory)"
+            )
+        return sizes[-1]
+
+    def latency_curve(self, batch: int, context: int) -> dict[int, float]:
+        """Step latency in seconds for every integer num_tokens from 1 to the largest size.
+
+        Rule for sizes between measured ones: the latency is interpolated linearly
+        in num_tokens between the two nearest measured sizes (step time is close to
+        piecewise linear in the token count between kernel-tile boundaries, and a
+        straight line never invents a minimum that was not measured). Sizes above
+        the largest usable measured size (the last one below an out-of-memory
+        limit) are absent: nothing is extrapolated. num_tokens 1 must be measured,
+        since every overhead is relative to it.
+        """
+        row = self._row(batch, context)
+        sizes = self.measured_sizes(batch, context)
+        if 1 not in sizes:
+            reason = "ran out of memory" if row.get(1, 0.0) is None else "is not in the table"
+            raise TreeoptError(
+                f"latency at batch {batch}, context {context}, num_tokens 1 {reason}: "
+                f"overheads are relative to plain decoding (num_tokens 1)"
+            )
+        latencies = [row[n] for n in sizes]
+        curve: dict[int, float] = {}
+        for n in range(1, sizes[-1] + 1):
+            right = bisect.bisect_left(sizes, n)
+            if sizes[right] == n:
+                curve[n] = float(latencies[right])  # type: ignore[arg-type]
+                continue
+            n0, n1 = sizes[right - 1], sizes[right]
+            t0, t1 = latencies[right - 1], latencies[right]
+            curve[n] = t0 + (t1 - t0) * (n - n0) / (n1 - n0)  # type: ignore[operator]
+        return curve
+
+    def overhead_curve(self, batch: int, context: int) -> dict[int, float]:
+        """``num_tokens -> latency(num_tokens) / latency(1)`` at this setting.
+
+        Covers every integer size from 1 to :meth:`max_num_tokens`, with the
+        interpolation rule of :meth:`latency_curve`; overhead(1) is exactly 1.
+        Raises a one-line TreeoptError listing the covered settings when the
+        batch/context is not in the table.
+        """
+        latencies = self.latency_curve(batch, context)
+        base = latencies[1]
+        return {n: seconds / base for n, seconds in latencies.items()}
+
+    def nearest_context(self, context: int) -> int:
+        """The covered context closest to ``context`` (ties go to the longer one)."""
+        return min(self.contexts, key=lambda s: (abs(s - context), -s))
+
+
+def _check_setting(setting: Setting) -> None:
+    for name, value in zip(("batch", "context", "num_tokens"), setting, strict=True):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise TreeoptError(f"latency {name} {value!r} is not a positive integer")
+
+

@@ -1,0 +1,202 @@
+"""Profile files (``treeopt.profile/1``): JSON I/O, schema check, the shipped profiles by name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import cache
+from pathlib import Path as FilePath
+from typing import Any
+
+import numpy as np
+
+from treeopt.core.atomic import atomic_write_text
+from treeopt.core.profile import FORMAT, PROBABILITY_TOLERANCE, JointCounts, Profile, ProfileGroup
+from treeopt.core.tree import format_path
+from treeopt.errors import TreeoptError
+from treeopt.files.jsondoc import check_format, check_schema, shipped_schema
+from treeopt.files.ranks_file import load_rank_sequences, ranks_path, save_rank_sequences
+
+
+# ------------------------------------------------------------------ JSON I/O
+@cache
+def schema() -> dict[str, Any]:
+    """The shipped JSON Schema of ``treeopt.profile/1``."""
+    return shipped_schema("profile.schema.json")
+
+
+def _joint_to_json(joint: JointCounts) -> list[list[Any]]:
+    """Entries in canonical order (depth, then ranks): diffable files."""
+    ordered = sorted(joint.items(), key=lambda item: (len(item[0]), item[0]))
+    return [[list(prefix), count] for prefix, count in ordered]
+
+
+def profile_to_json(profile: Profile) -> dict[str, Any]:
+    """The ``treeopt.profile/1`` object for ``profile``."""
+    data: dict[str, Any] = {
+        "format": FORMAT,
+        "num_heads": profile.num_heads,
+        "top_k": profile.top_k,
+        "num_positions": profile.num_positions,
+        "marginal": [[round(float(p), 12) for p in row] for row in profile.marginal],
+        "joint": None if profile.joint is None else _joint_to_json(profile.joint),
+    }
+    if profile.groups is not None:
+        data["groups"] = [
+            {
+                "num_positions": group.num_positions,
+                "marginal_counts": group.marginal_counts.tolist(),
+                "joint": _joint_to_json(group.joint),
+            }
+            for group in profile.groups
+        ]
+    data["provenance"] = profile.provenance
+    return data
+
+
+def _joint_from_json(raw: list[Any], num_heads: int, top_k: int, where: str) -> JointCounts:
+    joint: JointCounts = {}
+    for prefix_raw, count in raw:
+        prefix = tuple(prefix_raw)
+        if len(prefix) > num_heads:
+            raise TreeoptError(
+                f"{where}: prefix {format_path(prefix)} is longer than num_heads {num_heads}"
+            )
+        if any(rank >= top_k for rank in prefix):
+            raise TreeoptError(f"{where}: prefix {format_path(prefix)} has a rank >= top_k {top_k}")
+        if prefix in joint:
+            raise TreeoptError(f"{where}: prefix {format_path(prefix)} listed twice")
+        joint[prefix] = count
+    return joint
+
+
+def profile_from_json(data: Any) -> Profile:
+    """Validate a parsed ``treeopt.profile/1`` object; one-line TreeoptError otherwise."""
+    check_format(data, FORMAT, "profile file")
+    check_schema(data, schema(), "profile")
+    num_heads, top_k = data["num_heads"], data["top_k"]
+    rows = data["marginal"]
+    if len({len(row) for row in rows}) > 1:
+        raise TreeoptError(f"marginal rows must all have top_k = {top_k} values (ragged rows)")
+    marginal = np.asarray(rows, dtype=float)
+    if marginal.shape != (num_heads, top_k):
+        raise TreeoptError(
+            f"marginal must be num_heads x top_k = {num_heads} x {top_k}, "
+            f"not {' x '.join(str(n) for n in marginal.shape) if marginal.ndim == 2 else 'ragged'}"
+        )
+    if not np.all(np.isfinite(marginal)):
+        raise TreeoptError("marginal holds a value that is not a finite number (NaN or inf)")
+    for head, row in enumerate(marginal, start=1):
+        if row.sum() > 1 + PROBABILITY_TOLERANCE:
+            raise TreeoptError(f"marginal row of head {head} sums to {row.sum():.6g} > 1")
+    num_positions = data["num_positions"]
+    joint = None
+    if data.get("joint") is not None:
+        joint = _joint_from_json(data["joint"], num_heads, top_k, "joint")
+        total = sum(joint.values())
+        if total != num_positions:
+            raise TreeoptError(
+                f"joint counts sum to {total}, not num_positions {num_positions}"
+            )
+    groups = None
+    if data.get("groups") is not None:
+        if joint is None:
+            raise TreeoptError("groups need joint counts (\"joint\" is null)")
+        groups = tuple(_group_from_json(raw, num_heads, top_k, index)
+                       for index, raw in enumerate(data["groups"]))
+        _check_groups_add_up(groups, marginal, joint, num_positions)
+    return Profile(
+        num_heads=num_heads,
+        top_k=top_k,
+        marginal=marginal,
+        joint=joint,
+        num_positions=num_positions,
+        provenance=dict(data.get("provenance") or {}),
+        groups=groups,
+    )
+
+
+def _group_from_json(raw: dict[str, Any], num_heads: int, top_k: int, index: int) -> ProfileGroup:
+    where = f"groups/{index}"
+    counts = np.asarray(raw["marginal_counts"], dtype=np.int64)
+    if counts.shape != (num_heads, top_k):
+        raise TreeoptError(f"{where}: marginal_counts must be {num_heads} x {top_k}")
+    joint = _joint_from_json(raw["joint"], num_heads, top_k, where)
+    if sum(joint.values()) != raw["num_positions"]:
+        raise TreeoptError(f"{where}: joint counts do not sum to its num_positions")
+    if np.any(counts.sum(axis=1) > raw["num_positions"]):
+        raise TreeoptError(f"{where}: a head's marginal_counts exceed its num_positions")
+    return ProfileGroup(raw["num_positions"], counts, joint)
+
+
+def _check_groups_add_up(
+    groups: tuple[ProfileGroup, ...], marginal: np.ndarray, joint: JointCounts, num_positions: int
+) -> None:
+    summed = Profile.from_groups(groups, marginal.shape[0], marginal.shape[1])
+    if summed.num_positions != num_positions or summed.joint != joint:
+        raise TreeoptError("groups do not add up to the profile's joint counts")
+    if not np.allclose(summed.marginal, marginal, atol=1e-9):
+        raise TreeoptError("groups do not add up to the profile's marginal")
+
+
+def read_profile(path: str | os.PathLike[str]) -> Profile:
+    """Read and validate a ``treeopt.profile/1`` file."""
+    from treeopt.files.jsondoc import read_document
+
+    return read_document(path, "profile", profile_from_json)
+
+
+def load_profile(name_or_path: str | os.PathLike[str]) -> Profile:
+    """A profile file, or a shipped profile by name (e.g. ``vicuna-7b``).
+
+    A file's rank vectors (``PROFILE.ranks.npz`` beside it, as ``treeopt profile``
+    writes them) are attached as ``sequences`` when present.
+    """
+    from treeopt.files.shipped import names_a_file
+
+    candidate = FilePath(name_or_path)
+    if names_a_file(candidate):
+        profile = read_profile(candidate)
+        sidecar = ranks_path(candidate)
+        if not sidecar.is_file():
+            return profile
+        try:
+            return profile.with_sequences(load_rank_sequences(sidecar, profile.top_k))
+        except TreeoptError as exc:
+            raise TreeoptError(f"{sidecar}: {exc}") from None
+    from treeopt.files.shipped import shipped_profile_path
+
+    return read_profile(shipped_profile_path(str(name_or_path)))
+
+
+def dumps(profile: Profile) -> str:
+    """Serialize with one joint entry per line: diffable, still compact."""
+    data = profile_to_json(profile)
+    lines = ["{"]
+    items = list(data.items())
+    for position, (key, value) in enumerate(items):
+        comma = "," if position < len(items) - 1 else ""
+        if key in ("marginal", "joint", "groups") and value:
+            body = ",\n".join("    " + json.dumps(entry) for entry in value)
+            lines.append(f"  {json.dumps(key)}: [\n{body}\n  ]{comma}")
+        else:
+            text = json.dumps(value, indent=2).replace("\n", "\n  ")
+            lines.append(f"  {json.dumps(key)}: {text}{comma}")
+    lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def write_profile(path: str | os.PathLike[str], profile: Profile) -> None:
+    """Write ``profile`` as ``treeopt.profile/1`` JSON, atomically.
+
+    Its ``sequences``, if any, go to ``PROFILE.ranks.npz`` beside it (a stale one
+    there is removed otherwise), so :func:`load_profile` gets the same profile back.
+    """
+    sidecar = ranks_path(path)
+    if profile.sequences is not None:
+        save_rank_sequences(sidecar, profile.sequences)
+    else:
+        sidecar.unlink(missing_ok=True)
+    atomic_write_text(path, dumps(profile))
+

@@ -1,0 +1,195 @@
+"""Measurements on this machine (imports torch inside functions): the runtime's
+verification step swept over settings, single operators for the roofline fit, the
+current GPU's table entry.
+
+Every timing goes through one timer, :func:`medusa_runtime.timing.time_call`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+from treeopt.core.latency import DEFAULT_REPEATS, DEFAULT_WARMUP, LatencyTable, Setting
+from treeopt.cost.arch import ArchShape
+from treeopt.cost.gpus import GPUSpec, gpu_for_device_name
+from treeopt.cost.predict import sweep
+from treeopt.cost.roofline import (
+    DTYPE_LONG_NAMES,
+    MEASURE_MEMORY_SHARE,
+    MEDUSA_NUM_HEADS,
+    MatmulOp,
+    canonical_dtype,
+    dtype_bytes_of,
+    row_operator,
+    short_dtype,
+)
+from treeopt.errors import TreeoptError
+
+
+# ----------------------------------------------------------------- measured
+def measure_latency(
+    model: Any,
+    heads: Any,
+    arch_name: str,
+    batches: Sequence[int],
+    contexts: Sequence[int],
+    sizes: Sequence[int],
+    device: str,
+    dtype: str,
+    warmup: int,
+    repeats: int,
+    show_progress: bool = True,
+    compile_step: bool = False,
+) -> LatencyTable:
+    """Time the runtime's verification step for every setting on ``device``.
+
+    Uses ``medusa_runtime.timing.time_verification_step`` (warm-up, then the
+    median of ``repeats``). Out-of-memory is recorded as the limit and the sweep
+    goes on (see :func:`sweep`). ``compile_step`` times the ``torch.compile``d
+    step (see ``medusa_runtime.decode.TreeDecoder``). The table names the device (``"cpu"`` on CPU),
+    dtype and library versions.
+    """
+    import torch
+    import transformers
+    from tqdm import tqdm
+
+    from medusa_runtime.timing import time_verification_step
+
+    def time_step(batch: int, context: int, num_tokens: int) -> float:
+        result = time_verification_step(model, heads, num_tokens=num_tokens, batch=batch,
+                                        context=context, warmup=warmup, repeats=repeats,
+                                        device=device, compile_step=compile_step)
+        return step_seconds(result)
+
+    def free_memory() -> None:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    total = len(batches) * len(contexts) * len(sizes)
+    with tqdm(total=total, desc="timing verification steps", unit="step",
+              disable=not show_progress) as bar:
+        def advance(setting: Setting) -> None:
+            bar.set_postfix_str(f"b={setting[0]} s={setting[1]} n={setting[2]}")
+            bar.update()
+
+        measurements, notes = sweep(time_step, batches, contexts, sizes,
+                                    on_oom=free_memory, progress=advance)
+    is_cuda = str(device).startswith("cuda")
+    device_name = torch.cuda.get_device_name(torch.device(device)) if is_cuda else "cpu"
+    return LatencyTable(
+        measurements=measurements, notes=notes, source="measured",
+        device=device_name, dtype=canonical_dtype(dtype), arch=arch_name,
+        versions={"torch": torch.__version__, "transformers": transformers.__version__,
+                  "cuda": torch.version.cuda if is_cuda else None},
+        method={"timer": "medusa_runtime.timing.time_verification_step",
+                "statistic": "median", "warmup": warmup, "repeats": repeats,
+                "compiled_step": compile_step},
+    )
+
+
+def step_seconds(result: dict[str, Any]) -> float:
+    """The median step time in seconds from ``time_verification_step``'s result."""
+    return float(result["median_s"])
+
+
+# -------------------------------------------------------------------- measure
+def measurement_device() -> str:
+    """``cuda`` when a CUDA device is visible, else ``cpu`` (imports torch)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def device_label(device: str) -> str:
+    """A human name of the device timings come from, e.g. ``NVIDIA H100 80GB HBM3`` or ``cpu``."""
+    import platform
+
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _free_bytes(device: str) -> float:
+    import torch
+
+    if device == "cuda":
+        free, _total = torch.cuda.mem_get_info()
+        return float(free)
+    try:
+        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return math.inf
+
+
+def time_matmul(op: MatmulOp, dtype: str = "bf16", device: str = "cpu",
+                warmup: int = DEFAULT_WARMUP, repeats: int = DEFAULT_REPEATS) -> float:
+    """Median seconds of one ``op`` on ``device`` (CUDA events on GPU, perf_counter on CPU)."""
+    import torch
+
+    dtype = short_dtype(dtype)
+    if dtype == "fp8":
+        raise TreeoptError("--measure does not time fp8 (torch has no plain fp8 matmul); "
+                           "use bf16 or fp16")
+    torch_dtype = getattr(torch, DTYPE_LONG_NAMES[dtype])
+    left = torch.randn(op.count, op.m, op.k, dtype=torch_dtype, device=device)
+    right = torch.randn(op.count, op.k, op.n, dtype=torch_dtype, device=device)
+    out = torch.empty(op.count, op.m, op.n, dtype=torch_dtype, device=device)
+    from medusa_runtime.timing import time_samples
+
+    def run() -> None:
+        torch.matmul(left, right, out=out)
+
+    with torch.inference_mode():
+        samples = time_samples(run, device, warmup, repeats)
+    return statistics.median(samples)
+
+
+def measure_operators(
+    arch: ArchShape, rows: list[dict[str, Any]], dtype: str = "bf16", device: str | None = None,
+    warmup: int = DEFAULT_WARMUP, repeats: int = DEFAULT_REPEATS,
+    medusa_heads: int = MEDUSA_NUM_HEADS, progress: Any = None,
+) -> list[dict[str, Any]]:
+    """Copies of ``rows`` with ``measured_us`` and ``measured_tflops`` timed on this device.
+
+    Identical shapes are timed once. An operator whose operands would take more
+    than :data:`MEASURE_MEMORY_SHARE` of free memory gets ``None`` and a ``note``.
+    """
+    device = device or measurement_device()
+    dtype_bytes = dtype_bytes_of(dtype)
+    budget = MEASURE_MEMORY_SHARE * _free_bytes(device)
+    cache: dict[tuple[int, int, int, int], float | None] = {}
+    measured = []
+    for row in rows:
+        op = row_operator(arch, row, medusa_heads)
+        key = (op.count, op.m, op.k, op.n)
+        if key not in cache:
+            cache[key] = (None if op.bytes(dtype_bytes) > budget
+                          else time_matmul(op, dtype, device, warmup, repeats))
+        seconds = cache[key]
+        result = dict(row)
+        result["measured_us"] = None if seconds is None else seconds * 1e6
+        result["measured_tflops"] = None if seconds is None else op.flops / seconds / 1e12
+        if seconds is None:
+            result["note"] = "skipped: operands exceed the memory share for measuring"
+        measured.append(result)
+        if progress is not None:
+            progress()
+    return measured
+
+
+
+def gpu_auto() -> GPUSpec:
+    """The current CUDA device's table entry, matched by its name (imports torch)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise TreeoptError("--gpu auto needs a CUDA device and none is visible; name a GPU")
+    return gpu_for_device_name(torch.cuda.get_device_name())
+
+

@@ -1,0 +1,454 @@
+"""Measure a model's Medusa heads: per decoding position, the ranks of the true future tokens.
+
+Two phases, both resumable:
+
+1. **Targets.** Each prompt's greedy continuation (what greedy verification
+   accepts) is generated once and cached in ``<output>.targets.json``; a rerun or a
+   later ``train-heads`` with the same model reuses it.
+2. **Ranks.** Base + heads are teacher-forced over prompt + continuation in
+   batches. At position ``t`` (hidden state of ``x_t``) head ``k`` predicts
+   ``x_{t+1+k}``; its rank in the head's top-k (``-1``: a miss, or no such token)
+   is recorded for k = 1..K. Positions are ``t >= len(prompt) - 1`` (the positions
+   decoding visits) unless ``include_prompt``. Partial results are checkpointed in
+   ``<output>.partial.npz`` (also on Ctrl-C); ``resume=True`` continues them.
+   The finished rank vectors stay in ``<output>.ranks.npz`` for
+   :mod:`treeopt.optimize.replay` (tokens per decoding step).
+
+Torch is imported inside functions; everything here runs on loaded objects
+(:mod:`treeopt.model.loading` loads them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from treeopt.core.atomic import atomic_path, atomic_write_text, check_output_path
+from treeopt.errors import TreeoptError
+from treeopt.files.jsondoc import read_json
+
+TARGETS_FORMAT = "treeopt.targets/1"
+PARTIAL_FORMAT = "treeopt.partial-profile/1"
+MISS = -1
+# Upper bound on head logits materialized at once (K x positions x vocab floats):
+# keeps a 32k-vocab, 5-head model under ~1 GiB of activations per chunk.
+LOGITS_PER_CHUNK = 1 << 28
+# Write the partial-results checkpoint at most this often (and always at the end or
+# on an interruption): rewriting it after every small batch would dominate.
+CHECKPOINT_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    """What a profile measures; part of its fingerprint, so resume refuses a change."""
+
+    top_k: int = 20
+    max_new_tokens: int = 256
+    include_prompt: bool = False
+    batch_size: int = 8
+
+
+@dataclass
+class Sequence_:
+    """One calibration example: prompt ids and the model's greedy continuation."""
+
+    prompt: list[int]
+    continuation: list[int]
+
+    @property
+    def ids(self) -> list[int]:
+        return self.prompt + self.continuation
+
+
+# ---------------------------------------------------------------- file names
+def targets_path(output: str | Path) -> Path:
+    """Where the greedy targets for ``output`` are cached (beside it)."""
+    return Path(f"{output}.targets.json")
+
+
+def partial_path(output: str | Path) -> Path:
+    """Where partial rank results for ``output`` are checkpointed (beside it)."""
+    return Path(f"{output}.partial.npz")
+
+
+# ---------------------------------------------------------------- targets
+def _target_key(model_id: str, max_new_tokens: int, eos: int | None, prompt: list[int]) -> str:
+    blob = json.dumps([model_id, max_new_tokens, eos, prompt], separators=(",", ":"))
+    return hashlib.sha1(blob.encode()).hexdigest()
+
+
+def _load_target_cache(path: Path) -> dict[str, list[int]]:
+    if not path.exists():
+        return {}
+    data = read_json(path, "targets cache")
+    if not isinstance(data, dict) or data.get("format") != TARGETS_FORMAT:
+        raise TreeoptError(f"{path} is not a {TARGETS_FORMAT} targets cache: delete it")
+    return {str(k): [int(t) for t in v] for k, v in data.get("continuations", {}).items()}
+
+
+def _write_target_cache(path: Path, cache: dict[str, list[int]]) -> None:
+    atomic_write_text(path, json.dumps({"format": TARGETS_FORMAT, "continuations": cache}))
+
+
+def max_positions(model: Any) -> int | None:
+    """The model's context length, or None when its config does not say."""
+    return getattr(model.config, "max_position_embeddings", None)
+
+
+def new_token_limit(model: Any, prompt_length: int, max_new_tokens: int) -> int:
+    """New tokens a prompt can get: ``max_new_tokens`` clipped to the context length."""
+    context = max_positions(model)
+    if context is None:
+        return max_new_tokens
+    return max(0, min(max_new_tokens, context - prompt_length))
+
+
+def pad_token_id_of(tokenizer: Any, eos: int | None) -> int:
+    """Id to pad batches with: the tokenizer's pad, else EOS, else 0 (masked out anyway)."""
+    pad = getattr(tokenizer, "pad_token_id", None) if tokenizer is not None else None
+    if pad is not None:
+        return int(pad)
+    return int(eos) if eos is not None else 0
+
+
+def greedy_continuations(
+    model: Any,
+    prompts: Sequence[list[int]],
+    max_new_tokens: int,
+    eos_token_id: int | None,
+    cache_file: Path | None,
+    model_id: str,
+    batch_size: int = 8,
+    pad_token_id: int = 0,
+    progress: bool = True,
+) -> list[list[int]]:
+    """The model's greedy continuation of each prompt, ending at (and including) EOS.
+
+    Each continuation has at most ``new_token_limit`` tokens. Prompts already in
+    ``cache_file`` (same model id, token budget, EOS and prompt) are not generated
+    again; new ones are added to it after every batch, so an interruption loses at
+    most one batch.
+    """
+    import torch
+    from tqdm import tqdm
+
+    from treeopt.model.loading import input_device
+
+    cache = _load_target_cache(cache_file) if cache_file is not None else {}
+    keys = [_target_key(model_id, max_new_tokens, eos_token_id, list(p)) for p in prompts]
+    todo = [i for i, key in enumerate(keys) if key not in cache]
+    device = input_device(model)
+    # Similar lengths in one batch waste less padding.
+    todo.sort(key=lambda i: len(prompts[i]))
+    bar = tqdm(total=len(todo), unit="prompt", desc="greedy targets", disable=not progress,
+               leave=False)
+    generated_tokens = 0
+    started = time.perf_counter()
+    for begin in range(0, len(todo), batch_size):
+        batch = todo[begin:begin + batch_size]
+        width = max(len(prompts[i]) for i in batch)
+        # Each prompt gets its own clip to the context; the batch runs to the longest.
+        limits = {i: new_token_limit(model, len(prompts[i]), max_new_tokens) for i in batch}
+        limit = max(limits.values())
+        if limit <= 0:
+            for i in batch:
+                cache[keys[i]] = []
+            bar.update(len(batch))
+            continue
+        # Left padding: every prompt ends at the same column, where generation starts.
+        input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, i in enumerate(batch):
+            input_ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
+            attention[row, width - len(prompts[i]):] = 1
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                max_new_tokens=limit, do_sample=False, num_beams=1,
+                eos_token_id=eos_token_id, pad_token_id=pad_token_id,
+                temperature=None, top_p=None, top_k=None,
+            )
+        for row, i in enumerate(batch):
+            tokens = out[row, width:width + limits[i]].tolist()
+            if eos_token_id is not None and eos_token_id in tokens:
+                tokens = tokens[: tokens.index(eos_token_id) + 1]
+            cache[keys[i]] = tokens
+            generated_tokens += len(tokens)
+        if cache_file is not None:
+            _write_target_cache(cache_file, cache)
+        bar.update(len(batch))
+        bar.set_postfix(tok_s=f"{generated_tokens / (time.perf_counter() - started):.0f}")
+    bar.close()
+    return [cache[key] for key in keys]
+
+
+# ---------------------------------------------------------------- ranks
+def decode_positions(prompt_length: int, total_length: int, include_prompt: bool) -> range:
+    """Positions ``t`` measured in a sequence: each has a next token ``x_{t+1}``.
+
+    By default the ones decoding visits (``t >= prompt_length - 1``: the last prompt
+    token onwards); with ``include_prompt`` every position from 0.
+    """
+    start = 0 if include_prompt else max(prompt_length - 1, 0)
+    return range(start, total_length - 1)
+
+
+def future_targets(ids: Sequence[int], positions: range, num_heads: int) -> np.ndarray:
+    """(len(positions), K) array: ``x_{t+1+k}`` for head k at position t, or -1 past the end."""
+    tokens = np.asarray(ids, dtype=np.int64)
+    t = np.asarray(positions, dtype=np.int64)[:, None] + 1 + np.arange(1, num_heads + 1)[None]
+    out = np.full(t.shape, MISS, dtype=np.int64)
+    inside = t < len(tokens)
+    out[inside] = tokens[t[inside]]
+    return out
+
+
+def ranks_in_top_k(logits: Any, targets: Any, top_k: int) -> Any:
+    """Rank (0-based) of each target in its row's top-k logits, or -1 if absent.
+
+    ``logits`` [..., V], ``targets`` [...] (negative: no target -> -1). Ranks follow
+    ``torch.topk``'s order, the order the runtime builds candidates in.
+    """
+    import torch
+
+    top = torch.topk(logits, min(top_k, logits.shape[-1]), dim=-1).indices
+    hit = top == targets.unsqueeze(-1)
+    found = hit.any(dim=-1) & (targets >= 0)
+    return torch.where(found, hit.float().argmax(dim=-1), torch.full_like(targets, MISS))
+
+
+def batch_rank_vectors(
+    model: Any, heads: Any, batch: Sequence[Sequence_], top_k: int, include_prompt: bool,
+    pad_token_id: int = 0,
+) -> tuple[list[np.ndarray], int]:
+    """Teacher-forced rank vectors of a batch: one (positions, K) int array per sequence.
+
+    Also returns how many measured positions had a base-model argmax different from
+    the continuation's next token (0 when the targets are this model's greedy
+    output, up to floating-point near-ties).
+    """
+    import torch
+
+    from treeopt.model.loading import decoder_of, input_device
+
+    device = input_device(model)
+    width = max(len(s.ids) for s in batch)
+    input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, seq in enumerate(batch):
+        input_ids[row, : len(seq.ids)] = torch.tensor(seq.ids)
+        attention[row, : len(seq.ids)] = 1
+    num_heads = heads.config.medusa_num_heads
+    with torch.no_grad():
+        # Right padding: causal attention keeps real positions independent of it.
+        hidden = decoder_of(model)(
+            input_ids=input_ids.to(device), attention_mask=attention.to(device)
+        ).last_hidden_state
+        rows, cols, targets, nexts, sizes = [], [], [], [], []
+        for row, seq in enumerate(batch):
+            positions = decode_positions(len(seq.prompt), len(seq.ids), include_prompt)
+            rows.extend([row] * len(positions))
+            cols.extend(positions)
+            targets.append(future_targets(seq.ids, positions, num_heads))
+            nexts.extend(seq.ids[t + 1] for t in positions)
+            sizes.append(len(positions))
+        if not rows:
+            return [np.zeros((0, num_heads), dtype=np.int16) for _ in batch], 0
+        selected = hidden[torch.tensor(rows, device=hidden.device),
+                          torch.tensor(cols, device=hidden.device)]
+        target = torch.from_numpy(np.concatenate(targets)).to(hidden.device)
+        next_tokens = torch.tensor(nexts, device=hidden.device)
+        head_device = next(heads.parameters()).device
+        chunk = max(1, LOGITS_PER_CHUNK // (num_heads * heads.config.vocab_size))
+        ranks, mismatches = [], 0
+        for begin in range(0, len(rows), chunk):
+            h = selected[begin:begin + chunk]
+            base_argmax = model.lm_head(h).argmax(dim=-1)
+            mismatches += int((base_argmax != next_tokens[begin:begin + chunk]).sum())
+            logits = heads(h.unsqueeze(0).to(head_device))[:, 0]  # [K, n, V]
+            r = ranks_in_top_k(logits, target[begin:begin + chunk].T.to(head_device), top_k)
+            ranks.append(r.T.cpu())
+        all_ranks = torch.cat(ranks).numpy().astype(np.int16)
+    return list(np.split(all_ranks, np.cumsum(sizes)[:-1])), mismatches
+
+
+@dataclass
+class RankResults:
+    """Rank vectors gathered so far, in prompt order, and how far they got."""
+
+    ranks: list[np.ndarray]
+    groups: list[np.ndarray]
+    done: int = 0
+    mismatches: int = 0
+
+    def stacked(self, num_heads: int) -> tuple[np.ndarray, np.ndarray]:
+        if not self.ranks:
+            return np.zeros((0, num_heads), dtype=np.int16), np.zeros(0, dtype=np.int32)
+        return np.concatenate(self.ranks), np.concatenate(self.groups)
+
+
+def _save_partial(path: Path, fingerprint: str, results: RankResults, num_heads: int) -> None:
+    ranks, groups = results.stacked(num_heads)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, format=PARTIAL_FORMAT, fingerprint=fingerprint, ranks=ranks,
+                 groups=groups, done=results.done, mismatches=results.mismatches)
+
+
+def _load_partial(path: Path, fingerprint: str) -> RankResults:
+    try:
+        data = np.load(path, allow_pickle=False)
+        if str(data["format"]) != PARTIAL_FORMAT:
+            raise TreeoptError(f"{path} is not a {PARTIAL_FORMAT} checkpoint")
+        if str(data["fingerprint"]) != fingerprint:
+            raise TreeoptError(
+                f"{path} was made with other settings, model or prompts: delete it to start over"
+            )
+        return RankResults([data["ranks"]], [data["groups"]], int(data["done"]),
+                           int(data["mismatches"]))
+    except (OSError, ValueError, KeyError) as exc:
+        raise TreeoptError(f"cannot read checkpoint {path}: {exc}; delete it") from None
+
+
+def measure_ranks(
+    model: Any,
+    heads: Any,
+    sequences: Sequence[Sequence_],
+    settings: ProfileSettings,
+    checkpoint: Path | None,
+    fingerprint: str,
+    resume: bool = False,
+    progress: bool = True,
+    on_batch: Callable[[RankResults], None] | None = None,
+) -> RankResults:
+    """Rank vectors of every sequence (group = its index), checkpointed as it goes.
+
+    With ``resume`` the results in ``checkpoint`` (same fingerprint) are kept and
+    only the remaining sequences are measured; without it an existing checkpoint
+    is an error, so a rerun never silently throws work away.
+    """
+    from tqdm import tqdm
+
+    num_heads = heads.config.medusa_num_heads
+    results = RankResults([], [])
+    if checkpoint is not None and checkpoint.exists():
+        if not resume:
+            raise TreeoptError(
+                f"partial results exist in {checkpoint}: pass --resume to continue them "
+                "or delete the file to start over"
+            )
+        results = _load_partial(checkpoint, fingerprint)
+    total_tokens = sum(len(s.ids) for s in sequences[results.done:])
+    bar = tqdm(total=total_tokens, unit="tok", unit_scale=True, desc="profiling",
+               disable=not progress, leave=False)
+    last_save = time.monotonic()
+    try:
+        while results.done < len(sequences):
+            batch = sequences[results.done:results.done + settings.batch_size]
+            per_seq, mismatches = batch_rank_vectors(
+                model, heads, batch, settings.top_k, settings.include_prompt
+            )
+            for offset, ranks in enumerate(per_seq):
+                results.ranks.append(ranks)
+                results.groups.append(np.full(len(ranks), results.done + offset, dtype=np.int32))
+            results.done += len(batch)
+            results.mismatches += mismatches
+            bar.update(sum(len(s.ids) for s in batch))
+            if on_batch is not None:
+                on_batch(results)
+            if checkpoint is not None and time.monotonic() - last_save > CHECKPOINT_SECONDS:
+                _save_partial(checkpoint, fingerprint, results, num_heads)
+                last_save = time.monotonic()
+    except BaseException:
+        # Ctrl-C or a crash: keep everything measured so far for --resume.
+        if checkpoint is not None and results.done:
+            _save_partial(checkpoint, fingerprint, results, num_heads)
+        raise
+    finally:
+        bar.close()
+    return results
+
+
+def fingerprint_of(model_id: str, heads_id: str, prompts: Sequence[list[int]],
+                   settings: ProfileSettings) -> str:
+    """A digest of everything a profile's numbers depend on (resume must match it).
+
+    The batch size is left out: it changes speed, not results.
+    """
+    measured = {k: v for k, v in asdict(settings).items() if k != "batch_size"}
+    blob = json.dumps([model_id, heads_id, [list(p) for p in prompts], measured])
+    return hashlib.sha1(blob.encode()).hexdigest()
+
+
+def profile_model(
+    model: Any,
+    tokenizer: Any,
+    heads: Any,
+    prompts: Sequence[list[int]],
+    output: str | Path,
+    settings: ProfileSettings,
+    model_id: str,
+    heads_id: str,
+    resume: bool = False,
+    progress: bool = True,
+    provenance: dict[str, Any] | None = None,
+) -> Any:
+    """Profile ``heads`` on ``model`` over tokenized ``prompts`` and write it to ``output``.
+
+    Returns the :class:`treeopt.core.profile.Profile` written. Greedy targets are cached
+    beside ``output``; the partial checkpoint is removed once the profile is
+    written. Prompts that leave no room for a new token in the context are skipped.
+    """
+    from treeopt.core.profile import Profile
+    from treeopt.files.profile_file import write_profile
+
+    output = check_output_path(output)  # before any work, as the CLI checks it
+    if settings.top_k < 1:
+        raise TreeoptError(f"--top-k must be >= 1, not {settings.top_k}")
+    if settings.max_new_tokens < 1:
+        raise TreeoptError(f"--max-new-tokens must be >= 1, not {settings.max_new_tokens}")
+    vocab_size = heads.config.vocab_size
+    if settings.top_k > vocab_size:
+        raise TreeoptError(f"--top-k {settings.top_k} exceeds the heads' vocabulary of "
+                           f"{vocab_size} tokens")
+    eos = getattr(tokenizer, "eos_token_id", None)
+    pad = pad_token_id_of(tokenizer, eos)
+    kept = [list(p) for p in prompts if new_token_limit(model, len(p), settings.max_new_tokens)]
+    if not kept:
+        raise TreeoptError("every prompt fills the model's context: nothing left to profile")
+    continuations = greedy_continuations(
+        model, kept, settings.max_new_tokens, eos, targets_path(output), model_id,
+        batch_size=settings.batch_size, pad_token_id=pad, progress=progress,
+    )
+    sequences = [Sequence_(p, c) for p, c in zip(kept, continuations, strict=True)]
+    checkpoint = partial_path(output)
+    fingerprint = fingerprint_of(model_id, heads_id, kept, settings)
+    results = measure_ranks(model, heads, sequences, settings, checkpoint, fingerprint,
+                            resume=resume, progress=progress)
+    num_heads = heads.config.medusa_num_heads
+    ranks, groups = results.stacked(num_heads)
+    if len(ranks) == 0:
+        raise TreeoptError("no positions measured: every continuation was empty")
+    info = {
+        "model": model_id,
+        "heads": heads_id,
+        "prompts": len(kept),
+        "skipped_prompts": len(prompts) - len(kept),
+        "positions": len(ranks),
+        "generated_tokens": sum(len(c) for c in continuations),
+        "greedy_mismatches": results.mismatches,
+        **{key: value for key, value in asdict(settings).items() if key != "batch_size"},
+        **(provenance or {}),
+    }
+    first = [len(s.prompt) - 1 if settings.include_prompt else 0 for s in sequences]
+    profile = Profile.from_rank_vectors(ranks.astype(np.int64), settings.top_k, groups=groups,
+                                        provenance=info, first_decode_index=first)
+    write_profile(output, profile)  # and its rank vectors, for treeopt.optimize.replay
+    checkpoint.unlink(missing_ok=True)
+    return profile

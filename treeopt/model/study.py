@@ -1,0 +1,174 @@
+"""``treeopt tune --measure``: tune by measured tokens/s with an optuna study.
+
+Each trial builds the profile's optimal tree for a (budget, max depth), decodes
+the calibration prompts with ``medusa_runtime.generate`` under Medusa's typical
+acceptance (threshold, alpha), and reports new tokens per second of wall time.
+The sampler is seeded and the study lives in ``--storage`` (e.g.
+``sqlite:///study.db``), so running the command again resumes it. optuna and
+torch are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from treeopt.errors import TreeoptError, first_line
+from treeopt.optimize.build import MIN_BUDGET
+
+# Search space. Medusa's defaults (threshold 0.09, alpha 0.3 = sqrt(0.09)) sit
+# inside both ranges; thresholds span an order of magnitude each way, so they are
+# searched on a log scale.
+THRESHOLD_RANGE = (0.01, 0.3)
+ALPHA_RANGE = (0.05, 0.6)
+DEFAULT_MAX_BUDGET = 128
+WARMUP_NEW_TOKENS = 4  # an untimed call per trial: kernels loaded, CUDA graphs captured
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """What ``run_study`` searches over and how."""
+
+    trials: int
+    seed: int = 0
+    max_budget: int = DEFAULT_MAX_BUDGET
+    max_new_tokens: int = 128
+    acceptance_model: str = "independent"
+    storage: str | None = None
+    study_name: str = "treeopt-tune"
+
+
+@dataclass(frozen=True)
+class StudyOutcome:
+    """The best trial: its parameters, measured tokens/s and tree."""
+
+    params: dict[str, Any]
+    tokens_per_second: float
+    acceleration_rate: float
+    tree: Any
+    expected_accept_length: float
+    num_trials: int
+
+
+def run_study(model: Any, heads: Any, prompts: Sequence[Sequence[int]], profile: Any,
+              config: StudyConfig, eos_token_id: int | None = None) -> StudyOutcome:
+    """Run ``config.trials`` more trials and return the best of the whole study.
+
+    Objective: total new tokens / total wall time over ``prompts`` (token ids),
+    maximized. Guarantees the returned tree is the one the best trial measured.
+    """
+    import torch
+
+    from medusa_runtime.acceptance import TypicalAcceptance
+    from medusa_runtime.decode import generate
+    from treeopt.optimize.build import build_tree
+
+    if config.trials < 1:
+        raise TreeoptError(f"--trials must be >= 1, not {config.trials}")
+    if config.max_budget < MIN_BUDGET:
+        raise TreeoptError(f"--max-budget must be >= {MIN_BUDGET}, not {config.max_budget}")
+    if not prompts:
+        raise TreeoptError("--measure needs at least one calibration prompt")
+    max_depth = min(profile.num_heads, heads.num_heads)
+
+    def tree_for(params: dict[str, Any]) -> Any:
+        return build_tree(profile, params["budget"], acceptance_model=config.acceptance_model,
+                          max_depth=params["max_depth"])
+
+    def objective(trial: Any) -> float:
+        params = {
+            "budget": trial.suggest_int("budget", MIN_BUDGET, config.max_budget, log=True),
+            "max_depth": trial.suggest_int("max_depth", 1, max_depth),
+            "posterior_threshold": trial.suggest_float("posterior_threshold",
+                                                       *THRESHOLD_RANGE, log=True),
+            "posterior_alpha": trial.suggest_float("posterior_alpha", *ALPHA_RANGE),
+        }
+        tree = tree_for(params).tree
+        acceptance = TypicalAcceptance(params["posterior_threshold"], params["posterior_alpha"])
+        torch.manual_seed(config.seed)
+        generate(model, heads, tree, prompts[0], WARMUP_NEW_TOKENS, acceptance=acceptance,
+                 eos_token_id=eos_token_id)
+        tokens = steps = 0
+        seconds = 0.0
+        for prompt in prompts:
+            result = generate(model, heads, tree, prompt, config.max_new_tokens,
+                              acceptance=acceptance, eos_token_id=eos_token_id)
+            tokens += len(result.tokens)
+            steps += result.steps
+            seconds += result.wall_time_s
+        trial.set_user_attr("acceleration_rate", tokens / steps if steps else 0.0)
+        return tokens / seconds if seconds > 0 else 0.0
+
+    study = open_study(config)
+    study.optimize(objective, n_trials=config.trials, show_progress_bar=True)
+    best = study.best_trial
+    built = tree_for(best.params)
+    return StudyOutcome(
+        params=dict(best.params), tokens_per_second=float(best.value),
+        acceleration_rate=float(best.user_attrs.get("acceleration_rate", 0.0)),
+        tree=built.tree, expected_accept_length=built.expected_accept_length,
+        num_trials=len(study.trials),
+    )
+
+
+def open_study(config: StudyConfig) -> Any:
+    """The optuna study of ``config`` (resumed if its storage has it); one-line error if not."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.create_study(
+            study_name=config.study_name, storage=config.storage, direction="maximize",
+            sampler=optuna.samplers.TPESampler(seed=config.seed), load_if_exists=True,
+        )
+    except Exception as exc:  # bad URL, missing driver, locked file: all one message
+        raise TreeoptError(f"cannot open --storage {config.storage}: {first_line(exc)}") \
+            from None
+
+
+def run_study_cli(*, profile: str, model: str | None, heads: str | None, prompts: str | None,
+                  max_prompts: int, max_new_tokens: int, trials: int, seed: int,
+                  storage: str | None, study_name: str, device: str, dtype: str,
+                  max_budget: int | None, acceptance_model: str,
+                  output: Path | None) -> StudyOutcome:
+    """Load model, heads, prompts and profile; run the study; print and write the best tree."""
+    if model is None or prompts is None:
+        raise TreeoptError("--measure needs --model and --prompts (calibration prompts)")
+    from treeopt.core.timestamps import utc_now
+    from treeopt.files.profile_file import load_profile
+    from treeopt.model.calibration import encode_prompts, read_prompts
+    from treeopt.model.loading import load_base_model, load_heads, require_heads
+
+    # Everything that can fail cheaply fails before the model loads.
+    config = StudyConfig(trials=trials, seed=seed,
+                         max_budget=max_budget or DEFAULT_MAX_BUDGET,
+                         max_new_tokens=max_new_tokens, acceptance_model=acceptance_model,
+                         storage=storage, study_name=study_name)
+    loaded_profile = load_profile(profile)
+    texts = read_prompts(prompts, max_prompts=max_prompts, seed=seed)
+    heads_name = require_heads(model, heads)
+    open_study(config)
+    net, tokenizer = load_base_model(model, device=device, dtype=dtype)
+    medusa = load_heads(heads_name, device=device, dtype=next(net.parameters()).dtype,
+                        base_lm_head=net.get_output_embeddings())
+    outcome = run_study(net, medusa, encode_prompts(tokenizer, texts), loaded_profile, config,
+                        eos_token_id=tokenizer.eos_token_id)
+    params = ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+                       for key, value in outcome.params.items())
+    print(f"best of {outcome.num_trials} trials: {outcome.tokens_per_second:.1f} tokens/s, "
+          f"acceleration {outcome.acceleration_rate:.3f} ({params})")
+    if output is not None:
+        from treeopt.files.tree_file import write_tree
+
+        write_tree(output, outcome.tree, outcome.expected_accept_length, {
+            "tool": "treeopt tune --measure", "profile": profile, "model": model,
+            "prompts": str(prompts), "device": device, **outcome.params,
+            "measured_tokens_per_second": round(outcome.tokens_per_second, 3),
+            "measured_acceleration_rate": round(outcome.acceleration_rate, 4),
+            "trials": outcome.num_trials, "storage": storage, "created": utc_now(),
+        })
+        print(f"wrote {output}", file=sys.stderr)
+    return outcome

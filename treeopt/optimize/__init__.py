@@ -1,0 +1,4 @@
+"""The optimizer: models of acceptance, replayed decoding, the tree builder, the tuner.
+
+Pure: numpy only.
+"""

@@ -1,0 +1,218 @@
+"""Tree-size tuning: the size that maximizes predicted speedup.
+
+Speedup(n) = E[accept](n) / (latency(n) / latency(1)): tokens gained per step
+over plain decoding's one, divided by how much longer the verification step of
+an n-token tree takes than a plain decoding step. Pure functions over the
+builder's nested acceptance curve and a :class:`~treeopt.core.latency.LatencyTable`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from treeopt.core.latency import DEFAULT_CONTEXT, LatencyTable
+from treeopt.core.profile import Profile
+from treeopt.core.tree import Tree
+from treeopt.errors import TreeoptError
+from treeopt.optimize.build import MIN_BUDGET, build_tree
+
+
+@dataclass(frozen=True)
+class TunePoint:
+    """One tree size: its expected accept length, step overhead and predicted speedup."""
+
+    num_tokens: int
+    expected_accept_length: float
+    overhead: float
+    speedup: float
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """The speedup curve at one (batch, context) and its best size.
+
+    Attributes:
+        points: one per size n = 1..len(points), in order.
+        best: the point of highest speedup (the smallest n among ties).
+        batch, context: the latency setting used.
+        limited_by: why the curve stops where it does: ``"acceptance curve"``,
+            ``"latency table"`` (largest measured size, or out of memory) or
+            ``"max budget"``.
+    """
+
+    points: list[TunePoint]
+    best: TunePoint
+    batch: int
+    context: int
+    limited_by: str
+
+
+def speedup_points(
+    accept_curve: Sequence[float], overhead: Mapping[int, float], max_num_tokens: int
+) -> list[TunePoint]:
+    """Speedup for n = 1..max_num_tokens; ``accept_curve[n - 1]`` is E[accept](n).
+
+    Guarantees ``points[i].num_tokens == i + 1`` and ``speedup == E / overhead``.
+    Raises TreeoptError if the acceptance curve or overhead misses a size asked for.
+    """
+    if max_num_tokens < 1:
+        raise TreeoptError(f"max num_tokens must be at least 1, not {max_num_tokens}")
+    if len(accept_curve) < max_num_tokens:
+        raise TreeoptError(
+            f"acceptance curve covers {len(accept_curve)} sizes, fewer than {max_num_tokens}"
+        )
+    points = []
+    for n in range(1, max_num_tokens + 1):
+        if n not in overhead:
+            raise TreeoptError(f"no overhead for num_tokens {n}")
+        accept, cost = float(accept_curve[n - 1]), float(overhead[n])
+        points.append(TunePoint(n, accept, cost, accept / cost))
+    return points
+
+
+def best_point(points: Sequence[TunePoint]) -> TunePoint:
+    """The point of highest speedup; among equal speedups, the smallest tree (cheaper)."""
+    if not points:
+        raise TreeoptError("no tree sizes to choose from")
+    return max(points, key=lambda point: (point.speedup, -point.num_tokens))
+
+
+def tune_size(
+    accept_curve: Sequence[float],
+    table: LatencyTable,
+    batch: int,
+    context: int,
+    max_budget: int | None = None,
+) -> TuneResult:
+    """Pick the tree size n* maximizing E[accept](n) / overhead(n) at (batch, context).
+
+    Sizes run from 1 to the smallest of: the acceptance curve's length, the
+    largest size the latency table covers there (never extrapolated; an
+    out-of-memory size caps it) and ``max_budget``.
+    """
+    overhead = table.overhead_curve(batch, context)
+    # On a tie the latency table is named: the builder is usually sized to it.
+    limits = {"latency table": max(overhead), "acceptance curve": len(accept_curve)}
+    if max_budget is not None:
+        if max_budget < 1:
+            raise TreeoptError(f"--max-budget must be at least 1, not {max_budget}")
+        limits["max budget"] = max_budget
+    limited_by = min(limits, key=lambda name: limits[name])
+    points = speedup_points(accept_curve, overhead, limits[limited_by])
+    return TuneResult(points, best_point(points), batch, context, limited_by)
+
+
+@dataclass(frozen=True)
+class BatchBest:
+    """The best tree size at one batch size and its predicted speedup."""
+
+    batch: int
+    num_tokens: int
+    speedup: float
+    expected_accept_length: float
+    overhead: float
+
+
+def batch_view(
+    accept_curve: Sequence[float],
+    table: LatencyTable,
+    context: int,
+    max_budget: int | None = None,
+) -> list[BatchBest]:
+    """For each batch size the table has at ``context``: the best size and its speedup.
+
+    Large batches turn the linear layers compute-bound, so extra tree tokens cost
+    more and the best size and speedup shrink (down to n* = 1, speedup 1 when a
+    tree no longer pays).
+    """
+    rows = []
+    for batch in table.batches:
+        if (batch, context) not in table.settings():
+            continue
+        result = tune_size(accept_curve, table, batch, context, max_budget)
+        best = result.best
+        rows.append(
+            BatchBest(batch, best.num_tokens, best.speedup, best.expected_accept_length,
+                      best.overhead)
+        )
+    if not rows:
+        raise TreeoptError(
+            f"latency table has no batch at context {context} "
+            f"(contexts: {', '.join(map(str, table.contexts))})"
+        )
+    return rows
+
+
+def curve_rows(result: TuneResult, latency: Mapping[int, float]) -> list[dict[str, float]]:
+    """Rows for ``treeopt.curve/1``: num_tokens, E[accept], latency_s, overhead, speedup."""
+    return [
+        {
+            "num_tokens": point.num_tokens,
+            "expected_accept_length": point.expected_accept_length,
+            "latency_s": latency[point.num_tokens],
+            "overhead": point.overhead,
+            "speedup": point.speedup,
+        }
+        for point in result.points
+    ]
+
+
+@dataclass(frozen=True)
+class TunedTree:
+    """The tree of the best size for one latency setting, and how it was chosen.
+
+    Attributes:
+        result: the speedup curve at (batch, context) and its best size n*.
+        tree: the tree of n* tokens per step (root-only when nothing beats plain
+            decoding, i.e. n* = 1).
+        score: the builder's figure for ``tree`` (tokens per step, root included:
+            replayed under steps weighting, else the expected accept length).
+        accept_curve: the builder's figure for every size 1..budget (the curve tuned).
+        weighting: the builder's weighting (``"positions"`` or ``"steps"``).
+    """
+
+    result: TuneResult
+    tree: Tree
+    score: float
+    accept_curve: list[float]
+    weighting: str
+
+
+def tune_tree(
+    profile: Profile,
+    table: LatencyTable,
+    batch: int | None = None,
+    context: int | None = None,
+    max_budget: int | None = None,
+    acceptance_model: str = "independent",
+) -> TunedTree:
+    """Build the nested trees for ``profile`` and pick the size of best predicted speedup.
+
+    ``batch`` defaults to the table's smallest, ``context`` to its nearest to
+    :data:`DEFAULT_CONTEXT`. The builder runs to the largest size the table covers
+    there (capped by ``max_budget``), :func:`tune_size` picks n*, and the returned
+    tree is the builder's n*-token tree. Under steps weighting the nested trees
+    follow the full budget's visited positions, so n*'s tree is also rebuilt for
+    its own and the rebuilt one is kept if it replays better.
+    """
+    batch = table.batches[0] if batch is None else batch
+    context = table.nearest_context(DEFAULT_CONTEXT) if context is None else context
+    size_limit = table.max_num_tokens(batch, context)
+    budget = size_limit if max_budget is None else min(max_budget, size_limit)
+    if budget < MIN_BUDGET:
+        raise TreeoptError(
+            f"nothing to tune at batch {batch}, context {context}: the latency table covers "
+            f"sizes up to {size_limit} and --max-budget is {max_budget} (a tree needs "
+            f">= {MIN_BUDGET} tokens per step)"
+        )
+    built = build_tree(profile, budget, acceptance_model=acceptance_model)
+    accept_curve = [float(value) for value in built.curve]
+    result = tune_size(accept_curve, table, batch, context, max_budget)
+    best = result.best
+    tree, score = built.tree_at(best.num_tokens), best.expected_accept_length
+    if built.weighting == "steps" and 1 < best.num_tokens < built.budget:
+        rebuilt = build_tree(profile, best.num_tokens, acceptance_model=acceptance_model)
+        if rebuilt.expected_accept_length > score:
+            tree, score = rebuilt.tree, rebuilt.expected_accept_length
+    return TunedTree(result, tree, score, accept_curve, built.weighting)

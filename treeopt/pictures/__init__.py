@@ -1,0 +1,1 @@
+"""Pictures: trees through graphviz, curves and rooflines through matplotlib."""
