@@ -178,21 +178,29 @@ def export_tree(
     """Write a tree in another runtime's format.
 
     medusa: Medusa's medusa_choices (Python list literal). trtllm: TensorRT-LLM
-    medusa_choices/eagle_choices (checked against its limits). vllm: vLLM
-    speculative_token_tree (string of tuples; refused unless every node at a level
-    has the same number of children). eagle: EAGLE tree_choices.
+    medusa_choices JSON (LLM API, TensorRT-engine backend; checked against its
+    limits). trtllm-triton: the same in the Triton backend's config.pbtxt brace form
+    ({0}, {0, 0}, ...). vllm: vLLM's old speculative_token_tree (removed upstream;
+    refused unless every node at a level has the same number of children).
+    vllm-medusa: vLLM's --speculative-config for a top-1 chain. eagle: EAGLE-1
+    tree_choices. When the target's current release no longer takes a static tree,
+    a one-line warning goes to stderr (README: "Engines as they are today").
 
     \b
     Examples:
       treeopt export tree.json --to trtllm -o medusa_choices.json
-      treeopt export mc_sim_7b_63 --to vllm --allow-nonuniform
+      treeopt export tree.json --to trtllm-triton     # config.pbtxt medusa_choices
+      treeopt export chain.json --to vllm-medusa      # from build --engine vllm-medusa
     """
     from treeopt.core.atomic import atomic_write_text
-    from treeopt.files.engines import export_text, nonuniform_levels
+    from treeopt.files.engines import export_text, nonuniform_levels, static_tree_warning
     from treeopt.files.tree_file import load_tree
 
     loaded = load_tree(tree)
     text = export_text(loaded, to.value, max_draft_len, allow_nonuniform=allow_nonuniform)
+    outdated = static_tree_warning(to.value)
+    if outdated is not None:
+        typer.echo(f"warning: {outdated}", err=True)
     if to is ExportTarget.vllm and allow_nonuniform and nonuniform_levels(loaded):
         typer.echo(
             "warning: nodes at some level have different numbers of children; vLLM drafts "
@@ -216,12 +224,17 @@ def import_tree(
         int | None,
         typer.Option(min=1, help="Medusa heads the tree is for (default: its depth)."),
     ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option("--name", help="The list to read from a file of several named lists "
+                     "(Medusa's medusa_choices.py), e.g. mc_sim_7b_63."),
+    ] = None,
 ) -> None:
     """Read a tree from another runtime's format and write it as treeopt.tree/1 JSON.
 
     \b
     Examples:
-      treeopt import medusa_choices.py --from medusa -o tree.json
+      treeopt import medusa_choices.py --from medusa --name mc_sim_7b_63 -o tree.json
       treeopt import choices.json --from trtllm --num-heads 5 -o tree.json
     """
     from treeopt.files.engines import import_text
@@ -234,10 +247,13 @@ def import_tree(
     except UnicodeDecodeError:
         raise TreeoptError(f"cannot read {file}: not UTF-8 text") from None
     try:
-        tree = import_text(text, from_.value, num_heads=num_heads)
+        tree = import_text(text, from_.value, num_heads=num_heads, name=name)
     except TreeoptError as exc:
         raise TreeoptError(f"{file}: {exc}") from None
-    write_tree(output, tree, provenance={"imported_from": str(file), "format": from_.value})
+    provenance = {"imported_from": str(file), "format": from_.value}
+    if name is not None:
+        provenance["name"] = name
+    write_tree(output, tree, provenance=provenance)
     typer.echo(f"wrote {output}: {len(tree)} nodes, depth {tree.depth}", err=True)
 
 

@@ -97,7 +97,8 @@ def build(
             "--engine",
             help="Fit a runtime: trtllm (<= 63 nodes, ranks < 16); vllm (every node at a level "
             "has the same number of children: the best full product tree, searched "
-            "exhaustively).",
+            "exhaustively; vLLM before PR #42121); vllm-medusa (the top-1 chain vLLM's Medusa "
+            "drafts today). A shape that cannot hit --budget exactly says so on stderr.",
         ),
     ] = None,
     output: Annotated[
@@ -141,7 +142,7 @@ def build(
     from treeopt.files.curve_file import write_curve
     from treeopt.files.profile_file import load_profile
     from treeopt.files.tree_file import TreeDocument, dumps, write_tree
-    from treeopt.optimize.build import build_tree
+    from treeopt.optimize.build import budget_shortfall, build_tree
 
     if curve is not None and curve.suffix.lower() not in (".json", ".csv"):
         raise TreeoptError(f"--curve file {curve} must end in .json or .csv")
@@ -156,7 +157,8 @@ def build(
         "profile": profile,
         "model": loaded.provenance.get("model"),
         "budget": budget,
-        "builder": "treeopt greedy" if engine != EngineChoice.vllm else "treeopt product search",
+        "builder": "treeopt greedy" if engine in (None, EngineChoice.trtllm)
+        else "treeopt product search",
         "acceptance_model": model_of_acceptance.value,
         "weighting": result.weighting,
         "created": utc_now(),
@@ -172,6 +174,9 @@ def build(
     if holdout is not None:
         provenance["split"] = {"part": "train", "holdout_fraction": holdout, "seed": seed}
     tree = result.tree
+    shortfall = budget_shortfall(result, None if engine is None else engine.value)
+    if shortfall is not None:
+        typer.echo(shortfall, err=True)
     if curve is not None:
         rows = [{"num_tokens": n, "expected_accept_length": value}
                 for n, value in enumerate(result.curve, start=1)]

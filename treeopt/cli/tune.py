@@ -13,6 +13,7 @@ import typer
 
 from treeopt.cli.options import (
     AcceptanceChoice,
+    EngineChoice,
     curve_file,
     gpu_named,
     output_file,
@@ -190,6 +191,11 @@ def tune(
         "--acceptance-model", "-a", "--model-of-acceptance",
         help="Builder's acceptance model (see `treeopt build --help`).")] = (
         AcceptanceChoice.independent),
+    engine: Annotated[EngineChoice | None, typer.Option(
+        "--engine",
+        help="Tune only trees this engine takes (limits as in `treeopt build --engine`). "
+             "vllm-medusa also prints vLLM's --speculative-config with the best chain "
+             "length per batch size.")] = None,
     output: Annotated[Path | None, typer.Option(
         "-o", "--output", callback=output_file,
         help="Write the best tree here (treeopt.tree/1).")] = None,
@@ -234,12 +240,15 @@ def tune(
     Examples:
       treeopt overhead --predict --arch llama-7b --gpu h100-sxm -o lat.json
       treeopt tune --latency lat.json --batch 1 -o tree.json --plot tune.png
+      treeopt tune --latency lat.json --engine vllm-medusa -o chain.json
       treeopt tune --measure --model vicuna-7b --prompts question.jsonl \\
           --storage sqlite:///study.db --trials 30 -o tree.json
     """
     if measure:
         from treeopt.model.study import run_study_cli
 
+        if engine is not None:
+            raise TreeoptError("--engine applies to tuning by a latency file, not --measure")
         if latency:
             raise TreeoptError("--measure times real decoding; it takes no --latency file")
         run_study_cli(profile=profile, model=model, heads=heads, prompts=prompts,
@@ -253,7 +262,12 @@ def tune(
         raise TreeoptError("give --latency FILE (make one with `treeopt overhead`), or --measure")
     from treeopt.files.latency_file import load_latency, prefer_measured
     from treeopt.files.profile_file import load_profile
-    from treeopt.optimize.tune import batch_view, curve_rows, tune_tree
+    from treeopt.optimize.tune import (
+        batch_view,
+        chain_lengths_per_batch,
+        curve_rows,
+        tune_tree,
+    )
 
     tables = [(name, load_latency(name)) for name in dict.fromkeys(map(str, latency))]
     source_file, table = prefer_measured(tables)
@@ -262,15 +276,27 @@ def tune(
     if len(tables) > 1:
         others = ", ".join(name for name, _ in tables if name != source_file)
         typer.echo(f"  (preferred over {others})", err=True)
-    tuned = tune_tree(loaded_profile, table, batch, context, max_budget, acceptance_model.value)
+    engine_name = None if engine is None else engine.value
+    tuned = tune_tree(loaded_profile, table, batch, context, max_budget, acceptance_model.value,
+                      engine=engine_name)
     result = tuned.result
     _print_tune_table(result, table)
-    _print_batch_view(batch_view(tuned.accept_curve, table, result.context, max_budget),
-                      result.context)
+    per_batch = batch_view(tuned.accept_curve, table, result.context, tuned.max_budget)
+    _print_batch_view(per_batch, result.context)
+    if engine_name == "vllm-medusa":
+        import json
+
+        from treeopt.files.engines import vllm_speculative_config
+
+        config = vllm_speculative_config(chain_lengths_per_batch(per_batch))
+        typer.echo(f"vLLM --speculative-config (predicted best chain per batch size): "
+                   f"{json.dumps(config)}")
 
     rows = curve_rows(result, table.latency_curve(result.batch, result.context))
     provenance = _provenance(profile, source_file, table, result, acceptance_model.value)
     provenance["weighting"] = tuned.weighting
+    if engine_name is not None:
+        provenance["engine"] = engine_name
     if curve is not None:
         from treeopt.files.curve_file import write_curve
 

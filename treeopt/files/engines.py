@@ -1,14 +1,25 @@
-"""Trees in the formats other runtimes load, in and out.
+"""Trees in the formats other runtimes load, in and out, and what each runtime takes today.
+
+Tree formats (:data:`FORMATS`, export and import):
 
 - ``medusa``: FasterDecoding/Medusa ``medusa_choices``, a Python literal list of
-  lists (tuples accepted on import, ``name = [...]`` too).
-- ``eagle``: EAGLE's ``tree_choices``, the same literal shape.
-- ``trtllm``: TensorRT-LLM ``medusa_choices`` / ``eagle_choices``, a JSON list of
-  lists, checked against the engine's limits (see :func:`check_trtllm`).
-- ``vllm``: vLLM ``speculative_token_tree``, a string of tuples in breadth-first
-  order, e.g. ``"[(0,), (1,), (0, 0)]"``; vLLM drafts the tree level by level and
-  is only correct when every node at a level has the same number of children
-  (see :func:`check_vllm`).
+  lists. On import tuples, ``name = [...]`` and a whole ``medusa_choices.py`` with
+  several named lists are accepted (pick one with ``name``).
+- ``eagle``: EAGLE-1's ``tree_choices``, the same literal shape.
+- ``trtllm``: TensorRT-LLM ``medusa_choices`` (LLM API / ``MedusaDecodingConfig``),
+  a JSON list of lists, checked against the engine's limits (:func:`check_trtllm`).
+- ``trtllm-triton``: the same tree in the brace form the TensorRT-LLM Triton
+  backend reads from the ``medusa_choices`` parameter of ``config.pbtxt``:
+  ``{0}, {0, 0}, {1}`` (one brace group per path, comma separated, no outer brackets).
+- ``vllm``: vLLM's old ``speculative_token_tree``, a string of tuples in
+  breadth-first order; only correct when every node at a level has the same number
+  of children (:func:`check_vllm`). vLLM removed it (see :data:`ENGINE_STATUS`).
+- ``vllm-medusa``: what vLLM's Medusa takes today, a top-1 chain: the JSON for
+  ``--speculative-config`` with ``num_speculative_tokens`` (optionally a schedule per
+  batch size, :func:`vllm_speculative_config`).
+
+:data:`ENGINE_STATUS` records, per target, whether the engine still takes a static
+tree and the upstream file each format was checked against.
 
 Every import goes through :meth:`Tree.from_paths`, so a missing parent or a
 duplicate is refused rather than silently re-rooted.
@@ -20,17 +31,101 @@ import ast
 import json
 import re
 from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from treeopt.core.tree import Tree, format_path
 from treeopt.errors import TreeoptError
 
-FORMATS = ("medusa", "trtllm", "vllm", "eagle")
+FORMATS = ("medusa", "trtllm", "trtllm-triton", "vllm", "vllm-medusa", "eagle")
+# Formats that can hold any tree (vllm-medusa holds only top-1 chains).
+TREE_FORMATS = ("medusa", "trtllm", "trtllm-triton", "vllm", "eagle")
 
 # TensorRT-LLM limits: max_draft_len defaults to 63 paths; each level's candidates
 # come from a top-k of at most 16 (ranks 0..15); the tree is at most 16 deep.
 TRTLLM_DEFAULT_MAX_DRAFT_LEN = 63
 TRTLLM_MAX_TOP_K = 16
 TRTLLM_MAX_DEPTH = 16
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    """What one export target's engine takes today, and where that was read.
+
+    Attributes:
+        takes_static_tree: whether the engine's current release reads this tree.
+        summary: one line for tables: which versions take which output.
+        warning: one line for ``export`` when the current engine ignores or rejects
+            the output (``None`` when it takes it).
+        checked_against: upstream files (repo/path@commit or PR) the format was checked
+            against.
+    """
+
+    takes_static_tree: bool
+    summary: str
+    warning: str | None
+    checked_against: tuple[str, ...]
+
+
+ENGINE_STATUS: dict[str, EngineStatus] = {
+    "medusa": EngineStatus(
+        True, "FasterDecoding/Medusa medusa_choices (all versions)", None,
+        ("FasterDecoding/Medusa medusa/model/medusa_choices.py@e2a5d20",),
+    ),
+    "eagle": EngineStatus(
+        False, "EAGLE-1 tree_choices; EAGLE-2/3 (EaModel) draft a dynamic tree",
+        "EAGLE's current EaModel (EAGLE-2/3) builds a dynamic tree from total_token, depth "
+        "and top_k; tree_choices is read only by EAGLE-1 code (eagle/evaluation scripts)",
+        ("SafeAILab/EAGLE eagle/model/ea_model.py@cb7e084",
+         "SafeAILab/EAGLE eagle/model/choices.py@cb7e084"),
+    ),
+    "trtllm": EngineStatus(
+        True, "TensorRT-LLM medusa_choices, TensorRT-engine backend only (LLM API "
+        "MedusaDecodingConfig refuses the pytorch and _autodeploy backends); eagle_choices "
+        "removed (PR #18210)", None,
+        ("NVIDIA/TensorRT-LLM tensorrt_llm/llmapi/llm_args.py@fcd3f31 "
+         "(MedusaDecodingConfig.supports_backend)",
+         "NVIDIA/TensorRT-LLM PR #18210 'BREAKING: Remove eagle_choices' (merged, 2026-09)"),
+    ),
+    "trtllm-triton": EngineStatus(
+        True, "TensorRT-LLM Triton backend (tensorrt_llm model, TensorRT engine) "
+        "config.pbtxt parameter medusa_choices", None,
+        ("NVIDIA/TensorRT-LLM triton_backend/inflight_batcher_llm/src/utils.cc@c8c6df0 "
+         "(csvStrToVecVecInt)",
+         "NVIDIA/TensorRT-LLM triton_backend/inflight_batcher_llm/src/model_state.cc@5cdd692",
+         "NVIDIA/TensorRT-LLM triton_backend/inflight_batcher_llm/src/"
+         "model_instance_state.cc@c8c6df0"),
+    ),
+    "vllm": EngineStatus(
+        False, "vLLM speculative_token_tree: only versions before PR #42121 (May 2026), "
+        "and read by the EAGLE proposer only, never by Medusa",
+        "vLLM removed speculative_token_tree and its tree attention (PR #42121, May 2026); "
+        "this string is for older versions' EAGLE proposer only. vLLM's Medusa drafts a "
+        "top-1 chain: export --to vllm-medusa, or tune --engine vllm-medusa for a chain "
+        "length per batch size",
+        ("vllm-project/vllm PR #42121 '[Attention][Cleanup] Remove tree attention' "
+         "(merged 2026-05)",
+         "vllm-project/vllm vllm/config/speculative.py@002e77c (no speculative_token_tree)"),
+    ),
+    "vllm-medusa": EngineStatus(
+        True, "vLLM Medusa: top-1 chain, num_speculative_tokens (<= heads), optionally "
+        "num_speculative_tokens_per_batch_size [[lo, hi, K], ...]", None,
+        ("vllm-project/vllm vllm/v1/spec_decode/medusa.py@055e47c (argmax of each head)",
+         "vllm-project/vllm vllm/config/speculative.py@002e77c "
+         "(num_speculative_tokens_per_batch_size)",
+         "vllm-project/vllm vllm/v1/spec_decode/dynamic/utils.py@14b450c "
+         "(validate_and_normalize_dynamic_sd_schedule)",
+         "vllm-project/vllm vllm/transformers_utils/configs/medusa.py@0531c22 "
+         "(num_lookahead_tokens sets num_heads)"),
+    ),
+}
+
+
+def static_tree_warning(target: str) -> str | None:
+    """One line saying the current release of ``target`` no longer takes this output, or None."""
+    status = ENGINE_STATUS.get(target)
+    return None if status is None else status.warning
 
 
 def check_trtllm(tree: Tree, max_draft_len: int = TRTLLM_DEFAULT_MAX_DRAFT_LEN) -> None:
@@ -95,6 +190,82 @@ def check_vllm(tree: Tree) -> None:
         )
 
 
+def chain_length(tree: Tree) -> int:
+    """Length of ``tree`` as a top-1 chain (``[0], [0, 0], ...``), or TreeoptError.
+
+    vLLM's Medusa proposer drafts each head's argmax: one token per head, no branches.
+    """
+    expected = tuple((0,) * depth for depth in range(1, len(tree) + 1))
+    if tree.paths != expected:
+        odd = next(path for path, want in zip(tree.paths, expected, strict=True) if path != want)
+        raise TreeoptError(
+            f"vLLM's Medusa drafts a top-1 chain ([0], [0, 0], ...); this tree has "
+            f"{format_path(odd)} (build one with: treeopt build --engine vllm-medusa)"
+        )
+    return len(tree)
+
+
+def vllm_batch_schedule(
+    chain_lengths: Sequence[tuple[int, int]], max_batch: int | None = None
+) -> list[list[int]]:
+    """vLLM's ``num_speculative_tokens_per_batch_size``: ``[[lo, hi, K], ...]`` (inclusive).
+
+    ``chain_lengths`` holds ``(batch size, best chain length K)`` at the measured batch
+    sizes. Each measured size's K holds from it up to the next measured one; the first
+    range starts at 1 (vLLM requires it; smaller batches get the first measured K), the
+    last ends at ``max_batch`` (default: the largest measured; vLLM applies the last K
+    to any larger batch). Adjacent ranges with the same K are merged. The result passes
+    vLLM's ``validate_and_normalize_dynamic_sd_schedule``: sorted, non-overlapping,
+    starting at 1, K >= 0.
+    """
+    if not chain_lengths:
+        raise TreeoptError("no batch sizes to schedule")
+    points = sorted(chain_lengths)
+    batches = [batch for batch, _ in points]
+    if len(set(batches)) != len(batches) or batches[0] < 1:
+        raise TreeoptError(f"batch sizes must be distinct and >= 1, not {batches}")
+    for batch, length in points:
+        if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+            raise TreeoptError(f"chain length at batch {batch} must be an integer >= 0")
+    last = batches[-1] if max_batch is None else max_batch
+    if last < batches[-1]:
+        raise TreeoptError(f"max batch {last} is below the largest batch size {batches[-1]}")
+    schedule: list[list[int]] = []
+    for index, (_, length) in enumerate(points):
+        low = 1 if index == 0 else batches[index]
+        high = batches[index + 1] - 1 if index + 1 < len(points) else last
+        if schedule and schedule[-1][2] == length:
+            schedule[-1][1] = high
+        else:
+            schedule.append([low, high, length])
+    return schedule
+
+
+def vllm_speculative_config(
+    chain_lengths: Sequence[tuple[int, int]] | int, model: str | None = None,
+    max_batch: int | None = None,
+) -> dict[str, Any]:
+    """vLLM's ``--speculative-config`` for Medusa heads: a chain length, or one per batch size.
+
+    ``chain_lengths`` is one K or ``(batch, K)`` pairs (see :func:`vllm_batch_schedule`).
+    ``num_speculative_tokens`` is the largest K (vLLM caps a scheduled K at it, and its
+    Medusa uses that many heads); at least 1, as vLLM requires.
+    """
+    config: dict[str, Any] = {"method": "medusa"}
+    if model is not None:
+        config["model"] = model
+    if isinstance(chain_lengths, int):
+        if chain_lengths < 1:
+            raise TreeoptError("vLLM needs num_speculative_tokens >= 1")
+        config["num_speculative_tokens"] = chain_lengths
+        return config
+    schedule = vllm_batch_schedule(chain_lengths, max_batch)
+    config["num_speculative_tokens"] = max(1, *(k for _, _, k in schedule))
+    if len(schedule) > 1:
+        config["num_speculative_tokens_per_batch_size"] = schedule
+    return config
+
+
 def export_text(
     tree: Tree,
     target: str,
@@ -104,17 +275,23 @@ def export_text(
     """``tree`` in ``target``'s format (one of :data:`FORMATS`), as text.
 
     ``allow_nonuniform`` exports a tree vLLM cannot draft faithfully anyway (the
-    caller is expected to warn); by default such a tree is refused.
+    caller is expected to warn); by default such a tree is refused. Whether the
+    current engine still reads the output: :func:`static_tree_warning`.
     """
     if target in ("medusa", "eagle"):
         return "[" + ", ".join(format_path(path) for path in tree.paths) + "]"
     if target == "trtllm":
         check_trtllm(tree, max_draft_len)
         return json.dumps(tree.as_lists())
+    if target == "trtllm-triton":
+        check_trtllm(tree, max_draft_len)
+        return ", ".join("{" + ", ".join(map(str, path)) + "}" for path in tree.paths)
     if target == "vllm":
         if not allow_nonuniform:
             check_vllm(tree)
         return "[" + ", ".join(_tuple_literal(path) for path in tree.paths) + "]"
+    if target == "vllm-medusa":
+        return json.dumps(vllm_speculative_config(chain_length(tree)))
     raise TreeoptError(f"unknown export target {target!r} (choose from {', '.join(FORMATS)})")
 
 
@@ -122,21 +299,64 @@ def _tuple_literal(path: tuple[int, ...]) -> str:
     return "(" + ", ".join(str(rank) for rank in path) + ("," if len(path) == 1 else "") + ")"
 
 
-_ASSIGNMENT = re.compile(r"^\s*[A-Za-z_][A-Za-z_0-9]*\s*(:[^=]*)?=\s*", re.DOTALL)
-
-
-def parse_paths(text: str) -> list[list[int]]:
-    """Parse a list of paths written as a Python/JSON literal (lists or tuples).
-
-    Accepts ``name = [...]`` and a vLLM-style quoted string of tuples.
-    """
-    body = _ASSIGNMENT.sub("", text.strip(), count=1).strip()
+def _literal(node: ast.AST) -> Any:
     try:
-        value = ast.literal_eval(body)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        return ast.literal_eval(node)
+    except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
         raise TreeoptError(
             "not a list of paths: expected a literal like [[0], [0, 0], [1]]"
         ) from None
+
+
+def _named_values(module: ast.Module) -> dict[str, ast.AST]:
+    """Top-level ``name = value`` (and ``name: type = value``) in source order."""
+    named: dict[str, ast.AST] = {}
+    for statement in module.body:
+        if (isinstance(statement, ast.Assign) and len(statement.targets) == 1
+                and isinstance(statement.targets[0], ast.Name)):
+            named[statement.targets[0].id] = statement.value
+        elif (isinstance(statement, ast.AnnAssign) and statement.value is not None
+                and isinstance(statement.target, ast.Name)):
+            named[statement.target.id] = statement.value
+    return named
+
+
+def _literal_value(text: str, name: str | None) -> Any:
+    """The one literal ``text`` holds: a bare literal, or the list called ``name``."""
+    try:
+        module = ast.parse(text.strip(), mode="exec")
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        raise TreeoptError(
+            "not a list of paths: expected a literal like [[0], [0, 0], [1]]"
+        ) from None
+    named = _named_values(module)
+    if named:
+        if name is not None:
+            if name not in named:
+                raise TreeoptError(f"no list named {name!r} (has: {', '.join(named)})")
+            return _literal(named[name])
+        if len(named) > 1:
+            raise TreeoptError(
+                f"holds {len(named)} lists: {', '.join(named)}; choose one with --name"
+            )
+        return _literal(next(iter(named.values())))
+    if name is not None:
+        raise TreeoptError(f"--name {name}: the text holds one unnamed list")
+    if len(module.body) != 1 or not isinstance(module.body[0], ast.Expr):
+        raise TreeoptError("not a list of paths: expected a literal like [[0], [0, 0], [1]]")
+    return _literal(module.body[0].value)
+
+
+def parse_paths(text: str, name: str | None = None) -> list[list[int]]:
+    """Parse a list of paths written as a Python/JSON literal (lists or tuples).
+
+    Accepts ``name = [...]``, a vLLM-style quoted string of tuples, and a file of
+    several named lists (Medusa's ``medusa_choices.py``), from which ``name`` picks
+    one; without ``name`` such a file is a one-line error listing its names.
+    """
+    value = _literal_value(text, name)
+    if isinstance(value, dict) and "speculative_token_tree" in value:  # a vLLM config
+        value = value["speculative_token_tree"]
     if isinstance(value, str):  # vLLM's config holds the tree as a string
         return parse_paths(value)
     if not isinstance(value, (list, tuple)):
@@ -149,11 +369,56 @@ def parse_paths(text: str) -> list[list[int]]:
     return paths
 
 
-def import_text(text: str, source: str, num_heads: int | None = None) -> Tree:
-    """Read a tree written in ``source``'s format (one of :data:`FORMATS`)."""
+_BRACE_GROUP = re.compile(r"\{([^{}]*)\}")
+_BRACE_LIST = re.compile(r"\s*\{[^{}]*\}(\s*,\s*\{[^{}]*\})*\s*,?\s*")
+_PBTXT_VALUE = re.compile(r'key\s*:\s*"medusa_choices".*?string_value\s*:\s*"([^"]*)"', re.DOTALL)
+
+
+def parse_brace_paths(text: str) -> list[list[int]]:
+    """Parse the Triton backend's ``{0}, {0, 0}, {1}`` (or a config.pbtxt holding it)."""
+    found = _PBTXT_VALUE.search(text)
+    body = found.group(1) if found else text.strip()
+    if not _BRACE_LIST.fullmatch(body):
+        raise TreeoptError(
+            "not a Triton medusa_choices value: expected brace groups like {0}, {0, 0}, {1}"
+        )
+    paths = []
+    for group in _BRACE_GROUP.findall(body):
+        try:
+            paths.append([int(rank) for rank in group.split(",")])
+        except ValueError:
+            raise TreeoptError(f"{{{group}}} is not a comma-separated list of ranks") from None
+    return paths
+
+
+def _parse_vllm_medusa(text: str) -> list[list[int]]:
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError:
+        raise TreeoptError("not a vLLM speculative config: expected JSON") from None
+    length = config.get("num_speculative_tokens") if isinstance(config, dict) else None
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        raise TreeoptError("not a vLLM speculative config: needs num_speculative_tokens >= 1")
+    return [[0] * depth for depth in range(1, length + 1)]
+
+
+def import_text(
+    text: str, source: str, num_heads: int | None = None, name: str | None = None
+) -> Tree:
+    """Read a tree written in ``source``'s format (one of :data:`FORMATS`).
+
+    ``name`` picks one list from a file of several named lists (Medusa's
+    ``medusa_choices.py``).
+    """
     if source not in FORMATS:
         raise TreeoptError(f"unknown import format {source!r} (choose from {', '.join(FORMATS)})")
-    tree = Tree.from_paths(parse_paths(text), num_heads=num_heads)
-    if source == "trtllm":
+    if source == "trtllm-triton":
+        paths = parse_brace_paths(text)
+    elif source == "vllm-medusa":
+        paths = _parse_vllm_medusa(text)
+    else:
+        paths = parse_paths(text, name)
+    tree = Tree.from_paths(paths, num_heads=num_heads)
+    if source in ("trtllm", "trtllm-triton"):
         check_trtllm(tree, max_draft_len=max(len(tree), TRTLLM_DEFAULT_MAX_DRAFT_LEN))
     return tree

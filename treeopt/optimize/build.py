@@ -17,7 +17,10 @@ optimal tree of ``n - 1`` nodes for every ``n``, and the trees are nested.
 limits) are applied greedily: the result is valid but may be suboptimal (e.g. a
 capped node's high-value grandchildren are never reached). ``engine="vllm"`` is
 different: it searches every full product tree (branching ``c_1, c_2, ...`` per
-level, ranks ``0..c_d - 1``) exhaustively, so it is optimal among those.
+level, ranks ``0..c_d - 1``) exhaustively, so it is optimal among those; such trees
+come only in some sizes, so the result may verify fewer tokens than the budget
+(:func:`budget_shortfall` says so). ``engine="vllm-medusa"`` is the top-1 chain
+vLLM's Medusa drafts today (one token per head): at most ``heads + 1`` tokens.
 
 **Weighting by decoding steps.** The values above average over every calibration
 position. Decoding visits fewer: a step accepting ``a`` tokens skips ``a - 1``
@@ -46,13 +49,14 @@ from treeopt.files.engines import (
     TRTLLM_DEFAULT_MAX_DRAFT_LEN,
     TRTLLM_MAX_DEPTH,
     TRTLLM_MAX_TOP_K,
+    chain_length,
     check_trtllm,
     check_vllm,
 )
 from treeopt.optimize.acceptance_models import AcceptanceModel
 from treeopt.optimize.replay import nested_tokens_per_step, replay, tokens_per_step
 
-ENGINES = ("trtllm", "vllm")
+ENGINES = ("trtllm", "vllm", "vllm-medusa")
 WEIGHTINGS = ("steps", "positions")
 MIN_BUDGET = 2  # budget 1 is the root alone: plain decoding, nothing to build
 # Most trees built when weighting by steps, and how many rounds in a row may fail
@@ -61,7 +65,7 @@ MIN_BUDGET = 2  # budget 1 is the root alone: plain decoding, nothing to build
 MAX_STEP_WEIGHTING_ROUNDS = 8
 STEP_WEIGHTING_PATIENCE = 2
 
-__all__ = ["ENGINES", "BuildResult", "build_tree"]
+__all__ = ["ENGINES", "BuildResult", "budget_shortfall", "build_tree", "engine_max_budget"]
 
 
 @dataclass(frozen=True)
@@ -145,6 +149,8 @@ def _rank_caps(
     top = profile.top_k - 1
     if engine == "trtllm":
         top = min(top, TRTLLM_MAX_TOP_K - 1)
+    elif engine == "vllm-medusa":
+        top = 0  # each head's argmax only
     return [min(cap, top) for cap in caps]
 
 
@@ -170,8 +176,9 @@ def build_tree(
         max_rank: largest rank allowed (0-based, inclusive), one bound or one per
             depth (the last repeats).
         max_children: most children of any node, the root included.
-        engine: ``trtllm`` (<= 63 nodes, ranks < 16, depth <= 16) or ``vllm`` (full
-            product trees only, searched exhaustively).
+        engine: ``trtllm`` (<= 63 nodes, ranks < 16, depth <= 16), ``vllm`` (full
+            product trees only, searched exhaustively; vLLM before PR #42121) or
+            ``vllm-medusa`` (the top-1 chain vLLM's Medusa drafts).
         blend_weight: the blend's pseudo-count (default: chosen by cross-validation).
         weighting: ``positions`` (every calibration position counts once) or
             ``steps`` (the positions decoding visits; needs ``profile.sequences``).
@@ -219,7 +226,7 @@ def build_tree(
     model = AcceptanceModel(profile, acceptance_model, blend_weight)
 
     def build_once(model: AcceptanceModel) -> BuildResult:
-        if engine == "vllm":
+        if engine in ("vllm", "vllm-medusa"):
             return _build_product(model, budget, caps, max_children)
         return _build_greedy(model, budget, caps, max_children)
 
@@ -228,9 +235,39 @@ def build_tree(
         result = _weight_by_steps(result, profile, model, build_once)
     if engine == "vllm":
         check_vllm(result.tree)
+    elif engine == "vllm-medusa":
+        chain_length(result.tree)
     elif engine == "trtllm":
         check_trtllm(result.tree)
     return result
+
+
+def engine_max_budget(engine: str | None, num_heads: int) -> int | None:
+    """Largest budget (tokens per step, root included) ``engine`` takes, or None.
+
+    TensorRT-LLM: ``max_draft_len`` nodes + the root; vLLM's Medusa: one token per head.
+    """
+    if engine == "trtllm":
+        return TRTLLM_DEFAULT_MAX_DRAFT_LEN + 1
+    if engine == "vllm-medusa":
+        return num_heads + 1
+    return None
+
+
+def budget_shortfall(result: BuildResult, engine: str | None) -> str | None:
+    """One line when ``result``'s tree verifies fewer tokens than its budget, else None.
+
+    Only an engine's shape limits cause it: vLLM's uniform levels come in some sizes
+    only, vLLM's Medusa chain is at most ``heads + 1`` tokens.
+    """
+    tokens = result.tree.num_tokens
+    if tokens >= result.budget:
+        return None
+    shape = {"vllm": "tree with uniform levels (the shape vLLM's speculative_token_tree took)",
+             "vllm-medusa": f"top-1 chain (what vLLM's Medusa drafts, one token per head, "
+                            f"{result.num_heads} heads)"}.get(engine, "tree")
+    return (f"note: the best {shape} under --budget {result.budget} has {tokens} tokens/step; "
+            f"that engine cannot take exactly {result.budget}")
 
 
 def _weight_by_steps(

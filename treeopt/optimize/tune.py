@@ -9,13 +9,13 @@ builder's nested acceptance curve and a :class:`~treeopt.core.latency.LatencyTab
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from treeopt.core.latency import DEFAULT_CONTEXT, LatencyTable
 from treeopt.core.profile import Profile
 from treeopt.core.tree import Tree
 from treeopt.errors import TreeoptError
-from treeopt.optimize.build import MIN_BUDGET, build_tree
+from treeopt.optimize.build import ENGINES, MIN_BUDGET, build_tree, engine_max_budget
 
 
 @dataclass(frozen=True)
@@ -144,6 +144,15 @@ def batch_view(
     return rows
 
 
+def chain_lengths_per_batch(rows: Sequence[BatchBest]) -> list[tuple[int, int]]:
+    """``(batch, chain length K)`` from a batch view of a chain's curve: K = n* - 1.
+
+    Feed a curve built with ``engine="vllm-medusa"`` to :func:`batch_view`; the
+    result goes to :func:`treeopt.files.engines.vllm_speculative_config`.
+    """
+    return [(row.batch, row.num_tokens - 1) for row in rows]
+
+
 def curve_rows(result: TuneResult, latency: Mapping[int, float]) -> list[dict[str, float]]:
     """Rows for ``treeopt.curve/1``: num_tokens, E[accept], latency_s, overhead, speedup."""
     return [
@@ -170,6 +179,8 @@ class TunedTree:
             replayed under steps weighting, else the expected accept length).
         accept_curve: the builder's figure for every size 1..budget (the curve tuned).
         weighting: the builder's weighting (``"positions"`` or ``"steps"``).
+        max_budget: the largest size tuned (``--max-budget`` capped by the engine's limit);
+            pass it on to :func:`batch_view`.
     """
 
     result: TuneResult
@@ -177,6 +188,7 @@ class TunedTree:
     score: float
     accept_curve: list[float]
     weighting: str
+    max_budget: int | None = None
 
 
 def tune_tree(
@@ -186,6 +198,7 @@ def tune_tree(
     context: int | None = None,
     max_budget: int | None = None,
     acceptance_model: str = "independent",
+    engine: str | None = None,
 ) -> TunedTree:
     """Build the nested trees for ``profile`` and pick the size of best predicted speedup.
 
@@ -195,24 +208,39 @@ def tune_tree(
     tree is the builder's n*-token tree. Under steps weighting the nested trees
     follow the full budget's visited positions, so n*'s tree is also rebuilt for
     its own and the rebuilt one is kept if it replays better.
+
+    ``engine`` (one of :data:`~treeopt.optimize.build.ENGINES`) builds every tree
+    under that engine's limits (its largest budget too), so the tuned tree is one
+    the engine takes as it is.
     """
+    if engine is not None and engine not in ENGINES:
+        raise TreeoptError(f"unknown engine {engine!r} (choose from {', '.join(ENGINES)})")
     batch = table.batches[0] if batch is None else batch
     context = table.nearest_context(DEFAULT_CONTEXT) if context is None else context
     size_limit = table.max_num_tokens(batch, context)
     budget = size_limit if max_budget is None else min(max_budget, size_limit)
+    engine_limit = engine_max_budget(engine, profile.num_heads)
+    if engine_limit is not None:
+        budget = min(budget, engine_limit)
+        max_budget = engine_limit if max_budget is None else min(max_budget, engine_limit)
     if budget < MIN_BUDGET:
         raise TreeoptError(
             f"nothing to tune at batch {batch}, context {context}: the latency table covers "
             f"sizes up to {size_limit} and --max-budget is {max_budget} (a tree needs "
             f">= {MIN_BUDGET} tokens per step)"
         )
-    built = build_tree(profile, budget, acceptance_model=acceptance_model)
+    built = build_tree(profile, budget, acceptance_model=acceptance_model, engine=engine)
     accept_curve = [float(value) for value in built.curve]
     result = tune_size(accept_curve, table, batch, context, max_budget)
+    if built.branching is not None:  # product trees come in some sizes only: pick among those
+        sizes = {built.tree_at(point.num_tokens).num_tokens for point in result.points}
+        result = replace(
+            result, best=best_point([p for p in result.points if p.num_tokens in sizes]))
     best = result.best
     tree, score = built.tree_at(best.num_tokens), best.expected_accept_length
     if built.weighting == "steps" and 1 < best.num_tokens < built.budget:
-        rebuilt = build_tree(profile, best.num_tokens, acceptance_model=acceptance_model)
+        rebuilt = build_tree(profile, best.num_tokens, acceptance_model=acceptance_model,
+                             engine=engine)
         if rebuilt.expected_accept_length > score:
             tree, score = rebuilt.tree, rebuilt.expected_accept_length
-    return TunedTree(result, tree, score, accept_curve, built.weighting)
+    return TunedTree(result, tree, score, accept_curve, built.weighting, max_budget)
