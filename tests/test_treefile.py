@@ -179,7 +179,8 @@ def test_written_files_get_umask_mode_not_mkstemp_0600(tmp_path):
     [
         (["export", "mc_sim_7b_63", "--to", "bogus"],
          "error: Invalid value for '--to': Value error, 'bogus' is not one of 'medusa', "
-         "'trtllm', 'vllm', 'eagle'. (see 'treeopt export --help')"),
+         "'trtllm', 'trtllm-triton', 'vllm', 'vllm-medusa', 'eagle'. "
+         "(see 'treeopt export --help')"),
         (["nosuch"], "error: No such command 'nosuch'. (see 'treeopt --help')"),
         (["validate"], "error: Missing argument 'tree'. (see 'treeopt validate --help')"),
         (["build", "--budget"], "error: Option '--budget' requires an argument."),
