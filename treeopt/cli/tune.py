@@ -286,11 +286,17 @@ def tune(
     if engine_name == "vllm-medusa":
         import json
 
-        from treeopt.files.engines import vllm_speculative_config
+        from treeopt.files.engines import VLLM_MEDUSA_SCHEDULE_NOTE, vllm_batch_schedule
 
-        config = vllm_speculative_config(chain_lengths_per_batch(per_batch))
-        typer.echo(f"vLLM --speculative-config (predicted best chain per batch size): "
-                   f"{json.dumps(config)}")
+        chain = result.best.num_tokens - 1
+        if chain >= 1:
+            config = {"method": "medusa", "num_speculative_tokens": chain}
+            typer.echo(f"vLLM --speculative-config (predicted best chain at batch "
+                       f"{result.batch}): {json.dumps(config)}")
+        schedule = vllm_batch_schedule(chain_lengths_per_batch(per_batch))
+        typer.echo(f"note: predicted best chain per batch size, as vLLM's "
+                   f"num_speculative_tokens_per_batch_size: {json.dumps(schedule)}; "
+                   f"{VLLM_MEDUSA_SCHEDULE_NOTE}", err=True)
 
     rows = curve_rows(result, table.latency_curve(result.batch, result.context))
     provenance = _provenance(profile, source_file, table, result, acceptance_model.value)

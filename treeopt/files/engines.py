@@ -109,9 +109,13 @@ ENGINE_STATUS: dict[str, EngineStatus] = {
          "vllm-project/vllm vllm/config/speculative.py@002e77c (no speculative_token_tree)"),
     ),
     "vllm-medusa": EngineStatus(
-        True, "vLLM Medusa: top-1 chain, num_speculative_tokens (<= heads), optionally "
-        "num_speculative_tokens_per_batch_size [[lo, hi, K], ...]", None,
-        ("vllm-project/vllm vllm/v1/spec_decode/medusa.py@055e47c (argmax of each head)",
+        True, "vLLM Medusa: top-1 chain of num_speculative_tokens (<= heads); the "
+        "per-batch num_speculative_tokens_per_batch_size is validated for any method but "
+        "MedusaProposer asserts a constant K", None,
+        ("vllm-project/vllm vllm/v1/spec_decode/medusa.py@055e47c (argmax of each head; "
+         "propose asserts num_speculative_tokens == configured)",
+         "vllm-project/vllm vllm/v1/worker/gpu_model_runner.py@000fc94 (passes the scheduled "
+         "K, num_spec_tokens_to_schedule, to MedusaProposer.propose)",
          "vllm-project/vllm vllm/config/speculative.py@002e77c "
          "(num_speculative_tokens_per_batch_size)",
          "vllm-project/vllm vllm/v1/spec_decode/dynamic/utils.py@14b450c "
@@ -120,6 +124,15 @@ ENGINE_STATUS: dict[str, EngineStatus] = {
          "(num_lookahead_tokens sets num_heads)"),
     ),
 }
+
+
+# vLLM's runner passes the scheduled K to MedusaProposer.propose, which asserts it equals
+# num_speculative_tokens: a schedule with a smaller K at some batch sizes fails for Medusa.
+VLLM_MEDUSA_SCHEDULE_NOTE = (
+    "vLLM's Medusa proposer asserts every step drafts num_speculative_tokens "
+    "(vllm/v1/spec_decode/medusa.py@055e47c), so it cannot follow a varying schedule yet: "
+    "use one num_speculative_tokens per deployment"
+)
 
 
 def static_tree_warning(target: str) -> str | None:
@@ -249,7 +262,8 @@ def vllm_speculative_config(
 
     ``chain_lengths`` is one K or ``(batch, K)`` pairs (see :func:`vllm_batch_schedule`).
     ``num_speculative_tokens`` is the largest K (vLLM caps a scheduled K at it, and its
-    Medusa uses that many heads); at least 1, as vLLM requires.
+    Medusa uses that many heads); at least 1, as vLLM requires. A schedule that varies
+    passes vLLM's config validation, but see :data:`VLLM_MEDUSA_SCHEDULE_NOTE`.
     """
     config: dict[str, Any] = {"method": "medusa"}
     if model is not None:
