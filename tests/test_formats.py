@@ -159,6 +159,8 @@ def test_triton_brace_form_is_what_the_triton_backend_reads():
     pbtxt = ('parameters: {\n  key: "medusa_choices"\n  value: {\n    string_value: "'
              + text + '"\n  }\n}\n')
     assert import_text(pbtxt, "trtllm-triton", num_heads=mc.num_heads) == mc
+    with pytest.raises(TreeoptError, match="trtllm-triton holds one tree"):
+        import_text(text, "trtllm-triton", name="mc_sim_7b_63")
     with pytest.raises(TreeoptError, match="not a Triton medusa_choices value"):
         import_text("[[0], [1]]", "trtllm-triton")
     with pytest.raises(TreeoptError, match="ranks below 16"):

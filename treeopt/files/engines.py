@@ -426,6 +426,8 @@ def import_text(
     """
     if source not in FORMATS:
         raise TreeoptError(f"unknown import format {source!r} (choose from {', '.join(FORMATS)})")
+    if name is not None and source in ("trtllm-triton", "vllm-medusa"):
+        raise TreeoptError(f"--name picks a list from a Python file; {source} holds one tree")
     if source == "trtllm-triton":
         paths = parse_brace_paths(text)
     elif source == "vllm-medusa":
