@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from treeopt.core.profile import Profile
 from treeopt.core.tree import Tree
-from treeopt.errors import TreeoptError
+from treeopt.errors import ParameterError, TreeoptError
 from treeopt.files.engines import check_trtllm, export_text
 from treeopt.files.profile_file import load_profile
 from treeopt.files.tree_file import load_tree
@@ -156,7 +156,7 @@ def test_joint_models_need_joint_counts_and_budget_rules() -> None:
         build_tree(profile, 1)
     with pytest.raises(TreeoptError, match="unknown engine"):
         build_tree(profile, 10, engine="sglang")
-    with pytest.raises(TreeoptError, match="--max-rank"):
+    with pytest.raises(ParameterError, match="^max_rank must be a non-negative integer, not -1$"):
         build_tree(profile, 10, max_rank=[-1])
 
 

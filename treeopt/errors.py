@@ -16,3 +16,17 @@ class TreeError(TreeoptError):
 def first_line(exc: BaseException) -> str:
     """The first line of ``exc``'s message (its class name if it has none), for one-line errors."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+class ParameterError(TreeoptError):
+    """A bad value of one named parameter of a library function.
+
+    The message names the parameter (``max_depth must be ...``); the CLI shows its
+    own option for it (``--max-depth must be ...``), so the library never needs to
+    know the flags.
+    """
+
+    def __init__(self, parameter: str, reason: str) -> None:
+        super().__init__(f"{parameter} {reason}")
+        self.parameter = parameter
+        self.reason = reason

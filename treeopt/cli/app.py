@@ -19,7 +19,7 @@ import typer
 from typer.core import TyperGroup
 
 from treeopt.cli.options import output_file, output_file_or_stdout
-from treeopt.errors import TreeoptError
+from treeopt.errors import ParameterError, TreeoptError
 from treeopt.files.engines import FORMATS, TRTLLM_DEFAULT_MAX_DRAFT_LEN
 
 # Modules that add verbs; each must import cheaply (no torch at module level).
@@ -31,6 +31,23 @@ COMMAND_MODULES = (
     "treeopt.cli.roofline",
     "treeopt.cli.render",
 )
+
+
+VERB_KEY = "treeopt.verb"
+
+
+def option_for(command: Any, parameter: str) -> str | None:
+    """The verb's option for a library parameter: ``max_depth`` -> ``--max-depth``.
+
+    Matched by the option's Python name or by its spelling; None when the verb has
+    no such option (the message then keeps the parameter's name).
+    """
+    spelled = "--" + parameter.replace("_", "-")
+    for option in getattr(command, "params", ()):
+        names = [name for name in option.opts if name.startswith("--")]
+        if option.name == parameter and names or spelled in names:
+            return spelled if spelled in names else names[0]
+    return None
 
 
 class TreeoptGroup(TyperGroup):
@@ -59,9 +76,18 @@ class TreeoptGroup(TyperGroup):
         # Without standalone mode click returns the exit code of --help and typer.Exit.
         sys.exit(result if isinstance(result, int) else 0)
 
+    def resolve_command(self, ctx: typer.Context, args: list[str]) -> Any:
+        name, command, rest = super().resolve_command(ctx, args)
+        ctx.meta[VERB_KEY] = command  # so an error can name the verb's own options
+        return name, command, rest
+
     def invoke(self, ctx: typer.Context) -> object:
         try:
             return super().invoke(ctx)
+        except ParameterError as exc:
+            flag = option_for(ctx.meta.get(VERB_KEY), exc.parameter)
+            typer.echo(f"error: {flag or exc.parameter} {exc.reason}", err=True)
+            raise typer.Exit(2) from None
         except TreeoptError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None

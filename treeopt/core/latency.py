@@ -29,6 +29,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from treeopt.core.checks import is_integer
 from treeopt.core.timestamps import utc_now
 from treeopt.errors import TreeoptError
 
@@ -200,7 +201,7 @@ class LatencyTable:
 
 def _check_setting(setting: Setting) -> None:
     for name, value in zip(("batch", "context", "num_tokens"), setting, strict=True):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_integer(value) or value < 1:
             raise TreeoptError(f"latency {name} {value!r} is not a positive integer")
 
 

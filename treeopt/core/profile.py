@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from treeopt.core.checks import check_int
 from treeopt.core.ranks import RankSequences
 from treeopt.core.tree import Path
 from treeopt.errors import TreeoptError
@@ -345,8 +346,6 @@ def _marginal_counts(ranks: np.ndarray, top_k: int) -> np.ndarray:
 
 
 def _positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise TreeoptError(f"{name} must be a positive integer, not {value!r}")
-    return int(value)
+    return check_int(value, name, error=TreeoptError)
 
 

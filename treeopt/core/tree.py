@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING
 
+from treeopt.core.checks import is_integer
 from treeopt.errors import TreeError
 
 if TYPE_CHECKING:  # networkx is only imported when a graph view is asked for
@@ -44,7 +45,7 @@ def _coerce_path(raw: object) -> Path:
         raise TreeError("empty path [] (the root is implicit; list only its descendants)")
     for rank in raw:
         # bool is an int subclass, but True as a rank is a typo, not a rank.
-        if isinstance(rank, bool) or not isinstance(rank, int):
+        if not is_integer(rank):
             raise TreeError(f"rank {rank!r} in path {format_path(raw)} is not an integer")
         if rank < 0:
             raise TreeError(f"rank {rank} in path {format_path(raw)} is negative")
@@ -101,7 +102,7 @@ class Tree:
         depth = len(ordered[-1]) if ordered else 0
         if num_heads is None:
             num_heads = depth
-        if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 0:
+        if not is_integer(num_heads) or num_heads < 0:
             raise TreeError(f"num_heads {num_heads!r} is not a non-negative integer")
         for path in ordered:
             if len(path) > num_heads:

@@ -33,19 +33,18 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from treeopt.core.checks import check_int
+from treeopt.core.dtypes import (  # noqa: F401  (re-exported: the roofline's dtype names)
+    DTYPE_BYTES,
+    DTYPE_LONG_NAMES,
+    DTYPE_SHORT_NAMES,
+    canonical_dtype,
+    dtype_bytes_of,
+    short_dtype,
+)
 from treeopt.cost.arch import ArchShape
 from treeopt.cost.gpus import GPUSpec
 from treeopt.errors import TreeoptError
-
-DTYPE_BYTES: dict[str, int] = {"bf16": 2, "fp16": 2, "fp32": 4, "fp8": 1}
-# The names latency files and torch use for the same dtypes.
-DTYPE_LONG_NAMES: dict[str, str] = {
-    "bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "fp8": "float8_e4m3fn",
-}
-DTYPE_SHORT_NAMES: dict[str, str] = {
-    **{short: short for short in DTYPE_LONG_NAMES},
-    **{long: short for short, long in DTYPE_LONG_NAMES.items()},
-}
 
 PHASES = ("prefill", "decode", "parallel_decode")
 LAYER_OPERATORS = ("qkv", "qk", "pv", "o", "up", "gate", "down")
@@ -91,11 +90,6 @@ class MatmulOp:
         return self.flops / self.bytes(dtype_bytes)
 
 
-def _check_positive(what: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise TreeoptError(f"{what} must be a positive integer, not {value!r}")
-
-
 def step_operators(
     arch: ArchShape, batch: int, context: int, candidates: int,
     medusa_heads: int = MEDUSA_NUM_HEADS,
@@ -105,11 +99,10 @@ def step_operators(
     Each query attends ``context`` key/value positions. ``medusa_heads = 0``
     leaves the heads out (a plain model).
     """
-    _check_positive("batch", batch)
-    _check_positive("context", context)
-    _check_positive("candidates", candidates)
-    if isinstance(medusa_heads, bool) or not isinstance(medusa_heads, int) or medusa_heads < 0:
-        raise TreeoptError(f"medusa heads must be a non-negative integer, not {medusa_heads!r}")
+    check_int(batch, "batch")
+    check_int(context, "context")
+    check_int(candidates, "candidates")
+    check_int(medusa_heads, "medusa_heads", minimum=0)
     tokens = batch * candidates
     hidden, layers = arch.hidden_size, arch.num_layers
     group = arch.num_attention_heads // arch.num_key_value_heads
@@ -243,26 +236,6 @@ def fits_in_memory(arch: ArchShape, gpu: GPUSpec | None, batch: int, positions: 
         return True
     return arch.weight_bytes(dtype_bytes) + arch.kv_cache_bytes(batch, positions, dtype_bytes) \
         <= capacity
-
-
-def short_dtype(dtype: str) -> str:
-    """``bf16`` or ``bfloat16`` -> ``bf16`` (any case); one-line error for an unknown name."""
-    try:
-        return DTYPE_SHORT_NAMES[dtype.lower()]
-    except KeyError:
-        raise TreeoptError(
-            f"unknown dtype {dtype!r} (choose from {', '.join(DTYPE_SHORT_NAMES)})"
-        ) from None
-
-
-def canonical_dtype(dtype: str) -> str:
-    """torch's name for a dtype given either way: ``bf16`` -> ``bfloat16``."""
-    return DTYPE_LONG_NAMES[short_dtype(dtype)]
-
-
-def dtype_bytes_of(dtype: str) -> int:
-    """Bytes per element of a dtype name (``bf16`` or ``bfloat16``); one-line error if unknown."""
-    return DTYPE_BYTES[short_dtype(dtype)]
 
 
 # ----------------------------------------------------------------------- rows

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from treeopt.core.atomic import atomic_write_text
+from treeopt.core.checks import check_int
 from treeopt.core.tree import Tree
 from treeopt.errors import TreeoptError
 from treeopt.files.jsondoc import check_format, check_schema, read_document, shipped_schema
@@ -49,8 +50,7 @@ def document_from_json(data: Any) -> TreeDocument:
     """
     check_format(data, FORMAT, "tree file")
     num_heads = data.get("num_heads")
-    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1:
-        raise TreeoptError(f"num_heads must be a positive integer, not {num_heads!r}")
+    check_int(num_heads, "num_heads", error=TreeoptError)
     paths = data.get("paths")
     if not isinstance(paths, list):
         raise TreeoptError("\"paths\" must be a list of rank lists")

@@ -42,9 +42,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from itertools import product
 
+from treeopt.core.checks import check_int
 from treeopt.core.profile import Profile
 from treeopt.core.tree import ROOT, Path, Tree
-from treeopt.errors import TreeoptError
+from treeopt.errors import ParameterError, TreeoptError
 from treeopt.files.engines import (
     TRTLLM_DEFAULT_MAX_DRAFT_LEN,
     TRTLLM_MAX_DEPTH,
@@ -141,10 +142,9 @@ def _rank_caps(
     else:
         ranks = list(max_rank)
         if not ranks:
-            raise TreeoptError("--max-rank needs at least one value")
+            raise ParameterError("max_rank", "needs at least one value")
     for rank in ranks:
-        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
-            raise TreeoptError(f"--max-rank values must be integers >= 0, not {rank!r}")
+        check_int(rank, "max_rank", minimum=0)
     caps = [ranks[min(depth, len(ranks) - 1)] for depth in range(depth_limit)]
     top = profile.top_k - 1
     if engine == "trtllm":
@@ -152,6 +152,40 @@ def _rank_caps(
     elif engine == "vllm-medusa":
         top = 0  # each head's argmax only
     return [min(cap, top) for cap in caps]
+
+
+def _check_build(
+    profile: Profile, budget: int, max_depth: int | None, max_children: int | None,
+    engine: str | None, weighting: str | None,
+) -> tuple[int, str]:
+    """``(deepest level allowed, weighting)`` for :func:`build_tree`'s arguments, checked."""
+    check_int(budget, "budget", minimum=MIN_BUDGET,
+              note="tokens per step, root included; budget 1 is plain decoding")
+    if engine is not None and engine not in ENGINES:
+        raise TreeoptError(f"unknown engine {engine!r} (choose from {', '.join(ENGINES)})")
+    if engine == "trtllm" and budget - 1 > TRTLLM_DEFAULT_MAX_DRAFT_LEN:
+        raise ParameterError(
+            "budget", f"{budget} needs {budget - 1} nodes, and TensorRT-LLM takes at most "
+            f"max_draft_len={TRTLLM_DEFAULT_MAX_DRAFT_LEN} (use {TRTLLM_DEFAULT_MAX_DRAFT_LEN + 1} "
+            "or less)"
+        )
+    depth_limit = profile.num_heads
+    if max_depth is not None:
+        depth_limit = min(depth_limit, check_int(max_depth, "max_depth"))
+    if engine == "trtllm":
+        depth_limit = min(depth_limit, TRTLLM_MAX_DEPTH)
+    if max_children is not None:
+        check_int(max_children, "max_children")
+    if weighting is None:
+        weighting = "steps" if profile.sequences is not None else "positions"
+    if weighting not in WEIGHTINGS:
+        raise TreeoptError(f"unknown weighting {weighting!r} (choose from {', '.join(WEIGHTINGS)})")
+    if weighting == "steps" and profile.sequences is None:
+        raise TreeoptError(
+            "weighting by decoding steps needs the profile's rank vectors (PROFILE.ranks.npz, "
+            "written by treeopt profile); use weighting positions"
+        )
+    return depth_limit, weighting
 
 
 def build_tree(
@@ -189,39 +223,8 @@ def build_tree(
     ``steps``, see "Weighting by decoding steps" there. Raises TreeoptError if the
     constraints leave fewer than ``budget - 1`` candidates.
     """
-    if isinstance(budget, bool) or not isinstance(budget, int) or budget < MIN_BUDGET:
-        raise TreeoptError(
-            f"--budget must be an integer >= {MIN_BUDGET} (tokens per step, root included; "
-            f"budget 1 is plain decoding), not {budget!r}"
-        )
-    if engine is not None and engine not in ENGINES:
-        raise TreeoptError(f"unknown engine {engine!r} (choose from {', '.join(ENGINES)})")
-    if engine == "trtllm" and budget - 1 > TRTLLM_DEFAULT_MAX_DRAFT_LEN:
-        raise TreeoptError(
-            f"TensorRT-LLM takes at most max_draft_len={TRTLLM_DEFAULT_MAX_DRAFT_LEN} nodes: "
-            f"--budget {budget} needs {budget - 1} (use --budget "
-            f"{TRTLLM_DEFAULT_MAX_DRAFT_LEN + 1} or less)"
-        )
-    depth_limit = profile.num_heads
-    if max_depth is not None:
-        if isinstance(max_depth, bool) or not isinstance(max_depth, int) or max_depth < 1:
-            raise TreeoptError(f"--max-depth must be an integer >= 1, not {max_depth!r}")
-        depth_limit = min(depth_limit, max_depth)
-    if engine == "trtllm":
-        depth_limit = min(depth_limit, TRTLLM_MAX_DEPTH)
-    if max_children is not None and (
-        isinstance(max_children, bool) or not isinstance(max_children, int) or max_children < 1
-    ):
-        raise TreeoptError(f"--max-children must be an integer >= 1, not {max_children!r}")
-    if weighting is None:
-        weighting = "steps" if profile.sequences is not None else "positions"
-    if weighting not in WEIGHTINGS:
-        raise TreeoptError(f"unknown weighting {weighting!r} (choose from {', '.join(WEIGHTINGS)})")
-    if weighting == "steps" and profile.sequences is None:
-        raise TreeoptError(
-            "weighting by decoding steps needs the profile's rank vectors (PROFILE.ranks.npz, "
-            "written by treeopt profile); use weighting positions"
-        )
+    depth_limit, weighting = _check_build(profile, budget, max_depth, max_children, engine,
+                                          weighting)
     caps = _rank_caps(profile, depth_limit, max_rank, engine)
     model = AcceptanceModel(profile, acceptance_model, blend_weight)
 
