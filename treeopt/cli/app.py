@@ -34,6 +34,8 @@ COMMAND_MODULES = (
 
 
 VERB_KEY = "treeopt.verb"
+# Library parameters whose option is spelled otherwise.
+OPTION_OF_PARAMETER = {"holdout_fraction": "holdout"}
 
 
 def option_for(command: Any, parameter: str) -> str | None:
@@ -42,6 +44,7 @@ def option_for(command: Any, parameter: str) -> str | None:
     Matched by the option's Python name or by its spelling; None when the verb has
     no such option (the message then keeps the parameter's name).
     """
+    parameter = OPTION_OF_PARAMETER.get(parameter, parameter)
     spelled = "--" + parameter.replace("_", "-")
     for option in getattr(command, "params", ()):
         names = [name for name in option.opts if name.startswith("--")]

@@ -46,7 +46,7 @@ import numpy as np
 from treeopt.core.checks import check_int
 from treeopt.core.ranks import RankSequences
 from treeopt.core.tree import Path
-from treeopt.errors import TreeoptError
+from treeopt.errors import ParameterError, TreeoptError
 
 FORMAT = "treeopt.profile/1"
 
@@ -283,8 +283,8 @@ class Profile:
         least one, chosen by a seeded permutation, form the held-out part.
         """
         if not 0 < holdout_fraction < 1:
-            raise TreeoptError(
-                f"--holdout must be between 0 and 1 (exclusive), not {holdout_fraction}"
+            raise ParameterError(
+                "holdout_fraction", f"must be between 0 and 1 (exclusive), not {holdout_fraction}"
             )
         if self.groups is None or len(self.groups) < 2:
             raise TreeoptError(

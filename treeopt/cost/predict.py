@@ -13,11 +13,11 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from treeopt.core.latency import OUT_OF_MEMORY, LatencyTable, Setting
-from treeopt.cost.roofline import canonical_dtype
+from treeopt.cost.roofline import MEMORY_RULE, canonical_dtype
 from treeopt.errors import TreeoptError
 
 StepTimer = Callable[[int, int, int], float]  # (batch, context, num_tokens) -> seconds
-PREDICTED_OOM_NOTE = "predicted out of memory: weights + KV cache(context + num_tokens) > memory_gb"
+PREDICTED_OOM_NOTE = MEMORY_RULE  # the note a predicted table gives an out-of-memory setting
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -100,7 +100,7 @@ def predict_latency(
     dtype_bytes = dtype_bytes_of(dtype)
 
     def time_step(batch: int, context: int, num_tokens: int) -> float:
-        if not fits_in_memory(arch, gpu, batch, context + num_tokens, dtype_bytes):
+        if not fits_in_memory(arch, gpu, batch, context, num_tokens, dtype_bytes):
             raise MemoryError(PREDICTED_OOM_NOTE)
         return predict_step_latency(arch, gpu, batch, context, num_tokens,
                                     dtype_bytes=dtype_bytes, device_profile=device_profile)

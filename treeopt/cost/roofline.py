@@ -55,6 +55,8 @@ OPERATORS = LAYER_OPERATORS + STEP_OPERATORS
 MEDUSA_NUM_HEADS = 5
 
 DEVICE_PROFILE_FORMAT = "treeopt.device/1"
+# What :func:`fits_in_memory` checks, as latency files and messages state it.
+MEMORY_RULE = "predicted out of memory: weights + KV cache(context + num_tokens) > memory_gb"
 
 # --measure defaults: untimed warm-up calls, then the median of timed repeats.
 # Operators whose operands would take more than this share of free memory are skipped.
@@ -225,15 +227,18 @@ def predict_step_latency(
                for op in step_operators(arch, batch, context, num_tokens, medusa_heads))
 
 
-def fits_in_memory(arch: ArchShape, gpu: GPUSpec | None, batch: int, positions: int,
-                   dtype_bytes: float) -> bool:
-    """Whether weights plus a KV cache of ``positions`` per sequence fit in ``gpu``'s memory.
+def fits_in_memory(arch: ArchShape, gpu: GPUSpec | None, batch: int, context: int,
+                   num_tokens: int, dtype_bytes: float) -> bool:
+    """The one memory-fit rule (:data:`MEMORY_RULE`) of a predicted step.
 
-    A GPU given without a capacity (``memory_gb`` 0, or none) always fits.
+    True when the weights plus a KV cache of ``context + num_tokens`` positions per
+    sequence fit in ``gpu``'s memory. A GPU given without a capacity (``memory_gb``
+    0, or none) always fits.
     """
     capacity = float(getattr(gpu, "memory_gb", 0.0) or 0.0) * 1e9
     if not capacity:
         return True
+    positions = context + num_tokens
     return arch.weight_bytes(dtype_bytes) + arch.kv_cache_bytes(batch, positions, dtype_bytes) \
         <= capacity
 

@@ -24,7 +24,8 @@ from treeopt.cost.roofline import (
     fits_in_memory,
     predict_step_latency,
 )
-from treeopt.errors import TreeoptError
+from treeopt.errors import ParameterError, TreeoptError
+from treeopt.optimize.tune import points_at
 
 # The keys of one simulation row, in output order.
 SIMULATION_KEYS = ("batch", "context", "candidates", "acceleration_rate", "overhead", "speedup")
@@ -45,13 +46,13 @@ def log_acceleration_curve(coefficient: float, max_candidates: int) -> list[floa
 def parse_acceptance(text: str) -> float:
     """``"log:0.3"`` -> 0.3; one-line error for anything else."""
     if not text.startswith(LOG_ACCEPTANCE_PREFIX):
-        raise TreeoptError(f"--acceptance takes log:A (acc = 1 + A ln q), not {text!r}")
+        raise ParameterError("acceptance", f"takes log:A (acc = 1 + A ln q), not {text!r}")
     try:
         coefficient = float(text[len(LOG_ACCEPTANCE_PREFIX):])
     except ValueError:
-        raise TreeoptError(f"--acceptance log:A needs a number A, not {text!r}") from None
+        raise ParameterError("acceptance", f"log:A needs a number A, not {text!r}") from None
     if not (math.isfinite(coefficient) and coefficient > 0):
-        raise TreeoptError(f"--acceptance log:A needs A > 0, not {text!r}")
+        raise ParameterError("acceptance", f"log:A needs A > 0, not {text!r}")
     return coefficient
 
 
@@ -80,20 +81,19 @@ def simulate(
     rows = []
     for batch in batches:
         for context in contexts:
-            if not fits_in_memory(arch, gpu, batch, context + 1, dtype_bytes):
+            if not fits_in_memory(arch, gpu, batch, context, 1, dtype_bytes):
                 continue
             base = predict_step_latency(arch, gpu, batch, context, 1, dtype_bytes,
                                         device_profile, medusa_heads)
-            for q in candidates:
-                if not fits_in_memory(arch, gpu, batch, context + q, dtype_bytes):
-                    continue
-                latency = predict_step_latency(arch, gpu, batch, context, q, dtype_bytes,
-                                               device_profile, medusa_heads)
-                overhead = latency / base
-                rate = float(acceleration[q - 1])
-                rows.append({"batch": batch, "context": context, "candidates": q,
-                             "acceleration_rate": rate, "overhead": overhead,
-                             "speedup": rate / overhead})
+            overhead = {
+                q: predict_step_latency(arch, gpu, batch, context, q, dtype_bytes,
+                                        device_profile, medusa_heads) / base
+                for q in candidates if fits_in_memory(arch, gpu, batch, context, q, dtype_bytes)
+            }
+            rows += [{"batch": batch, "context": context, "candidates": point.num_tokens,
+                      "acceleration_rate": point.expected_accept_length,
+                      "overhead": point.overhead, "speedup": point.speedup}
+                     for point in points_at(acceleration, overhead, overhead)]
     return rows
 
 
@@ -118,10 +118,10 @@ def builder_acceleration_curve(profile_name: str, max_candidates: int) -> list[f
     try:
         curve = list(build_tree(profile, max_candidates).curve)
     except TreeoptError as exc:
-        raise TreeoptError(f"--candidates up to {max_candidates}: {exc}") from None
+        raise ParameterError("candidates", f"up to {max_candidates}: {exc}") from None
     if len(curve) < max_candidates:
-        raise TreeoptError(
-            f"profile {profile_name} supports trees of at most {len(curve)} tokens; "
-            f"lower --candidates"
+        raise ParameterError(
+            "candidates", f"up to {max_candidates}: profile {profile_name} supports trees of at "
+            f"most {len(curve)} tokens"
         )
     return curve[:max_candidates]

@@ -8,9 +8,10 @@ builder's nested acceptance curve and a :class:`~treeopt.core.latency.LatencyTab
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from treeopt.core.checks import check_int
 from treeopt.core.latency import DEFAULT_CONTEXT, LatencyTable
 from treeopt.core.profile import Profile
 from treeopt.core.tree import Tree
@@ -48,27 +49,42 @@ class TuneResult:
     limited_by: str
 
 
+def points_at(
+    accept_curve: Sequence[float], overhead: Mapping[int, float], sizes: Iterable[int]
+) -> list[TunePoint]:
+    """The one speedup rule, for each size n in ``sizes`` (in that order).
+
+    ``speedup = E[accept](n) / overhead(n)``, with ``accept_curve[n - 1]`` =
+    E[accept](n) (tokens per step, root included) and ``overhead[n]`` =
+    latency(n) / latency(1): tokens per second over plain decoding's. Both
+    ``treeopt tune`` and ``treeopt simulate`` score sizes with it. Raises
+    TreeoptError if the acceptance curve or overhead misses a size asked for.
+    """
+    points = []
+    for n in sizes:
+        if n not in overhead:
+            raise TreeoptError(f"no overhead for num_tokens {n}")
+        if not 1 <= n <= len(accept_curve):
+            raise TreeoptError(f"acceptance curve covers {len(accept_curve)} sizes, not {n}")
+        accept, cost = float(accept_curve[n - 1]), float(overhead[n])
+        points.append(TunePoint(n, accept, cost, accept / cost))
+    return points
+
+
 def speedup_points(
     accept_curve: Sequence[float], overhead: Mapping[int, float], max_num_tokens: int
 ) -> list[TunePoint]:
-    """Speedup for n = 1..max_num_tokens; ``accept_curve[n - 1]`` is E[accept](n).
+    """Speedup for n = 1..max_num_tokens (see :func:`points_at`).
 
     Guarantees ``points[i].num_tokens == i + 1`` and ``speedup == E / overhead``.
     Raises TreeoptError if the acceptance curve or overhead misses a size asked for.
     """
-    if max_num_tokens < 1:
-        raise TreeoptError(f"max num_tokens must be at least 1, not {max_num_tokens}")
+    check_int(max_num_tokens, "max_num_tokens")
     if len(accept_curve) < max_num_tokens:
         raise TreeoptError(
             f"acceptance curve covers {len(accept_curve)} sizes, fewer than {max_num_tokens}"
         )
-    points = []
-    for n in range(1, max_num_tokens + 1):
-        if n not in overhead:
-            raise TreeoptError(f"no overhead for num_tokens {n}")
-        accept, cost = float(accept_curve[n - 1]), float(overhead[n])
-        points.append(TunePoint(n, accept, cost, accept / cost))
-    return points
+    return points_at(accept_curve, overhead, range(1, max_num_tokens + 1))
 
 
 def best_point(points: Sequence[TunePoint]) -> TunePoint:
@@ -95,9 +111,7 @@ def tune_size(
     # On a tie the latency table is named: the builder is usually sized to it.
     limits = {"latency table": max(overhead), "acceptance curve": len(accept_curve)}
     if max_budget is not None:
-        if max_budget < 1:
-            raise TreeoptError(f"--max-budget must be at least 1, not {max_budget}")
-        limits["max budget"] = max_budget
+        limits["max budget"] = check_int(max_budget, "max_budget")
     limited_by = min(limits, key=lambda name: limits[name])
     points = speedup_points(accept_curve, overhead, limits[limited_by])
     return TuneResult(points, best_point(points), batch, context, limited_by)
@@ -226,7 +240,7 @@ def tune_tree(
     if budget < MIN_BUDGET:
         raise TreeoptError(
             f"nothing to tune at batch {batch}, context {context}: the latency table covers "
-            f"sizes up to {size_limit} and --max-budget is {max_budget} (a tree needs "
+            f"sizes up to {size_limit} and max_budget is {max_budget} (a tree needs "
             f">= {MIN_BUDGET} tokens per step)"
         )
     built = build_tree(profile, budget, acceptance_model=acceptance_model, engine=engine)
