@@ -5,9 +5,9 @@ No torch here: these verbs read profiles and trees only.
 
 from __future__ import annotations
 
-import csv
 import json
 import sys
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,15 +24,8 @@ from treeopt.cli.options import (
     output_file,
     output_file_or_stdout,
 )
-from treeopt.core.timestamps import utc_now
 from treeopt.errors import TreeoptError
 from treeopt.files.shipped import DEFAULT_PROFILE
-
-
-def _version() -> str:
-    from treeopt._version import __version__
-
-    return __version__
 
 
 def parse_max_rank(text: str | None) -> int | list[int] | None:
@@ -49,83 +42,63 @@ def parse_max_rank(text: str | None) -> int | list[int] | None:
     return ranks[0] if len(ranks) == 1 else ranks
 
 
-def _split(profile: Any, holdout: float | None, seed: int) -> tuple[Any, Any | None]:
-    """``(part to use, held-out part)``; without --holdout the profile itself and None."""
-    if holdout is None:
-        return profile, None
-    return profile.split(holdout, seed)
+BudgetOption = Annotated[int, typer.Option(
+    "--budget", "-b",
+    help="Tokens verified per step, the root (base model's own token) included: "
+    "--budget 64 builds 63 nodes, the size of mc_sim_7b_63. At least 2.")]
+BuildAcceptanceOption = Annotated[AcceptanceChoice, typer.Option(
+    "--acceptance-model", "-a", "--model-of-acceptance",
+    help="independent: heads independent (product of per-head rank probabilities; "
+    "works with any profile). joint: exact frequencies of rank prefixes on the "
+    "calibration set. blend: joint shrunk toward independent, weight chosen by "
+    "cross-validation over prompts (best for small calibration sets). joint and blend "
+    "need a measured profile.")]
+MaxDepthOption = Annotated[int | None, typer.Option(
+    "--max-depth", help="Deepest level allowed (default: heads).")]
+MaxRankOption = Annotated[str | None, typer.Option(
+    "--max-rank",
+    help="Largest 0-based rank allowed: one value (9 = ranks 0..9) or one per depth, "
+    "e.g. 9,9,4 (the last repeats deeper).")]
+MaxChildrenOption = Annotated[int | None, typer.Option(
+    "--max-children", help="Most children of any node, root too.")]
+EngineOption = Annotated[EngineChoice | None, typer.Option(
+    "--engine",
+    help="Fit a runtime: trtllm (<= 63 nodes, ranks < 16); vllm (every node at a level "
+    "has the same number of children: the best full product tree, searched "
+    "exhaustively; vLLM before PR #42121); vllm-medusa (the top-1 chain vLLM's Medusa "
+    "drafts today). A shape that cannot hit --budget exactly says so on stderr.")]
+TreeOutputOption = Annotated[Path | None, typer.Option(
+    "-o", "--output", callback=output_file_or_stdout,
+    help="treeopt.tree/1 file to write (default, or -: stdout).")]
+BuildCurveOption = Annotated[Path | None, typer.Option(
+    "--curve", callback=curve_file,
+    help="Also write expected accept length for every budget 1..N (.json or .csv, "
+    "treeopt.curve/1).")]
+WeightingOption = Annotated[WeightingChoice | None, typer.Option(
+    "--weighting",
+    help="steps: weight calibration positions the way decoding visits them, so the "
+    "score is tokens per decoding step, what the runtime measures (needs the rank "
+    "vectors treeopt profile keeps beside the profile, PROFILE.ranks.npz). positions: "
+    "every position counts once (the position average overstates tokens per step "
+    "when acceptance swings along the text). Default: steps when the rank vectors "
+    "are there, else positions (e.g. the shipped profiles).")]
+
+
+def _value(choice: Enum | None) -> str | None:
+    return None if choice is None else str(choice.value)
 
 
 def build(
-    budget: Annotated[
-        int,
-        typer.Option(
-            "--budget", "-b",
-            help="Tokens verified per step, the root (base model's own token) included: "
-            "--budget 64 builds 63 nodes, the size of mc_sim_7b_63. At least 2.",
-        ),
-    ],
+    budget: BudgetOption,
     profile: ProfileOption = DEFAULT_PROFILE,
-    model_of_acceptance: Annotated[
-        AcceptanceChoice,
-        typer.Option(
-            "--acceptance-model", "-a", "--model-of-acceptance",
-            help="independent: heads independent (product of per-head rank probabilities; "
-            "works with any profile). joint: exact frequencies of rank prefixes on the "
-            "calibration set. blend: joint shrunk toward independent, weight chosen by "
-            "cross-validation over prompts (best for small calibration sets). joint and blend "
-            "need a measured profile.",
-        ),
-    ] = AcceptanceChoice.independent,
-    max_depth: Annotated[
-        int | None, typer.Option("--max-depth", help="Deepest level allowed (default: heads).")
-    ] = None,
-    max_rank: Annotated[
-        str | None,
-        typer.Option(
-            "--max-rank",
-            help="Largest 0-based rank allowed: one value (9 = ranks 0..9) or one per depth, "
-            "e.g. 9,9,4 (the last repeats deeper).",
-        ),
-    ] = None,
-    max_children: Annotated[
-        int | None, typer.Option("--max-children", help="Most children of any node, root too.")
-    ] = None,
-    engine: Annotated[
-        EngineChoice | None,
-        typer.Option(
-            "--engine",
-            help="Fit a runtime: trtllm (<= 63 nodes, ranks < 16); vllm (every node at a level "
-            "has the same number of children: the best full product tree, searched "
-            "exhaustively; vLLM before PR #42121); vllm-medusa (the top-1 chain vLLM's Medusa "
-            "drafts today). A shape that cannot hit --budget exactly says so on stderr.",
-        ),
-    ] = None,
-    output: Annotated[
-        Path | None,
-        typer.Option("-o", "--output", callback=output_file_or_stdout,
-            help="treeopt.tree/1 file to write (default, or -: stdout)."),
-    ] = None,
-    curve: Annotated[
-        Path | None,
-        typer.Option(
-            "--curve", callback=curve_file,
-            help="Also write expected accept length for every budget 1..N (.json or .csv, "
-            "treeopt.curve/1).",
-        ),
-    ] = None,
-    weighting: Annotated[
-        WeightingChoice | None,
-        typer.Option(
-            "--weighting",
-            help="steps: weight calibration positions the way decoding visits them, so the "
-            "score is tokens per decoding step, what the runtime measures (needs the rank "
-            "vectors treeopt profile keeps beside the profile, PROFILE.ranks.npz). positions: "
-            "every position counts once (the position average overstates tokens per step "
-            "when acceptance swings along the text). Default: steps when the rank vectors "
-            "are there, else positions (e.g. the shipped profiles).",
-        ),
-    ] = None,
+    model_of_acceptance: BuildAcceptanceOption = AcceptanceChoice.independent,
+    max_depth: MaxDepthOption = None,
+    max_rank: MaxRankOption = None,
+    max_children: MaxChildrenOption = None,
+    engine: EngineOption = None,
+    output: TreeOutputOption = None,
+    curve: BuildCurveOption = None,
+    weighting: WeightingOption = None,
     holdout: HoldoutOption = None,
     seed: SeedOption = 0,
 ) -> None:
@@ -139,52 +112,16 @@ def build(
 
     Example: treeopt build --budget 64 -o tree.json
     """
-    from treeopt.files.curve_file import write_curve
-    from treeopt.files.profile_file import load_profile
-    from treeopt.files.tree_file import TreeDocument, dumps, write_tree
-    from treeopt.optimize.build import budget_shortfall, build_tree
+    from treeopt.workflows.trees import BuildSettings, build_to_files
 
-    if curve is not None and curve.suffix.lower() not in (".json", ".csv"):
-        raise TreeoptError(f"--curve file {curve} must end in .json or .csv")
-    loaded, _ = _split(load_profile(profile), holdout, seed)
-    result = build_tree(
-        loaded, budget, model_of_acceptance.value, max_depth=max_depth,
-        max_rank=parse_max_rank(max_rank), max_children=max_children,
-        engine=None if engine is None else engine.value,
-        weighting=None if weighting is None else weighting.value,
-    )
-    provenance: dict[str, Any] = {
-        "profile": profile,
-        "model": loaded.provenance.get("model"),
-        "budget": budget,
-        "builder": "treeopt greedy" if engine in (None, EngineChoice.trtllm)
-        else "treeopt product search",
-        "acceptance_model": model_of_acceptance.value,
-        "weighting": result.weighting,
-        "created": utc_now(),
-        "treeopt_version": _version(),
-    }
-    if result.blend_weight is not None:
-        provenance["blend_weight"] = result.blend_weight
-    if result.weighting == "steps":
-        provenance["weighting_rounds"] = result.rounds
-    limits = {"max_depth": max_depth, "max_rank": max_rank, "max_children": max_children,
-              "engine": None if engine is None else engine.value}
-    provenance.update({key: value for key, value in limits.items() if value is not None})
-    if holdout is not None:
-        provenance["split"] = {"part": "train", "holdout_fraction": holdout, "seed": seed}
-    tree = result.tree
-    shortfall = budget_shortfall(result, None if engine is None else engine.value)
-    if shortfall is not None:
-        typer.echo(shortfall, err=True)
-    if curve is not None:
-        rows = [{"num_tokens": n, "expected_accept_length": value}
-                for n, value in enumerate(result.curve, start=1)]
-        write_curve(curve, rows, provenance)
-    if output is None:
-        sys.stdout.write(dumps(TreeDocument(tree, result.expected_accept_length, provenance)))
-    else:
-        write_tree(output, tree, result.expected_accept_length, provenance)
+    built = build_to_files(BuildSettings(
+        budget, profile, model_of_acceptance.value, max_depth, parse_max_rank(max_rank),
+        max_children, _value(engine), _value(weighting), holdout, seed, output, curve))
+    result, tree = built.result, built.result.tree
+    if built.note is not None:
+        typer.echo(built.note, err=True)
+    if built.document is not None:
+        sys.stdout.write(built.document)
     where = f"wrote {output}: " if output is not None else ""
     score = ("tokens per decoding step (replayed)" if result.weighting == "steps"
              else "expected accept length")
@@ -194,62 +131,6 @@ def build(
         f"({model_of_acceptance.value}, weighted by {result.weighting}, profile {profile})",
         err=True,
     )
-
-
-def evaluate_trees(
-    trees: list[str], profile_name: str, models: list[str] | None,
-    holdout: float | None = None, seed: int = 0,
-) -> list[dict[str, Any]]:
-    """One row per tree (and per oracle with --holdout) and model of acceptance."""
-    from treeopt.files.profile_file import load_profile
-    from treeopt.files.tree_file import load_tree
-    from treeopt.optimize.acceptance_models import AcceptanceModel, expected_accept_length
-    from treeopt.optimize.build import build_tree
-    from treeopt.optimize.replay import tokens_per_step
-
-    full = load_profile(profile_name)
-    _, heldout = _split(full, holdout, seed)
-    scored = full if heldout is None else heldout
-    if models is None:
-        models = ["independent"] + (["joint"] if scored.has_joint else [])
-        if scored.has_joint and scored.groups is not None and len(scored.groups) >= 2:
-            models.append("blend")  # its weight is cross-validated over prompts
-    loaded = [(name, load_tree(name)) for name in trees]
-    beyond = {name: sum(1 for path in tree.paths if max(path) >= scored.top_k)
-              for name, tree in loaded}
-    replayed: dict[str, float] = {}
-    if scored.sequences is not None:
-        replayed = {name: tokens_per_step(tree, scored.sequences) for name, tree in loaded}
-    rows: list[dict[str, Any]] = []
-    for model in models:
-        weight = AcceptanceModel(scored, model).blend_weight  # choose the blend weight once
-        for name, tree in loaded:
-            rows.append({
-                "tree": name, "nodes": len(tree), "num_tokens": tree.num_tokens,
-                "acceptance_model": model,
-                "expected_accept_length": expected_accept_length(tree, scored, model, weight),
-                "nodes_beyond_top_k": beyond[name],
-            })
-            if replayed:
-                rows[-1]["tokens_per_step_replayed"] = replayed[name]
-        if heldout is not None:
-            for size in sorted({tree.num_tokens for _, tree in loaded if len(tree) > 0}):
-                oracle = build_tree(heldout, size, model, blend_weight=weight,
-                                    weighting="positions")
-                rows.append({
-                    "tree": f"oracle-{size}", "nodes": size - 1, "num_tokens": size,
-                    "acceptance_model": model,
-                    "expected_accept_length": oracle.expected_accept_length,
-                    "nodes_beyond_top_k": 0,
-                })
-                if replayed:
-                    rows[-1]["tokens_per_step_replayed"] = tokens_per_step(
-                        oracle.tree, scored.sequences)
-    for row in rows:
-        row["profile"] = profile_name
-        if holdout is not None:
-            row["split"] = {"part": "heldout", "holdout_fraction": holdout, "seed": seed}
-    return rows
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -319,6 +200,8 @@ def eval_trees(
       treeopt eval mc_sim_7b_63 tree.json
       treeopt eval mc_sim_7b_63 tree.json -p my.json -a joint --json
     """
+    from treeopt.optimize.evaluation import evaluate_trees
+
     models = None if not model_of_acceptance else [m.value for m in model_of_acceptance]
     rows = evaluate_trees(trees, profile, models, holdout, seed)
     warned = set()
@@ -334,51 +217,6 @@ def eval_trees(
         typer.echo(json.dumps(rows, indent=2))
     else:
         typer.echo(format_table(rows))
-
-
-def read_accuracy_csv(path: Path, model: str) -> tuple[str, list[list[float]]]:
-    """``(model name in the CSV, rows)`` of cumulative top-k accuracies for ``model``.
-
-    The CSV has columns ``model, head, top1 .. topK``; ``model`` matches a model
-    exactly or as a unique prefix (``vicuna-7b`` matches ``vicuna-7b-v1.3``).
-    """
-    extra = "\0extra"  # DictReader's key for cells beyond the header
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle, restkey=extra)
-            records = list(reader)
-            columns = [str(name) for name in reader.fieldnames or []]
-    except FileNotFoundError:
-        raise TreeoptError(f"CSV file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TreeoptError(f"cannot read CSV file {path}: {exc}") from None
-    top_columns = [c for c in columns if c.startswith("top") and c[3:].isdigit()]
-    if "model" not in columns or "head" not in columns or not top_columns:
-        raise TreeoptError(f"{path}: needs columns model, head, top1..topK; has {columns}")
-    ragged = [index for index, record in enumerate(records, start=2) if extra in record]
-    if ragged:
-        raise TreeoptError(f"{path}: line {ragged[0]} has more cells than the header")
-    top_columns.sort(key=lambda c: int(c[3:]))
-    if [int(c[3:]) for c in top_columns] != list(range(1, len(top_columns) + 1)):
-        raise TreeoptError(f"{path}: top-k columns must be top1..topK without gaps")
-    names = list(dict.fromkeys(record["model"] for record in records))
-    matches = [name for name in names if name == model] or [
-        name for name in names if name.startswith(model)
-    ]
-    if len(matches) != 1:
-        raise TreeoptError(
-            f"{path}: --model {model!r} matches {len(matches)} models (has: {', '.join(names)})"
-        )
-    chosen = [record for record in records if record["model"] == matches[0]]
-    try:
-        chosen.sort(key=lambda record: int(record["head"]))
-        heads = [int(record["head"]) for record in chosen]
-        rows = [[float(record[c]) for c in top_columns] for record in chosen]
-    except (TypeError, ValueError):
-        raise TreeoptError(f"{path}: head and top-k cells must be numbers") from None
-    if heads != list(range(1, len(heads) + 1)):
-        raise TreeoptError(f"{path}: model {matches[0]} has heads {heads}, not 1..{len(heads)}")
-    return matches[0], rows
 
 
 def import_profile(
@@ -410,21 +248,9 @@ def import_profile(
     Example:
       treeopt import-profile medusa_acc.csv --model vicuna-7b -o vicuna-7b.json
     """
-    from treeopt.core.profile import Profile
-    from treeopt.files.profile_file import write_profile
+    from treeopt.workflows.trees import import_published_profile
 
-    name, rows = read_accuracy_csv(csv_file, model)
-    provenance = {
-        "model": name, "source": source or csv_file.name, "kind": "published cumulative top-k "
-        "accuracy", "created": utc_now(), "treeopt_version": _version(),
-    }
-    if note:
-        provenance["note"] = note
-    try:
-        profile = Profile.from_cumulative_accuracy(rows, provenance)
-    except TreeoptError as exc:
-        raise TreeoptError(f"{csv_file}: {exc}") from None
-    write_profile(output, profile)
+    name, profile = import_published_profile(csv_file, model, output, source, note)
     typer.echo(
         f"wrote {output}: {profile.num_heads} heads x top-{profile.top_k} ({name})", err=True
     )

@@ -1,0 +1,90 @@
+"""Scoring trees under a profile: one row per tree (and held-out oracle) and model of acceptance.
+
+What ``treeopt eval`` prints, as data: the expected accept length under each
+model of acceptance, the nodes that use ranks beyond the profile's top-k, and,
+when the profile keeps its rank vectors, tokens per step replayed over the
+calibration text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from treeopt.core.profile import Profile
+
+
+def split_profile(profile: Profile, holdout: float | None, seed: int = 0
+                  ) -> tuple[Profile, Profile | None]:
+    """``(part to use, held-out part)``; without ``holdout`` the profile itself and None."""
+    if holdout is None:
+        return profile, None
+    return profile.split(holdout, seed)
+
+
+def default_models(profile: Profile) -> list[str]:
+    """Every model of acceptance ``profile`` supports: independent, joint, blend."""
+    models = ["independent"] + (["joint"] if profile.has_joint else [])
+    if profile.has_joint and profile.groups is not None and len(profile.groups) >= 2:
+        models.append("blend")  # its weight is cross-validated over prompts
+    return models
+
+
+def evaluate_trees(
+    trees: Sequence[str], profile_name: str, models: Sequence[str] | None = None,
+    holdout: float | None = None, seed: int = 0,
+) -> list[dict[str, Any]]:
+    """One row per tree (and per oracle with ``holdout``) and model of acceptance.
+
+    Each row has ``tree, nodes, num_tokens, acceptance_model, expected_accept_length,
+    nodes_beyond_top_k, profile`` (+ ``tokens_per_step_replayed`` when the scored
+    profile has rank vectors, + ``split`` with ``holdout``). With ``holdout`` the
+    trees are scored on the held-out prompts and an ``oracle-N`` row per tree size
+    gives the tree built on those very prompts. ``models`` defaults to
+    :func:`default_models` of the scored profile.
+    """
+    from treeopt.files.profile_file import load_profile
+    from treeopt.files.tree_file import load_tree
+    from treeopt.optimize.acceptance_models import AcceptanceModel, expected_accept_length
+    from treeopt.optimize.build import build_tree
+    from treeopt.optimize.replay import tokens_per_step
+
+    full = load_profile(profile_name)
+    _, heldout = split_profile(full, holdout, seed)
+    scored = full if heldout is None else heldout
+    loaded = [(name, load_tree(name)) for name in trees]
+    beyond = {name: sum(1 for path in tree.paths if max(path) >= scored.top_k)
+              for name, tree in loaded}
+    replayed: dict[str, float] = {}
+    if scored.sequences is not None:
+        replayed = {name: tokens_per_step(tree, scored.sequences) for name, tree in loaded}
+    rows: list[dict[str, Any]] = []
+    for model in models or default_models(scored):
+        weight = AcceptanceModel(scored, model).blend_weight  # choose the blend weight once
+        for name, tree in loaded:
+            rows.append({
+                "tree": name, "nodes": len(tree), "num_tokens": tree.num_tokens,
+                "acceptance_model": model,
+                "expected_accept_length": expected_accept_length(tree, scored, model, weight),
+                "nodes_beyond_top_k": beyond[name],
+            })
+            if replayed:
+                rows[-1]["tokens_per_step_replayed"] = replayed[name]
+        if heldout is not None:
+            for size in sorted({tree.num_tokens for _, tree in loaded if len(tree) > 0}):
+                oracle = build_tree(heldout, size, model, blend_weight=weight,
+                                    weighting="positions")
+                rows.append({
+                    "tree": f"oracle-{size}", "nodes": size - 1, "num_tokens": size,
+                    "acceptance_model": model,
+                    "expected_accept_length": oracle.expected_accept_length,
+                    "nodes_beyond_top_k": 0,
+                })
+                if replayed:
+                    rows[-1]["tokens_per_step_replayed"] = tokens_per_step(
+                        oracle.tree, scored.sequences)
+    for row in rows:
+        row["profile"] = profile_name
+        if holdout is not None:
+            row["split"] = {"part": "heldout", "holdout_fraction": holdout, "seed": seed}
+    return rows
