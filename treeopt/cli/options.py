@@ -124,10 +124,6 @@ def gpu_named(name: str | None, peak: float | None = None,
               bandwidth: float | None = None) -> GPUSpec:
     """A ``--gpu`` value (a table slug, or ``auto`` for the visible CUDA device) or a
     custom GPU from ``--peak-tflops``/``--bandwidth-gbs``."""
-    from treeopt.cost.gpus import resolve_gpu
+    from treeopt.workflows.devices import gpu_spec
 
-    if name is not None and name.lower() == "auto":
-        from treeopt.model.measure import gpu_auto
-
-        return gpu_auto()
-    return resolve_gpu(name, peak, bandwidth)
+    return gpu_spec(name, peak, bandwidth)

@@ -7,7 +7,7 @@ Neither imports torch at module level; ``overhead --predict`` and ``tune``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -15,7 +15,6 @@ from treeopt.cli.options import (
     AcceptanceChoice,
     EngineChoice,
     curve_file,
-    gpu_named,
     output_file,
     parse_int_list,
     plot_file,
@@ -27,6 +26,7 @@ from treeopt.files.shipped import DEFAULT_PROFILE
 
 if TYPE_CHECKING:
     from treeopt.core.latency import LatencyTable
+    from treeopt.model.study import StudyOutcome
     from treeopt.optimize.tune import BatchBest, TuneResult
 
 DEFAULT_BATCHES = "1,4,16,64"
@@ -38,43 +38,60 @@ FULL_TABLE_ROWS = 32
 
 
 # ------------------------------------------------------------------ overhead
+LatencyOutputOption = Annotated[Path, typer.Option(
+    "-o", "--output", callback=output_file, help="treeopt.latency/1 JSON file to write.")]
+TimedModelOption = Annotated[str | None, typer.Option(
+    "--model", "-m",
+    help="Model to time: registry name (vicuna-7b), folder or hub id. Its Medusa heads "
+         "are used when published, else random heads of the same shape.")]
+RandomWeightsOption = Annotated[bool, typer.Option(
+    "--random-weights",
+    help="Time a random-weight model of --arch's shape: plan for a 7B/13B/33B model "
+         "without downloading it (the step time does not depend on the weights).")]
+PredictOption = Annotated[bool, typer.Option(
+    "--predict", help="Write the roofline model's prediction for --gpu instead of "
+                      "measuring (no torch, no GPU needed).")]
+OverheadArchOption = Annotated[str | None, typer.Option(
+    help="Model shape for --random-weights/--predict: llama-7b, llama-13b, llama-33b, ... "
+         "or a config.json / model folder.")]
+OverheadGpuOption = Annotated[str | None, typer.Option(
+    help="GPU to predict for (--predict): a100-80gb-sxm, h100-sxm, ... or auto.")]
+BatchesOption = Annotated[str, typer.Option(help="Batch sizes, comma-separated.")]
+ContextsOption = Annotated[str, typer.Option(
+    help="Context lengths (KV positions already cached), comma-separated.")]
+SizesOption = Annotated[str, typer.Option(
+    help="Tree sizes (tokens per step, root included; 1 = plain decoding).")]
+TimedDeviceOption = Annotated[str, typer.Option(help="cuda, cuda:N or cpu (measured).")]
+TimedDtypeOption = Annotated[str, typer.Option(help="bf16, fp16 or fp32 (fp8 for --predict).")]
+RandomHeadsOption = Annotated[int, typer.Option(
+    min=0, help="Medusa heads to time with random weights (--random-weights or a model "
+         "without published heads).")]
+WarmupOption = Annotated[int, typer.Option(min=0, help="Untimed steps before timing each size.")]
+RepeatsOption = Annotated[int, typer.Option(
+    min=1, help="Timed steps per size; the median is kept.")]
+CompileOption = Annotated[bool, typer.Option(
+    "--compile", help="Time the torch.compile'd step (fuses small kernels; compiles once "
+                      "per setting, tens of seconds each for a 7B model).")]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
+
+
 def overhead(
-    output: Annotated[Path, typer.Option("-o", "--output", callback=output_file,
-                                         help="treeopt.latency/1 JSON file to write.")],
-    model: Annotated[str | None, typer.Option(
-        "--model", "-m",
-        help="Model to time: registry name (vicuna-7b), folder or hub id. Its Medusa heads "
-             "are used when published, else random heads of the same shape.")] = None,
-    random_weights: Annotated[bool, typer.Option(
-        "--random-weights",
-        help="Time a random-weight model of --arch's shape: plan for a 7B/13B/33B model "
-             "without downloading it (the step time does not depend on the weights).")] = False,
-    predict: Annotated[bool, typer.Option(
-        "--predict", help="Write the roofline model's prediction for --gpu instead of "
-                          "measuring (no torch, no GPU needed).")] = False,
-    arch: Annotated[str | None, typer.Option(
-        help="Model shape for --random-weights/--predict: llama-7b, llama-13b, llama-33b, ... "
-             "or a config.json / model folder.")] = None,
-    gpu: Annotated[str | None, typer.Option(
-        help="GPU to predict for (--predict): a100-80gb-sxm, h100-sxm, ... or auto.")] = None,
-    batch: Annotated[str, typer.Option(help="Batch sizes, comma-separated.")] = DEFAULT_BATCHES,
-    context: Annotated[str, typer.Option(
-        help="Context lengths (KV positions already cached), comma-separated.")] = DEFAULT_CONTEXTS,
-    sizes: Annotated[str, typer.Option(
-        help="Tree sizes (tokens per step, root included; 1 = plain decoding).")] = DEFAULT_SIZES,
-    device: Annotated[str, typer.Option(help="cuda, cuda:N or cpu (measured).")] = "cuda",
-    dtype: Annotated[str, typer.Option(help="bf16, fp16 or fp32 (fp8 for --predict).")] = "bf16",
-    heads: Annotated[int, typer.Option(
-        min=0, help="Medusa heads to time with random weights (--random-weights or a model "
-             "without published heads).")] = MEDUSA_NUM_HEADS,
-    warmup: Annotated[int, typer.Option(
-        min=0, help="Untimed steps before timing each size.")] = DEFAULT_WARMUP,
-    repeats: Annotated[int, typer.Option(
-        min=1, help="Timed steps per size; the median is kept.")] = DEFAULT_REPEATS,
-    compile_step: Annotated[bool, typer.Option(
-        "--compile", help="Time the torch.compile'd step (fuses small kernels; compiles once "
-                          "per setting, tens of seconds each for a 7B model).")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    output: LatencyOutputOption,
+    model: TimedModelOption = None,
+    random_weights: RandomWeightsOption = False,
+    predict: PredictOption = False,
+    arch: OverheadArchOption = None,
+    gpu: OverheadGpuOption = None,
+    batch: BatchesOption = DEFAULT_BATCHES,
+    context: ContextsOption = DEFAULT_CONTEXTS,
+    sizes: SizesOption = DEFAULT_SIZES,
+    device: TimedDeviceOption = "cuda",
+    dtype: TimedDtypeOption = "bf16",
+    heads: RandomHeadsOption = MEDUSA_NUM_HEADS,
+    warmup: WarmupOption = DEFAULT_WARMUP,
+    repeats: RepeatsOption = DEFAULT_REPEATS,
+    compile_step: CompileOption = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Measure (or predict) the verification-step latency for each tree size.
 
@@ -91,142 +108,89 @@ def overhead(
       treeopt overhead --model vicuna-7b --batch 1 --context 1024 -o lat.json
       treeopt overhead --predict --arch llama-7b --gpu a100-80gb-sxm -o lat-a100.json
     """
-    from treeopt.cost.roofline import canonical_dtype
-    from treeopt.files.latency_file import write_latency
+    from treeopt.workflows.latency import OverheadSettings, write_overhead
 
-    batches = parse_int_list(batch, "--batch")
-    contexts = parse_int_list(context, "--context")
-    size_list = parse_int_list(sizes, "--sizes")
-    if 1 not in size_list:
-        raise TreeoptError("--sizes must include 1 (plain decoding): overheads are relative to it")
-    dtype = canonical_dtype(dtype)
-    if predict:
-        if model is not None or random_weights or compile_step:
-            raise TreeoptError("--predict takes --arch and --gpu, not --model, --random-weights "
-                               "or --compile")
-        if arch is None or gpu is None:
-            raise TreeoptError("--predict needs --arch (e.g. llama-7b) and --gpu (e.g. h100-sxm)")
-        from treeopt.cost.arch import get_arch
-        from treeopt.cost.predict import predict_latency
-
-        table = predict_latency(get_arch(arch), gpu_named(gpu), batches, contexts, size_list, dtype)
-    else:
-        if gpu is not None:
-            raise TreeoptError("--gpu is for --predict; a measured sweep times the GPU it runs on")
-        if (model is None) == (not random_weights):
-            raise TreeoptError(
-                "give --model M, or --random-weights --arch A, or --predict --arch A --gpu G"
-            )
-        if random_weights and arch is None:
-            raise TreeoptError("--random-weights needs --arch (llama-7b, ... or a config.json)")
-        if warmup < 0 or repeats < 1:
-            raise TreeoptError("--warmup must be >= 0 and --repeats >= 1")
-        table = _measure(model, arch if random_weights else None, heads, batches, contexts,
-                         size_list, device, dtype, warmup, repeats, compile_step, quiet)
-    if all(seconds is None for seconds in table.measurements.values()):
-        raise TreeoptError("every setting is out of memory: nothing to write (smaller --batch "
-                           "or --context?)")
-    write_latency(output, table)
+    table = write_overhead(OverheadSettings(
+        output, parse_int_list(batch, "--batch"), parse_int_list(context, "--context"),
+        parse_int_list(sizes, "--sizes"), model, random_weights, predict, arch, gpu, device,
+        dtype, heads, warmup, repeats, compile_step, show_progress=not quiet))
     typer.echo(f"wrote {output}: {len(table.measurements)} settings, {table.describe()}", err=True)
 
 
-def _measure(model: str | None, arch: str | None, num_heads: int, batches: list[int],
-             contexts: list[int], sizes: list[int], device: str, dtype: str,
-             warmup: int, repeats: int, compile_step: bool, quiet: bool) -> LatencyTable:
-    """Load the model (or build a random-weight one) and heads, then run the sweep."""
-    import torch
-
-    from medusa_runtime.heads import MedusaConfig, MedusaHeads
-    from treeopt.model.loading import LOADABLE_DTYPES, resolve_device
-    from treeopt.model.measure import measure_latency
-
-    resolve_device(device)
-    if dtype not in LOADABLE_DTYPES:
-        raise TreeoptError(f"measured timing takes bf16, fp16 or fp32, not {dtype} "
-                           "(fp8 only with --predict)")
-    torch_dtype = getattr(torch, dtype)
-    published_heads = None
-    if arch is not None:
-        from medusa_runtime.timing import random_weight_model
-        from treeopt.cost.arch import get_arch
-
-        shape = get_arch(arch)
-        net = random_weight_model(shape.to_hf_config_dict(), torch_dtype, device)
-        name = shape.name
-    else:
-        from treeopt.model.loading import load_base_model, load_heads, resolve_model
-
-        net, _ = load_base_model(model, device=device, dtype=dtype)  # type: ignore[arg-type]
-        name = str(model)
-        published_heads = resolve_model(str(model))[1]
-    if published_heads is not None:
-        medusa = load_heads(published_heads, device=device, dtype=torch_dtype,
-                            base_lm_head=net.get_output_embeddings())
-    else:  # the step time depends on the heads' shapes, not their weights
-        config = net.config
-        medusa = MedusaHeads(MedusaConfig(num_heads, 1, config.hidden_size, config.vocab_size))
-        medusa = medusa.to(device=device, dtype=torch_dtype).eval()
-    return measure_latency(net, medusa, name, batches, contexts, sizes, device, dtype,
-                           warmup, repeats, show_progress=not quiet,
-                           compile_step=compile_step)
-
-
 # ---------------------------------------------------------------------- tune
+LatencyFilesOption = Annotated[list[Path] | None, typer.Option(
+    "--latency", "-l",
+    help="treeopt.latency/1 file(s) from `treeopt overhead`; repeat to give several "
+         "(a measured one is preferred over a roofline prediction).")]
+TuneProfileOption = Annotated[str, typer.Option(
+    "--profile", "-p", help="Acceptance profile: file or shipped name.")]
+TuneBatchOption = Annotated[int | None, typer.Option(
+    help="Batch size to tune for (default: the smallest in the latency file).")]
+TuneContextOption = Annotated[int | None, typer.Option(
+    help=f"Context length to tune for (default: the file's nearest to {DEFAULT_CONTEXT}).")]
+MaxBudgetOption = Annotated[int | None, typer.Option(
+    help="Largest tree (tokens/step, root included) to consider (default: the largest "
+         "size the latency file covers; never extrapolated).")]
+TuneAcceptanceOption = Annotated[AcceptanceChoice, typer.Option(
+    "--acceptance-model", "-a", "--model-of-acceptance",
+    help="Builder's acceptance model (see `treeopt build --help`).")]
+TuneEngineOption = Annotated[EngineChoice | None, typer.Option(
+    "--engine",
+    help="Tune only trees this engine takes (limits as in `treeopt build --engine`). "
+         "vllm-medusa also prints vLLM's --speculative-config with the best chain "
+         "length per batch size.")]
+TunedTreeOption = Annotated[Path | None, typer.Option(
+    "-o", "--output", callback=output_file, help="Write the best tree here (treeopt.tree/1).")]
+TuneCurveOption = Annotated[Path | None, typer.Option(
+    callback=curve_file,
+    help="Write n, E[accept], latency, overhead, speedup per size (.json or .csv).")]
+TunePlotOption = Annotated[Path | None, typer.Option(
+    callback=plot_file,
+    help="Plot acceptance, overhead and speedup vs tree size (.png, .svg, .pdf).")]
+MeasureOption = Annotated[bool, typer.Option(
+    "--measure", help="Tune by measured tokens/s instead (optuna study over budget, "
+                      "depth, typical-acceptance threshold and alpha); see the options below.")]
+StudyModelOption = Annotated[str | None, typer.Option(
+    "--model", "-m", help="--measure: model (registry name, folder or hub id).")]
+StudyHeadsOption = Annotated[str | None, typer.Option(
+    help="--measure: Medusa heads folder or hub id (default: the model's published).")]
+StudyPromptsOption = Annotated[str | None, typer.Option(
+    help="--measure: calibration prompts (MT-Bench question.jsonl, .txt, ...).")]
+MaxPromptsOption = Annotated[int, typer.Option(min=1, help="--measure: prompts per trial.")]
+MaxNewTokensOption = Annotated[int, typer.Option(
+    min=1, help="--measure: tokens generated per prompt.")]
+TrialsOption = Annotated[int, typer.Option(min=1, help="--measure: optuna trials to run now.")]
+StudySeedOption = Annotated[int, typer.Option(help="--measure: sampler and prompt seed.")]
+StorageOption = Annotated[str | None, typer.Option(
+    help="--measure: optuna storage, e.g. sqlite:///study.db, so a study resumes.")]
+StudyNameOption = Annotated[str, typer.Option(help="--measure: study name in the storage.")]
+StudyDeviceOption = Annotated[str, typer.Option(help="--measure: cuda or cpu.")]
+StudyDtypeOption = Annotated[str, typer.Option(help="--measure: auto, bf16, fp16 or fp32.")]
+
+
 def tune(
-    latency: Annotated[list[Path] | None, typer.Option(
-        "--latency", "-l",
-        help="treeopt.latency/1 file(s) from `treeopt overhead`; repeat to give several "
-             "(a measured one is preferred over a roofline prediction).")] = None,
-    profile: Annotated[str, typer.Option(
-        "--profile", "-p", help="Acceptance profile: file or shipped name.")] = DEFAULT_PROFILE,
-    batch: Annotated[int | None, typer.Option(
-        help="Batch size to tune for (default: the smallest in the latency file).")] = None,
-    context: Annotated[int | None, typer.Option(
-        help=f"Context length to tune for (default: the file's nearest to {DEFAULT_CONTEXT})."
-    )] = None,
-    max_budget: Annotated[int | None, typer.Option(
-        help="Largest tree (tokens/step, root included) to consider (default: the largest "
-             "size the latency file covers; never extrapolated).")] = None,
-    acceptance_model: Annotated[AcceptanceChoice, typer.Option(
-        "--acceptance-model", "-a", "--model-of-acceptance",
-        help="Builder's acceptance model (see `treeopt build --help`).")] = (
-        AcceptanceChoice.independent),
-    engine: Annotated[EngineChoice | None, typer.Option(
-        "--engine",
-        help="Tune only trees this engine takes (limits as in `treeopt build --engine`). "
-             "vllm-medusa also prints vLLM's --speculative-config with the best chain "
-             "length per batch size.")] = None,
-    output: Annotated[Path | None, typer.Option(
-        "-o", "--output", callback=output_file,
-        help="Write the best tree here (treeopt.tree/1).")] = None,
-    curve: Annotated[Path | None, typer.Option(
-        callback=curve_file,
-        help="Write n, E[accept], latency, overhead, speedup per size (.json or .csv).")] = None,
-    plot: Annotated[Path | None, typer.Option(
-        callback=plot_file,
-            help="Plot acceptance, overhead and speedup vs tree size (.png, .svg, .pdf).")] = None,
-    measure: Annotated[bool, typer.Option(
-        "--measure", help="Tune by measured tokens/s instead (optuna study over budget, "
-                          "depth, typical-acceptance threshold and alpha); see the options "
-                          "below.")] = False,
-    model: Annotated[str | None, typer.Option(
-        "--model", "-m", help="--measure: model (registry name, folder or hub id).")] = None,
-    heads: Annotated[str | None, typer.Option(
-        help="--measure: Medusa heads folder or hub id (default: the model's published).")] = None,
-    prompts: Annotated[str | None, typer.Option(
-        help="--measure: calibration prompts (MT-Bench question.jsonl, .txt, ...).")] = None,
-    max_prompts: Annotated[int, typer.Option(min=1, help="--measure: prompts per trial.")] = 8,
-    max_new_tokens: Annotated[int, typer.Option(
-        min=1, help="--measure: tokens generated per prompt.")] = 128,
-    trials: Annotated[int, typer.Option(min=1, help="--measure: optuna trials to run now.")] = 20,
-    seed: Annotated[int, typer.Option(help="--measure: sampler and prompt seed.")] = 0,
-    storage: Annotated[str | None, typer.Option(
-        help="--measure: optuna storage, e.g. sqlite:///study.db, so a study resumes.")] = None,
-    study_name: Annotated[str, typer.Option(help="--measure: study name in the storage.")] = (
-        "treeopt-tune"),
-    device: Annotated[str, typer.Option(help="--measure: cuda or cpu.")] = "cuda",
-    dtype: Annotated[str, typer.Option(help="--measure: auto, bf16, fp16 or fp32.")] = (
-        "auto"),
+    latency: LatencyFilesOption = None,
+    profile: TuneProfileOption = DEFAULT_PROFILE,
+    batch: TuneBatchOption = None,
+    context: TuneContextOption = None,
+    max_budget: MaxBudgetOption = None,
+    acceptance_model: TuneAcceptanceOption = AcceptanceChoice.independent,
+    engine: TuneEngineOption = None,
+    output: TunedTreeOption = None,
+    curve: TuneCurveOption = None,
+    plot: TunePlotOption = None,
+    measure: MeasureOption = False,
+    model: StudyModelOption = None,
+    heads: StudyHeadsOption = None,
+    prompts: StudyPromptsOption = None,
+    max_prompts: MaxPromptsOption = 8,
+    max_new_tokens: MaxNewTokensOption = 128,
+    trials: TrialsOption = 20,
+    seed: StudySeedOption = 0,
+    storage: StorageOption = None,
+    study_name: StudyNameOption = "treeopt-tune",
+    device: StudyDeviceOption = "cuda",
+    dtype: StudyDtypeOption = "auto",
 ) -> None:
     """Pick the tree size with the best predicted speedup for your GPU and batch.
 
@@ -241,112 +205,60 @@ def tune(
       treeopt overhead --predict --arch llama-7b --gpu h100-sxm -o lat.json
       treeopt tune --latency lat.json --batch 1 -o tree.json --plot tune.png
       treeopt tune --latency lat.json --engine vllm-medusa -o chain.json
+      treeopt tune --latency lat.json --engine vllm-medusa -o chain.json
       treeopt tune --measure --model vicuna-7b --prompts question.jsonl \\
           --storage sqlite:///study.db --trials 30 -o tree.json
     """
-    if measure:
-        from treeopt.model.study import run_study_cli
+    from treeopt.workflows import tuning
 
+    if measure:
         if engine is not None:
             raise TreeoptError("--engine applies to tuning by a latency file, not --measure")
         if latency:
             raise TreeoptError("--measure times real decoding; it takes no --latency file")
-        run_study_cli(profile=profile, model=model, heads=heads, prompts=prompts,
-                      max_prompts=max_prompts, max_new_tokens=max_new_tokens, trials=trials,
-                      seed=seed, storage=storage, study_name=study_name, device=device,
-                      dtype=dtype, max_budget=max_budget,
-                      acceptance_model=acceptance_model.value,
-                      output=output)
+        _print_study(tuning.tune_by_measurement(tuning.MeasuredTuneSettings(
+            model, prompts, profile, heads, max_prompts, max_new_tokens, trials, seed, storage,
+            study_name, device, dtype, max_budget, acceptance_model.value, output)), output)
         return
-    if not latency:
-        raise TreeoptError("give --latency FILE (make one with `treeopt overhead`), or --measure")
-    from treeopt.files.latency_file import load_latency, prefer_measured
-    from treeopt.files.profile_file import load_profile
-    from treeopt.optimize.tune import (
-        batch_view,
-        chain_lengths_per_batch,
-        curve_rows,
-        tune_tree,
-    )
-
-    tables = [(name, load_latency(name)) for name in dict.fromkeys(map(str, latency))]
-    source_file, table = prefer_measured(tables)
-    loaded_profile = load_profile(profile)
-    typer.echo(f"latency: {source_file}: {table.describe()}", err=True)
-    if len(tables) > 1:
-        others = ", ".join(name for name, _ in tables if name != source_file)
-        typer.echo(f"  (preferred over {others})", err=True)
-    engine_name = None if engine is None else engine.value
-    tuned = tune_tree(loaded_profile, table, batch, context, max_budget, acceptance_model.value,
-                      engine=engine_name)
-    result = tuned.result
+    outcome = tuning.tune_to_files(tuning.TuneSettings(
+        list(latency or []), profile, batch, context, max_budget, acceptance_model.value,
+        None if engine is None else engine.value, output, curve, plot))
+    table, result = outcome.table, outcome.tuned.result
+    typer.echo(f"latency: {outcome.latency_file}: {table.describe()}", err=True)
+    if outcome.passed_over:
+        typer.echo(f"  (preferred over {', '.join(outcome.passed_over)})", err=True)
     _print_tune_table(result, table)
-    per_batch = batch_view(tuned.accept_curve, table, result.context, tuned.max_budget)
-    _print_batch_view(per_batch, result.context)
-    if engine_name == "vllm-medusa":
-        import json
-
-        from treeopt.files.engines import VLLM_MEDUSA_SCHEDULE_NOTE, vllm_batch_schedule
-
-        chain = result.best.num_tokens - 1
-        if chain >= 1:
-            config = {"method": "medusa", "num_speculative_tokens": chain}
-            typer.echo(f"vLLM --speculative-config (predicted best chain at batch "
-                       f"{result.batch}): {json.dumps(config)}")
-        schedule = vllm_batch_schedule(chain_lengths_per_batch(per_batch))
-        typer.echo(f"note: predicted best chain per batch size, as vLLM's "
-                   f"num_speculative_tokens_per_batch_size: {json.dumps(schedule)}; "
-                   f"{VLLM_MEDUSA_SCHEDULE_NOTE}", err=True)
-
-    rows = curve_rows(result, table.latency_curve(result.batch, result.context))
-    provenance = _provenance(profile, source_file, table, result, acceptance_model.value)
-    provenance["weighting"] = tuned.weighting
-    if engine_name is not None:
-        provenance["engine"] = engine_name
-    if curve is not None:
-        from treeopt.files.curve_file import write_curve
-
-        write_curve(curve, rows, provenance)
-        typer.echo(f"wrote {curve}", err=True)
-    if plot is not None:
-        from treeopt.pictures.plots import plot_curve
-
-        plot_curve(rows, plot, f"{profile} on {table.device}, batch {result.batch}, "
-                               f"context {result.context}")
-        typer.echo(f"wrote {plot}", err=True)
+    _print_batch_view(outcome.batches, result.context)
+    if outcome.vllm_schedule is not None:
+        _print_vllm_config(result.best.num_tokens - 1, result.batch, outcome.vllm_schedule)
+    for written in (curve, plot):
+        if written is not None:
+            typer.echo(f"wrote {written}", err=True)
     if output is not None:
-        if result.best.num_tokens == 1:
-            raise TreeoptError(
-                f"at batch {result.batch}, context {result.context} no tree beats plain "
-                f"decoding on {table.device} (best size 1): nothing to write"
-            )
-        from treeopt.files.tree_file import write_tree
-
-        write_tree(output, tuned.tree, tuned.score, provenance)
         typer.echo(f"wrote {output}: {result.best.num_tokens} tokens/step", err=True)
 
 
-def _provenance(profile: str, source_file: str, table: LatencyTable, result: TuneResult,
-                acceptance_model: str) -> dict[str, Any]:
-    from treeopt.core.timestamps import utc_now
+def _print_vllm_config(chain: int, batch: int, schedule: object) -> None:
+    import json
 
-    best = result.best
-    return {
-        "tool": "treeopt tune",
-        "profile": profile,
-        "acceptance_model": acceptance_model,
-        "budget": best.num_tokens,
-        "batch": result.batch,
-        "context": result.context,
-        "predicted_speedup": round(best.speedup, 4),
-        "overhead": round(best.overhead, 4),
-        "latency_source": table.source,
-        "latency_device": table.device,
-        "latency_arch": table.arch,
-        "latency_dtype": table.dtype,
-        "latency_file": Path(source_file).name,
-        "created": utc_now(),
-    }
+    from treeopt.files.engines import VLLM_MEDUSA_SCHEDULE_NOTE
+
+    if chain >= 1:
+        config = {"method": "medusa", "num_speculative_tokens": chain}
+        typer.echo(f"vLLM --speculative-config (predicted best chain at batch "
+                   f"{batch}): {json.dumps(config)}")
+    typer.echo(f"note: predicted best chain per batch size, as vLLM's "
+               f"num_speculative_tokens_per_batch_size: {json.dumps(schedule)}; "
+               f"{VLLM_MEDUSA_SCHEDULE_NOTE}", err=True)
+
+
+def _print_study(outcome: StudyOutcome, output: Path | None) -> None:
+    params = ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
+                       for key, value in outcome.params.items())
+    typer.echo(f"best of {outcome.num_trials} trials: {outcome.tokens_per_second:.1f} tokens/s, "
+               f"acceleration {outcome.acceleration_rate:.3f} ({params})")
+    if output is not None:
+        typer.echo(f"wrote {output}", err=True)
 
 
 def _shown_sizes(result: TuneResult) -> list[int]:

@@ -10,10 +10,8 @@ torch are imported inside the functions.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from treeopt.errors import TreeoptError, first_line
@@ -132,12 +130,13 @@ def open_study(config: StudyConfig) -> Any:
 def run_study_cli(*, profile: str, model: str | None, heads: str | None, prompts: str | None,
                   max_prompts: int, max_new_tokens: int, trials: int, seed: int,
                   storage: str | None, study_name: str, device: str, dtype: str,
-                  max_budget: int | None, acceptance_model: str,
-                  output: Path | None) -> StudyOutcome:
-    """Load model, heads, prompts and profile; run the study; print and write the best tree."""
+                  max_budget: int | None, acceptance_model: str) -> StudyOutcome:
+    """Load model, heads, prompts and profile; run the study; return its best trial.
+
+    Printing it and writing its tree is the caller's (``treeopt.workflows.tuning``).
+    """
     if model is None or prompts is None:
         raise TreeoptError("--measure needs --model and --prompts (calibration prompts)")
-    from treeopt.core.timestamps import utc_now
     from treeopt.files.profile_file import load_profile
     from treeopt.model.calibration import encode_prompts, read_prompts
     from treeopt.model.loading import load_base_model, load_heads, require_heads
@@ -156,19 +155,4 @@ def run_study_cli(*, profile: str, model: str | None, heads: str | None, prompts
                         base_lm_head=net.get_output_embeddings())
     outcome = run_study(net, medusa, encode_prompts(tokenizer, texts), loaded_profile, config,
                         eos_token_id=tokenizer.eos_token_id)
-    params = ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
-                       for key, value in outcome.params.items())
-    print(f"best of {outcome.num_trials} trials: {outcome.tokens_per_second:.1f} tokens/s, "
-          f"acceleration {outcome.acceleration_rate:.3f} ({params})")
-    if output is not None:
-        from treeopt.files.tree_file import write_tree
-
-        write_tree(output, outcome.tree, outcome.expected_accept_length, {
-            "tool": "treeopt tune --measure", "profile": profile, "model": model,
-            "prompts": str(prompts), "device": device, **outcome.params,
-            "measured_tokens_per_second": round(outcome.tokens_per_second, 3),
-            "measured_acceleration_rate": round(outcome.acceleration_rate, 4),
-            "trials": outcome.num_trials, "storage": storage, "created": utc_now(),
-        })
-        print(f"wrote {output}", file=sys.stderr)
     return outcome

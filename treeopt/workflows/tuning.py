@@ -1,0 +1,174 @@
+"""``treeopt tune`` as one call each: by a latency table (predicted speedup) or by measurement.
+
+:func:`tune_to_files` reads the latency table(s) and the profile, picks the tree
+size of best predicted speedup (:func:`treeopt.optimize.tune.tune_tree`) and
+writes the curve, its plot and the tree, with provenance.
+:func:`tune_by_measurement` runs the optuna study over real decoding
+(:mod:`treeopt.model.study`) and writes the best trial's tree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from treeopt.core.latency import LatencyTable
+from treeopt.errors import TreeoptError
+from treeopt.files.shipped import DEFAULT_PROFILE
+from treeopt.optimize.tune import BatchBest, TunedTree, TuneResult
+from treeopt.workflows.provenance import provenance
+
+if TYPE_CHECKING:
+    from treeopt.model.study import StudyOutcome
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    """What :func:`tune_to_files` tunes for and writes (None: not written)."""
+
+    latency: list[Path]
+    profile: str = DEFAULT_PROFILE
+    batch: int | None = None
+    context: int | None = None
+    max_budget: int | None = None
+    acceptance_model: str = "independent"
+    engine: str | None = None
+    output: Path | None = None
+    curve: Path | None = None
+    plot: Path | None = None
+
+
+@dataclass(frozen=True)
+class TuneOutcome:
+    """The tuned tree and what it was tuned on.
+
+    Attributes:
+        latency_file: the latency file used (a measured one beats a prediction).
+        passed_over: the other latency files given.
+        table: its latency table.
+        tuned: the speedup curve, best size and its tree.
+        batches: the best size per batch size at the tuned context.
+        provenance: what the written files say about their origin.
+        vllm_schedule: with engine ``vllm-medusa``, the predicted best chain per batch
+            size as vLLM's ``num_speculative_tokens_per_batch_size``.
+    """
+
+    latency_file: str
+    passed_over: list[str]
+    table: LatencyTable
+    tuned: TunedTree
+    batches: list[BatchBest]
+    provenance: dict[str, Any]
+    vllm_schedule: Any = None
+
+
+def tune_provenance(settings: TuneSettings, latency_file: str, table: LatencyTable,
+                    tuned: TunedTree) -> dict[str, Any]:
+    """The provenance of a tuned tree: profile, setting, predicted speedup, latency source."""
+    best = tuned.result.best
+    return provenance(
+        tool="treeopt tune", profile=settings.profile, acceptance_model=settings.acceptance_model,
+        budget=best.num_tokens, batch=tuned.result.batch, context=tuned.result.context,
+        predicted_speedup=round(best.speedup, 4), overhead=round(best.overhead, 4),
+        latency_source=table.source, latency_device=table.device, latency_arch=table.arch,
+        latency_dtype=table.dtype, latency_file=Path(latency_file).name,
+        weighting=tuned.weighting, engine=settings.engine,
+    )
+
+
+def plot_title(settings: TuneSettings, table: LatencyTable, result: TuneResult) -> str:
+    """The tune plot's title: profile, device and setting."""
+    return f"{settings.profile} on {table.device}, batch {result.batch}, context {result.context}"
+
+
+def tune_to_files(settings: TuneSettings) -> TuneOutcome:
+    """Pick the tree size of best predicted speedup; write the curve, plot and tree asked for.
+
+    Raises TreeoptError, before writing anything, when a tree file is asked for and
+    no tree beats plain decoding at the setting (best size 1).
+    """
+    from treeopt.files.latency_file import load_latency, prefer_measured
+    from treeopt.files.profile_file import load_profile
+    from treeopt.optimize.tune import batch_view, curve_rows, tune_tree
+
+    if not settings.latency:
+        raise TreeoptError("give --latency FILE (make one with `treeopt overhead`), or --measure")
+    tables = [(name, load_latency(name)) for name in dict.fromkeys(map(str, settings.latency))]
+    latency_file, table = prefer_measured(tables)
+    tuned = tune_tree(load_profile(settings.profile), table, settings.batch, settings.context,
+                      settings.max_budget, settings.acceptance_model, engine=settings.engine)
+    result = tuned.result
+    if settings.output is not None and result.best.num_tokens == 1:
+        raise TreeoptError(
+            f"at batch {result.batch}, context {result.context} no tree beats plain "
+            f"decoding on {table.device} (best size 1): nothing to write"
+        )
+    batches = batch_view(tuned.accept_curve, table, result.context, tuned.max_budget)
+    schedule = None
+    if settings.engine == "vllm-medusa":
+        from treeopt.files.engines import vllm_batch_schedule
+        from treeopt.optimize.tune import chain_lengths_per_batch
+
+        schedule = vllm_batch_schedule(chain_lengths_per_batch(batches))
+    facts = tune_provenance(settings, latency_file, table, tuned)
+    rows = curve_rows(result, table.latency_curve(result.batch, result.context))
+    if settings.curve is not None:
+        from treeopt.files.curve_file import write_curve
+
+        write_curve(settings.curve, rows, facts)
+    if settings.plot is not None:
+        from treeopt.pictures.plots import plot_curve
+
+        plot_curve(rows, settings.plot, plot_title(settings, table, result))
+    if settings.output is not None:
+        from treeopt.files.tree_file import write_tree
+
+        write_tree(settings.output, tuned.tree, tuned.score, facts)
+    passed_over = [name for name, _ in tables if name != latency_file]
+    return TuneOutcome(latency_file, passed_over, table, tuned, batches, facts, schedule)
+
+
+@dataclass(frozen=True)
+class MeasuredTuneSettings:
+    """What :func:`tune_by_measurement` decodes with, how long it searches, and where the tree
+    goes (see :class:`treeopt.model.study.StudyConfig`)."""
+
+    model: str | None
+    prompts: str | None
+    profile: str = DEFAULT_PROFILE
+    heads: str | None = None
+    max_prompts: int = 8
+    max_new_tokens: int = 128
+    trials: int = 20
+    seed: int = 0
+    storage: str | None = None
+    study_name: str = "treeopt-tune"
+    device: str = "cuda"
+    dtype: str = "auto"
+    max_budget: int | None = None
+    acceptance_model: str = "independent"
+    output: Path | None = None
+
+
+def tune_by_measurement(settings: MeasuredTuneSettings) -> StudyOutcome:
+    """Run (or resume) the optuna study over measured tokens/s; write the best trial's tree."""
+    from treeopt.model.study import run_study_cli
+
+    outcome = run_study_cli(
+        profile=settings.profile, model=settings.model, heads=settings.heads,
+        prompts=settings.prompts, max_prompts=settings.max_prompts,
+        max_new_tokens=settings.max_new_tokens, trials=settings.trials, seed=settings.seed,
+        storage=settings.storage, study_name=settings.study_name, device=settings.device,
+        dtype=settings.dtype, max_budget=settings.max_budget,
+        acceptance_model=settings.acceptance_model)
+    if settings.output is not None:
+        from treeopt.files.tree_file import write_tree
+
+        write_tree(settings.output, outcome.tree, outcome.expected_accept_length, provenance(
+            tool="treeopt tune --measure", profile=settings.profile, model=settings.model,
+            prompts=str(settings.prompts), device=settings.device, **outcome.params,
+            measured_tokens_per_second=round(outcome.tokens_per_second, 3),
+            measured_acceleration_rate=round(outcome.acceleration_rate, 4),
+            trials=outcome.num_trials, storage=settings.storage))
+    return outcome
