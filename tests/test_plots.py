@@ -8,10 +8,10 @@ import pytest
 from typer.testing import CliRunner
 
 from treeopt.cli import app
-from treeopt.cli.render import curve_title
 from treeopt.errors import TreeoptError
 from treeopt.files.curve_file import write_curve
 from treeopt.pictures.plots import curve_series, plot_curve, row_value
+from treeopt.workflows.pictures import curve_title
 
 FULL_ROWS = [
     {"num_tokens": n, "expected_accept_length": 1 + 0.5 * (n - 1) ** 0.5,

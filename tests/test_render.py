@@ -27,6 +27,7 @@ from treeopt.pictures.render import (
     tree_to_dot,
     visible_paths,
 )
+from treeopt.workflows import pictures as workflow
 
 HAS_DOT = shutil.which("dot") is not None
 needs_dot = pytest.mark.skipif(not HAS_DOT, reason="graphviz's dot binary is not installed")
@@ -269,14 +270,14 @@ def test_cli_compare(tmp_path):
 
 
 def default_name(tree, other):
-    return str(cli_render.default_output(tree, other, None))
+    return str(workflow.default_output(tree, other, None))
 
 
 def test_cli_profile_colours_nodes(tmp_path, monkeypatch):
     """With a profile the probabilities come from the builder; faked here to stay fast."""
-    monkeypatch.setattr(cli_render, "acceptance_probabilities",
+    monkeypatch.setattr(workflow, "acceptance_probabilities",
                         lambda _profile, paths, _model: {p: SMALL_P[p] for p in paths})
-    monkeypatch.setattr(cli_render, "_expected_accept_length",
+    monkeypatch.setattr(workflow, "expected_accept_length",
                         lambda tree, _profile, _model: 1 + sum(SMALL_P[p] for p in tree.paths))
     monkeypatch.setattr("treeopt.files.profile_file.load_profile", lambda name: object())
     tree_file = tmp_path / "small.json"

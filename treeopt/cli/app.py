@@ -48,7 +48,7 @@ def option_for(command: Any, parameter: str) -> str | None:
     spelled = "--" + parameter.replace("_", "-")
     for option in getattr(command, "params", ()):
         names = [name for name in option.opts if name.startswith("--")]
-        if option.name == parameter and names or spelled in names:
+        if (option.name == parameter and names) or spelled in names:
             return spelled if spelled in names else names[0]
     return None
 

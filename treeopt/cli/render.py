@@ -6,28 +6,23 @@ the verb, so registering it costs nothing at start-up.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from treeopt.cli.options import AcceptanceChoice, picture_file
-from treeopt.errors import TreeoptError
 from treeopt.pictures.render import DEFAULT_MAX_NODES
 
 if TYPE_CHECKING:
-    from treeopt.core.profile import Profile
-    from treeopt.core.tree import Path as RankPath
-    from treeopt.core.tree import Tree
+    from treeopt.workflows.pictures import PictureOutcome
+
+DEFAULT_ACCEPTANCE_MODEL = "independent"  # what build, tune and evaluate default to
 
 # Exit status when a picture was asked for but graphviz's `dot` is missing: the
 # .dot file was written, the picture was not. Distinct from 2 (bad input) so
 # scripts can tell "install graphviz" from "fix your arguments".
 EXIT_NO_GRAPHVIZ = 3
-DEFAULT_SUFFIX = ".svg"  # scales without blurring and GitHub shows it inline
-MAX_TITLE_FACTS = 4  # provenance entries in a curve plot's title before it overflows
-DEFAULT_ACCEPTANCE_MODEL = "independent"  # what build, tune and evaluate default to
 
 RENDER_HELP = (
     "Draw a tree (or two, or a build/tune curve) as a picture.\n\n"
@@ -54,186 +49,61 @@ RENDER_HELP = (
 )
 
 
-def _stem(name_or_path: str) -> str:
-    """A file-name stem for a tree argument: a shipped name or a file's stem."""
-    return Path(name_or_path).stem
-
-
-def default_output(tree: str | None, compare: str | None, curve: Path | None) -> Path:
-    """Where a picture goes when -o is not given (see RENDER_HELP)."""
-    if curve is not None:
-        return Path(curve.stem + DEFAULT_SUFFIX)
-    assert tree is not None
-    if compare is not None:
-        return Path(f"{_stem(tree)}_vs_{_stem(compare)}{DEFAULT_SUFFIX}")
-    return Path(_stem(tree) + DEFAULT_SUFFIX)
-
-
-def acceptance_probabilities(
-    profile: Profile, paths: Sequence[RankPath], acceptance_model: str
-) -> Mapping[RankPath, float]:
-    """P(path accepted) per path under the profile, as the builder values nodes."""
-    from treeopt.core.tree import Tree
-    from treeopt.optimize.acceptance_models import node_values
-
-    return node_values(Tree.from_paths(paths), profile, acceptance_model)
-
-
-def _expected_accept_length(tree: Tree, profile: Profile, acceptance_model: str) -> float:
-    from treeopt.optimize.acceptance_models import expected_accept_length
-
-    return expected_accept_length(tree, profile, acceptance_model=acceptance_model)
-
-
-def _tree_title(name: str, tree: Tree, accept: float | None, source: str) -> str:
-    title = f"{name}: {len(tree)} nodes, {tree.num_tokens} tokens/step, depth {tree.depth}"
-    if accept is not None:
-        title += f", expected accept length {accept:.3f} ({source})"
-    return title
-
-
-def _report(outcome_written: Path, fell_back: bool, requested: Path) -> None:
+def _report(outcome: PictureOutcome) -> None:
     """Say what was written; with no `dot`, one install line and exit 3."""
-    if fell_back:
+    if outcome.fell_back:
         from treeopt.pictures.render import INSTALL_HINT
 
         typer.echo(
-            f"graphviz's `dot` not found: wrote {outcome_written} instead of {requested}; "
-            f"{INSTALL_HINT}",
+            f"graphviz's `dot` not found: wrote {outcome.written} instead of "
+            f"{outcome.requested}; {INSTALL_HINT}",
             err=True,
         )
         raise typer.Exit(EXIT_NO_GRAPHVIZ)
-    typer.echo(f"wrote {outcome_written}", err=True)
+    typer.echo(f"wrote {outcome.written}", err=True)
+
+
+TreeToDrawArgument = Annotated[str | None, typer.Argument(
+    metavar="TREE",
+    help="Tree JSON file or shipped tree name (e.g. mc_sim_7b_63). Not with --curve.",
+    show_default=False)]
+ColourProfileOption = Annotated[str | None, typer.Option(
+    "--profile", "-p",
+    help="Profile file or shipped name (e.g. vicuna-7b): colour nodes by "
+    "acceptance probability and title the picture with the expected accept length.")]
+PictureOutputOption = Annotated[Path | None, typer.Option(
+    "-o", "--output", callback=picture_file,
+    help="Picture to write: .svg, .png, .pdf or .dot. Default: TREE's name + .svg here.")]
+MaxNodesOption = Annotated[int, typer.Option(
+    "--max-nodes", min=0,
+    help="Draw at most N nodes (root not counted); the rest fold into '+k hidden' boxes.")]
+ColourAcceptanceOption = Annotated[AcceptanceChoice, typer.Option(
+    "--acceptance-model", "-a", "--model-of-acceptance",
+    help="With --profile: independent, joint or blend, as in `treeopt build` "
+    "(joint and blend need a measured profile).")]
+CompareOption = Annotated[str | None, typer.Option(
+    "--compare", metavar="OTHER_TREE",
+    help="Second tree: draw both, coloured by in both / only TREE / only OTHER.")]
+CurveToDrawOption = Annotated[Path | None, typer.Option(
+    "--curve", help="Plot a treeopt.curve/1 file (from build/tune --curve) instead of a tree.")]
 
 
 def render(
-    tree: Annotated[
-        str | None,
-        typer.Argument(
-            metavar="TREE",
-            help="Tree JSON file or shipped tree name (e.g. mc_sim_7b_63). Not with --curve.",
-            show_default=False,
-        ),
-    ] = None,
-    profile: Annotated[
-        str | None,
-        typer.Option(
-            "--profile", "-p",
-            help="Profile file or shipped name (e.g. vicuna-7b): colour nodes by "
-            "acceptance probability and title the picture with the expected accept length.",
-        ),
-    ] = None,
-    output: Annotated[
-        Path | None,
-        typer.Option(
-            "-o", "--output", callback=picture_file,
-            help="Picture to write: .svg, .png, .pdf or .dot. Default: TREE's name + .svg "
-            "here.",
-        ),
-    ] = None,
-    max_nodes: Annotated[
-        int,
-        typer.Option(
-            "--max-nodes", min=0,
-            help="Draw at most N nodes (root not counted); the rest fold into '+k hidden' "
-            "boxes.",
-        ),
-    ] = DEFAULT_MAX_NODES,
-    acceptance_model: Annotated[
-        AcceptanceChoice,
-        typer.Option(
-            "--acceptance-model", "-a", "--model-of-acceptance",
-            help="With --profile: independent, joint or blend, as in `treeopt build` "
-            "(joint and blend need a measured profile).",
-        ),
-    ] = AcceptanceChoice(DEFAULT_ACCEPTANCE_MODEL),
-    compare: Annotated[
-        str | None,
-        typer.Option(
-            "--compare", metavar="OTHER_TREE",
-            help="Second tree: draw both, coloured by in both / only TREE / only OTHER.",
-        ),
-    ] = None,
-    curve: Annotated[
-        Path | None,
-        typer.Option(
-            "--curve",
-            help="Plot a treeopt.curve/1 file (from build/tune --curve) instead of a tree.",
-        ),
-    ] = None,
+    tree: TreeToDrawArgument = None,
+    profile: ColourProfileOption = None,
+    output: PictureOutputOption = None,
+    max_nodes: MaxNodesOption = DEFAULT_MAX_NODES,
+    acceptance_model: ColourAcceptanceOption = AcceptanceChoice(DEFAULT_ACCEPTANCE_MODEL),
+    compare: CompareOption = None,
+    curve: CurveToDrawOption = None,
 ) -> None:
-    from treeopt.pictures import render as pictures
+    from treeopt.workflows.pictures import RenderSettings, render_picture
 
-    if curve is not None:
-        if tree is not None or compare is not None or profile is not None:
-            raise TreeoptError("--curve draws a curve file alone: drop TREE, --compare, --profile")
-        _render_curve(curve, output or default_output(None, None, curve))
-        return
-    if tree is None:
-        raise TreeoptError("nothing to draw: give a TREE (file or shipped name) or --curve FILE")
-    target = output or default_output(tree, compare, None)
-    pictures.output_format(target)  # refuse a bad extension before any work
-
-    from treeopt.files.tree_file import load_tree_document
-
-    first = load_tree_document(tree)
-    loaded_profile = None
-    if profile is not None:
-        from treeopt.files.profile_file import load_profile
-
-        loaded_profile = load_profile(profile)
-
-    model = acceptance_model.value
-    if loaded_profile is None and model != DEFAULT_ACCEPTANCE_MODEL:
-        raise TreeoptError(f"-a {model} needs --profile: it colours nodes by a profile")
-    if compare is None:
-        probabilities, accept, source = None, first.expected_accept_length, "from the tree file"
-        if loaded_profile is not None:
-            probabilities = acceptance_probabilities(loaded_profile, first.tree.paths, model)
-            accept = _expected_accept_length(first.tree, loaded_profile, model)
-            source = f"{profile}, {model}"
-        title = _tree_title(_stem(tree), first.tree, accept, source)
-        picture = pictures.tree_to_dot(first.tree, probabilities, title, max_nodes)
-    else:
-        second = load_tree_document(compare)
-        names = (_stem(tree), _stem(compare))
-        title = f"{names[0]} ({len(first.tree)} nodes) vs {names[1]} ({len(second.tree)} nodes)"
-        probabilities = None
-        if loaded_profile is not None:
-            union = sorted(set(first.tree.paths) | set(second.tree.paths))
-            probabilities = acceptance_probabilities(loaded_profile, union, model)
-            accepts = [_expected_accept_length(t.tree, loaded_profile, model)
-                       for t in (first, second)]
-            title += (
-                f"; expected accept length {accepts[0]:.3f} vs {accepts[1]:.3f} "
-                f"({profile}, {model})"
-            )
-        picture = pictures.comparison_to_dot(
-            first.tree, second.tree, names, probabilities, title, max_nodes
-        )
-    note = picture.hidden_note()
-    if note:
-        typer.echo(note, err=True)
-    outcome = pictures.render_dot(picture.source, target)
-    _report(outcome.written, outcome.fell_back, target)
-
-
-def curve_title(name: str, provenance: Mapping[str, object]) -> str:
-    """A plot title: the curve's name and its scalar provenance (profile, GPU, ...)."""
-    facts = [
-        f"{key}={value}" for key, value in provenance.items()
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool)
-    ][:MAX_TITLE_FACTS]
-    return f"{name} ({', '.join(facts)})" if facts else name
-
-
-def _render_curve(curve: Path, target: Path) -> None:
-    from treeopt.files.curve_file import read_curve
-    from treeopt.pictures.plots import plot_curve
-
-    loaded = read_curve(curve)
-    written = plot_curve(loaded.rows, target, title=curve_title(curve.stem, loaded.provenance))
-    typer.echo(f"wrote {written}", err=True)
+    outcome = render_picture(RenderSettings(tree, profile, output, max_nodes,
+                                            acceptance_model.value, compare, curve))
+    if outcome.hidden_note:
+        typer.echo(outcome.hidden_note, err=True)
+    _report(outcome)
 
 
 render.__doc__ = RENDER_HELP
