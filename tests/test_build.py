@@ -156,7 +156,7 @@ def test_joint_models_need_joint_counts_and_budget_rules() -> None:
         build_tree(profile, 1)
     with pytest.raises(TreeoptError, match="unknown engine"):
         build_tree(profile, 10, engine="sglang")
-    with pytest.raises(ParameterError, match="^max_rank must be a non-negative integer, not -1$"):
+    with pytest.raises(ParameterError, match=r"^max_rank must be a non-negative integer, not -1$"):
         build_tree(profile, 10, max_rank=[-1])
 
 

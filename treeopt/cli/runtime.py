@@ -18,56 +18,47 @@ class AcceptanceRule(str, Enum):
     typical = "typical"
 
 
+PromptOption = Annotated[str, typer.Option("--prompt", help="Text to continue.")]
+BaseModelOption = Annotated[str, typer.Option(
+    "--model", "-m", help="Base model: registry name (vicuna-7b), folder, hub id.")]
+DecodeTreeOption = Annotated[str, typer.Option(
+    "--tree", help="Tree JSON file or shipped name (mc_sim_7b_63); 'root' = plain decoding.")]
+HeadsOption = Annotated[str | None, typer.Option(
+    "--heads", help="Medusa heads folder or hub id (default: the model's registered heads).")]
+RandomHeadsOption = Annotated[bool, typer.Option(
+    "--random-heads",
+    help="Untrained random heads (testing only: lossless but accepts almost nothing).")]
+MaxNewTokensOption = Annotated[int, typer.Option(
+    "--max-new-tokens", min=1, help="New tokens to generate at most (EOS stops sooner).")]
+AcceptanceRuleOption = Annotated[AcceptanceRule, typer.Option(
+    "--acceptance",
+    help="greedy: output equals plain greedy decoding. typical: Medusa's typical "
+    "acceptance (accepts more, output may differ).")]
+ThresholdOption = Annotated[float, typer.Option(
+    help="typical: epsilon, the probability cap of the threshold.")]
+AlphaOption = Annotated[float, typer.Option(
+    help="typical: delta, scale of exp(-entropy) in the threshold.")]
+DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ...")]
+LoadDtypeOption = Annotated[str, typer.Option(
+    help="auto (the checkpoint's), bf16, fp16 or fp32 (or torch's names).")]
+CompileStepOption = Annotated[bool, typer.Option(
+    "--compile", help="torch.compile the verification step first (same text, fewer "
+                      "kernels; worth it for long outputs on a GPU).")]
+
+
 def generate_command(
-    prompt: Annotated[str, typer.Option("--prompt", help="Text to continue.")],
-    model: Annotated[
-        str, typer.Option("--model", "-m",
-                          help="Base model: registry name (vicuna-7b), folder, hub id.")
-    ],
-    tree: Annotated[
-        str,
-        typer.Option(
-            "--tree",
-            help="Tree JSON file or shipped name (mc_sim_7b_63); 'root' = plain decoding.",
-        ),
-    ] = "root",
-    heads: Annotated[
-        str | None,
-        typer.Option(
-            "--heads",
-            help="Medusa heads folder or hub id (default: the model's registered heads).",
-        ),
-    ] = None,
-    random_heads: Annotated[
-        bool,
-        typer.Option(
-            "--random-heads",
-            help="Untrained random heads (testing only: lossless but accepts almost nothing).",
-        ),
-    ] = False,
-    max_new_tokens: Annotated[int, typer.Option(
-        "--max-new-tokens", min=1,
-        help="New tokens to generate at most (EOS stops sooner).")] = 128,
-    acceptance: Annotated[
-        AcceptanceRule,
-        typer.Option(
-            "--acceptance",
-            help="greedy: output equals plain greedy decoding. typical: Medusa's typical "
-            "acceptance (accepts more, output may differ).",
-        ),
-    ] = AcceptanceRule.greedy,
-    posterior_threshold: Annotated[
-        float, typer.Option(help="typical: epsilon, the probability cap of the threshold.")
-    ] = 0.09,
-    posterior_alpha: Annotated[
-        float, typer.Option(help="typical: delta, scale of exp(-entropy) in the threshold.")
-    ] = 0.3,
-    device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ...")] = "cpu",
-    dtype: Annotated[str, typer.Option(
-        help="auto (the checkpoint's), bf16, fp16 or fp32 (or torch's names).")] = "auto",
-    compile_step: Annotated[bool, typer.Option(
-        "--compile", help="torch.compile the verification step first (same text, fewer "
-                          "kernels; worth it for long outputs on a GPU).")] = False,
+    prompt: PromptOption,
+    model: BaseModelOption,
+    tree: DecodeTreeOption = "root",
+    heads: HeadsOption = None,
+    random_heads: RandomHeadsOption = False,
+    max_new_tokens: MaxNewTokensOption = 128,
+    acceptance: AcceptanceRuleOption = AcceptanceRule.greedy,
+    posterior_threshold: ThresholdOption = 0.09,
+    posterior_alpha: AlphaOption = 0.3,
+    device: DeviceOption = "cpu",
+    dtype: LoadDtypeOption = "auto",
+    compile_step: CompileStepOption = False,
 ) -> None:
     """Generate text with Medusa tree decoding; print it and a one-line summary.
 
