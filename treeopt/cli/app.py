@@ -1,7 +1,9 @@
 """The ``treeopt`` command line (typer).
 
-Each area keeps its verbs in its own ``treeopt/cli_<area>.py`` with a
-``register(app)`` function; this module owns the app, error handling and the
+Each area keeps its verbs in its own ``treeopt/cli/<area>.py`` with a
+``register(app)`` function; a verb parses its options, calls one function of
+``treeopt.workflows`` and prints. This module owns the app, error handling (a
+library's ``ParameterError`` is shown with the verb's own flag) and the
 tree-file verbs. Verbs that need torch import it inside the function body, so
 ``treeopt build`` and friends start fast.
 """
