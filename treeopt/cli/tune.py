@@ -222,11 +222,8 @@ def tune(
         return
     outcome = tuning.tune_to_files(tuning.TuneSettings(
         list(latency or []), profile, batch, context, max_budget, acceptance_model.value,
-        None if engine is None else engine.value, output, curve, plot))
+        None if engine is None else engine.value, output, curve, plot, say=_say))
     table, result = outcome.table, outcome.tuned.result
-    typer.echo(f"latency: {outcome.latency_file}: {table.describe()}", err=True)
-    if outcome.passed_over:
-        typer.echo(f"  (preferred over {', '.join(outcome.passed_over)})", err=True)
     _print_tune_table(result, table)
     _print_batch_view(outcome.batches, result.context)
     if outcome.vllm_schedule is not None:
@@ -250,6 +247,10 @@ def _print_vllm_config(chain: int, batch: int, schedule: object) -> None:
     typer.echo(f"note: predicted best chain per batch size, as vLLM's "
                f"num_speculative_tokens_per_batch_size: {json.dumps(schedule)}; "
                f"{VLLM_MEDUSA_SCHEDULE_NOTE}", err=True)
+
+
+def _say(line: str) -> None:
+    typer.echo(line, err=True)
 
 
 def _print_study(outcome: StudyOutcome, output: Path | None) -> None:

@@ -9,6 +9,7 @@ writes the curve, its plot and the tree, with provenance.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,10 @@ from treeopt.workflows.provenance import provenance
 
 if TYPE_CHECKING:
     from treeopt.model.study import StudyOutcome
+
+
+def _quiet(line: str) -> None:
+    """Progress lines go nowhere unless a caller passes its own ``say``."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,7 @@ class TuneSettings:
     output: Path | None = None
     curve: Path | None = None
     plot: Path | None = None
+    say: Callable[[str], None] = _quiet  # which latency file is used, before tuning
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,10 @@ def tune_to_files(settings: TuneSettings) -> TuneOutcome:
         raise TreeoptError("give --latency FILE (make one with `treeopt overhead`), or --measure")
     tables = [(name, load_latency(name)) for name in dict.fromkeys(map(str, settings.latency))]
     latency_file, table = prefer_measured(tables)
+    passed_over = [name for name, _ in tables if name != latency_file]
+    settings.say(f"latency: {latency_file}: {table.describe()}")
+    if passed_over:
+        settings.say(f"  (preferred over {', '.join(passed_over)})")
     tuned = tune_tree(load_profile(settings.profile), table, settings.batch, settings.context,
                       settings.max_budget, settings.acceptance_model, engine=settings.engine)
     result = tuned.result
@@ -125,7 +135,6 @@ def tune_to_files(settings: TuneSettings) -> TuneOutcome:
         from treeopt.files.tree_file import write_tree
 
         write_tree(settings.output, tuned.tree, tuned.score, facts)
-    passed_over = [name for name, _ in tables if name != latency_file]
     return TuneOutcome(latency_file, passed_over, table, tuned, batches, facts, schedule)
 
 
