@@ -24,9 +24,10 @@ The everyday API imports no torch::
 The package reads like the pipeline, one layer on the next (imports point one way):
 ``core`` (data types) -> ``files`` (documents, engine formats) -> ``optimize``
 (acceptance, replay, build, tune) and ``cost`` (architectures, GPUs, roofline) ->
-``model`` (torch: loading, profiling, measuring, training) -> ``workflows`` ->
-``pictures`` -> ``cli``. Names below load lazily: ``import treeopt`` costs nothing
-until a name is used, and only the model-side names import torch.
+``model`` (torch: loading, profiling, measuring, training) and ``pictures`` ->
+``workflows`` (one call per job, provenance) -> ``cli``. Names below load
+lazily: ``import treeopt`` costs nothing until a name is used, and only the
+model-side names import torch.
 """
 
 from __future__ import annotations

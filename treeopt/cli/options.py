@@ -15,7 +15,6 @@ from typing import Annotated
 import typer
 
 from treeopt.core.atomic import check_output_path
-from treeopt.cost.gpus import GPUSpec
 from treeopt.errors import TreeoptError
 from treeopt.files.curve_file import curve_suffix
 from treeopt.optimize.acceptance_models import ACCEPTANCE_MODELS
@@ -118,12 +117,3 @@ def parse_int_list(text: str, option: str) -> list[int]:
                 f"{option} takes comma-separated integers like 1,4,16, not {text!r}"
             ) from None
     return check_sizes(values, option)
-
-
-def gpu_named(name: str | None, peak: float | None = None,
-              bandwidth: float | None = None) -> GPUSpec:
-    """A ``--gpu`` value (a table slug, or ``auto`` for the visible CUDA device) or a
-    custom GPU from ``--peak-tflops``/``--bandwidth-gbs``."""
-    from treeopt.workflows.devices import gpu_spec
-
-    return gpu_spec(name, peak, bandwidth)
