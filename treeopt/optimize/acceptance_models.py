@@ -30,7 +30,7 @@ import numpy as np
 
 from treeopt.core.profile import Profile
 from treeopt.core.tree import ROOT, Path, Tree, format_path
-from treeopt.errors import TreeoptError
+from treeopt.errors import ParameterError, TreeoptError
 
 ACCEPTANCE_MODELS = ("independent", "joint", "blend")
 
@@ -60,10 +60,10 @@ class AcceptanceModel:
                 f"(choose from {', '.join(ACCEPTANCE_MODELS)})"
             )
         if acceptance_model != "independent" and not profile.has_joint:
-            raise TreeoptError(
-                f"the {acceptance_model} model of acceptance needs a profile with joint counts; "
-                "this one has marginals only (use --acceptance-model independent, or measure "
-                "one with treeopt profile)"
+            raise ParameterError(
+                "acceptance_model", f"{acceptance_model} needs a profile with joint counts; "
+                "this one has marginals only (use independent, or measure one with treeopt "
+                "profile)"
             )
         self.profile = profile
         self.name = acceptance_model
@@ -224,8 +224,7 @@ def choose_blend_weight(profile: Profile) -> float:
     if profile.groups is None or len(profile.groups) < 2 or profile.joint is None:
         raise TreeoptError(
             "the blend model of acceptance picks its weight by cross-validation over prompts and "
-            "needs a profile with >= 2 prompt groups (use --acceptance-model joint or "
-            "independent)"
+            "needs a profile with >= 2 prompt groups (use the joint or independent model)"
         )
     num_groups = len(profile.groups)
     num_folds = min(BLEND_CV_FOLDS, num_groups)
