@@ -13,11 +13,10 @@ import typer
 
 from treeopt.cli.options import AcceptanceChoice, picture_file
 from treeopt.pictures.render import DEFAULT_MAX_NODES
+from treeopt.workflows.pictures import DEFAULT_ACCEPTANCE_MODEL
 
 if TYPE_CHECKING:
     from treeopt.workflows.pictures import PictureOutcome
-
-DEFAULT_ACCEPTANCE_MODEL = "independent"  # what build, tune and evaluate default to
 
 # Exit status when a picture was asked for but graphviz's `dot` is missing: the
 # .dot file was written, the picture was not. Distinct from 2 (bad input) so
