@@ -50,6 +50,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+# torch.cuda.is_available() through NVML does not initialise CUDA, so the parent stays
+# fork-safe even if an import asks (a forked child cannot use a CUDA its parent set up).
+os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 for entry in (str(REPO), str(HERE)):  # a bare GPU box runs this from a checkout
@@ -600,14 +604,19 @@ def run_session(plan: Plan, out: Path, parts: tuple[str, ...], compile_steps: bo
     """
     import multiprocessing
 
+    import torch
+
     preload()
-    fork = multiprocessing.get_context("fork")
+    # Forked parts start at once; should an import have set CUDA up, spawn fresh ones.
+    method = "spawn" if torch.cuda.is_initialized() else "fork"
+    context = multiprocessing.get_context(method)
+    print(f"== parts start by {method}", flush=True)
     summary = []
     for part in parts:
         cap = plan.caps[part] * cap_scale
         begin = time.time()
         print(f"== part {part} (cap {cap:.0f} s)", flush=True)
-        child = fork.Process(target=part_process, args=(
+        child = context.Process(target=part_process, args=(
             part, plan, out, begin + cap - SOFT_MARGIN_S, command, compile_steps))
         child.start()
         child.join(timeout=cap)
