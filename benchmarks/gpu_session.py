@@ -61,18 +61,21 @@ for entry in (str(REPO), str(HERE)):  # a bare GPU box runs this from a checkout
         sys.path.insert(0, entry)
 
 from treeopt.core.atomic import atomic_write_text  # noqa: E402
+from treeopt.core.latency import DEFAULT_REPEATS, DEFAULT_WARMUP  # noqa: E402
 from treeopt.core.timestamps import utc_now  # noqa: E402
 from treeopt.cost.arch import ARCHS, ArchShape  # noqa: E402
 from treeopt.errors import first_line  # noqa: E402
 
 PARTS = ("runtime", "roofline", "latency", "profile")
-# Seconds per part, process start included; they add up to <= 7 minutes (420 s) on the
-# GPU and < 2 minutes in the dry run. Compilation is the slow item: part 1 spends
-# what its cap leaves after the captured sweep on compiled sizes, most wanted first.
-GPU_CAPS_S = {"runtime": 150, "roofline": 90, "latency": 130, "profile": 45}
-DRY_CAPS_S = {"runtime": 40, "roofline": 25, "latency": 30, "profile": 15}
-SESSION_LIMIT_S = 420
-DRY_SESSION_LIMIT_S = 120
+# Seconds per part; with the one-time imports before them (STARTUP_S) they add up to at
+# most 7 minutes on the GPU and under 2 minutes in the dry run. Compilation is the slow
+# item: part 1 spends what its cap leaves after the captured sweep on compiled sizes,
+# most wanted first.
+GPU_CAPS_S = {"runtime": 140, "roofline": 85, "latency": 125, "profile": 40}
+DRY_CAPS_S = {"runtime": 35, "roofline": 25, "latency": 30, "profile": 15}
+STARTUP_S = 30  # importing torch + transformers once, CUDA start-up in each part's own
+SESSION_LIMIT_S = 7 * 60
+DRY_SESSION_LIMIT_S = 2 * 60
 # A part stops starting new measurements this long before its cap, to write its file.
 SOFT_MARGIN_S = 8
 FILES = {"runtime": "gpu_runtime.json", "roofline": "gpu_roofline_vs_measured.json",
@@ -131,11 +134,19 @@ class Plan:
 def make_plan(dry_run: bool) -> Plan:
     """The GPU plan, or (``dry_run``) the same steps on the CPU with tiny shapes."""
     if dry_run:
-        return Plan(True, "cpu", "float32", 64, (1, 2), (32, 96), (1, 16, 64), (1, 2, 4, 8, 16, 64),
-                    1, 3, 16, 1 << 25, 2, 48, 8, dict(TINY_ARCHS))
-    return Plan(False, "cuda", "bfloat16", 1024, (1, 4), (512, 2048), (1, 16, 64, 128),
-                LATENCY_SIZES, 3, 10, 128, 1 << 30, 4, 256, 32,
-                {name: ARCHS[name] for name in ("llama-7b", "llama-13b", "llama-33b")})
+        return Plan(dry_run=True, device="cpu", dtype="float32", context=64,
+                    roofline_batches=(1, 2), roofline_contexts=(32, 96),
+                    roofline_sizes=(1, 16, 64), latency_sizes=(1, 2, 4, 8, 16, 64),
+                    warmup=1, repeats=3, decode_tokens=16, copy_probe_bytes=1 << 25,
+                    profile_batch=2, profile_seq_len=48, profile_prompt_len=8,
+                    archs=dict(TINY_ARCHS))
+    return Plan(dry_run=False, device="cuda", dtype="bfloat16", context=1024,
+                roofline_batches=(1, 4), roofline_contexts=(512, 2048),
+                roofline_sizes=(1, 16, 64, 128), latency_sizes=LATENCY_SIZES,
+                warmup=DEFAULT_WARMUP, repeats=DEFAULT_REPEATS, decode_tokens=128,
+                copy_probe_bytes=1 << 30, profile_batch=4, profile_seq_len=256,
+                profile_prompt_len=32,
+                archs={name: ARCHS[name] for name in ("llama-7b", "llama-13b", "llama-33b")})
 
 
 # ------------------------------------------------------------------ results
@@ -315,6 +326,7 @@ def part_runtime(plan: Plan, result: Result, clock: Clock, compile_steps: bool) 
         if clock.left() < needed:
             doc["compiled_note"] = f"stopped before q={q}: {clock.left():.0f} s left, a " \
                                    f"compilation took up to {needed:.0f} s"
+            doc["failures"].append({"what": f"compiled q={q}", "error": "time cap"})
             break
         begin = time.time()
         latency["compiled"][str(q)] = {"status": "compiling (a cap kill leaves this)"}
@@ -620,10 +632,11 @@ def run_session(plan: Plan, out: Path, parts: tuple[str, ...], compile_steps: bo
             part, plan, out, begin + cap - SOFT_MARGIN_S, command, compile_steps))
         child.start()
         child.join(timeout=cap)
-        if child.is_alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(child.pid, signal.SIGKILL)
-            child.join()
+        # Past its cap the part goes; either way nothing it started (compile workers)
+        # outlives it to slow the next part down.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.pid, signal.SIGKILL)
+        child.join()
         rc = child.exitcode
         if rc != 0:
             mark_stopped(part, out, round(cap), rc)
