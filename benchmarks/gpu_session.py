@@ -676,17 +676,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown part {unknown[0]!r} (choose from {', '.join(PARTS)})")
     args.parts = parts
+    if not args.cap_scale > 0:
+        parser.error("--cap-scale must be positive")
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} is not a folder")
+    if not args.dry_run:
+        import torch
+
+        if not torch.cuda.is_available():  # an NVML check: the parent stays fork-safe
+            parser.error("no CUDA device is visible; rehearse on a CPU with --dry-run")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     plan = make_plan(args.dry_run)
-    if args.out.exists() and not args.out.is_dir():
-        raise SystemExit(f"error: --out {args.out} is not a folder")
     args.out.mkdir(parents=True, exist_ok=True)
-    if not args.cap_scale > 0:
-        raise SystemExit("error: --cap-scale must be positive")
     command = " ".join(["python", "benchmarks/gpu_session.py", *(argv or sys.argv[1:])])
     return run_session(plan, args.out, args.parts, not args.no_compile, command, args.cap_scale)
 
