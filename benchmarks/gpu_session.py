@@ -278,7 +278,11 @@ def part_runtime(plan: Plan, result: Result, clock: Clock, compile_steps: bool) 
     doc = result.doc
     arch = plan.archs["llama-7b"]
     doc.update(shape_fields(arch, RUNTIME_HEADS, RUNTIME_HEAD_KIND))
-    doc.update({"batch": 1, "context": plan.context, "sizes": list(RUNTIME_SIZES)})
+    doc.update({"batch": 1, "context": plan.context, "sizes": list(RUNTIME_SIZES),
+                "execution": {"captured": "latency.captured: CUDA graph on a GPU (eager on a "
+                                          "CPU), per-size cuda_graph says what ran",
+                              "compiled": "latency.compiled: torch.compile(fullgraph) then "
+                                          "captured"}})
     doc["copy_bandwidth_gbs"] = measure_copy_gbs(plan.device, plan.copy_probe_bytes)
     result.save()
     model, heads = build_model(arch, plan, RUNTIME_HEADS, RUNTIME_HEAD_KIND)
@@ -404,6 +408,7 @@ def part_roofline(plan: Plan, result: Result, clock: Clock) -> None:
     doc = result.doc
     arch = plan.archs["llama-7b"]
     doc.update(shape_fields(arch, MEDUSA_HEADS, MEDUSA_HEAD_KIND))
+    doc["execution"] = {"captured": plan.device == "cuda", "compiled": False}
     doc["grid"] = {"batch": list(plan.roofline_batches), "context": list(plan.roofline_contexts),
                    "num_tokens": list(plan.roofline_sizes)}
     dtype_bytes = dtype_bytes_of(plan.dtype)
@@ -475,6 +480,7 @@ def part_latency(plan: Plan, result: Result, clock: Clock, out: Path) -> None:
     doc = result.doc
     doc["heads"] = {"num_heads": MEDUSA_HEADS, "kind": MEDUSA_HEAD_KIND}
     doc["context"] = plan.context
+    doc["execution"] = {"captured": plan.device == "cuda", "compiled": False}
     tables: list[dict[str, Any]] = []
     doc["tables"] = tables
     jobs = [(name, (1,), plan.latency_sizes) for name in ("llama-7b", "llama-13b", "llama-33b")]
@@ -542,6 +548,7 @@ def part_profile(plan: Plan, result: Result, clock: Clock) -> None:
         "vocab_size": arch.vocab_size, "max_position_embeddings": 4096}
     doc = result.doc
     doc["shape"] = {"num_layers": arch.num_layers, **shape}
+    doc["execution"] = {"captured": False, "compiled": False}  # eager forward passes
     torch.manual_seed(0)
     model = random_llama(arch.num_layers, getattr(torch, plan.dtype), plan.device, shape)
     figures = profile_vs_prefill(model, plan.profile_batch, plan.profile_seq_len,

@@ -63,6 +63,7 @@ def test_every_result_file_is_written_and_names_its_provenance(dry_run):
         assert document["versions"]["torch"] and document["versions"]["transformers"]
         assert "--dry-run" in document["command"]
         assert document["failures"] == []
+        assert set(document["execution"]) == {"captured", "compiled"}
     log = (dry_run / session.LOG_FILE).read_text()
     assert "== session:" in log and "rc -9" not in log
 
