@@ -494,6 +494,8 @@ def part_latency(plan: Plan, result: Result, clock: Clock, out: Path) -> None:
         tables.append(entry)
         if clock.left() < 0:
             entry["status"] = "skipped: time cap"
+            doc["failures"].append({"what": f"latency {name} batch "
+                                            f"{','.join(map(str, batches))}", "error": "time cap"})
             result.save()
             continue
         begin = time.time()
