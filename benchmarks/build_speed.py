@@ -6,11 +6,12 @@ synthetic: per-head ranks drawn from geometric distributions whose success
 probability drops with head depth, correlated through a per-prompt difficulty
 (so the joint model differs from the independent one, as in real heads).
 
-    python benchmarks/build_speed.py  # writes benchmarks/results/build_speed.json
+    python benchmarks/build_speed.py -o benchmarks/results/build_speed.json
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -32,7 +33,6 @@ NUM_PROMPTS = 80  # as many prompts as MT-Bench has questions
 MAX_BUDGET = 256
 REPEATS = 5  # best of several runs: the figure is the builder, not the scheduler
 SEED = 0
-RESULTS = Path(__file__).resolve().parent / "results" / "build_speed.json"
 
 
 def synthetic_ranks(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -47,6 +47,9 @@ def synthetic_ranks(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-o", "--output", type=Path, required=True, help="JSON file to write")
+    args = parser.parse_args()
     with contextlib.suppress(AttributeError, OSError):  # not every OS pins
         os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core
     rng = np.random.default_rng(SEED)
@@ -100,9 +103,9 @@ def main() -> None:
         "cores": 1,
         "python": platform.python_version(),
         "machine": platform.processor() or platform.machine(),
-        "command": "python benchmarks/build_speed.py",
+        "command": f"python benchmarks/build_speed.py -o {args.output}",
     }
-    atomic_write_text(RESULTS, json.dumps(report, indent=2) + "\n")
+    atomic_write_text(args.output, json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 
 

@@ -2,10 +2,10 @@
 
 Needs only torch + transformers (and this repository), so it runs on a bare GPU box:
 
-    python benchmarks/decode_speed.py                      # H100: Llama-7B shape, bf16
-    python benchmarks/decode_speed.py --tiny --device cpu  # proves the script works
+    python benchmarks/decode_speed.py -o /tmp/decode.json                      # GPU, 7B shape
+    python benchmarks/decode_speed.py --tiny --device cpu -o /tmp/decode.json  # smoke test
 
-Writes one JSON file (``-o``, default ``benchmarks/results/decode_speed_<device>.json``):
+Writes one JSON file, ``-o`` (required: nothing is written where not asked):
 
 - ``latency``: median seconds of one verification step (the step decoding runs,
   CUDA-graph captured on GPU) for q tokens in ``--sizes`` at ``--context`` tokens,
@@ -41,7 +41,6 @@ from medusa_runtime.heads import MedusaConfig, MedusaHeads  # noqa: E402
 from medusa_runtime.timing import random_weight_model, time_verification_step  # noqa: E402
 from treeopt.core.tree import Tree  # noqa: E402
 
-H100_SXM_BANDWIDTH_GBS = 3350.0
 LATENCY_RATIO_TARGET = 1.10
 ROOFLINE_FRACTION_TARGET = 0.75
 DEFAULT_SIZES = "1,8,16,32,64,128,256"
@@ -70,8 +69,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--num-heads", type=int, default=4)
     parser.add_argument("--head-kind", choices=["shared", "own"], default="shared")
     parser.add_argument("--bandwidth-gbs", type=float, default=None,
-                        help="HBM bandwidth for the roofline (default on CUDA: the H100 SXM "
-                             "datasheet; on CPU no roofline unless given)")
+                        help="HBM bandwidth for the roofline (default on CUDA: the detected "
+                             "GPU's datasheet; on CPU no roofline unless given)")
     parser.add_argument("--measure-bandwidth", action="store_true",
                         help="use a measured device-to-device copy instead of --bandwidth-gbs")
     parser.add_argument("--warmup", type=int, default=5)
@@ -88,23 +87,21 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--prompts", default=str(MT_BENCH))
     parser.add_argument("--num-prompts", type=int, default=5)
     parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("-o", "--output", help="JSON to write")
+    parser.add_argument("-o", "--output", required=True, help="JSON file to write")
     return parser.parse_args()
 
 
-def measure_bandwidth_gbs(device: torch.device) -> float:
-    """Device-to-device copy rate, bytes read + written, median of 10 (GB/s)."""
-    source = torch.randn(BANDWIDTH_PROBE_BYTES // 4, device=device)
+def measure_copy_gbs(device: torch.device | str, probe_bytes: int = BANDWIDTH_PROBE_BYTES) -> float:
+    """Device-to-device copy rate, bytes read + written, median of 10 (GB/s).
+
+    Timed by treeopt's one timer (CUDA events on a GPU, perf_counter on the host).
+    """
+    from medusa_runtime.timing import time_samples
+
+    source = torch.randn(probe_bytes // 4, device=device)
     target = torch.empty_like(source)
-    samples = []
-    for _ in range(12):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        target.copy_(source)
-        end.record()
-        end.synchronize()
-        samples.append(start.elapsed_time(end) / 1000.0)
-    return 2 * BANDWIDTH_PROBE_BYTES / statistics.median(samples[2:]) / 1e9
+    samples = time_samples(lambda: target.copy_(source), device, warmup=2, repeats=10)
+    return 2 * probe_bytes / statistics.median(samples) / 1e9
 
 
 def synthetic_heads(model: torch.nn.Module, num_heads: int, kind: str) -> MedusaHeads:
@@ -181,8 +178,13 @@ def main() -> None:
              if "64" in latency and "1" in latency else None)
 
     on_gpu = device.type == "cuda"
-    bandwidth = (measure_bandwidth_gbs(device) if args.measure_bandwidth
-                 else args.bandwidth_gbs or (H100_SXM_BANDWIDTH_GBS if on_gpu else None))
+    datasheet = None
+    if on_gpu and not args.bandwidth_gbs:
+        from treeopt.cost.gpus import gpu_for_device_name
+
+        datasheet = gpu_for_device_name(torch.cuda.get_device_name(device))
+    bandwidth = (measure_copy_gbs(device) if args.measure_bandwidth
+                 else args.bandwidth_gbs or (datasheet.bandwidth_gbs if datasheet else None))
     # An HBM roofline means nothing for a CPU run unless a bandwidth is given for it.
     roofline_tokens_per_s = bandwidth * 1e9 / weight_bytes if bandwidth else None
     prompt = torch.randint(0, shape["vocab_size"], (1, args.context))
@@ -212,7 +214,7 @@ def main() -> None:
             "bandwidth_gbs": bandwidth,
             "bandwidth_source": ("measured copy" if args.measure_bandwidth
                                  else "--bandwidth-gbs" if args.bandwidth_gbs
-                                 else "H100 SXM datasheet" if on_gpu else None),
+                                 else f"{datasheet.name} datasheet" if datasheet else None),
             "roofline_tokens_per_s": roofline_tokens_per_s,
             "step_tokens_per_s": step_tokens_per_s,
             "decode_tokens_per_s": plain.decode_tokens_per_second,
@@ -233,7 +235,7 @@ def main() -> None:
         del model, heads
         report["medusa"] = medusa_section(args, device, dtype, use_graph)
 
-    output = Path(args.output or REPO / f"benchmarks/results/decode_speed_{device.type}.json")
+    output = Path(args.output)
     from treeopt.core.atomic import atomic_write_text
 
     atomic_write_text(output, json.dumps(report, indent=2) + "\n")

@@ -2,16 +2,18 @@
 
 On a GPU (the full run, for a session with a lent H100/H200)::
 
-    python benchmarks/roofline_vs_measured.py
+    python benchmarks/roofline_vs_measured.py -o /tmp/roofline_vs_measured.json
 
 times a random-weight Llama-7B-shaped model with Medusa heads through
 ``treeopt overhead --random-weights`` (q 1..256, b 1..16, s 128..4096), predicts
 the same settings with the datasheet roofline of this GPU (``--gpu auto``) and
 with a device profile fitted by ``treeopt roofline --measure`` on it, and writes
-the per-setting error table to ``benchmarks/results/roofline_vs_measured_<gpu>.json``.
+the per-setting error table to the JSON file ``-o`` names (required). The short
+GPU session (``benchmarks/gpu_session.sh``) runs a small grid of the same comparison;
+this is the full grid for a longer one.
 
 On a CPU, ``--tiny`` does the same for a tiny shape in seconds (a smoke test of
-the pipeline; CPU numbers say nothing about GPUs), writing ``..._cpu_tiny.json``.
+the pipeline; CPU numbers say nothing about GPUs).
 Both use the public CLI through subprocesses, so this script depends only on
 the verbs' contracts.
 """
@@ -22,6 +24,7 @@ import argparse
 import json
 import statistics
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -31,7 +34,6 @@ from treeopt.cost.gpus import GPUSpec, gpu_for_device_name
 from treeopt.cost.roofline import load_device_profile, predict_step_latency
 from treeopt.files.latency_file import load_latency
 
-RESULTS = Path(__file__).resolve().parent / "results"
 FULL = {"arch": "llama-7b", "batch": "1,2,4,8,16", "context": "128,512,1024,2048,4096",
         "sizes": "1,2,4,8,16,32,48,64,96,128,160,192,256", "dtype": "bf16"}
 # A stories260K-sized shape (no download needed), timed in fp32 for CPU speed.
@@ -42,7 +44,8 @@ MEDUSA_HEADS = 5
 
 def run(args: list[str]) -> str:
     """Run a treeopt verb, fail loudly with its stderr."""
-    done = subprocess.run(["treeopt", *args], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-m", "treeopt", *args], capture_output=True,
+                          text=True)
     if done.returncode:
         raise SystemExit(f"treeopt {' '.join(args)} failed:\n{done.stderr}")
     return done.stdout
@@ -52,6 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny shape on CPU (smoke test)")
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("-o", "--output", type=Path, required=True, help="JSON file to write")
     options = parser.parse_args()
 
     import torch
@@ -100,11 +104,10 @@ def main() -> None:
                                                "max_abs_rel_error": max(errors)}
     if options.tiny:
         settings["arch"] = TINY_SHAPE.name  # not the scratch folder it was read from
-    label = spec.name if spec is not None else "cpu_tiny" if options.tiny else "cpu"
     result = {"device": table.device, "gpu": None if spec is None else spec.as_dict(),
               "arch": arch.as_dict(), "dtype": settings["dtype"], "settings": settings,
               "device_profile": fitted.to_json(), "summary": summary, "rows": rows}
-    out = RESULTS / f"roofline_vs_measured_{label}.json"
+    out = options.output
     atomic_write_text(out, json.dumps(result, indent=1) + "\n")
     print(json.dumps(summary, indent=1))
     print(f"wrote {out}")

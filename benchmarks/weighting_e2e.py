@@ -7,9 +7,10 @@ does (or reuses ``--heads``), profiles them on (a) the held-out prompts and (b)
 each tree (greedy, ``medusa_runtime.generate``). Profile (a) is in-sample for the
 trees (same prompts decoded); profile (b) is not. CPU, a few minutes.
 
-    python benchmarks/weighting_e2e.py [--heads DIR] [--other-prompts 120]
+    python benchmarks/weighting_e2e.py -o benchmarks/results/weighting_e2e.json \
+        [--heads DIR] [--other-prompts 120]
 
-Writes benchmarks/results/weighting_e2e.json.
+Writes the JSON file given by ``-o`` (required).
 """
 
 from __future__ import annotations
@@ -36,13 +37,12 @@ from treeopt.model.train_heads import TrainSettings, train_heads  # noqa: E402
 from treeopt.optimize.build import build_tree  # noqa: E402
 from treeopt.optimize.replay import tokens_per_step  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "results" / "weighting_e2e.json"
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--heads", type=Path, help="trained heads to reuse (default: train)")
     parser.add_argument("--other-prompts", type=int, default=120)
+    parser.add_argument("-o", "--output", type=Path, required=True, help="JSON file to write")
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(e2e.SEED)
@@ -97,7 +97,7 @@ def main() -> None:
     figures = {"model": "stories260K", "held_out_prompts": len(held_ids),
                "other_prompts": min(args.other_prompts, len(train_ids)),
                "note": "other_prompts are among the heads' training prompts", "rows": rows}
-    atomic_write_text(RESULTS, json.dumps(figures, indent=2) + "\n")
+    atomic_write_text(args.output, json.dumps(figures, indent=2) + "\n")
 
 
 if __name__ == "__main__":

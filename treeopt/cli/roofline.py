@@ -27,9 +27,10 @@ ArchOption = Annotated[str, typer.Option(
     "--arch", help="Model shape: llama-7b, llama-13b, llama-33b, llama-65b, llama-2-70b, "
     "mistral-7b, or an HF config.json / model folder.")]
 GpuOption = Annotated[str | None, typer.Option(
-    "--gpu", help="GPU slug from --list-gpus (a100-80gb-pcie, h100-sxm, ...) or 'auto' "
-    f"(this machine's CUDA device). Default: {DEFAULT_GPU}, unless --peak-tflops/--bandwidth-gbs "
-    "are given.")]
+    "--gpu", help="GPU slug from --list-gpus (a100-80gb-pcie, h100-sxm, ...), 'auto' "
+    "(this machine's CUDA device) or a GPU JSON file ({\"peak_tflops\": dense bf16, "
+    f"\"bandwidth_gbs\": ..., \"memory_gb\": ...}}). Default: {DEFAULT_GPU}, unless "
+    "--peak-tflops/--bandwidth-gbs are given.")]
 PeakOption = Annotated[float | None, typer.Option(
     "--peak-tflops", help="Custom GPU: DENSE fp16/bf16 tensor TFLOP/s (not the sparse figure).")]
 BandwidthOption = Annotated[float | None, typer.Option(

@@ -55,7 +55,9 @@ OverheadArchOption = Annotated[str | None, typer.Option(
     help="Model shape for --random-weights/--predict: llama-7b, llama-13b, llama-33b, ... "
          "or a config.json / model folder.")]
 OverheadGpuOption = Annotated[str | None, typer.Option(
-    help="GPU to predict for (--predict): a100-80gb-sxm, h100-sxm, ... or auto.")]
+    help="GPU to predict for (--predict): a slug from 'roofline --list-gpus' (a100-80gb-sxm, "
+         "h100-sxm, a10g, ...), auto, or a GPU JSON file {\"peak_tflops\": dense bf16 "
+         "TFLOP/s, \"bandwidth_gbs\": GB/s, \"memory_gb\": GB} for any other GPU.")]
 BatchesOption = Annotated[str, typer.Option(help="Batch sizes, comma-separated.")]
 ContextsOption = Annotated[str, typer.Option(
     help="Context lengths (KV positions already cached), comma-separated.")]

@@ -22,6 +22,8 @@ class ArchShape:
 
     ``num_key_value_heads < num_attention_heads`` is grouped-query attention
     (GQA): the K/V projections and the KV cache follow the KV heads.
+    ``sliding_window`` (Mistral-7B-v0.1, Zephyr-7B): each query attends at most that
+    many key/value positions; None is full attention.
     """
 
     name: str
@@ -32,6 +34,7 @@ class ArchShape:
     num_key_value_heads: int
     head_dim: int
     vocab_size: int
+    sliding_window: int | None = None
 
     def __post_init__(self) -> None:
         for field_name in ("hidden_size", "intermediate_size", "num_layers",
@@ -42,6 +45,13 @@ class ArchShape:
                 raise TreeoptError(
                     f"arch {self.name}: {field_name} must be a positive integer, not {value!r}"
                 )
+        window = self.sliding_window
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int)
+                                   or window < 1):
+            raise TreeoptError(
+                f"arch {self.name}: sliding_window must be a positive integer or null, "
+                f"not {window!r}"
+            )
         if self.num_attention_heads % self.num_key_value_heads:
             raise TreeoptError(
                 f"arch {self.name}: num_attention_heads {self.num_attention_heads} is not a "
@@ -57,6 +67,10 @@ class ArchShape:
     def kv_size(self) -> int:
         """Width of one of the K or V projections' outputs (KV heads x head_dim)."""
         return self.num_key_value_heads * self.head_dim
+
+    def attended_positions(self, context: int) -> int:
+        """Key/value positions one query reads at ``context`` cached tokens (the window caps it)."""
+        return context if self.sliding_window is None else min(context, self.sliding_window)
 
     def layer_parameters(self) -> int:
         """Weights in one decoder layer: attention projections, MLP, two RMSNorms."""
@@ -83,9 +97,9 @@ class ArchShape:
     def to_hf_config_dict(self) -> dict[str, Any]:
         """A ``LlamaConfig``-compatible dict, for building a random-weight model.
 
-        Mistral-family shapes are plain Llama without the sliding window, which
-        at the context lengths treeopt times (at most a few thousand) is the same
-        computation.
+        Mistral-family shapes are plain Llama without the sliding window: below the
+        window (4096 for Zephyr-7B; the contexts treeopt times by default) that is the
+        same computation, and the runtime times it without window masks.
         """
         return {
             "architectures": ["LlamaForCausalLM"],
@@ -125,8 +139,10 @@ ARCHS: dict[str, ArchShape] = {
     "llama-65b": ArchShape("llama-65b", 8192, 22016, 80, 64, 64, 128, 32000),
     # meta-llama/Llama-2-70b-hf (GQA, 8 KV heads)
     "llama-2-70b": ArchShape("llama-2-70b", 8192, 28672, 80, 64, 8, 128, 32000),
-    # mistralai/Mistral-7B-v0.1 = HuggingFaceH4/zephyr-7b-beta (GQA, 8 KV heads)
+    # mistralai/Mistral-7B-v0.1's shape (GQA, 8 KV heads) with full attention, as v0.2 has
     "mistral-7b": ArchShape("mistral-7b", 4096, 14336, 32, 32, 8, 128, 32000),
+    # HuggingFaceH4/zephyr-7b-beta = Mistral-7B-v0.1: GQA, 8 KV heads, sliding window 4096
+    "zephyr-7b": ArchShape("zephyr-7b", 4096, 14336, 32, 32, 8, 128, 32000, 4096),
 }
 
 # Fields an HF config must have (the rest have Llama defaults).
@@ -144,6 +160,8 @@ def arch_from_hf_config(config: dict[str, Any], name: str) -> ArchShape:
 
     ``num_key_value_heads`` defaults to ``num_attention_heads`` (MHA) and ``head_dim``
     to ``hidden_size // num_attention_heads``, as in transformers' LlamaConfig.
+    ``sliding_window`` is read where the config uses it (null, or Qwen2's
+    ``use_sliding_window: false``, is full attention).
     Multimodal configs that nest the decoder under ``text_config`` are read there.
     """
     if not isinstance(config, dict):
@@ -163,6 +181,9 @@ def arch_from_hf_config(config: dict[str, Any], name: str) -> ArchShape:
         if not isinstance(heads, int) or heads < 1:
             raise TreeoptError(f"{name}: num_attention_heads must be a positive integer")
         head_dim = config["hidden_size"] // heads
+    window = config.get("sliding_window")
+    if config.get("use_sliding_window") is False:
+        window = None
     return ArchShape(
         name=name,
         hidden_size=config["hidden_size"],
@@ -172,6 +193,7 @@ def arch_from_hf_config(config: dict[str, Any], name: str) -> ArchShape:
         num_key_value_heads=kv_heads,
         head_dim=head_dim,
         vocab_size=config["vocab_size"],
+        sliding_window=window,
     )
 
 

@@ -5,12 +5,22 @@ Every figure is copied from the vendor's datasheet named in the entry's
 print the 2:4-sparsity figure (twice as large) next to it, marked with an
 asterisk, and some LLM roofline tools list that one by mistake. Bandwidth is in
 GB/s (10^9 bytes per second), as datasheets print it.
+
+A GPU that is not in the table is described by a small JSON file given where a
+GPU name goes (``--gpu my-gpu.json``)::
+
+    {"name": "my-gpu", "peak_tflops": 125, "bandwidth_gbs": 600, "memory_gb": 24,
+     "source": "NVIDIA A10 datasheet", "fp8_peak_tflops": null}
+
+Only ``peak_tflops`` (dense fp16/bf16) and ``bandwidth_gbs`` are required;
+``memory_gb`` 0 (the default) means "never out of memory".
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 from typing import Any
 
 from treeopt.errors import TreeoptError
@@ -86,6 +96,11 @@ GPUS: dict[str, GPUSpec] = {
             "(989.5 dense), 4.8 TB/s, 141 GB", 1979,
         ),
         GPUSpec(
+            "h200-nvl", 835.5, 4800, 141,
+            "NVIDIA H200 Tensor Core GPU datasheet (NVL): BF16/FP16 1,671 TFLOPS with sparsity "
+            "(835.5 dense), FP8 3,341 sparse, 4.8 TB/s, 141 GB", 1670.5,
+        ),
+        GPUSpec(
             "l4", 121, 300, 24,
             "NVIDIA L4 Tensor Core GPU datasheet: BF16/FP16 242 TFLOPS with sparsity "
             "(121 dense), 300 GB/s, 24 GB", 242.5,
@@ -105,6 +120,33 @@ GPUS: dict[str, GPUSpec] = {
             "NVIDIA RTX A6000 datasheet: Tensor performance 309.7 TFLOPS with sparsity "
             "(154.8 dense fp16), 768 GB/s, 48 GB",
         ),
+        GPUSpec(
+            "a10g", 70, 600, 24,
+            "AWS EC2 G5 (A10G); NVIDIA publishes no A10G datasheet: BF16 tensor 70 TFLOPS "
+            "dense, 600 GB/s, 24 GB GDDR6 as compared with the A10 (125) in "
+            "baseten.co/blog/nvidia-a10-vs-a10g-for-ml-model-inference",
+        ),
+        GPUSpec(
+            "a10", 125, 600, 24,
+            "NVIDIA A10 Tensor Core GPU datasheet: BF16/FP16 Tensor Core 125 dense | 250 sparse "
+            "TFLOPS, 600 GB/s, 24 GB GDDR6",
+        ),
+        GPUSpec(
+            "rtx-4090", 165.2, 1008, 24,
+            "NVIDIA Ada GPU architecture whitepaper, GeForce RTX 4090: peak FP16/BF16 tensor "
+            "TFLOPS with FP32 accumulate 165.2 | 330.4 sparse (FP8 330.3 dense), 1,008 GB/s, "
+            "24 GB GDDR6X", 330.3,
+        ),
+        GPUSpec(
+            "b200", 2250, 7700, 180,
+            "NVIDIA HGX B200 datasheet, per GPU: FP16/BF16 Tensor Core 4.5 PFLOPS with sparsity "
+            "(2.25 dense), FP8 9 PFLOPS sparse (4.5 dense), 180 GB HBM3e, 7.7 TB/s", 4500,
+        ),
+        GPUSpec(
+            "mi300x", 1307.4, 5300, 192,
+            "AMD Instinct MI300X datasheet: peak FP16/BF16 matrix 1,307.4 TFLOPS dense "
+            "(2,614.9 with sparsity), FP8 2,614.9 dense, 192 GB HBM3, 5.3 TB/s", 2614.9,
+        ),
     )
 }
 
@@ -116,12 +158,23 @@ DEVICE_NAME_PATTERNS: tuple[tuple[str, str], ...] = (
     (r"a100", "a100-40gb-sxm"),
     (r"h100.*pcie", "h100-pcie"),
     (r"h100", "h100-sxm"),
+    (r"h200.*nvl", "h200-nvl"),
     (r"h200", "h200"),
     (r"l40s", "l40s"),
     (r"\bl4\b", "l4"),
     (r"\ba40\b", "a40"),
     (r"rtx a6000", "rtx-a6000"),
+    (r"a10g", "a10g"),
+    (r"\ba10\b", "a10"),
+    (r"rtx 4090", "rtx-4090"),
+    (r"\bb200\b", "b200"),
+    (r"mi300x", "mi300x"),
 )
+
+# What a GPU file must hold, and what it may (the other GPUSpec fields).
+GPU_FILE_REQUIRED = ("peak_tflops", "bandwidth_gbs")
+GPU_FILE_HINT = ("a GPU JSON file with peak_tflops (dense fp16/bf16) and bandwidth_gbs "
+                 "(optional: name, memory_gb, fp8_peak_tflops, source)")
 
 
 def known_gpus() -> str:
@@ -129,20 +182,51 @@ def known_gpus() -> str:
     return ", ".join(GPUS)
 
 
-def get_gpu(name: str) -> GPUSpec:
-    """The GPU with this slug; one-line error otherwise.
+def load_gpu_file(path: str | Path) -> GPUSpec:
+    """A GPU described by a JSON file (see the module docstring); one-line error otherwise."""
+    from treeopt.files.jsondoc import read_json
 
-    ``auto`` (the visible CUDA device) needs torch: :func:`treeopt.model.measure.gpu_auto`.
+    data = read_json(path, "GPU")
+    if not isinstance(data, dict):
+        raise TreeoptError(f"GPU file {path} must hold a JSON object: {GPU_FILE_HINT}")
+    missing = [key for key in GPU_FILE_REQUIRED if key not in data]
+    if missing:
+        raise TreeoptError(f"GPU file {path} lacks {', '.join(missing)}: {GPU_FILE_HINT}")
+    known = {field.name for field in fields(GPUSpec)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise TreeoptError(f"GPU file {path}: unknown field {unknown[0]!r} ({GPU_FILE_HINT})")
+    for key in ("memory_gb", "fp8_peak_tflops"):
+        value = data.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or value < 0):
+            raise TreeoptError(f"GPU file {path}: {key} must be a number >= 0, not {value!r}")
+    return GPUSpec(
+        name=str(data.get("name") or Path(path).stem),
+        peak_tflops=data["peak_tflops"],
+        bandwidth_gbs=data["bandwidth_gbs"],
+        memory_gb=float(data.get("memory_gb") or 0.0),
+        source=str(data.get("source") or f"GPU file {path}"),
+        fp8_peak_tflops=data.get("fp8_peak_tflops"),
+    )
+
+
+def get_gpu(name: str) -> GPUSpec:
+    """The GPU with this slug, or the one a GPU JSON file (``*.json``) describes.
+
+    One-line error otherwise. ``auto`` (the visible CUDA device) needs torch:
+    :func:`treeopt.model.measure.gpu_auto`.
     """
     if name.lower() == "auto":
         raise TreeoptError("GPU 'auto' means the visible CUDA device: "
                            "use treeopt.model.measure.gpu_auto()")
+    if name.lower().endswith(".json"):
+        return load_gpu_file(name)
     try:
         return GPUS[name.lower()]
     except KeyError:
         raise TreeoptError(
-            f"unknown GPU {name!r}; known: {known_gpus()}, auto, or give --peak-tflops and "
-            f"--bandwidth-gbs"
+            f"unknown GPU {name!r}; known: {known_gpus()}, auto, or {GPU_FILE_HINT}"
         ) from None
 
 
@@ -153,8 +237,8 @@ def gpu_for_device_name(device_name: str) -> GPUSpec:
         if re.search(pattern, lowered):
             return GPUS[slug]
     raise TreeoptError(
-        f"GPU {device_name!r} is not in the table ({known_gpus()}); give --peak-tflops and "
-        f"--bandwidth-gbs from its datasheet"
+        f"GPU {device_name!r} is not in the table ({known_gpus()}); describe it from its "
+        f"datasheet with {GPU_FILE_HINT}"
     )
 
 

@@ -15,6 +15,8 @@ Conventions (those of the Medusa paper's appendix):
   ``candidates`` q is the number of tokens verified per sequence (the tree's
   ``num_tokens``, root included). Phases: prefill (q = s new tokens), decode
   (q = 1), parallel decode (q > 1 tree tokens).
+* Sliding-window attention (Zephyr-7B): a query attends at most the window's
+  positions, so ``qk``/``pv`` use ``min(context, window)``.
 * GQA: queries of the heads that share a KV head are stacked, so K and V are read
   once per KV head: ``qk`` is ``[b*kv_heads, group*q, head_dim] @ [.., head_dim, s]``.
 * Per layer: ``qkv``, ``qk``, ``pv``, ``o``, ``up``, ``gate``, ``down``. Once per
@@ -98,8 +100,8 @@ def step_operators(
 ) -> list[MatmulOp]:
     """The operators of one step verifying ``candidates`` tokens for each of ``batch`` sequences.
 
-    Each query attends ``context`` key/value positions. ``medusa_heads = 0``
-    leaves the heads out (a plain model).
+    Each query attends ``context`` key/value positions (at most the arch's sliding
+    window). ``medusa_heads = 0`` leaves the heads out (a plain model).
     """
     check_int(batch, "batch")
     check_int(context, "context")
@@ -107,6 +109,7 @@ def step_operators(
     check_int(medusa_heads, "medusa_heads", minimum=0)
     tokens = batch * candidates
     hidden, layers = arch.hidden_size, arch.num_layers
+    context = arch.attended_positions(context)
     group = arch.num_attention_heads // arch.num_key_value_heads
     attention_count = batch * arch.num_key_value_heads
     ops = [
