@@ -16,8 +16,11 @@ The host reads back only the emitted tokens and their count (one sync a step).
 The root-only tree (``Tree.empty``) is plain autoregressive decoding through the
 same machinery, for fair comparisons.
 
-Works with any HF causal LM whose decoder takes a 4D additive attention mask and
-explicit ``position_ids`` with a ``StaticCache`` (Llama, Mistral, Qwen2 checked).
+Sliding-window layers (Mistral, Gemma2/3, Qwen2 ...) keep every slot in the same
+static cache; the window is one more term of the mask: a query at position ``p``
+sees a cached key at position ``k`` only if ``p - k < window`` (HF's rule), with
+each slot's position kept in ``key_positions``. Mixed full/window models get one
+mask per layer type. Which models are verified exactly: ``architectures``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,14 @@ import torch
 from torch import nn
 
 from medusa_runtime.acceptance import Acceptance, TypicalAcceptance, accept
+from medusa_runtime.architectures import (
+    LogitTransform,
+    attention_windows,
+    cache_argument,
+    check_positions,
+    check_supported,
+    text_config,
+)
 from medusa_runtime.buffers import tree_buffers
 from medusa_runtime.heads import MedusaHeads
 from treeopt.core.tree import Tree
@@ -155,12 +166,15 @@ class TreeDecoder:
         batch_size: int = 1,
         compile_step: bool = False,
     ) -> None:
-        from transformers import StaticCache
-        from transformers.cache_utils import StaticLayer
+        from transformers.cache_utils import Cache, StaticLayer
 
+        check_supported(model)
         self.model = model
         self.decoder = model.get_decoder()
         self.lm_head = model.get_output_embeddings()
+        self.logit_transform = LogitTransform.of(model)
+        self.cache_argument = cache_argument(self.decoder)
+        self.windows = attention_windows(text_config(model))  # layer type -> window or None
         self.vocab_size = int(self.lm_head.weight.shape[0])
         check_tree_fits(tree, heads, self.vocab_size)
         if acceptance != "greedy" and not isinstance(acceptance, TypicalAcceptance):
@@ -177,11 +191,9 @@ class TreeDecoder:
         self.max_cache_len = max_cache_len
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
-        self.cache = StaticCache(config=model.config, max_cache_len=max_cache_len)
-        if any(type(layer) is not StaticLayer for layer in self.cache.layers):
-            raise TreeoptError(
-                "models with sliding-window or hybrid attention layers are not supported"
-            )
+        # Every layer, windowed or not, keeps all slots: the window lives in the mask.
+        num_layers = text_config(model).num_hidden_layers
+        self.cache = Cache(layers=[StaticLayer(max_cache_len) for _ in range(num_layers)])
 
         self.buffers = tree_buffers(tree).to(self.device)
         q, device = self.buffers.num_tokens, self.device
@@ -189,6 +201,9 @@ class TreeDecoder:
         self.write_length = torch.zeros((), dtype=torch.long, device=device)  # shared L
         self.row_lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.valid = torch.zeros(batch_size, max_cache_len, dtype=torch.bool, device=device)
+        # Position id of the token in each slot (read only for valid slots, by windows).
+        self.key_positions = torch.zeros(batch_size, max_cache_len, dtype=torch.long,
+                                         device=device)
         self.tree_tokens = torch.zeros((batch_size, q), dtype=torch.long, device=device)
         # Step outputs: accepted candidates then the next root, and how many are real.
         self.emitted = torch.zeros(batch_size, tree.depth + 1, dtype=torch.long, device=device)
@@ -215,15 +230,15 @@ class TreeDecoder:
     # ------------------------------------------------------------ state
     def snapshot(self) -> list[torch.Tensor]:
         """Copies of the state a step reads (the cache past ``L`` is scratch)."""
-        return [t.clone() for t in (self.write_length, self.row_lengths, self.valid,
-                                    self.tree_tokens)]
+        return [t.clone() for t in self._state()]
+
+    def _state(self) -> tuple[torch.Tensor, ...]:
+        return (self.write_length, self.row_lengths, self.valid, self.key_positions,
+                self.tree_tokens)
 
     def restore(self, snapshot: list[torch.Tensor]) -> None:
         """Put back a :meth:`snapshot` in place (the captured graph keeps its addresses)."""
-        for target, saved in zip(
-            (self.write_length, self.row_lengths, self.valid, self.tree_tokens), snapshot,
-            strict=True,
-        ):
+        for target, saved in zip(self._state(), snapshot, strict=True):
             target.copy_(saved)
 
     def fill_context(self, context: int, std: float) -> None:
@@ -236,6 +251,7 @@ class TreeDecoder:
         if context + self.num_tokens > self.max_cache_len:
             raise TreeoptError(f"context {context} + {self.num_tokens} tree tokens exceed the "
                                f"cache of {self.max_cache_len}")
+        check_positions(self.model, context + self.tree.depth)
         for layer in self.cache.layers:
             layer.keys.normal_(std=std)
             layer.values.normal_(std=std)
@@ -243,6 +259,7 @@ class TreeDecoder:
         self.row_lengths.fill_(context)
         self.valid.zero_()
         self.valid[:, :context] = True
+        self.key_positions.copy_(self.slots)
 
     # ------------------------------------------------------------ forward
     def _forward(
@@ -252,7 +269,8 @@ class TreeDecoder:
 
         ``block_mask [T, T]`` or ``[B, T, T]``: token i sees token j of this block;
         every token also sees its row's valid slots (all ``< L``) and nothing else.
-        Position ids are ``row_lengths + offsets`` (``offsets [T]`` or ``[B, T]``).
+        Position ids are ``row_lengths + offsets`` (``offsets [T]`` or ``[B, T]``); a
+        windowed layer's token at position ``p`` sees only keys at ``p - window < k``.
         """
         length = tokens.shape[1]
         for layer in self.cache.layers:  # StaticLayer writes at cumulative_length + arange(T)
@@ -261,16 +279,32 @@ class TreeDecoder:
         in_block = (relative >= 0) & (relative < length)
         sees_block = block_mask[..., relative.clamp(0, length - 1)] & in_block
         visible = sees_block | self.valid[:, None, :]  # [B, T, S]
-        mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device)
-        mask = mask.masked_fill(~visible, torch.finfo(self.dtype).min)[:, None]
+        positions = (self.row_lengths[:, None] + offsets).expand(tokens.shape)  # [B, T]
+        self.key_positions.index_copy_(1, self.slots[:length] + self.write_length, positions)
+        masks = {}  # one per attention layer type (full, sliding window)
+        for layer_type, window in self.windows.items():
+            allowed = visible
+            if window is not None:
+                distance = positions[:, :, None] - self.key_positions[:, None, :]  # [B, T, S]
+                allowed = visible & (distance < window)
+            masks[layer_type] = self._additive(allowed)
         outputs = self.decoder(
             input_ids=tokens,
-            attention_mask=mask,
-            position_ids=self.row_lengths[:, None] + offsets,
-            past_key_values=self.cache,
+            attention_mask=masks if len(masks) > 1 else next(iter(masks.values())),
+            position_ids=positions,
             use_cache=True,
+            **{self.cache_argument: self.cache},
         )
         return outputs.last_hidden_state
+
+    def _additive(self, visible: torch.Tensor) -> torch.Tensor:
+        """Bool ``[B, T, S]`` -> the additive mask ``[B, 1, T, S]`` (0 or dtype min)."""
+        mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device)
+        return mask.masked_fill(~visible, torch.finfo(self.dtype).min)[:, None]
+
+    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The model's own logits (its LM head, then its logit transform) at ``hidden``."""
+        return self.logit_transform(self.lm_head(hidden))
 
     def _next_tree_tokens(self, root: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         """Next trees' tokens ``[B, q]``: ``root [B]``, then heads' top-k at ``hidden [B, H]``."""
@@ -311,7 +345,7 @@ class TreeDecoder:
         block = causal & (pad_mask[:, None, :] | itself)
         offsets = (pad_mask.cumsum(dim=-1) - 1).clamp(min=0)  # true positions of real tokens
         hidden = self._forward(input_ids, block, offsets)[:, -1]  # [B, H]
-        root = self.lm_head(hidden).argmax(dim=-1)
+        root = self._logits(hidden).argmax(dim=-1)
         self.tree_tokens.copy_(self._next_tree_tokens(root, hidden))
         self.valid[:, :length] = pad_mask
         self.write_length.fill_(length)
@@ -325,7 +359,7 @@ class TreeDecoder:
         buffers = self.buffers
         tokens = self.tree_tokens
         hidden = self._forward(tokens, buffers.attention_mask, buffers.position_offsets)
-        logits = self.lm_head(hidden)  # [B, q, V]
+        logits = self._logits(hidden)  # [B, q, V]
         best_row, accept_length = accept(
             self.acceptance, tokens, logits, buffers.retrieve_indices
         )  # [B], [B]
@@ -347,6 +381,7 @@ class TreeDecoder:
                 index = sources[:, None, :, None].expand(-1, store.shape[1], -1, store.shape[3])
                 store.index_copy_(2, targets, store.gather(2, index))
         self.valid.index_copy_(1, targets, offsets[None, :] < accept_length[:, None])
+        self.key_positions.index_copy_(1, targets, self.row_lengths[:, None] + offsets)
 
         emitted = torch.cat([tokens.gather(1, paths[:, 1:]), root[:, None]], dim=1)
         emitted = emitted.scatter(1, last_position, root[:, None])  # candidates, next root
