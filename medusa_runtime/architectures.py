@@ -37,8 +37,9 @@ from treeopt.errors import TreeoptError
 # batched, compiled, EOS inside an accepted path); windows included where the
 # architecture has them. Chosen for what Medusa users serve.
 SUPPORTED_MODEL_TYPES = (
-    "cohere", "gemma", "gemma2", "gemma3_text", "granite", "llama", "mistral", "mixtral",
-    "olmo2", "phi3", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "stablelm", "starcoder2",
+    "cohere", "falcon", "gemma", "gemma2", "gemma3_text", "gpt_neox", "granite", "llama",
+    "mistral", "mixtral", "olmo2", "phi", "phi3", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe",
+    "stablelm", "starcoder2",
 )
 # RoPE variants whose rotation depends on the sequence length, not only on the position.
 LENGTH_DEPENDENT_ROPE = ("dynamic", "longrope")
@@ -67,10 +68,11 @@ def check_supported(model: nn.Module) -> None:
     """Raise TreeoptError (one line) unless the runtime verifies ``model`` exactly."""
     config = text_config(model)
     model_type = getattr(config, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        alibi = " with ALiBi" if getattr(config, "alibi", False) else ""
+    alibi = bool(getattr(config, "alibi", False))  # Falcon's ALiBi variant: no position_ids
+    if model_type not in SUPPORTED_MODEL_TYPES or alibi:
+        alibi_text = " with ALiBi" if alibi else ""
         raise TreeoptError(
-            f"model type {model_type!r}{alibi} is not supported by medusa_runtime (supported: "
+            f"model type {model_type!r}{alibi_text} is not supported by medusa_runtime (supported: "
             f"{', '.join(SUPPORTED_MODEL_TYPES)})"
         )
     for rope_type in _rope_types(config):

@@ -569,6 +569,9 @@ def generate_batch(
         model, heads, tree, cache_length, acceptance=acceptance, batch_size=batch,
         compile_step=compile_step,
     )
+    # The last step verifies its root at position (prompt + emitted - 1), emitted <
+    # max_new_tokens, and its deepest node D positions further.
+    check_positions(model, max(map(len, rows)) + max_new_tokens - 2 + tree.depth)
     synchronize = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     synchronize()
     start = time.perf_counter()

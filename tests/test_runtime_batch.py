@@ -7,14 +7,13 @@ left-padded. None of that may change a single token.
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tiny_lm import NUM_HEADS, VOCAB, greedy_reference, trees
+from tiny_lm import NUM_HEADS, VOCAB, BatchOracleHeads, full_tree, greedy_reference, trees
 from torch import nn
 
 from medusa_runtime.decode import BatchGenerationResult, GenerationResult, generate, generate_batch
@@ -24,7 +23,6 @@ from treeopt.core.tree import Tree
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 STORIES = SHARED / "models" / "stories260K"
-ORACLE_RANKS = 3  # the oracle puts the true token at rank 0, 1 or 2
 
 torch.set_num_threads(1)
 
@@ -44,57 +42,6 @@ def tiny_llama(seed: int = 0) -> nn.Module:
 @pytest.fixture(scope="module")
 def llama() -> nn.Module:
     return tiny_llama()
-
-
-class BatchOracleHeads(nn.Module):
-    """Heads that know every row's greedy continuation, so rows accept long, unequal paths.
-
-    For each hidden state ``[H]`` of the batch, the nearest reference hidden state
-    over all rows' sequences gives (row, position p); head k puts the true token
-    ``x[p + 2 + k]`` at a pseudo-random rank in {0, 1, 2} over a random order of
-    the rest of the vocabulary. Returns ``[K, B, V]``.
-    """
-
-    def __init__(self, model: nn.Module, sequences: list[list[int]], num_heads: int) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        self.vocab = model.get_output_embeddings().weight.shape[0]
-        self.entries: list[tuple[int, list[int]]] = []  # (position, sequence) per reference
-        references = []
-        with torch.no_grad():
-            for sequence in sequences:
-                states = model.get_decoder()(torch.tensor([sequence])).last_hidden_state[0]
-                references.append(states)
-                self.entries += [(position, sequence) for position in range(len(sequence))]
-        self.reference = torch.cat(references)
-
-    def _row(self, hidden: torch.Tensor, num_heads: int) -> torch.Tensor:
-        position, sequence = self.entries[int((self.reference - hidden).norm(dim=-1).argmin())]
-        rows = []
-        for k in range(num_heads):
-            generator = torch.Generator().manual_seed(position * 31 + k + 7 * sequence[0])
-            order = torch.randperm(self.vocab, generator=generator)
-            target = position + 2 + k
-            if target < len(sequence):
-                rank = int(torch.randint(0, ORACLE_RANKS, (1,), generator=generator))
-                order = order[order != sequence[target]]
-                order = torch.cat([order[:rank], torch.tensor([sequence[target]]), order[rank:]])
-            logits = torch.empty(self.vocab)
-            logits[order] = torch.arange(self.vocab, 0, -1, dtype=torch.float32)
-            rows.append(logits)
-        return torch.stack(rows)
-
-    def forward(self, hidden: torch.Tensor, num_heads: int | None = None) -> torch.Tensor:
-        count = num_heads if num_heads is not None else self.num_heads
-        return torch.stack([self._row(row, count) for row in hidden], dim=1)
-
-
-def full_tree(depth: int = NUM_HEADS) -> Tree:
-    """Every rank 0..2 at every level: the oracle's true token is always in the tree."""
-    paths = [
-        p for d in range(1, depth + 1) for p in itertools.product(range(ORACLE_RANKS), repeat=d)
-    ]
-    return Tree.from_paths(paths, num_heads=depth)
 
 
 BATCH_MAX_NODES = 10  # smaller than the single-row tests: each example decodes a batch

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_lm import NUM_HEADS, VOCAB, greedy_reference, tiny_model
+from tiny_lm import NUM_HEADS, VOCAB, WINDOW, greedy_reference, tiny_model
 
 from medusa_runtime.acceptance import TypicalAcceptance
-from medusa_runtime.decode import TreeDecoder, generate
+from medusa_runtime.decode import TreeDecoder, generate_batch
 from medusa_runtime.heads import MedusaConfig, MedusaHeads
 from medusa_runtime.timing import time_verification_step
 from treeopt.core.tree import Tree
@@ -33,7 +33,8 @@ def random_heads(seed: int = 0) -> MedusaHeads:
         ("llama", "greedy", 1),
         ("llama", TypicalAcceptance(), 1),
         ("llama", "greedy", 3),
-        ("mistral", "greedy", 1),
+        ("mistral-window", "greedy", 2),
+        ("gemma2-softcap-window", TypicalAcceptance(), 2),  # one mask per layer type
         ("qwen2", "greedy", 2),
     ],
 )
@@ -42,7 +43,9 @@ def test_step_traces_without_graph_breaks(kind: str, acceptance: object, batch: 
     decoder = TreeDecoder(model, random_heads(), TREE, 64, acceptance=acceptance,  # type: ignore[arg-type]
                           batch_size=batch)
     with torch.inference_mode():
-        prompts = torch.randint(0, VOCAB, (batch, 5), generator=torch.Generator().manual_seed(1))
+        # Longer than the windowed models' window: the window masks cached keys.
+        prompts = torch.randint(0, VOCAB, (batch, WINDOW + 5),
+                                generator=torch.Generator().manual_seed(1))
         decoder.prefill(prompts)
         explanation = torch._dynamo.explain(decoder._step)()
     assert explanation.graph_break_count == 0, explanation.break_reasons
@@ -56,21 +59,24 @@ def compiled_graphs() -> int:
 
 
 def test_compiled_generate_is_lossless_and_matches_eager_steps() -> None:
-    model = tiny_model()
+    """A batch past a sliding window, compiled: the same tokens and steps as eager."""
+    model = tiny_model("mistral-window")
     heads = random_heads()
-    prompt = [3, 17, 42, 8, 5]
-    eager = generate(model, heads, TREE, prompt, 24)
+    prompts = [[3, 17, 42, 8, 5], [(5 * i + 1) % VOCAB for i in range(WINDOW + 20)]]
+    references = [greedy_reference(model, prompt, 24) for prompt in prompts]
+    eager = generate_batch(model, heads, TREE, prompts, 24)
     before = compiled_graphs()
-    compiled = generate(model, heads, TREE, prompt, 24, compile_step=True)
+    compiled = generate_batch(model, heads, TREE, prompts, 24, compile_step=True)
     assert compiled_graphs() == before + 1  # the step really went through dynamo
     assert compiled.compiled and not eager.compiled
-    assert compiled.tokens == eager.tokens == greedy_reference(model, prompt, 24)
-    assert compiled.accept_lengths == eager.accept_lengths
-    # A longer prompt falls in the same cache-length bucket: no second compilation.
-    longer = [*prompt, 9, 11]
-    again = generate(model, heads, TREE, longer, 24, compile_step=True)
+    assert compiled.tokens == eager.tokens == references
+    for got, want in zip(compiled.sequences, eager.sequences, strict=True):
+        assert got.accept_lengths == want.accept_lengths
+    # Longer prompts fall in the same cache-length bucket: no second compilation.
+    longer = [[*prompt, 9, 11] for prompt in prompts]
+    again = generate_batch(model, heads, TREE, longer, 24, compile_step=True)
     assert compiled_graphs() == before + 1
-    assert again.tokens == greedy_reference(model, longer, 24)
+    assert again.tokens == [greedy_reference(model, prompt, 24) for prompt in longer]
 
 
 def test_compiled_timing_reports_it() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 from hypothesis import strategies as st
 from torch import nn
@@ -10,28 +12,67 @@ from treeopt.core.tree import Tree
 
 VOCAB = 64
 NUM_HEADS = 3
+ORACLE_RANKS = 3  # the oracle heads put the true token at rank 0, 1 or 2
 
 
-def tiny_config(kind: str = "llama"):  # -> a transformers PretrainedConfig
-    """A 2-layer random causal LM config with GQA, float32."""
-    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+WINDOW = 16  # sliding window of the windowed tiny models; suites' prompts run past it
+TINY_SHAPE = dict(
+    vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+    pad_token_id=0, bos_token_id=1, eos_token_id=2,
+)
+# Final logit softcap of the tiny Gemma2/3: small enough to change their tiny logits.
+SOFTCAP = 0.2
+MOE = dict(num_experts_per_tok=2, moe_intermediate_size=32)
+# kind -> (transformers config class, fields beyond TINY_SHAPE). Windowed kinds get
+# WINDOW; hybrid ones (Qwen2/3 with max_window_layers, Gemma2/3) mix full and window
+# layers; Granite, Cohere and Gemma2/3 transform their logits.
+ARCHITECTURES: dict[str, tuple[str, dict]] = {
+    "llama": ("LlamaConfig", {}),
+    "llama-linear-rope": ("LlamaConfig", dict(rope_scaling={"rope_type": "linear", "factor": 2.0})),
+    "mistral": ("MistralConfig", dict(sliding_window=None)),
+    "mistral-window": ("MistralConfig", dict(sliding_window=WINDOW)),
+    "mixtral-window": ("MixtralConfig", dict(sliding_window=WINDOW, num_local_experts=4,
+                                             num_experts_per_tok=2)),
+    "qwen2": ("Qwen2Config", dict(use_sliding_window=False)),
+    "qwen2-hybrid-window": ("Qwen2Config", dict(use_sliding_window=True, sliding_window=WINDOW,
+                                                max_window_layers=1)),
+    "qwen2-moe": ("Qwen2MoeConfig", dict(num_experts=4, shared_expert_intermediate_size=32,
+                                         **MOE)),
+    "qwen3-hybrid-window": ("Qwen3Config", dict(use_sliding_window=True, sliding_window=WINDOW,
+                                                max_window_layers=1, head_dim=8)),
+    "qwen3-moe": ("Qwen3MoeConfig", dict(num_experts=4, head_dim=8, **MOE)),
+    "gemma": ("GemmaConfig", dict(head_dim=8)),
+    "gemma2-softcap-window": ("Gemma2Config", dict(head_dim=8, sliding_window=WINDOW,
+                                                       final_logit_softcapping=SOFTCAP)),
+    "gemma3-softcap-window": ("Gemma3TextConfig", dict(head_dim=8, sliding_window=WINDOW,
+                                                       sliding_window_pattern=2,
+                                                       final_logit_softcapping=SOFTCAP)),
+    "phi3-window": ("Phi3Config", dict(sliding_window=WINDOW)),
+    "phi": ("PhiConfig", {}),
+    "granite-logits-scaling": ("GraniteConfig", dict(logits_scaling=4.0)),
+    "cohere-logit-scale": ("CohereConfig", dict(logit_scale=0.25)),
+    "starcoder2-window": ("Starcoder2Config", dict(sliding_window=WINDOW)),
+    "stablelm": ("StableLmConfig", {}),
+    "olmo2": ("Olmo2Config", {}),
+    "gpt-neox": ("GPTNeoXConfig", {}),
+    "falcon-rotary": ("FalconConfig", dict(num_kv_heads=2, new_decoder_architecture=True)),
+}
 
-    shape = dict(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-    )
-    if kind == "mistral":
-        return MistralConfig(sliding_window=None, **shape)
-    if kind == "qwen2":
-        return Qwen2Config(use_sliding_window=False, **shape)
-    return LlamaConfig(**shape)
+
+def tiny_config(kind: str = "llama", **fields):  # -> a transformers PretrainedConfig
+    """A 2-layer random causal LM config of ``kind`` (see :data:`ARCHITECTURES`), float32."""
+    import transformers
+
+    class_name, extra = ARCHITECTURES[kind]
+    return getattr(transformers, class_name)(**{**TINY_SHAPE, **extra, **fields})
 
 
-def tiny_model(kind: str = "llama", seed: int = 0) -> nn.Module:
+def tiny_model(kind: str = "llama", seed: int = 0, **fields) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(tiny_config(kind)).eval()
+    return AutoModelForCausalLM.from_config(tiny_config(kind, **fields)).eval()
 
 
 def greedy_reference(
@@ -44,6 +85,57 @@ def greedy_reference(
         do_sample=False, eos_token_id=eos, pad_token_id=0,
     )
     return output[0, len(prompt):].tolist()
+
+
+class BatchOracleHeads(nn.Module):
+    """Heads that know every row's greedy continuation, so rows accept long, unequal paths.
+
+    For each hidden state ``[H]`` of the batch, the nearest reference hidden state
+    over all rows' sequences gives (row, position p); head k puts the true token
+    ``x[p + 2 + k]`` at a pseudo-random rank in {0, 1, 2} over a random order of
+    the rest of the vocabulary. Returns ``[K, B, V]``.
+    """
+
+    def __init__(self, model: nn.Module, sequences: list[list[int]], num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.vocab = model.get_output_embeddings().weight.shape[0]
+        self.entries: list[tuple[int, list[int]]] = []  # (position, sequence) per reference
+        references = []
+        with torch.no_grad():
+            for sequence in sequences:
+                states = model.get_decoder()(torch.tensor([sequence])).last_hidden_state[0]
+                references.append(states)
+                self.entries += [(position, sequence) for position in range(len(sequence))]
+        self.reference = torch.cat(references)
+
+    def _row(self, hidden: torch.Tensor, num_heads: int) -> torch.Tensor:
+        position, sequence = self.entries[int((self.reference - hidden).norm(dim=-1).argmin())]
+        rows = []
+        for k in range(num_heads):
+            generator = torch.Generator().manual_seed(position * 31 + k + 7 * sequence[0])
+            order = torch.randperm(self.vocab, generator=generator)
+            target = position + 2 + k
+            if target < len(sequence):
+                rank = int(torch.randint(0, ORACLE_RANKS, (1,), generator=generator))
+                order = order[order != sequence[target]]
+                order = torch.cat([order[:rank], torch.tensor([sequence[target]]), order[rank:]])
+            logits = torch.empty(self.vocab)
+            logits[order] = torch.arange(self.vocab, 0, -1, dtype=torch.float32)
+            rows.append(logits)
+        return torch.stack(rows)
+
+    def forward(self, hidden: torch.Tensor, num_heads: int | None = None) -> torch.Tensor:
+        count = num_heads if num_heads is not None else self.num_heads
+        return torch.stack([self._row(row, count) for row in hidden], dim=1)
+
+
+def full_tree(depth: int = NUM_HEADS) -> Tree:
+    """Every rank 0..2 at every level: the oracle's true token is always in the tree."""
+    paths = [
+        p for d in range(1, depth + 1) for p in itertools.product(range(ORACLE_RANKS), repeat=d)
+    ]
+    return Tree.from_paths(paths, num_heads=depth)
 
 
 # A random valid tree: each new node extends a random existing node (or the root).
