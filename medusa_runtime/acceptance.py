@@ -17,12 +17,14 @@ is always accepted: it is the base model's own greedy token from the step before
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 
 from medusa_runtime.buffers import PAD
+from treeopt.errors import TreeoptError
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,17 @@ class TypicalAcceptance:
     posterior_threshold: float = 0.09
     posterior_alpha: float = 0.3
     temperature: float = 1.0
+
+    def __post_init__(self) -> None:
+        """One-line TreeoptError for a rule that is not a probability threshold."""
+        threshold, alpha, temperature = (self.posterior_threshold, self.posterior_alpha,
+                                         self.temperature)
+        if not 0.0 <= threshold <= 1.0:  # also False for NaN
+            raise TreeoptError(f"posterior_threshold must be in [0, 1], not {threshold}")
+        if not 0.0 <= alpha < math.inf:
+            raise TreeoptError(f"posterior_alpha must be finite and >= 0, not {alpha}")
+        if not 0.0 < temperature < math.inf:
+            raise TreeoptError(f"temperature must be finite and > 0, not {temperature}")
 
 
 Acceptance = Literal["greedy"] | TypicalAcceptance

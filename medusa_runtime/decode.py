@@ -25,10 +25,12 @@ mask per layer type. Which models are verified exactly: ``architectures``.
 
 from __future__ import annotations
 
+import numbers
 import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -74,6 +76,7 @@ class GenerationResult:
     prefill_s: float = 0.0  # the prompt's forward pass, included in wall_time_s
     cuda_graph: bool = False  # whether the step ran as a captured CUDA graph
     compiled: bool = False  # whether the step ran through torch.compile
+    text: str | None = None  # the tokens decoded (special tokens skipped) when given a tokenizer
 
     @property
     def steps(self) -> int:
@@ -459,36 +462,77 @@ class TreeDecoder:
             self.run_step()
 
 
-Prompts = torch.Tensor | Sequence[int] | Sequence[Sequence[int]]
+Prompts = torch.Tensor | str | Sequence[int] | Sequence[Sequence[int]] | Sequence[str]
+
+
+def _texts(input_ids: Prompts) -> list[str] | None:
+    """The prompts as a list of texts, or None when they are token ids."""
+    if isinstance(input_ids, str):
+        return [input_ids]
+    if isinstance(input_ids, Sequence) and input_ids and all(
+        isinstance(row, str) for row in input_ids
+    ):
+        return list(input_ids)  # type: ignore[arg-type]
+    return None
+
+
+def _is_token_id(value: object) -> bool:
+    """An integer (Python, NumPy or a 0-d integer tensor), not a bool."""
+    if isinstance(value, torch.Tensor):
+        return value.dim() == 0 and not value.is_floating_point() and value.dtype != torch.bool
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _as_prompts(
-    input_ids: Prompts, attention_mask: torch.Tensor | Sequence[Sequence[int]] | None
+    input_ids: Prompts,
+    attention_mask: torch.Tensor | Sequence[Sequence[int]] | None,
+    tokenizer: Any = None,
 ) -> tuple[list[list[int]], bool]:
     """The real tokens of each prompt, and whether the input was a single sequence.
 
-    A 1-D input (or a 2-D one with one row) is one sequence; ``attention_mask``
-    (1 = token, 0 = padding, either side) picks the real tokens of a 2-D input.
+    A 1-D input (or a 2-D one with one row, or one text) is one sequence;
+    ``attention_mask`` (1 = token, 0 = padding, either side) picks the real tokens
+    of a 2-D input. Texts are encoded by ``tokenizer`` (special tokens included, as
+    ``tokenizer(text)`` does). Bad input is a one-line TreeoptError.
     """
-    if isinstance(input_ids, torch.Tensor):
+    texts = _texts(input_ids)
+    if texts is not None:
+        if tokenizer is None:
+            raise TreeoptError("text prompts need tokenizer= (e.g. AutoTokenizer.from_pretrained"
+                               "(model_path)); or pass token ids")
+        if attention_mask is not None:
+            raise TreeoptError("attention_mask goes with token ids, not with text prompts")
+        rows = [list(tokenizer(text)["input_ids"]) for text in texts]
+        single = isinstance(input_ids, str) or len(rows) == 1
+    elif isinstance(input_ids, torch.Tensor):
+        if input_ids.dim() not in (1, 2) or input_ids.is_floating_point():
+            raise TreeoptError("input_ids must be a 1-D or 2-D tensor of token ids")
         rows = input_ids.tolist() if input_ids.dim() == 2 else [input_ids.tolist()]
         single = input_ids.dim() == 1 or input_ids.shape[0] == 1
     elif len(input_ids) > 0 and all(isinstance(row, Sequence | torch.Tensor) for row in input_ids):
-        rows = [list(map(int, row)) for row in input_ids]  # type: ignore[arg-type]
+        rows = [list(row) for row in input_ids]  # type: ignore[arg-type]
         single = len(rows) == 1
     else:
-        rows, single = [list(map(int, input_ids))], True  # type: ignore[arg-type]
+        rows, single = [list(input_ids)], True  # type: ignore[arg-type]
+    if not all(_is_token_id(token) for row in rows for token in row):
+        raise TreeoptError("input_ids must be token ids (ints), one list per prompt, or texts "
+                           "with tokenizer=")
+    rows = [[int(token) for token in row] for row in rows]
     if attention_mask is not None:
-        masks = torch.as_tensor(attention_mask).reshape(len(rows), -1).tolist()
-        if any(len(mask) != len(row) for mask, row in zip(masks, rows, strict=True)):
+        masks = torch.as_tensor(attention_mask)
+        if masks.numel() != sum(map(len, rows)) or len({len(row) for row in rows}) > 1:
             raise TreeoptError("attention_mask must have the shape of input_ids")
         rows = [
             [token for token, real in zip(row, mask, strict=True) if real]
-            for row, mask in zip(rows, masks, strict=True)
+            for row, mask in zip(rows, masks.reshape(len(rows), -1).tolist(), strict=True)
         ]
     if not rows or any(not row for row in rows):
         raise TreeoptError("input_ids must be non-empty sequences of token ids")
     return rows, single
+
+
+def _decoded(tokenizer: Any, tokens: list[int]) -> str | None:
+    return tokenizer.decode(tokens, skip_special_tokens=True) if tokenizer is not None else None
 
 
 def _left_padded(rows: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -542,11 +586,13 @@ def generate_batch(
     cuda_graph: bool | None = None,
     attention_mask: torch.Tensor | Sequence[Sequence[int]] | None = None,
     compile_step: bool = False,
+    tokenizer: Any = None,
 ) -> BatchGenerationResult:
     """Batched :func:`generate`: always a :class:`BatchGenerationResult`, one row per prompt.
 
-    ``input_ids``: a list of token lists (any lengths), or a 2-D tensor with an
-    optional ``attention_mask`` marking padding. Each row stops on its own at its
+    ``input_ids``: a list of token lists (any lengths), a 2-D tensor with an
+    optional ``attention_mask`` marking padding, or texts with ``tokenizer`` (a
+    transformers tokenizer; each result then also has ``text``). Each row stops on its own at its
     first ``eos_token_id`` or at ``max_new_tokens``; the batch runs until all stop.
     """
     if max_new_tokens < 1:
@@ -554,7 +600,7 @@ def generate_batch(
     device = next(model.parameters()).device
     if cuda_graph and device.type != "cuda":
         raise TreeoptError(f"cuda_graph=True needs a model on a CUDA device, not {device}")
-    rows, _ = _as_prompts(input_ids, attention_mask)
+    rows, _ = _as_prompts(input_ids, attention_mask, tokenizer)
     prompt, pad_mask = _left_padded(rows, device)
     eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
     batch, q = len(rows), tree.num_tokens
@@ -569,6 +615,8 @@ def generate_batch(
         model, heads, tree, cache_length, acceptance=acceptance, batch_size=batch,
         compile_step=compile_step,
     )
+    if any(not 0 <= token < decoder.vocab_size for row in rows for token in row):
+        raise TreeoptError(f"input_ids must be token ids in [0, {decoder.vocab_size})")
     # The last step verifies its root at position (prompt + emitted - 1), emitted <
     # max_new_tokens, and its deepest node D positions further.
     check_positions(model, max(map(len, rows)) + max_new_tokens - 2 + tree.depth)
@@ -611,7 +659,7 @@ def generate_batch(
     wall_time_s = time.perf_counter() - start - setup_s
     sequences = [
         GenerationResult(row_tokens, row_accepts, wall_time_s, setup_s, prefill_s, captured,
-                         compiled)
+                         compiled, _decoded(tokenizer, row_tokens))
         for row_tokens, row_accepts in zip(tokens, accept_lengths, strict=True)
     ]
     return BatchGenerationResult(sequences, steps, wall_time_s, setup_s, prefill_s, captured,
@@ -629,6 +677,7 @@ def generate(
     cuda_graph: bool | None = None,
     attention_mask: torch.Tensor | Sequence[Sequence[int]] | None = None,
     compile_step: bool = False,
+    tokenizer: Any = None,
 ) -> GenerationResult | BatchGenerationResult:
     """Decode up to ``max_new_tokens`` new tokens with Medusa tree verification.
 
@@ -643,15 +692,20 @@ def generate(
     compilation and capture are in ``result.setup_s``, not in the wall time.
     Raises TreeoptError before decoding if the tree does not fit the heads.
 
-    One sequence (1-D, or 2-D with one row) gives a :class:`GenerationResult`;
-    several (a list of token lists, or a 2-D tensor with ``attention_mask``) give a
+    ``input_ids`` may be text (one string or a list) with ``tokenizer``; each result
+    then has ``text``, its new tokens decoded. Raises TreeoptError before decoding
+    for a model outside ``architectures.SUPPORTED_MODEL_TYPES`` or positions past
+    its limit.
+
+    One sequence (1-D, 2-D with one row, or one text) gives a :class:`GenerationResult`;
+    several (a list of token lists or texts, or a 2-D tensor with ``attention_mask``) give a
     :class:`BatchGenerationResult` (see :func:`generate_batch`), each row decoded
     as if alone.
     """
-    _, single = _as_prompts(input_ids, attention_mask)
+    _, single = _as_prompts(input_ids, attention_mask, tokenizer)
     result = generate_batch(
         model, heads, tree, input_ids, max_new_tokens, acceptance=acceptance,
         eos_token_id=eos_token_id, cuda_graph=cuda_graph, attention_mask=attention_mask,
-        compile_step=compile_step,
+        compile_step=compile_step, tokenizer=tokenizer,
     )
     return result.sequences[0] if single else result

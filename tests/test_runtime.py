@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 
 import pytest
@@ -149,13 +150,43 @@ def test_typical_extremes(llama: nn.Module) -> None:
     torch.manual_seed(1)
     heads = MedusaHeads(MedusaConfig(NUM_HEADS, 1, 32, VOCAB))
     tree = Tree.from_paths([[0], [0, 0], [1]], num_heads=NUM_HEADS)
-    never = TypicalAcceptance(posterior_threshold=1.0, posterior_alpha=10.0)
+    # The threshold is min(1.0, alpha * exp(-H)) and H <= ln V, so alpha >= V makes it 1.0
+    # whatever the distribution: no probability exceeds it. (alpha 10 would not: above
+    # H = ln 10 the threshold drops below 1.)
+    never = TypicalAcceptance(posterior_threshold=1.0, posterior_alpha=float(VOCAB))
     strict = generate(llama, heads, tree, prompt, 12, acceptance=never)
     assert strict.tokens == greedy_reference(llama, prompt, 12)
     assert strict.accept_lengths == [1] * 12
     always = TypicalAcceptance(posterior_threshold=0.0, posterior_alpha=0.0)
     loose = generate(llama, heads, tree, prompt, 12, acceptance=always)
     assert loose.accept_lengths[1:-1] == [3] * (len(loose.accept_lengths) - 2)
+
+
+def test_typical_threshold_below_one_at_high_entropy() -> None:
+    """Why test_typical_extremes needs alpha >= V: with alpha 10, threshold 1.0 is not
+    'never accept'. Half the mass on one token, half spread over 9999 others: H = 5.3
+    > ln 20, so the threshold is 10 exp(-H) = 0.05 and the token (p = 0.5) passes."""
+    vocab = 10_000
+    retrieve = torch.tensor([[0, 1]])
+    tokens = torch.tensor([0, 1])
+    logits = torch.zeros(2, vocab)
+    logits[0, 1] = math.log(vocab - 1)  # p(token 1) = 0.5 at the root
+    rule = TypicalAcceptance(posterior_threshold=1.0, posterior_alpha=10.0)
+    assert int(typical_accept(tokens, logits, retrieve, rule)[1]) == 2
+    never = TypicalAcceptance(posterior_threshold=1.0, posterior_alpha=float(vocab))
+    assert int(typical_accept(tokens, logits, retrieve, never)[1]) == 1
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    (dict(posterior_threshold=-1.0), "posterior_threshold must be in"),
+    (dict(posterior_threshold=float("nan")), "posterior_threshold must be in"),
+    (dict(posterior_alpha=float("nan")), "posterior_alpha must be finite"),
+    (dict(posterior_alpha=float("inf")), "posterior_alpha must be finite"),
+    (dict(temperature=0.0), "temperature must be finite and > 0"),
+])
+def test_typical_rule_is_checked(fields: dict, message: str) -> None:
+    with pytest.raises(TreeoptError, match=message):
+        TypicalAcceptance(**fields)
 
 
 def test_greedy_accept_by_hand() -> None:
@@ -268,3 +299,62 @@ def test_failed_capture_falls_back_to_eager_or_errors(llama: nn.Module,
 def test_cuda_graph_on_cpu_is_a_one_line_error(llama: nn.Module) -> None:
     with pytest.raises(TreeoptError, match="cuda_graph=True needs a model on a CUDA device"):
         generate(llama, None, Tree.empty(), [1, 2], 4, cuda_graph=True)
+
+
+class WordTokenizer:
+    """A tokenizer stand-in: one id per word (BOS 1 first), ids -> words again."""
+
+    words = ("<s>", "once", "upon", "a", "time", "the", "dog")
+
+    def __call__(self, text: str) -> dict[str, list[int]]:
+        return {"input_ids": [1, *(self.words.index(word) for word in text.lower().split())]}
+
+    def decode(self, tokens: list[int], skip_special_tokens: bool = False) -> str:
+        return " ".join(f"w{token}" for token in tokens)
+
+
+def test_text_prompts_with_a_tokenizer(llama: nn.Module) -> None:
+    tokenizer = WordTokenizer()
+    texts = ["Once upon a time", "The dog"]
+    tree = Tree.from_paths([[0], [1], [0, 0]], num_heads=NUM_HEADS)
+    heads = MedusaHeads(MedusaConfig(NUM_HEADS, 1, 32, VOCAB))
+    result = generate(llama, heads, tree, texts, 10, tokenizer=tokenizer)
+    assert result.tokens == [greedy_reference(llama, [1, 1, 2, 3, 4], 10),
+                             greedy_reference(llama, [1, 5, 6], 10)]
+    assert result.sequences[0].text == tokenizer.decode(result.tokens[0])
+    single = generate(llama, heads, tree, "The dog", 10, tokenizer=tokenizer)
+    assert single.tokens == result.tokens[1] and single.text is not None
+    assert generate(llama, heads, tree, [1, 5, 6], 10).text is None
+
+
+@pytest.mark.parametrize(("prompts", "kwargs", "message"), [
+    (["Once upon a time", "The dog"], {}, r"^text prompts need tokenizer= \(e\.g\. "),
+    ("Once upon a time", {}, r"^text prompts need tokenizer="),
+    (["The dog"], dict(tokenizer=WordTokenizer(), attention_mask=[[1, 1]]),
+     "attention_mask goes with token ids"),
+    ([[1, 2], ["a", "b"]], {}, "must be token ids"),
+    ([1.5, 2.0], {}, "must be token ids"),
+    ([[1, VOCAB]], {}, rf"token ids in \[0, {VOCAB}\)"),
+    ([[-1, 2]], {}, rf"token ids in \[0, {VOCAB}\)"),
+    (torch.tensor([[1.0, 2.0]]), {}, "tensor of token ids"),
+])
+def test_bad_prompts_are_one_line_errors(llama: nn.Module, prompts: object, kwargs: dict,
+                                         message: str) -> None:
+    with pytest.raises(TreeoptError, match=message) as error:
+        generate(llama, None, Tree.empty(), prompts, 4, **kwargs)  # type: ignore[arg-type]
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.skipif(not STORIES.is_dir(), reason="needs ../shared/models/stories260K")
+def test_stories260k_text_prompts() -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(STORIES).eval()
+    tokenizer = AutoTokenizer.from_pretrained(STORIES)
+    texts = ["Once upon a time", "The dog"]
+    result = generate(model, None, Tree.empty(), texts, 12, tokenizer=tokenizer,
+                      eos_token_id=model.config.eos_token_id)
+    for text, row in zip(texts, result.sequences, strict=True):
+        ids = tokenizer(text)["input_ids"]
+        assert row.tokens == greedy_reference(model, ids, 12, model.config.eos_token_id)
+        assert row.text == tokenizer.decode(row.tokens, skip_special_tokens=True)
