@@ -3,6 +3,8 @@
 - ``heads``: Medusa heads (FasterDecoding checkpoint layout) — ``MedusaHeads``.
 - ``buffers``: per-tree index tensors — ``tree_buffers``.
 - ``acceptance``: greedy and typical acceptance — ``TypicalAcceptance``.
+- ``architectures``: the models decoded exactly — ``SUPPORTED_MODEL_TYPES``,
+  ``check_supported``.
 - ``decode``: static-cache tree decoding — ``generate``, ``generate_batch``,
   ``TreeDecoder``.
 - ``timing``: verification-step latency — ``time_verification_step``,
@@ -10,6 +12,7 @@
 """
 
 from medusa_runtime.acceptance import Acceptance, TypicalAcceptance
+from medusa_runtime.architectures import SUPPORTED_MODEL_TYPES, check_supported
 from medusa_runtime.buffers import TreeBuffers, tree_buffers
 from medusa_runtime.decode import (
     BatchGenerationResult,
@@ -22,6 +25,7 @@ from medusa_runtime.heads import MedusaConfig, MedusaHeads
 from medusa_runtime.timing import random_weight_model, time_verification_step
 
 __all__ = [
+    "SUPPORTED_MODEL_TYPES",
     "Acceptance",
     "BatchGenerationResult",
     "GenerationResult",
@@ -30,6 +34,7 @@ __all__ = [
     "TreeBuffers",
     "TreeDecoder",
     "TypicalAcceptance",
+    "check_supported",
     "generate",
     "generate_batch",
     "random_weight_model",

@@ -41,7 +41,8 @@ SUPPORTED_MODEL_TYPES = (
     "mistral", "mixtral", "olmo2", "phi", "phi3", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe",
     "stablelm", "starcoder2",
 )
-# RoPE variants whose rotation depends on the sequence length, not only on the position.
+# RoPE variants whose rotation depends on the sequence length, not only on the position
+# (transformers updates their frequencies per forward for any type naming "dynamic").
 LENGTH_DEPENDENT_ROPE = ("dynamic", "longrope")
 # Attention kernels that apply the runtime's 4D additive mask.
 MASKED_ATTENTION = ("eager", "sdpa")
@@ -76,7 +77,7 @@ def check_supported(model: nn.Module) -> None:
             f"{', '.join(SUPPORTED_MODEL_TYPES)})"
         )
     for rope_type in _rope_types(config):
-        if rope_type in LENGTH_DEPENDENT_ROPE:
+        if any(kind in rope_type for kind in LENGTH_DEPENDENT_ROPE):
             raise TreeoptError(
                 f"{model_type} with rope_type {rope_type!r} is not supported: its rotation depends "
                 "on the sequence length, which a tree step does not see (use a static RoPE type)"

@@ -30,6 +30,11 @@ MOE = dict(num_experts_per_tok=2, moe_intermediate_size=32)
 ARCHITECTURES: dict[str, tuple[str, dict]] = {
     "llama": ("LlamaConfig", {}),
     "llama-linear-rope": ("LlamaConfig", dict(rope_scaling={"rope_type": "linear", "factor": 2.0})),
+    "llama-llama3-rope": ("LlamaConfig", dict(rope_scaling={
+        "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 32})),
+    "llama-yarn-rope": ("LlamaConfig", dict(rope_scaling={
+        "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32})),
     "mistral": ("MistralConfig", dict(sliding_window=None)),
     "mistral-window": ("MistralConfig", dict(sliding_window=WINDOW)),
     "mixtral-window": ("MixtralConfig", dict(sliding_window=WINDOW, num_local_experts=4,
