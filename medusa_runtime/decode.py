@@ -282,7 +282,7 @@ class TreeDecoder:
         in_block = (relative >= 0) & (relative < length)
         sees_block = block_mask[..., relative.clamp(0, length - 1)] & in_block
         visible = sees_block | self.valid[:, None, :]  # [B, T, S]
-        positions = (self.row_lengths[:, None] + offsets).expand(tokens.shape)  # [B, T]
+        positions = self.row_lengths[:, None] + offsets  # [B, T]
         self.key_positions.index_copy_(1, self.slots[:length] + self.write_length, positions)
         masks = {}  # one per attention layer type (full, sliding window)
         for layer_type, window in self.windows.items():
