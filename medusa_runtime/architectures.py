@@ -68,7 +68,8 @@ def text_config(model: nn.Module) -> Any:
 def check_supported(model: nn.Module) -> None:
     """Raise TreeoptError (one line) unless the runtime verifies ``model`` exactly."""
     config = text_config(model)
-    model_type = getattr(config, "model_type", None)
+    # The model's own type: a multimodal wrapper (e.g. "gemma3") is not its text decoder.
+    model_type = getattr(model.config, "model_type", None)
     alibi = bool(getattr(config, "alibi", False))  # Falcon's ALiBi variant: no position_ids
     if model_type not in SUPPORTED_MODEL_TYPES or alibi:
         alibi_text = " with ALiBi" if alibi else ""

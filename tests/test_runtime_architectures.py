@@ -180,3 +180,14 @@ def test_flash_attention_is_refused() -> None:
     if model.config._attn_implementation != "flash_attention_2":
         pytest.skip("this transformers keeps the attention implementation elsewhere")
     _refused(model, r"^attention implementation 'flash_attention_2' ignores the tree mask")
+
+
+def test_a_multimodal_wrapper_is_not_its_text_decoder() -> None:
+    from transformers import AutoModelForImageTextToText, Gemma3Config
+
+    text = tiny_config("gemma3-softcap-window").to_dict()
+    config = Gemma3Config(text_config=text, vision_config=dict(
+        hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        image_size=28, patch_size=14), mm_tokens_per_image=4)
+    model = AutoModelForImageTextToText.from_config(config).eval()
+    _refused(model, r"^model type 'gemma3' is not supported by medusa_runtime")
