@@ -21,12 +21,16 @@ class RankSequences:
         first_decode_index: ``first_decode_index[g]`` is the row, within prompt
             ``g``'s rows, where decoding's first step is (its last prompt token).
         top_k: ranks recorded per head; a rank ``>= top_k`` or ``< 0`` is a miss.
+        probs: optional ``(N, K, top_k)``: head ``k + 1``'s probability of its rank-``i``
+            token at row ``t`` (what a per-step tree policy sees; ``treeopt profile``
+            records it).
     """
 
     ranks: np.ndarray
     groups: np.ndarray
     first_decode_index: np.ndarray
     top_k: int
+    probs: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.ranks.ndim != 2 or self.groups.shape != (self.ranks.shape[0],):
@@ -36,6 +40,11 @@ class RankSequences:
             )
         if len(self.groups) and not _contiguous(self.groups):
             raise TreeoptError("each prompt's rank vectors must be contiguous")
+        if self.probs is not None and self.probs.shape != (*self.ranks.shape, self.top_k):
+            raise TreeoptError(
+                f"head probabilities must be (positions, heads, top_k) = "
+                f"{(*self.ranks.shape, self.top_k)}, not {self.probs.shape}"
+            )
 
     @property
     def num_heads(self) -> int:
@@ -54,7 +63,7 @@ class RankSequences:
         """The rows of the given prompt indices only (indices keep their meaning)."""
         keep = np.isin(self.groups, np.asarray(list(group_ids), dtype=self.groups.dtype))
         return RankSequences(self.ranks[keep], self.groups[keep], self.first_decode_index,
-                             self.top_k)
+                             self.top_k, None if self.probs is None else self.probs[keep])
 
 
 def _contiguous(groups: np.ndarray) -> bool:
