@@ -7,7 +7,8 @@ retrieve table has ``P`` rows of ``D + 1`` columns (see ``buffers``):
 - ``tree_tokens`` ``[..., q]``: the token placed at each node;
 - ``logits`` ``[..., q, V]``: the base model's logits *after* each node;
 - ``retrieve_indices`` ``[P, D + 1]``: node numbers root-first, ``-1`` padded
-  (one tree, shared by every sequence of a batch).
+  (one tree, shared by every sequence of a batch), or ``[B, P, D + 1]`` when each
+  sequence verifies its own tree (dynamic trees).
 
 ``...`` is an optional batch dimension ``B`` (one decision per sequence). They
 return ``(best_row, accept_length)``, each ``[...]``: the chosen row and how many
@@ -58,6 +59,22 @@ class TypicalAcceptance:
 Acceptance = Literal["greedy"] | TypicalAcceptance
 
 
+def at_nodes(values: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
+    """``values[..., nodes]`` for per-node ``values [..., q]``, ``nodes`` shared ``[P, D]``
+    or per row ``[B, P, D]`` (a gather: fixed shapes, no host sync)."""
+    if nodes.dim() == 2:
+        return values[..., nodes]
+    return values.gather(-1, nodes.flatten(1)).view(nodes.shape)
+
+
+def select_rows(retrieve_indices: torch.Tensor, best_row: torch.Tensor) -> torch.Tensor:
+    """``[B, D + 1]``: row ``best_row[b]`` of the shared or per-row retrieve table."""
+    if retrieve_indices.dim() == 2:
+        return retrieve_indices.index_select(0, best_row)
+    index = best_row[:, None, None].expand(-1, 1, retrieve_indices.shape[-1])
+    return retrieve_indices.gather(1, index)[:, 0]
+
+
 def _longest_accepted(
     matches: torch.Tensor, retrieve_indices: torch.Tensor,
     log_probs: torch.Tensor | None = None,
@@ -69,7 +86,7 @@ def _longest_accepted(
     first such row without them. (Under greedy acceptance tied rows share their
     accepted nodes: only one child of a node can be the argmax.)
     """
-    matches = matches & (retrieve_indices[:, 1:] != PAD)
+    matches = matches & (retrieve_indices[..., 1:] != PAD)
     prefix = matches.long().cumprod(dim=-1)  # [..., P, D]
     accepted = prefix.sum(dim=-1)  # [..., P]
     # max/argmax(dim) return the first maximal index, and index without a host sync.
@@ -90,7 +107,7 @@ def greedy_accept(
     """
     nodes = retrieve_indices.clamp(min=0)
     predictions = logits.argmax(dim=-1)
-    matches = tree_tokens[..., nodes[:, 1:]] == predictions[..., nodes[:, :-1]]
+    matches = at_nodes(tree_tokens, nodes[..., 1:]) == at_nodes(predictions, nodes[..., :-1])
     return _longest_accepted(matches, retrieve_indices)
 
 
@@ -108,13 +125,13 @@ def typical_accept(
         torch.full_like(entropy, rule.posterior_threshold),
         rule.posterior_alpha * torch.exp(-entropy),
     )
-    parents = nodes[:, :-1]
+    parents = nodes[..., :-1]
     # probs[..., parent, token] as one gather over the flattened (node, vocab) axis:
     # fixed-shape and with no [..., P, D, V] intermediate.
     vocab = probs.shape[-1]
-    flat_index = parents * vocab + tree_tokens[..., nodes[:, 1:]]  # [..., P, D]
+    flat_index = parents * vocab + at_nodes(tree_tokens, nodes[..., 1:])  # [..., P, D]
     candidate_probs = probs.flatten(-2).gather(-1, flat_index.flatten(-2)).view(flat_index.shape)
-    matches = candidate_probs > threshold[..., parents]
+    matches = candidate_probs > at_nodes(threshold, parents)
     log_probs = torch.log(candidate_probs.clamp_min(torch.finfo(candidate_probs.dtype).tiny))
     return _longest_accepted(matches, retrieve_indices, log_probs)
 

@@ -30,12 +30,13 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from medusa_runtime.acceptance import Acceptance, TypicalAcceptance, accept
+from medusa_runtime.acceptance import Acceptance, TypicalAcceptance, accept, select_rows
 from medusa_runtime.architectures import (
     LogitTransform,
     attention_windows,
@@ -236,6 +237,7 @@ class TreeDecoder:
         return [t.clone() for t in self._state()]
 
     def _state(self) -> tuple[torch.Tensor, ...]:
+        """The tensors a step reads besides the cache (a per-step tree adds its layout)."""
         return (self.write_length, self.row_lengths, self.valid, self.key_positions,
                 self.tree_tokens)
 
@@ -323,6 +325,16 @@ class TreeDecoder:
         flat = torch.cat([root, top.transpose(0, 1).reshape(batch, -1)], dim=1)
         return flat[:, self.buffers.candidate_indices]
 
+    def _lay_out_next_tree(self, root: torch.Tensor, hidden: torch.Tensor) -> None:
+        """Place the next step's tree tokens (a per-step tree also lays out its shape)."""
+        self.tree_tokens.copy_(self._next_tree_tokens(root, hidden))
+
+    def _layout(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This step's ``(attention mask, position offsets, retrieve indices)``: the static
+        tree's buffers, shared by every row (a per-step tree gives ``[B, ...]`` ones)."""
+        buffers = self.buffers
+        return buffers.attention_mask, buffers.position_offsets, buffers.retrieve_indices
+
     def prefill(self, input_ids: torch.Tensor, pad_mask: torch.Tensor | None = None) -> None:
         """Run left-padded prompts ``[B, P]`` into an empty cache and lay out the first trees.
 
@@ -349,7 +361,7 @@ class TreeDecoder:
         offsets = (pad_mask.cumsum(dim=-1) - 1).clamp(min=0)  # true positions of real tokens
         hidden = self._forward(input_ids, block, offsets)[:, -1]  # [B, H]
         root = self._logits(hidden).argmax(dim=-1)
-        self.tree_tokens.copy_(self._next_tree_tokens(root, hidden))
+        self._lay_out_next_tree(root, hidden)
         self.valid[:, :length] = pad_mask
         self.write_length.fill_(length)
         self.row_lengths.copy_(pad_mask.sum(dim=-1))
@@ -359,16 +371,14 @@ class TreeDecoder:
 
     def _step(self) -> None:
         """One verification step for every row (fixed shapes, no host sync; see the module doc)."""
-        buffers = self.buffers
+        attention_mask, position_offsets, retrieve = self._layout()
         tokens = self.tree_tokens
-        hidden = self._forward(tokens, buffers.attention_mask, buffers.position_offsets)
+        hidden = self._forward(tokens, attention_mask, position_offsets)
         logits = self._logits(hidden)  # [B, q, V]
-        best_row, accept_length = accept(
-            self.acceptance, tokens, logits, buffers.retrieve_indices
-        )  # [B], [B]
+        best_row, accept_length = accept(self.acceptance, tokens, logits, retrieve)  # [B], [B]
         # Per-row gathers with index tensors, never t[0-dim tensor] (a host sync that
         # CUDA graph capture refuses).
-        paths = buffers.retrieve_indices.index_select(0, best_row).clamp(min=0)  # [B, D+1]
+        paths = select_rows(retrieve, best_row).clamp(min=0)  # [B, D+1]
         last_position = (accept_length - 1)[:, None]  # [B, 1]
         last_node = paths.gather(1, last_position)[..., None]  # [B, 1, 1]
         last_hidden = hidden.gather(1, last_node.expand(-1, -1, hidden.shape[-1]))[:, 0]
@@ -390,7 +400,7 @@ class TreeDecoder:
         emitted = emitted.scatter(1, last_position, root[:, None])  # candidates, next root
         self.emitted.copy_(emitted)
         self.accept_length.copy_(accept_length)
-        self.tree_tokens.copy_(self._next_tree_tokens(root, last_hidden))
+        self._lay_out_next_tree(root, last_hidden)
         self.row_lengths.add_(accept_length)
         self.write_length.add_(accept_length.max())  # the longest row sets the shared L
 
@@ -481,6 +491,19 @@ def _is_token_id(value: object) -> bool:
     if isinstance(value, torch.Tensor):
         return value.dim() == 0 and not value.is_floating_point() and value.dtype != torch.bool
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+class TreePolicy(Protocol):
+    """A tree chosen per step (e.g. ``medusa_runtime.dynamic.DynamicTree``): its size and
+    depth, and the decoder that runs it."""
+
+    @property
+    def num_tokens(self) -> int: ...
+
+    @property
+    def depth(self) -> int: ...
+
+    def make_decoder(self, **settings: Any) -> TreeDecoder: ...
 
 
 def _as_prompts(
@@ -578,7 +601,7 @@ class BatchGenerationResult:
 def generate_batch(
     model: nn.Module,
     heads: MedusaHeads | None,
-    tree: Tree,
+    tree: Tree | TreePolicy,
     input_ids: Prompts,
     max_new_tokens: int,
     acceptance: Acceptance = "greedy",
@@ -611,9 +634,11 @@ def generate_batch(
     cache_length = prompt.shape[1] + q + growth * max_new_tokens
     if compile_step:
         cache_length = -(-cache_length // COMPILED_CACHE_BUCKET) * COMPILED_CACHE_BUCKET
-    decoder = TreeDecoder(
-        model, heads, tree, cache_length, acceptance=acceptance, batch_size=batch,
-        compile_step=compile_step,
+    # A per-step policy (medusa_runtime.dynamic.DynamicTree) brings its own decoder.
+    make_decoder = getattr(tree, "make_decoder", None)
+    decoder = (make_decoder or partial(TreeDecoder, tree=tree))(
+        model=model, heads=heads, max_cache_len=cache_length, acceptance=acceptance,
+        batch_size=batch, compile_step=compile_step,
     )
     if any(not 0 <= token < decoder.vocab_size for row in rows for token in row):
         raise TreeoptError(f"input_ids must be token ids in [0, {decoder.vocab_size})")
@@ -669,7 +694,7 @@ def generate_batch(
 def generate(
     model: nn.Module,
     heads: MedusaHeads | None,
-    tree: Tree,
+    tree: Tree | TreePolicy,
     input_ids: Prompts,
     max_new_tokens: int,
     acceptance: Acceptance = "greedy",
@@ -691,6 +716,8 @@ def generate(
     ``result.cuda_graph`` and ``result.compiled`` say what ran; one-time
     compilation and capture are in ``result.setup_s``, not in the wall time.
     Raises TreeoptError before decoding if the tree does not fit the heads.
+    ``tree`` may also be a per-step policy (:class:`medusa_runtime.dynamic.DynamicTree`):
+    the same guarantee holds, the tree being chosen anew every step.
 
     ``input_ids`` may be text (one string or a list) with ``tokenizer``; each result
     then has ``text``, its new tokens decoded. Raises TreeoptError before decoding
