@@ -82,6 +82,12 @@ def test_profile_model_exact_ranks_targets_and_files(tmp_path: Path) -> None:
     np.testing.assert_array_equal(ranks[groups == 0], EXPECTED[(1, 3)])
     np.testing.assert_array_equal(ranks[groups == 1], EXPECTED[(0,)])
     assert saved.first_decode_index.tolist() == [0, 0] and saved.top_k == TOP_K
+    # Head probabilities beside the ranks: ShiftLM's heads score rank r as -r, so every
+    # position's top-k probabilities are softmax(0, -1, ..., -(V-1))[:top_k].
+    expected_probs = np.exp(-np.arange(8.0))[:TOP_K] / np.exp(-np.arange(8.0)).sum()
+    assert saved.probs is not None and saved.probs.shape == (8, NUM_HEADS, TOP_K)
+    np.testing.assert_allclose(saved.probs, np.broadcast_to(expected_probs, saved.probs.shape),
+                               rtol=2e-3)
     # load_profile attaches the same rank vectors
     loaded = load_profile(output)
     assert loaded.sequences is not None

@@ -101,6 +101,7 @@ class Profile:
         groups: Sequence[int] | np.ndarray | None = None,
         provenance: Mapping[str, Any] | None = None,
         first_decode_index: Sequence[int] | np.ndarray | None = None,
+        probs: np.ndarray | None = None,
     ) -> Profile:
         """Summarize measured rank vectors.
 
@@ -115,6 +116,8 @@ class Profile:
             first_decode_index: per prompt index, the row (within that prompt's
                 rows, which must be contiguous and in text order) where decoding's
                 first step is; given, the rank vectors are kept as ``sequences``.
+            probs: optional ``(N, K, top_k)`` head probabilities of each rank, kept
+                with the sequences (for per-step tree policies).
         """
         top_k = _positive_int(top_k, "top_k")
         array = np.asarray(ranks)
@@ -144,7 +147,7 @@ class Profile:
             return profile
         # Counted from these very rank vectors: nothing to check against.
         return replace(profile, sequences=RankSequences(
-            array, group_ids, np.asarray(first_decode_index, dtype=np.int64), top_k
+            array, group_ids, np.asarray(first_decode_index, dtype=np.int64), top_k, probs
         ))
 
     @classmethod

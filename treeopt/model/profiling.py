@@ -24,7 +24,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -227,12 +227,13 @@ def ranks_in_top_k(logits: Any, targets: Any, top_k: int) -> Any:
 def batch_rank_vectors(
     model: Any, heads: Any, batch: Sequence[Sequence_], top_k: int, include_prompt: bool,
     pad_token_id: int = 0,
-) -> tuple[list[np.ndarray], int]:
+) -> tuple[list[np.ndarray], int, list[np.ndarray]]:
     """Teacher-forced rank vectors of a batch: one (positions, K) int array per sequence.
 
     Also returns how many measured positions had a base-model argmax different from
     the continuation's next token (0 when the targets are this model's greedy
-    output, up to floating-point near-ties).
+    output, up to floating-point near-ties), and per sequence the heads' top-k
+    probabilities ``(positions, K, top_k)`` float16 (what a per-step tree policy sees).
     """
     import torch
 
@@ -260,14 +261,15 @@ def batch_rank_vectors(
             nexts.extend(seq.ids[t + 1] for t in positions)
             sizes.append(len(positions))
         if not rows:
-            return [np.zeros((0, num_heads), dtype=np.int16) for _ in batch], 0
+            empty = [np.zeros((0, num_heads), dtype=np.int16) for _ in batch]
+            return empty, 0, [np.zeros((0, num_heads, top_k), dtype=np.float16) for _ in batch]
         selected = hidden[torch.tensor(rows, device=hidden.device),
                           torch.tensor(cols, device=hidden.device)]
         target = torch.from_numpy(np.concatenate(targets)).to(hidden.device)
         next_tokens = torch.tensor(nexts, device=hidden.device)
         head_device = next(heads.parameters()).device
         chunk = max(1, LOGITS_PER_CHUNK // (num_heads * heads.config.vocab_size))
-        ranks, mismatches = [], 0
+        ranks, probs, mismatches = [], [], 0
         for begin in range(0, len(rows), chunk):
             h = selected[begin:begin + chunk]
             base_argmax = model.lm_head(h).argmax(dim=-1)
@@ -275,8 +277,12 @@ def batch_rank_vectors(
             logits = heads(h.unsqueeze(0).to(head_device))[:, 0]  # [K, n, V]
             r = ranks_in_top_k(logits, target[begin:begin + chunk].T.to(head_device), top_k)
             ranks.append(r.T.cpu())
+            top = torch.softmax(logits.float(), dim=-1).topk(min(top_k, logits.shape[-1])).values
+            probs.append(top.transpose(0, 1).to(torch.float16).cpu())  # [n, K, k]
         all_ranks = torch.cat(ranks).numpy().astype(np.int16)
-    return list(np.split(all_ranks, np.cumsum(sizes)[:-1])), mismatches
+        all_probs = torch.cat(probs).numpy()
+    cuts = np.cumsum(sizes)[:-1]
+    return list(np.split(all_ranks, cuts)), mismatches, list(np.split(all_probs, cuts))
 
 
 @dataclass
@@ -287,18 +293,27 @@ class RankResults:
     groups: list[np.ndarray]
     done: int = 0
     mismatches: int = 0
+    probs: list[np.ndarray] = field(default_factory=list)
 
     def stacked(self, num_heads: int) -> tuple[np.ndarray, np.ndarray]:
         if not self.ranks:
             return np.zeros((0, num_heads), dtype=np.int16), np.zeros(0, dtype=np.int32)
         return np.concatenate(self.ranks), np.concatenate(self.groups)
 
+    def stacked_probs(self) -> np.ndarray | None:
+        """``(N, K, top_k)`` head probabilities, or None if not all batches kept them."""
+        if not self.probs or sum(map(len, self.probs)) != sum(map(len, self.ranks)):
+            return None
+        return np.concatenate(self.probs)
+
 
 def _save_partial(path: Path, fingerprint: str, results: RankResults, num_heads: int) -> None:
     ranks, groups = results.stacked(num_heads)
+    probs = results.stacked_probs()
+    extra = {} if probs is None else {"probs": probs}
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, format=PARTIAL_FORMAT, fingerprint=fingerprint, ranks=ranks,
-                 groups=groups, done=results.done, mismatches=results.mismatches)
+                 groups=groups, done=results.done, mismatches=results.mismatches, **extra)
 
 
 def _load_partial(path: Path, fingerprint: str) -> RankResults:
@@ -311,7 +326,8 @@ def _load_partial(path: Path, fingerprint: str) -> RankResults:
                 f"{path} was made with other settings, model or prompts: delete it to start over"
             )
         return RankResults([data["ranks"]], [data["groups"]], int(data["done"]),
-                           int(data["mismatches"]))
+                           int(data["mismatches"]),
+                           [data["probs"]] if "probs" in data else [])
     except (OSError, ValueError, KeyError) as exc:
         raise TreeoptError(f"cannot read checkpoint {path}: {exc}; delete it") from None
 
@@ -351,9 +367,10 @@ def measure_ranks(
     try:
         while results.done < len(sequences):
             batch = sequences[results.done:results.done + settings.batch_size]
-            per_seq, mismatches = batch_rank_vectors(
+            per_seq, mismatches, per_seq_probs = batch_rank_vectors(
                 model, heads, batch, settings.top_k, settings.include_prompt
             )
+            results.probs.extend(per_seq_probs)
             for offset, ranks in enumerate(per_seq):
                 results.ranks.append(ranks)
                 results.groups.append(np.full(len(ranks), results.done + offset, dtype=np.int32))
@@ -448,7 +465,8 @@ def profile_model(
     }
     first = [len(s.prompt) - 1 if settings.include_prompt else 0 for s in sequences]
     profile = Profile.from_rank_vectors(ranks.astype(np.int64), settings.top_k, groups=groups,
-                                        provenance=info, first_decode_index=first)
+                                        provenance=info, first_decode_index=first,
+                                        probs=results.stacked_probs())
     write_profile(output, profile)  # and its rank vectors, for treeopt.optimize.replay
     checkpoint.unlink(missing_ok=True)
     return profile
