@@ -55,7 +55,9 @@ def parse_args() -> argparse.Namespace:
                                      epilog="\n".join(__doc__.splitlines()[1:]))
     parser.add_argument("-o", "--output", type=Path, required=True, help="JSON results file.")
     parser.add_argument("--plot", type=Path, help="Picture of tokens/step vs N (.png/.svg).")
-    parser.add_argument("--heads", type=Path, help="Trained heads to reuse (default: train).")
+    parser.add_argument("--heads", type=Path,
+                        help="Heads folder: reused if it exists, else trained and kept there "
+                             "(default: trained in a temporary folder).")
     parser.add_argument("--decode-size", type=int, default=16,
                         help="N for the runtime decode check (default 16).")
     return parser.parse_args()
@@ -131,7 +133,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         heads_dir = args.heads or work / "heads"
-        if args.heads is None:
+        if not heads_dir.exists():
             started = time.perf_counter()
             train_heads(model, tokenizer, train_ids, heads_dir,
                         TrainSettings(epochs=20, learning_rate=1e-2, batch_size=16,

@@ -126,6 +126,11 @@ def calibration_report(calibration: HeadCalibration, sequences: RankSequences,
         rows = reachable[:, depth]
         y = (np.arange(sequences.top_k)[None, :] == ranks[rows, depth][:, None]).reshape(-1)
         row: dict[str, float] = {"head": depth + 1, "samples": float(y.size)}
+        # The top candidate alone: what decides most choices, readable at a glance.
+        row["top1_observed"] = float(np.mean(ranks[rows, depth] == 0)) if rows.any() else math.nan
+        row["top1_raw"] = float(np.mean(probs[rows, depth, 0])) if rows.any() else math.nan
+        row["top1_calibrated"] = (float(np.mean(calibrated[rows, depth, 0])) if rows.any()
+                                  else math.nan)
         for name, predicted in (("raw", probs[rows, depth, :].reshape(-1)),
                                 ("calibrated", calibrated[rows, depth, :].reshape(-1))):
             row[f"brier_{name}"] = float(np.mean((predicted - y) ** 2)) if y.size else math.nan
