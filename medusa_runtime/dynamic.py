@@ -52,6 +52,10 @@ class DynamicTree:
         return self.pool.depth
 
     @property
+    def num_heads(self) -> int:
+        return self.pool.num_heads
+
+    @property
     def num_tokens(self) -> int:
         return self.size
 

@@ -133,13 +133,19 @@ def build(
     )
 
 
+def _figure(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     """Trees down, models of acceptance across (expected accept length, 4 decimals).
 
     A last column gives replayed tokens per decoding step when the profile has its
     rank vectors.
     """
-    models = list(dict.fromkeys(row["acceptance_model"] for row in rows))
+    # A per-step (dynamic) policy has no expected accept length under a static model.
+    models = list(dict.fromkeys(row["acceptance_model"] for row in rows
+                                if row["expected_accept_length"] is not None))
     trees = list(dict.fromkeys(row["tree"] for row in rows))
     by_key = {(row["tree"], row["acceptance_model"]): row for row in rows}
     replayed = any("tokens_per_step_replayed" in row for row in rows)
@@ -149,8 +155,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     for tree in trees:
         first = next(row for row in rows if row["tree"] == tree)
         body.append([tree, str(first["nodes"]), str(first["num_tokens"])] + [
-            f"{by_key[(tree, model)]['expected_accept_length']:.4f}" for model in models
-        ] + ([f"{first['tokens_per_step_replayed']:.4f}"] if replayed else []))
+            _figure(by_key.get((tree, model), {}).get("expected_accept_length"))
+            for model in models
+        ] + ([_figure(first.get("tokens_per_step_replayed"))] if replayed else []))
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) if i == 0 else cell.rjust(width)
                        for i, (cell, width) in enumerate(zip(line, widths, strict=True)))

@@ -22,7 +22,12 @@ PromptOption = Annotated[str, typer.Option("--prompt", help="Text to continue.")
 BaseModelOption = Annotated[str, typer.Option(
     "--model", "-m", help="Base model: registry name (vicuna-7b), folder, hub id.")]
 DecodeTreeOption = Annotated[str, typer.Option(
-    "--tree", help="Tree JSON file or shipped name (mc_sim_7b_63); 'root' = plain decoding.")]
+    "--tree", help="Tree JSON file or shipped name (mc_sim_7b_63); 'root' = plain decoding; "
+    "dynamic:N = a tree of N tokens chosen every step from the heads' probabilities "
+    "(needs --profile).")]
+CalibrationProfileOption = Annotated[str | None, typer.Option(
+    "--profile", "-p", help="With --tree dynamic:N: the measured profile (treeopt profile) "
+    "whose head probabilities calibrate the per-step choice.")]
 HeadsOption = Annotated[str | None, typer.Option(
     "--heads", help="Medusa heads folder or hub id (default: the model's registered heads).")]
 RandomHeadsOption = Annotated[bool, typer.Option(
@@ -59,6 +64,7 @@ def generate_command(
     device: DeviceOption = "cpu",
     dtype: LoadDtypeOption = "auto",
     compile_step: CompileStepOption = False,
+    profile: CalibrationProfileOption = None,
 ) -> None:
     """Generate text with Medusa tree decoding; print it and a one-line summary.
 
@@ -73,6 +79,8 @@ def generate_command(
       treeopt generate --model vicuna-7b --tree mc_sim_7b_63 --device cuda --prompt "Hi"
 
       treeopt generate --model ./llama --tree root --prompt "Once"   (plain decoding)
+
+      treeopt generate -m ./llama --heads H --tree dynamic:16 -p prof.json --prompt "Once"
     """
     import torch
 
@@ -80,11 +88,18 @@ def generate_command(
     from medusa_runtime.decode import generate
     from medusa_runtime.heads import MedusaConfig, MedusaHeads
     from treeopt.core.tree import Tree
+    from treeopt.files.profile_file import load_profile
     from treeopt.files.tree_file import load_tree
+    from treeopt.model.dynamic_trees import dynamic_tree
     from treeopt.model.loading import load_base_model, load_heads, resolve_device, resolve_model
+    from treeopt.optimize.evaluation import dynamic_size
 
     # Cheap checks first: the tree and options before the model loads.
-    chosen = Tree.empty() if tree == "root" else load_tree(tree)
+    size = dynamic_size(tree)
+    if (size is None) != (profile is None):
+        raise TreeoptError("--tree dynamic:N and --profile go together")
+    chosen = (Tree.empty() if tree == "root" else load_tree(tree) if size is None
+              else dynamic_tree(load_profile(profile), size))
     if random_heads and heads is not None:
         raise TreeoptError("give --heads or --random-heads, not both")
     if chosen.depth == 0 and (heads is not None or random_heads):

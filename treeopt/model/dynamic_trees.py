@@ -12,18 +12,6 @@ from treeopt.core.tree import Tree
 from treeopt.errors import TreeoptError
 from treeopt.optimize.dynamic import HeadCalibration, candidate_pool, fit_calibration
 
-DYNAMIC_PREFIX = "dynamic:"
-
-
-def parse_dynamic(spec: str) -> int | None:
-    """``"dynamic:16"`` -> 16; any other tree argument -> None; a bad size is an error."""
-    if not spec.startswith(DYNAMIC_PREFIX):
-        return None
-    text = spec[len(DYNAMIC_PREFIX):]
-    if not text.isdigit() or int(text) < 2:
-        raise TreeoptError(f"a dynamic tree is dynamic:N with N >= 2 tokens a step, not {spec!r}")
-    return int(text)
-
 
 def dynamic_tree(profile: Any, size: int, num_heads: int | None = None,
                  calibration: HeadCalibration | None = None) -> Any:

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from treeopt.core.profile import Profile
+from treeopt.errors import ParameterError
 
 
 def split_profile(profile: Profile, holdout: float | None, seed: int = 0
@@ -30,6 +31,39 @@ def default_models(profile: Profile) -> list[str]:
     return models
 
 
+DYNAMIC_PREFIX = "dynamic:"
+
+
+def dynamic_size(name: str) -> int | None:
+    """``"dynamic:16"`` -> 16 (a per-step tree policy of 16 tokens); other names -> None."""
+    if not name.startswith(DYNAMIC_PREFIX):
+        return None
+    text = name[len(DYNAMIC_PREFIX):]
+    if not text.isdigit() or int(text) < 2:
+        raise ParameterError("trees", f"a dynamic tree is dynamic:N with N >= 2, not {name!r}")
+    return int(text)
+
+
+def _dynamic_rows(policies: Sequence[tuple[str, int]], fitted: Profile, scored: Profile
+                  ) -> list[dict[str, Any]]:
+    """Replayed tokens per step of each dynamic policy, calibrated on ``fitted`` (the
+    training part with a held-out split) and scored on ``scored``."""
+    from treeopt.optimize.dynamic import dynamic_tokens_per_step, fit_calibration
+
+    if not policies:
+        return []
+    if fitted.sequences is None or scored.sequences is None:
+        raise ParameterError("trees", "dynamic trees are scored by replay: the profile needs "
+                             "its rank vectors and head probabilities (treeopt profile)")
+    calibration = fit_calibration(fitted.sequences)
+    return [{"tree": name, "nodes": size - 1, "num_tokens": size,
+             "acceptance_model": "per-step", "expected_accept_length": None,
+             "nodes_beyond_top_k": 0,
+             "tokens_per_step_replayed": dynamic_tokens_per_step(scored.sequences, calibration,
+                                                                 size)}
+            for name, size in policies]
+
+
 def evaluate_trees(
     trees: Sequence[str], profile_name: str, models: Sequence[str] | None = None,
     holdout: float | None = None, seed: int = 0,
@@ -41,7 +75,10 @@ def evaluate_trees(
     profile has rank vectors, + ``split`` with ``holdout``). With ``holdout`` the
     trees are scored on the held-out prompts and an ``oracle-N`` row per tree size
     gives the tree built on those very prompts. ``models`` defaults to
-    :func:`default_models` of the scored profile.
+    :func:`default_models` of the scored profile. A tree named ``dynamic:N`` is the
+    per-step policy of :mod:`treeopt.optimize.dynamic` at N tokens: calibrated on the
+    training part (the whole profile without ``holdout``) and scored by replay only
+    (its ``expected_accept_length`` is None).
     """
     from treeopt.files.profile_file import load_profile
     from treeopt.files.tree_file import load_tree
@@ -50,9 +87,10 @@ def evaluate_trees(
     from treeopt.optimize.replay import tokens_per_step
 
     full = load_profile(profile_name)
-    _, heldout = split_profile(full, holdout, seed)
+    fitted, heldout = split_profile(full, holdout, seed)
     scored = full if heldout is None else heldout
-    loaded = [(name, load_tree(name)) for name in trees]
+    dynamic = [(name, size) for name in trees if (size := dynamic_size(name)) is not None]
+    loaded = [(name, load_tree(name)) for name in trees if dynamic_size(name) is None]
     beyond = {name: sum(1 for path in tree.paths if max(path) >= scored.top_k)
               for name, tree in loaded}
     replayed: dict[str, float] = {}
@@ -83,6 +121,7 @@ def evaluate_trees(
                 if replayed:
                     rows[-1]["tokens_per_step_replayed"] = tokens_per_step(
                         oracle.tree, scored.sequences)
+    rows += _dynamic_rows(dynamic, fitted, scored)
     for row in rows:
         row["profile"] = profile_name
         if holdout is not None:
