@@ -6,7 +6,7 @@ torch, transformers and medusa_runtime are imported inside the verb only.
 from __future__ import annotations
 
 from enum import Enum
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -51,6 +51,23 @@ CompileStepOption = Annotated[bool, typer.Option(
                       "kernels; worth it for long outputs on a GPU).")]
 
 
+def decode_tree(tree: str, profile: str | None) -> Any:
+    """The tree ``--tree`` names: a file or shipped name, ``root``, or ``dynamic:N`` (a
+    per-step policy calibrated on ``--profile``)."""
+    from treeopt.core.tree import Tree
+    from treeopt.files.profile_file import load_profile
+    from treeopt.files.tree_file import load_tree
+    from treeopt.model.dynamic_trees import dynamic_tree
+    from treeopt.optimize.evaluation import dynamic_size
+
+    size = dynamic_size(tree)
+    if (size is None) != (profile is None):
+        raise TreeoptError("--tree dynamic:N and --profile go together")
+    if size is not None:
+        return dynamic_tree(load_profile(profile), size)
+    return Tree.empty() if tree == "root" else load_tree(tree)
+
+
 def generate_command(
     prompt: PromptOption,
     model: BaseModelOption,
@@ -78,8 +95,6 @@ def generate_command(
 
       treeopt generate --model vicuna-7b --tree mc_sim_7b_63 --device cuda --prompt "Hi"
 
-      treeopt generate --model ./llama --tree root --prompt "Once"   (plain decoding)
-
       treeopt generate -m ./llama --heads H --tree dynamic:16 -p prof.json --prompt "Once"
     """
     import torch
@@ -87,19 +102,10 @@ def generate_command(
     from medusa_runtime.acceptance import TypicalAcceptance
     from medusa_runtime.decode import generate
     from medusa_runtime.heads import MedusaConfig, MedusaHeads
-    from treeopt.core.tree import Tree
-    from treeopt.files.profile_file import load_profile
-    from treeopt.files.tree_file import load_tree
-    from treeopt.model.dynamic_trees import dynamic_tree
     from treeopt.model.loading import load_base_model, load_heads, resolve_device, resolve_model
-    from treeopt.optimize.evaluation import dynamic_size
 
     # Cheap checks first: the tree and options before the model loads.
-    size = dynamic_size(tree)
-    if (size is None) != (profile is None):
-        raise TreeoptError("--tree dynamic:N and --profile go together")
-    chosen = (Tree.empty() if tree == "root" else load_tree(tree) if size is None
-              else dynamic_tree(load_profile(profile), size))
+    chosen = decode_tree(tree, profile)
     if random_heads and heads is not None:
         raise TreeoptError("give --heads or --random-heads, not both")
     if chosen.depth == 0 and (heads is not None or random_heads):
