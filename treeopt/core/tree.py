@@ -43,6 +43,8 @@ def _coerce_path(raw: object) -> Path:
         raise TreeError(f"path {raw!r} is not a list of ranks")
     if len(raw) == 0:
         raise TreeError("empty path [] (the root is implicit; list only its descendants)")
+    if set(map(type, raw)) == {int} and min(raw) >= 0:  # the common case, at C speed
+        return tuple(raw)
     for rank in raw:
         # bool is an int subclass, but True as a rank is a typo, not a rank.
         if not is_integer(rank):

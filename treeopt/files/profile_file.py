@@ -11,12 +11,16 @@ from typing import Any
 
 import numpy as np
 
-from treeopt.core.atomic import atomic_write_text
+from treeopt.core.atomic import atomic_write_text, output_set, remove_output
 from treeopt.core.profile import FORMAT, PROBABILITY_TOLERANCE, JointCounts, Profile, ProfileGroup
 from treeopt.core.tree import format_path
 from treeopt.errors import TreeoptError
 from treeopt.files.jsondoc import check_format, check_schema, shipped_schema
 from treeopt.files.ranks_file import load_rank_sequences, ranks_path, save_rank_sequences
+
+# The profile's record of its rank vectors (order included: a shuffled or swapped
+# .ranks.npz summarizes to the same counts but replays a different walk).
+RANKS_DIGEST = "rank_vectors_sha256"
 
 
 # ------------------------------------------------------------------ JSON I/O
@@ -52,6 +56,8 @@ def profile_to_json(profile: Profile) -> dict[str, Any]:
             for group in profile.groups
         ]
     data["provenance"] = profile.provenance
+    if profile.sequences is not None:
+        data[RANKS_DIGEST] = profile.sequences.digest()
     return data
 
 
@@ -140,11 +146,20 @@ def _check_groups_add_up(
         raise TreeoptError("groups do not add up to the profile's marginal")
 
 
+def _profile_and_digest(data: Any) -> tuple[Profile, str | None]:
+    profile = profile_from_json(data)
+    digest = data.get(RANKS_DIGEST)
+    if digest is not None and not (isinstance(digest, str) and len(digest) == 64
+                                   and all(char in "0123456789abcdef" for char in digest)):
+        raise TreeoptError(f"{RANKS_DIGEST} must be 64 hex digits, not {digest!r:.80}")
+    return profile, digest
+
+
 def read_profile(path: str | os.PathLike[str]) -> Profile:
     """Read and validate a ``treeopt.profile/1`` file."""
     from treeopt.files.jsondoc import read_document
 
-    return read_document(path, "profile", profile_from_json)
+    return read_document(path, "profile", _profile_and_digest)[0]
 
 
 def load_profile(name_or_path: str | os.PathLike[str]) -> Profile:
@@ -157,14 +172,24 @@ def load_profile(name_or_path: str | os.PathLike[str]) -> Profile:
 
     candidate = FilePath(name_or_path)
     if names_a_file(candidate):
-        profile = read_profile(candidate)
+        from treeopt.files.jsondoc import read_document
+
+        profile, recorded = read_document(candidate, "profile", _profile_and_digest)
         sidecar = ranks_path(candidate)
-        if not sidecar.is_file():
+        if not (sidecar.exists() or sidecar.is_symlink()):
             return profile
+        sequences = load_rank_sequences(sidecar, profile.top_k)  # its errors name it
         try:
-            return profile.with_sequences(load_rank_sequences(sidecar, profile.top_k))
+            attached = profile.with_sequences(sequences)
         except TreeoptError as exc:
             raise TreeoptError(f"{sidecar}: {exc}") from None
+        if recorded is not None and recorded != sequences.digest():
+            raise TreeoptError(
+                f"{sidecar}: the rank vectors are not the ones {candidate} was made from "
+                f"(reordered or from another run): re-run treeopt profile, or delete the "
+                f"stale .ranks.npz file"
+            )
+        return attached
     from treeopt.files.shipped import shipped_profile_path
 
     return read_profile(shipped_profile_path(str(name_or_path)))
@@ -194,9 +219,10 @@ def write_profile(path: str | os.PathLike[str], profile: Profile) -> None:
     there is removed otherwise), so :func:`load_profile` gets the same profile back.
     """
     sidecar = ranks_path(path)
-    if profile.sequences is not None:
-        save_rank_sequences(sidecar, profile.sequences)
-    else:
-        sidecar.unlink(missing_ok=True)
-    atomic_write_text(path, dumps(profile))
+    with output_set():  # the profile and its rank vectors: both written, or neither
+        if profile.sequences is not None:
+            save_rank_sequences(sidecar, profile.sequences)
+        else:
+            remove_output(sidecar)
+        atomic_write_text(path, dumps(profile))
 

@@ -1,4 +1,8 @@
 """Rank-vector files (``PROFILE.json.ranks.npz``): ordered rank vectors beside a profile.
+
+Reading checks every array's dtype, shape and range (:class:`RankSequences`) and
+turns every way the file can be broken (empty, truncated, not an ``.npz``, a
+plain array, pickled objects) into one line naming it.
 """
 
 from __future__ import annotations
@@ -10,9 +14,10 @@ import numpy as np
 
 from treeopt.core.atomic import atomic_path
 from treeopt.core.ranks import RankSequences
-from treeopt.errors import TreeoptError
+from treeopt.errors import TreeoptError, first_line
 
 RANKS_SUFFIX = ".ranks.npz"
+ARRAYS = ("ranks", "groups", "first_decode_index")
 
 
 def ranks_path(profile_path: str | os.PathLike[str]) -> FilePath:
@@ -34,16 +39,41 @@ def save_rank_sequences(path: str | os.PathLike[str], sequences: RankSequences) 
 
 
 def load_rank_sequences(path: str | os.PathLike[str], top_k: int | None = None) -> RankSequences:
-    """Read what :func:`save_rank_sequences` wrote (``top_k`` for files without one)."""
+    """Read what :func:`save_rank_sequences` wrote (``top_k`` for files without one).
+
+    One-line TreeoptError naming ``path`` for a file that is not such an ``.npz``
+    or whose arrays are not valid rank vectors.
+    """
+    where = f"rank vectors {path}"
     try:
-        with np.load(path, allow_pickle=False) as data:
-            stored = int(data["top_k"]) if "top_k" in data else top_k
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise TreeoptError(f"{where}: a plain array, not an .npz of {', '.join(ARRAYS)}")
+        with loaded as data:
+            missing = [name for name in ARRAYS if name not in data.files]
+            if missing:
+                raise TreeoptError(f"{where}: missing {', '.join(missing)}")
+            stored = top_k
+            if "top_k" in data.files:
+                value = data["top_k"]
+                if value.shape != () or not np.issubdtype(value.dtype, np.integer):
+                    raise TreeoptError(f"{where}: top_k must be one integer")
+                stored = int(value)
             if stored is None:
-                raise KeyError("top_k")
-            probs = data["probs"].astype(np.float32) if "probs" in data else None
-            return RankSequences(data["ranks"], data["groups"], data["first_decode_index"],
-                                 stored, probs)
-    except (OSError, ValueError, KeyError) as exc:
-        raise TreeoptError(f"cannot read rank vectors {path}: {exc}") from None
-
-
+                raise TreeoptError(f"{where}: missing top_k")
+            arrays = [data[name] for name in ARRAYS]
+            probs = data["probs"] if "probs" in data.files else None
+            if probs is not None and np.issubdtype(probs.dtype, np.floating):
+                probs = probs.astype(np.float32)
+    except TreeoptError:
+        raise
+    except FileNotFoundError:
+        raise TreeoptError(f"cannot read {where}: no such file") from None
+    except Exception as exc:  # numpy, zipfile and zlib raise a dozen kinds for broken files
+        reason = "empty file" if FilePath(path).is_file() and not FilePath(path).stat().st_size \
+            else first_line(exc)
+        raise TreeoptError(f"cannot read {where}: {reason}") from None
+    try:
+        return RankSequences(*arrays, stored, probs)
+    except TreeoptError as exc:
+        raise TreeoptError(f"{where}: {exc}") from None

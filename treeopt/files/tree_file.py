@@ -54,9 +54,14 @@ def document_from_json(data: Any) -> TreeDocument:
     paths = data.get("paths")
     if not isinstance(paths, list):
         raise TreeoptError("\"paths\" must be a list of rank lists")
-    tree = Tree.from_paths(paths, num_heads=num_heads)
-    check_schema(data, schema(), "tree file")
+    tree = Tree.from_paths(paths, num_heads=num_heads)  # as strict as the schema's "paths"
+    check_schema(data, schema(), "tree file", checked=("paths",))
     expected = data.get("expected_accept_length")
+    if expected is not None and expected > tree.depth + 1:
+        raise TreeoptError(
+            f"expected_accept_length {expected} is more than a tree of depth {tree.depth} "
+            f"can accept per step ({tree.depth + 1}, the root included)"
+        )
     return TreeDocument(tree, None if expected is None else float(expected),
                         dict(data.get("provenance") or {}))
 
