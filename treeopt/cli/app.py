@@ -269,14 +269,10 @@ def import_tree(
       treeopt import choices.json --from trtllm --num-heads 5 -o tree.json
     """
     from treeopt.files.engines import import_text
+    from treeopt.files.jsondoc import read_text
     from treeopt.files.tree_file import write_tree
 
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise TreeoptError(f"cannot read {file}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise TreeoptError(f"cannot read {file}: not UTF-8 text") from None
+    text = read_text(file, from_.value)
     try:
         tree = import_text(text, from_.value, num_heads=num_heads, name=name)
     except TreeoptError as exc:

@@ -25,6 +25,9 @@ if TYPE_CHECKING:  # networkx is only imported when a graph view is asked for
 
 Path = tuple[int, ...]
 ROOT: Path = ()
+# A rank indexes a head's vocabulary-sized distribution: no tokenizer reaches 2**20
+# (about a million) tokens, so a larger rank is a corrupt file, not a candidate.
+MAX_RANK = 2**20 - 1
 
 
 def canonical_key(path: Path) -> tuple[int, Path]:
@@ -40,17 +43,21 @@ def format_path(path: Sequence[object]) -> str:
 def _coerce_path(raw: object) -> Path:
     """Turn one raw path (list or tuple of ints) into a tuple, or raise TreeError."""
     if not isinstance(raw, (list, tuple)):
-        raise TreeError(f"path {raw!r} is not a list of ranks")
+        raise TreeError(f"path {raw!r:.80} is not a list of ranks")
     if len(raw) == 0:
         raise TreeError("empty path [] (the root is implicit; list only its descendants)")
-    if set(map(type, raw)) == {int} and min(raw) >= 0:  # the common case, at C speed
-        return tuple(raw)
+    if set(map(type, raw)) == {int} and min(raw) >= 0 and max(raw) <= MAX_RANK:
+        return tuple(raw)  # the common case, checked at C speed
     for rank in raw:
         # bool is an int subclass, but True as a rank is a typo, not a rank.
         if not is_integer(rank):
-            raise TreeError(f"rank {rank!r} in path {format_path(raw)} is not an integer")
+            raise TreeError(f"rank {rank!r:.40} in path {format_path(raw):.80} is not an integer")
         if rank < 0:
-            raise TreeError(f"rank {rank} in path {format_path(raw)} is negative")
+            raise TreeError(f"rank {rank} in path {format_path(raw):.80} is negative")
+        if rank > MAX_RANK:
+            raise TreeError(f"a rank of {int(rank).bit_length()} bits in path "
+                            f"{format_path(raw):.80} is larger than any vocabulary "
+                            f"(at most {MAX_RANK})")
     return tuple(raw)
 
 

@@ -175,7 +175,9 @@ def arch_from_hf_config(config: dict[str, Any], name: str) -> ArchShape:
             f"needed; or a named arch: {known_archs()})"
         )
     heads = config["num_attention_heads"]
-    kv_heads = config.get("num_key_value_heads") or heads
+    kv_heads = config.get("num_key_value_heads")
+    if kv_heads is None:  # absent or null: multi-head attention; 0 is an error, not MHA
+        kv_heads = heads
     head_dim = config.get("head_dim")
     if head_dim is None:
         if not isinstance(heads, int) or heads < 1:

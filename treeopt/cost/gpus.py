@@ -18,6 +18,7 @@ Only ``peak_tflops`` (dense fp16/bf16) and ``bandwidth_gbs`` are required;
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -53,8 +54,11 @@ class GPUSpec:
     def __post_init__(self) -> None:
         for field_name in ("peak_tflops", "bandwidth_gbs"):
             value = getattr(self, field_name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-                raise TreeoptError(f"GPU {self.name}: {field_name} must be positive, not {value!r}")
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 \
+                    or not math.isfinite(value):
+                raise TreeoptError(
+                    f"GPU {self.name}: {field_name} must be a positive finite number, not {value!r}"
+                )
 
     @property
     def peak_flops(self) -> float:

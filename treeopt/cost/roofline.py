@@ -31,6 +31,7 @@ imports torch and :func:`fit_device_profile` numpy inside.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -160,11 +161,25 @@ class DeviceProfile:
             raise TreeoptError(f"{where} is not a {DEVICE_PROFILE_FORMAT} object")
         for key in ("peak_tflops", "bandwidth_gbs"):
             value = data.get(key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise TreeoptError(f"{where}: {key} must be a positive number, not {value!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
+                    or not math.isfinite(value):
+                raise TreeoptError(
+                    f"{where}: {key} must be a positive finite number, not {value!r:.40}")
         overhead = data.get("kernel_overhead_us", 0.0)
-        if isinstance(overhead, bool) or not isinstance(overhead, (int, float)) or overhead < 0:
-            raise TreeoptError(f"{where}: kernel_overhead_us must be >= 0, not {overhead!r}")
+        if isinstance(overhead, bool) or not isinstance(overhead, (int, float)) or \
+                not 0 <= overhead < math.inf:
+            raise TreeoptError(f"{where}: kernel_overhead_us must be >= 0, not {overhead!r:.40}")
+        for key in ("compute_fraction", "bandwidth_fraction"):
+            value = data.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not 0 <= value < math.inf):
+                raise TreeoptError(f"{where}: {key} must be a number >= 0, not {value!r:.40}")
+        if not isinstance(data.get("device"), str):
+            raise TreeoptError(f"{where}: device must be a string naming the device")
+        for key, kind in (("dtype", str), ("spec", dict), ("fit", dict)):
+            value = data.get(key)
+            if value is not None and not isinstance(value, kind):
+                raise TreeoptError(f"{where}: {key} must be a {kind.__name__}, not {value!r:.40}")
         known = {name for name in cls.__dataclass_fields__}
         return cls(**{key: value for key, value in data.items() if key in known})
 

@@ -23,7 +23,8 @@ def read_accuracy_csv(path: str | os.PathLike[str], model: str) -> tuple[str, li
     are 1..H without gaps. One-line TreeoptError naming the file otherwise.
     """
     try:
-        with open(path, newline="", encoding="utf-8") as handle:
+        # utf-8-sig: spreadsheet programs start a UTF-8 CSV with a byte-order mark
+        with open(path, newline="", encoding="utf-8-sig") as handle:
             reader = csv.DictReader(handle, restkey=EXTRA_CELLS)
             records = list(reader)
             columns = [str(name) for name in reader.fieldnames or []]

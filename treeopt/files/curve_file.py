@@ -73,27 +73,28 @@ def read_curve(path: str | os.PathLike[str]) -> Curve:
             isinstance(row, dict) for row in data["rows"]
         ):
             raise TreeoptError(f"{path}: \"rows\" must be a list of objects")
+        if not isinstance(data.get("provenance") or {}, dict):
+            raise TreeoptError(f"{path}: \"provenance\" must be an object")
         return _prefixed(path, lambda: make_curve(data["rows"], data.get("provenance") or {}))
-    try:
-        text = FilePath(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise TreeoptError(f"curve file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TreeoptError(f"cannot read curve file {path}: {exc}") from None
+    from treeopt.files.jsondoc import parse_json, read_text
+
+    text = read_text(path, "curve")
     lines = text.splitlines()
     provenance: dict[str, Any] = {}
     if lines and lines[0].startswith("#"):
         header = lines.pop(0)[1:].strip()
         if header.startswith(FORMAT):
-            try:
-                provenance = json.loads(header[len(FORMAT):].strip() or "{}")
-            except json.JSONDecodeError:
-                raise TreeoptError(f"{path}: provenance comment is not JSON") from None
-    reader = csv.DictReader(lines)
-    rows = [
-        {key: _csv_value(value) for key, value in row.items() if key is not None}
-        for row in reader
-    ]
+            provenance = parse_json(header[len(FORMAT):].strip() or "{}",
+                                    f"{path}: provenance comment")
+            if not isinstance(provenance, dict):
+                raise TreeoptError(f"{path}: provenance comment is not a JSON object")
+    try:
+        rows = [
+            {key: _csv_value(value) for key, value in row.items() if key is not None}
+            for row in csv.DictReader(lines)
+        ]
+    except csv.Error as exc:
+        raise TreeoptError(f"{path}: not CSV: {exc}") from None
     return _prefixed(path, lambda: make_curve(rows, provenance))
 
 

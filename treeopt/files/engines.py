@@ -371,14 +371,14 @@ def parse_paths(text: str, name: str | None = None) -> list[list[int]]:
     value = _literal_value(text, name)
     if isinstance(value, dict) and "speculative_token_tree" in value:  # a vLLM config
         value = value["speculative_token_tree"]
-    if isinstance(value, str):  # vLLM's config holds the tree as a string
-        return parse_paths(value)
+    if isinstance(value, str):  # vLLM's config holds the tree as a string (one level only)
+        value = _literal_value(value, None)
     if not isinstance(value, (list, tuple)):
         raise TreeoptError(f"not a list of paths: got a {type(value).__name__}")
     paths = []
     for raw in value:
         if not isinstance(raw, (list, tuple)):
-            raise TreeoptError(f"path {raw!r} is not a list or tuple of ranks")
+            raise TreeoptError(f"path {raw!r:.80} is not a list or tuple of ranks")
         paths.append(list(raw))
     return paths
 

@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterable
 from functools import cache
 from importlib import resources
 from itertools import accumulate
-from pathlib import Path
 from typing import Any, TypeVar
 
 from treeopt.errors import TreeoptError

@@ -6,6 +6,7 @@ every file is written through :func:`treeopt.core.atomic.atomic_path`.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,10 +39,12 @@ def _save(figure: Any, path: str | os.PathLike[str]) -> Path:
     from treeopt.core.atomic import atomic_path
     from treeopt.pictures.plots import plot_format
 
-    fmt = plot_format(path)
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format=fmt, dpi=DPI, bbox_inches="tight")
-    _pyplot().close(figure)
+    try:
+        fmt = plot_format(path)
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, format=fmt, dpi=DPI, bbox_inches="tight")
+    finally:
+        _pyplot().close(figure)
     return Path(path)
 
 
@@ -109,8 +112,26 @@ def plot_simulation(rows: Sequence[dict[str, Any]], directory: str | os.PathLike
     contexts = sorted({row["context"] for row in rows})
     if not rows:
         raise TreeoptError("nothing to plot: no setting fits in the GPU's memory")
+    from treeopt.core.atomic import output_set
+
     folder = Path(directory)
-    folder.mkdir(exist_ok=True)  # its parent was checked when the option was parsed
+    made = not folder.exists()
+    try:
+        folder.mkdir(exist_ok=True)  # its parent was checked when the option was parsed
+    except OSError as exc:
+        raise TreeoptError(f"cannot create folder {folder}: {exc.strerror or exc}") from None
+    try:
+        with output_set():  # the three figures: all written, or none
+            return _simulation_figures(plt, rows, batches, contexts, folder, title)
+    except BaseException:
+        if made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if still empty: nothing of the user's is removed
+        raise
+
+
+def _simulation_figures(plt: Any, rows: Sequence[dict[str, Any]], batches: list[int],
+                        contexts: list[int], folder: Path, title: str) -> list[Path]:
     written = []
 
     batch, context = _nearest(batches, OVERVIEW_BATCH), _nearest(contexts, OVERVIEW_CONTEXT)

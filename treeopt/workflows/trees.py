@@ -80,6 +80,7 @@ def build_to_files(settings: BuildSettings) -> BuiltTree:
     Guarantees the tree written (or returned as text) is ``result.tree`` with
     ``result.expected_accept_length``, and the curve's row n is ``result.curve[n - 1]``.
     """
+    from treeopt.core.atomic import output_set
     from treeopt.files.curve_file import curve_suffix, write_curve
     from treeopt.files.profile_file import load_profile
     from treeopt.files.tree_file import TreeDocument, dumps, write_tree
@@ -96,15 +97,17 @@ def build_to_files(settings: BuildSettings) -> BuiltTree:
     )
     facts = build_provenance(settings, loaded, result)
     note = budget_shortfall(result, settings.engine)
-    if settings.curve is not None:
-        rows = [{"num_tokens": n, "expected_accept_length": value}
-                for n, value in enumerate(result.curve, start=1)]
-        write_curve(settings.curve, rows, facts)
+    with output_set():  # the tree and its curve: both written, or neither
+        if settings.curve is not None:
+            rows = [{"num_tokens": n, "expected_accept_length": value}
+                    for n, value in enumerate(result.curve, start=1)]
+            write_curve(settings.curve, rows, facts)
+        if settings.output is not None:
+            write_tree(settings.output, result.tree, result.expected_accept_length, facts)
     if settings.output is None:
         return BuiltTree(result, facts,
                          dumps(TreeDocument(result.tree, result.expected_accept_length, facts)),
                          note)
-    write_tree(settings.output, result.tree, result.expected_accept_length, facts)
     return BuiltTree(result, facts, None, note)
 
 

@@ -42,7 +42,7 @@ class TuneSettings:
     output: Path | None = None
     curve: Path | None = None
     plot: Path | None = None
-    say: Callable[[str], None] = _quiet  # which latency file is used, before tuning
+    say: Callable[[str], None] = _quiet  # which latency file is used, once it proved good
 
 
 @dataclass(frozen=True)
@@ -103,9 +103,6 @@ def tune_to_files(settings: TuneSettings) -> TuneOutcome:
     tables = [(name, load_latency(name)) for name in dict.fromkeys(map(str, settings.latency))]
     latency_file, table = prefer_measured(tables)
     passed_over = [name for name, _ in tables if name != latency_file]
-    settings.say(f"latency: {latency_file}: {table.describe()}")
-    if passed_over:
-        settings.say(f"  (preferred over {', '.join(passed_over)})")
     tuned = tune_tree(load_profile(settings.profile), table, settings.batch, settings.context,
                       settings.max_budget, settings.acceptance_model, engine=settings.engine)
     result = tuned.result
@@ -114,6 +111,10 @@ def tune_to_files(settings: TuneSettings) -> TuneOutcome:
             f"at batch {result.batch}, context {result.context} no tree beats plain "
             f"decoding on {table.device} (best size 1): nothing to write"
         )
+    # Said once the inputs proved good: a bad table or profile is one error line alone.
+    settings.say(f"latency: {latency_file}: {table.describe()}")
+    if passed_over:
+        settings.say(f"  (preferred over {', '.join(passed_over)})")
     batches = batch_view(tuned.accept_curve, table, result.context, tuned.max_budget)
     schedule = None
     if settings.engine == "vllm-medusa":
@@ -123,18 +124,21 @@ def tune_to_files(settings: TuneSettings) -> TuneOutcome:
         schedule = vllm_batch_schedule(chain_lengths_per_batch(batches))
     facts = tune_provenance(settings, latency_file, table, tuned)
     rows = curve_rows(result, table.latency_curve(result.batch, result.context))
-    if settings.curve is not None:
-        from treeopt.files.curve_file import write_curve
+    from treeopt.core.atomic import output_set
 
-        write_curve(settings.curve, rows, facts)
-    if settings.plot is not None:
-        from treeopt.pictures.plots import plot_curve
+    with output_set():  # curve, plot and tree: all written, or none
+        if settings.curve is not None:
+            from treeopt.files.curve_file import write_curve
 
-        plot_curve(rows, settings.plot, plot_title(settings, table, result))
-    if settings.output is not None:
-        from treeopt.files.tree_file import write_tree
+            write_curve(settings.curve, rows, facts)
+        if settings.plot is not None:
+            from treeopt.pictures.plots import plot_curve
 
-        write_tree(settings.output, tuned.tree, tuned.score, facts)
+            plot_curve(rows, settings.plot, plot_title(settings, table, result))
+        if settings.output is not None:
+            from treeopt.files.tree_file import write_tree
+
+            write_tree(settings.output, tuned.tree, tuned.score, facts)
     return TuneOutcome(latency_file, passed_over, table, tuned, batches, facts, schedule)
 
 
