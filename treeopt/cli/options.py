@@ -7,6 +7,7 @@ Nothing here imports torch.
 
 from __future__ import annotations
 
+import math
 import os
 from enum import Enum
 from pathlib import Path
@@ -99,6 +100,16 @@ def picture_file(value: Path | None) -> Path | None:
         from treeopt.pictures.render import output_format
 
         output_format(check_output_path(value))
+    return value
+
+
+def finite_number(value: float, option: str, low: float = -math.inf,
+                  high: float = math.inf) -> float:
+    """Check a float option is a finite number in ``[low, high]`` (NaN and inf refused)."""
+    if not (math.isfinite(value) and low <= value <= high):
+        bounds = f" in [{low:g}, {high:g}]" if math.isfinite(high) else (
+            f" >= {low:g}" if math.isfinite(low) else "")
+        raise TreeoptError(f"{option} must be a finite number{bounds}, not {value}")
     return value
 
 

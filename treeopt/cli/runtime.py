@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from treeopt.cli.options import finite_number
 from treeopt.errors import TreeoptError
 
 
@@ -40,9 +41,11 @@ AcceptanceRuleOption = Annotated[AcceptanceRule, typer.Option(
     help="greedy: output equals plain greedy decoding. typical: Medusa's typical "
     "acceptance (accepts more, output may differ).")]
 ThresholdOption = Annotated[float, typer.Option(
-    help="typical: epsilon, the probability cap of the threshold.")]
+    callback=lambda value: finite_number(value, "--posterior-threshold", 0.0, 1.0),
+    help="typical: epsilon, the probability cap of the threshold (0..1).")]
 AlphaOption = Annotated[float, typer.Option(
-    help="typical: delta, scale of exp(-entropy) in the threshold.")]
+    callback=lambda value: finite_number(value, "--posterior-alpha", 0.0),
+    help="typical: delta, scale of exp(-entropy) in the threshold (>= 0).")]
 DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ...")]
 LoadDtypeOption = Annotated[str, typer.Option(
     help="auto (the checkpoint's), bf16, fp16 or fp32 (or torch's names).")]
