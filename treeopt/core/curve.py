@@ -99,7 +99,7 @@ def make_row(raw: CurveRow | Mapping[str, Any], where: str = "row") -> CurveRow:
         num_tokens = int(tokens) if not isinstance(tokens, bool) else -1
         if isinstance(tokens, float) and tokens != num_tokens:
             num_tokens = -1
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         num_tokens = -1
     if num_tokens < 1:
         raise TreeoptError(f"{where}: num_tokens must be an integer >= 1, not {tokens!r}")

@@ -180,8 +180,10 @@ def arch_from_hf_config(config: dict[str, Any], name: str) -> ArchShape:
         kv_heads = heads
     head_dim = config.get("head_dim")
     if head_dim is None:
-        if not isinstance(heads, int) or heads < 1:
-            raise TreeoptError(f"{name}: num_attention_heads must be a positive integer")
+        for key in ("num_attention_heads", "hidden_size"):
+            value = config[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise TreeoptError(f"{name}: {key} must be a positive integer, not {value!r:.40}")
         head_dim = config["hidden_size"] // heads
     window = config.get("sliding_window")
     if config.get("use_sliding_window") is False:
