@@ -242,21 +242,26 @@ def _state(folder: Path) -> dict[str, bytes]:
 VERB_NAMES = list(_verbs(Path("o"), Path("i")))
 
 
+def every_verb_refuses(folder: Path, inputs: Path, reason: str) -> None:
+    """Each writing verb into ``folder`` fails in one line giving ``reason``; nothing changes."""
+    before = _state(folder)
+    failures = []
+    for name, args in _verbs(folder, inputs).items():
+        result = invoke(args)
+        try:
+            assert_one_line(result, str(folder))
+            assert reason in result.stderr
+        except AssertionError as exc:
+            failures.append(f"{name}: {exc}")
+        if _state(folder) != before:
+            failures.append(f"{name}: left {sorted(set(_state(folder)) - set(before))}")
+    assert not failures, "\n".join(failures)
+
+
 def test_disk_full_is_one_line_for_every_writing_verb(tmp_path: Path, inputs: Path) -> None:
     with tmpfs(tmp_path / "disk") as disk:
         _fill(disk)
-        before = _state(disk)
-        failures = []
-        for name, args in _verbs(disk, inputs).items():
-            result = invoke(args)
-            try:
-                assert_one_line(result, "No space left on device")
-                assert str(disk) in result.stderr
-            except AssertionError as exc:
-                failures.append(f"{name}: {exc}")
-            if _state(disk) != before:
-                failures.append(f"{name}: left {sorted(set(_state(disk)) - set(before))}")
-        assert not failures, "\n".join(failures)
+        every_verb_refuses(disk, inputs, "No space left on device")
 
 
 def test_nearly_full_disk_writes_completely_or_not_at_all(tmp_path: Path, inputs: Path) -> None:
@@ -277,16 +282,7 @@ def test_read_only_folder_is_one_line_and_keeps_old_outputs(tmp_path: Path,
         for name in ("tree.json", "curve.csv", "choices.json", "profile.json", "lat.json"):
             (folder / name).write_text("previous output\n")
         subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
-        before = _state(folder)
-        failures = []
-        for name, args in _verbs(folder, inputs).items():
-            result = invoke(args)
-            try:
-                assert_one_line(result, "Read-only file system")
-            except AssertionError as exc:
-                failures.append(f"{name}: {exc}")
-        assert _state(folder) == before
-        assert not failures, "\n".join(failures)
+        every_verb_refuses(folder, inputs, "Read-only file system")
 
 
 @pytest.mark.parametrize("error", [errno.ENOSPC, errno.EROFS, errno.EACCES])
