@@ -585,3 +585,31 @@ def test_python_path_checks_are_at_least_as_strict_as_the_schema(paths: list) ->
     except TreeoptError:
         return
     jsonschema.validate(document, tree_file.schema())  # raises if the schema disagrees
+
+
+COUNTS = st.integers(-1, 3) | st.booleans() | st.floats(0, 2) | st.none()
+JOINT = st.lists(st.lists(st.lists(COUNTS, max_size=2) | COUNTS, max_size=3), max_size=3)
+MARGINAL = st.lists(st.lists(st.floats(-0.5, 1.5) | st.integers(0, 1) | st.booleans()
+                             | st.text(max_size=1), max_size=2), max_size=2)
+GROUPS = st.none() | st.lists(st.fixed_dictionaries(
+    {"num_positions": COUNTS, "marginal_counts": st.lists(st.lists(COUNTS, max_size=2),
+                                                          max_size=2), "joint": JOINT}),
+    max_size=2)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(marginal=MARGINAL, joint=st.none() | JOINT, groups=GROUPS)
+def test_python_profile_checks_are_at_least_as_strict_as_the_schema(
+        marginal: list, joint: list | None, groups: list | None) -> None:
+    """``check_schema(..., checked=(marginal, joint, groups))`` relies on these checks."""
+    from treeopt.files import profile_file
+
+    document = {"format": "treeopt.profile/1", "num_heads": 1, "top_k": 1,
+                "num_positions": 0, "marginal": marginal, "joint": joint}
+    if groups is not None:
+        document["groups"] = groups
+    try:
+        profile_file._check_arrays(document)
+    except TreeoptError:
+        return
+    jsonschema.validate(document, profile_file.schema())

@@ -77,10 +77,60 @@ def _joint_from_json(raw: list[Any], num_heads: int, top_k: int, where: str) -> 
     return joint
 
 
+def _is_count(value: Any) -> bool:
+    return type(value) is int and value >= 0
+
+
+def _check_joint_entries(raw: Any, where: str) -> None:
+    """The schema's ``$defs/joint``, in Python: ``[[prefix of ranks >= 0], count >= 0], ...``."""
+    if not isinstance(raw, list):
+        raise TreeoptError(f"{where} must be a list of [prefix, count] pairs")
+    for index, entry in enumerate(raw):
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], list)):
+            raise TreeoptError(f"{where}/{index}: {entry!r:.60} is not a [prefix, count] pair")
+        if not all(map(_is_count, entry[0])):
+            raise TreeoptError(f"{where}/{index}/0: prefix {entry[0]!r:.60} must hold ranks >= 0")
+        if not _is_count(entry[1]):
+            raise TreeoptError(f"{where}/{index}/1: count {entry[1]!r:.40} must be an integer >= 0")
+
+
+def _check_arrays(data: dict[str, Any]) -> None:
+    """The schema's clauses for ``marginal``, ``joint`` and ``groups``, at Python speed.
+
+    A measured profile holds thousands of joint entries: JSON Schema validation of
+    them took seconds; these checks are at least as strict (tests hold the two to agree).
+    """
+    rows = data.get("marginal")
+    if not (isinstance(rows, list) and rows and all(isinstance(row, list) and row for row in rows)):
+        raise TreeoptError("marginal must be a non-empty list of non-empty rows")
+    for head, row in enumerate(rows):
+        bad = [rank for rank, p in enumerate(row) if not (type(p) in (int, float) and 0 <= p <= 1)]
+        if bad:
+            raise TreeoptError(
+                f"marginal/{head}/{bad[0]}: {row[bad[0]]!r:.40} is not a probability in [0, 1]")
+    if data.get("joint") is not None:
+        _check_joint_entries(data["joint"], "joint")
+    groups = data.get("groups")
+    if groups is None:
+        return
+    if not isinstance(groups, list) or not groups:
+        raise TreeoptError("groups must be a non-empty list of objects")
+    for index, group in enumerate(groups):
+        where = f"groups/{index}"
+        if not isinstance(group, dict) or not _is_count(group.get("num_positions")):
+            raise TreeoptError(f"{where} must be an object with a num_positions count")
+        counts = group.get("marginal_counts")
+        if not (isinstance(counts, list) and all(isinstance(row, list) and all(map(_is_count, row))
+                                                for row in counts)):
+            raise TreeoptError(f"{where}: marginal_counts must be rows of non-negative integers")
+        _check_joint_entries(group.get("joint"), f"{where}/joint")
+
+
 def profile_from_json(data: Any) -> Profile:
     """Validate a parsed ``treeopt.profile/1`` object; one-line TreeoptError otherwise."""
     check_format(data, FORMAT, "profile file")
-    check_schema(data, schema(), "profile")
+    _check_arrays(data)
+    check_schema(data, schema(), "profile", checked=("marginal", "joint", "groups"))
     num_heads, top_k = data["num_heads"], data["top_k"]
     rows = data["marginal"]
     if len({len(row) for row in rows}) > 1:
