@@ -387,3 +387,9 @@ def test_after_sigkill_the_next_run_removes_the_stale_temp(tmp_path: Path) -> No
     assert hidden(out) == [] and sorted(p.name for p in out.iterdir()) == ["curve.csv",
                                                                            "tree.json"]
 
+
+
+def test_one_output_named_twice_is_refused(tmp_path: Path) -> None:
+    result = invoke(["build", "-b", "8", "-o", tmp_path / "x.csv", "--curve", tmp_path / "x.csv"])
+    assert_one_line(result, "twice")
+    assert list(tmp_path.iterdir()) == []

@@ -208,10 +208,13 @@ def _commit(item: _Staged) -> None:
 
 
 def _commit_all(staged: list[_Staged]) -> None:
-    """Commit every staged file, or none: on a failure the committed ones are undone."""
+    """Commit every staged file, or none: on a failure the committed ones are undone.
+
+    Devices and FIFOs go last: what was sent into them cannot be taken back.
+    """
     backups: list[tuple[Path, Path | None]] = []  # (target, hard link to its old content)
     try:
-        for item in staged:
+        for item in sorted(staged, key=lambda item: item.special):
             backup = None
             if not item.special and item.target.is_file():
                 backup = item.target.with_name(
@@ -311,6 +314,8 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
         except OSError as exc:  # disk full, read-only, no permission, while writing
             raise _cannot_write(requested, exc) from None
         if staged is not None:
+            if any(item.target == target for item in staged):
+                raise TreeoptError(f"cannot write {requested} twice in one command")
             staged.append(_Staged(target, tmp, special))
             return
         try:
