@@ -31,6 +31,7 @@ from treeopt.core.profile import Profile
 from treeopt.core.tree import Tree
 from treeopt.errors import TreeoptError
 from treeopt.files import tree_file
+from treeopt.files.engines import FORMATS
 from treeopt.files.profile_file import write_profile
 
 runner = CliRunner()
@@ -209,6 +210,10 @@ IMPORT_CASES: dict[str, list[str]] = {
             "[[" + "9" * 5000 + "]]", "[[2097152]]", "__import__('os')", "[[0]] + [[1]]",
             "\x00", "{(0,)}", "[(0,), (0, 0), (1, 1)]", "None", "medusa_choices = ", "[[0]],"],
     "vllm": [repr(repr("[(0,), (1,)]")), repr(repr(repr("[(0,)]"))), "'[(0,), (0,)]'"],
+    "trtllm-triton": ["{0}, {0, 0", "{0}, {-1}", "{0}, {0}", "{0, 0}", "{a}", "{}" * 3,
+                      'key: "medusa_choices" value { string_value: "{1, 0}" }'],
+    "vllm-medusa": ["[[0], [1]]", "[[0], [0, 0], [0, 1]]", '{"num_speculative_tokens": 100000}',
+                    '{"num_speculative_tokens": 0}', '{"num_speculative_tokens": NaN}'],
     "trtllm": ["[[16]]", json.dumps([[0] * 17]), json.dumps([[i] for i in range(20)]
                                                            + [[0, i] for i in range(16)]
                                                            + [[0, 0, i] for i in range(16)]
@@ -369,7 +374,7 @@ def build_corpus() -> list[Case]:
               for i, text in enumerate(CSV_CASES)]
     cases += [Case(f"curve-csv-{i}", {"bad.csv": text.encode()}, CURVE_VERBS[0])
               for i, text in enumerate(CURVE_CSV_CASES)]
-    for fmt in ("medusa", "trtllm", "vllm", "eagle"):
+    for fmt in FORMATS:
         texts = IMPORT_CASES["any"] + IMPORT_CASES.get(fmt, [])
         cases += [Case(f"import-{fmt}-{i}", {"bad.txt": text.encode()},
                        ["import", "{f}", "--from", fmt, "-o", "{o}.json"])

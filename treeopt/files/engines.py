@@ -38,6 +38,9 @@ from typing import Any
 from treeopt.core.tree import Tree, format_path
 from treeopt.errors import TreeoptError
 
+# A vLLM Medusa chain is one token per head; no Medusa model has more than a few heads,
+# so a longer chain is a typo (and n tokens make an n-deep tree of n(n+1)/2 ranks).
+MAX_CHAIN = 64
 FORMATS = ("medusa", "trtllm", "trtllm-triton", "vllm", "vllm-medusa", "eagle")
 # Formats that can hold any tree (vllm-medusa holds only top-1 chains).
 TREE_FORMATS = ("medusa", "trtllm", "trtllm-triton", "vllm", "eagle")
@@ -406,13 +409,15 @@ def parse_brace_paths(text: str) -> list[list[int]]:
 
 
 def _parse_vllm_medusa(text: str) -> list[list[int]]:
-    try:
-        config = json.loads(text)
-    except json.JSONDecodeError:
-        raise TreeoptError("not a vLLM speculative config: expected JSON") from None
+    from treeopt.files.jsondoc import parse_json
+
+    config = parse_json(text, "vLLM speculative config")
     length = config.get("num_speculative_tokens") if isinstance(config, dict) else None
     if isinstance(length, bool) or not isinstance(length, int) or length < 1:
         raise TreeoptError("not a vLLM speculative config: needs num_speculative_tokens >= 1")
+    if length > MAX_CHAIN:
+        raise TreeoptError(f"num_speculative_tokens {length} is more than any Medusa model's "
+                           f"heads (at most {MAX_CHAIN} here)")
     return [[0] * depth for depth in range(1, length + 1)]
 
 
