@@ -57,7 +57,7 @@ class GPUSpec:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 \
                     or not math.isfinite(value):
                 raise TreeoptError(
-                    f"GPU {self.name}: {field_name} must be a positive finite number, not {value!r}"
+                    f"GPU {self.name}: {field_name} must be positive and finite, not {value!r}"
                 )
 
     @property

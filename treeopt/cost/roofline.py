@@ -164,7 +164,7 @@ class DeviceProfile:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
                     or not math.isfinite(value):
                 raise TreeoptError(
-                    f"{where}: {key} must be a positive finite number, not {value!r:.40}")
+                    f"{where}: {key} must be positive and finite, not {value!r:.40}")
         overhead = data.get("kernel_overhead_us", 0.0)
         if isinstance(overhead, bool) or not isinstance(overhead, (int, float)) or \
                 not 0 <= overhead < math.inf:
