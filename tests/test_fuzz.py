@@ -59,6 +59,8 @@ CURVE = {"format": "treeopt.curve/1", "provenance": {"profile": "p"},
                   {"num_tokens": 2, "expected_accept_length": 1.5, "speedup": 1.2}]}
 DEVICE = {"format": "treeopt.device/1", "device": "cpu", "peak_tflops": 1.0,
           "bandwidth_gbs": 20.0, "kernel_overhead_us": 5.0}
+GPU = {"name": "g", "peak_tflops": 100.0, "bandwidth_gbs": 500.0, "memory_gb": 16.0,
+       "fp8_peak_tflops": 200.0}
 CONFIG = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
           "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 100}
 CURVE_CSV = "# treeopt.curve/1 {}\nnum_tokens,expected_accept_length\n1,1.0\n2,1.5\n"
@@ -169,6 +171,12 @@ DEVICE_MUTATIONS: dict[str, list[object]] = {
     "fit": ["x", 5],
     "spec": ["x"],
 }
+GPU_MUTATIONS: dict[str, list[object]] = {
+    "peak_tflops": [MISSING, 0, -1, "__NAN__", "__INF__", "__BIG__", "x", True, None, [1]],
+    "bandwidth_gbs": [MISSING, 0, -5, "__INF__", "__NAN__", "500", {}],
+    "memory_gb": [-1, "big", "__NAN__", "__INF__", True],
+    "fp8_peak_tflops": [-1, "x", "__INF__"],
+}
 CONFIG_MUTATIONS: dict[str, list[object]] = {
     "hidden_size": [MISSING, 0, -64, 64.5, "64", None, "__NAN__", True],
     "intermediate_size": [MISSING, 0, "x"],
@@ -274,6 +282,11 @@ CONFIG_VERBS = [["roofline", "--arch", "{f}", "--json"],
                  "--batch", "1", "--context", "128", "--sizes", "1,2"],
                 ["simulate", "--arch", "{f}", "--batch", "1", "--context", "128",
                  "--candidates", "1,2"]]
+GPU_VERBS = [["roofline", "--arch", "llama-7b", "--gpu", "{f}", "--json"],
+             ["overhead", "--predict", "--arch", "llama-7b", "--gpu", "{f}", "-o", "{o}.json",
+              "--batch", "1", "--context", "128", "--sizes", "1,2"],
+             ["simulate", "--gpu", "{f}", "--batch", "1", "--context", "128",
+              "--candidates", "1,2"]]
 CSV_VERBS = [["import-profile", "{f}", "--model", "m", "-o", "{o}.json"]]
 RANKS_VERBS = [["build", "-b", "4", "-p", "measured.json", "-o", "{o}.json"],
                ["eval", "mc_sim_7b_63", "-p", "measured.json"]]
@@ -370,6 +383,7 @@ def build_corpus() -> list[Case]:
     cases += _json_cases("curve", CURVE, CURVE_MUTATIONS, CURVE_VERBS, "bad.json")
     cases += _json_cases("device", DEVICE, DEVICE_MUTATIONS, DEVICE_VERBS, "bad.json")
     cases += _json_cases("config", CONFIG, CONFIG_MUTATIONS, CONFIG_VERBS, "config.json")
+    cases += _json_cases("gpu", GPU, GPU_MUTATIONS, GPU_VERBS, "gpu.json")
     cases += [Case(f"accuracy-csv-{i}", {"bad.csv": text.encode()}, CSV_VERBS[0])
               for i, text in enumerate(CSV_CASES)]
     cases += [Case(f"curve-csv-{i}", {"bad.csv": text.encode()}, CURVE_VERBS[0])
@@ -453,8 +467,8 @@ def good_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
 def test_the_corpus_is_wide() -> None:
     kinds = {case.name.split("-")[0] for case in CORPUS}
     assert len(CORPUS) >= 300
-    assert kinds >= {"tree", "profile", "latency", "curve", "device", "config", "accuracy",
-                     "import", "ranks"}
+    assert kinds >= {"tree", "profile", "latency", "curve", "device", "config", "gpu",
+                     "accuracy", "import", "ranks"}
     verbs = {case.args[0] for case in CORPUS}
     assert verbs >= {"validate", "info", "export", "eval", "render", "build", "simulate",
                      "tune", "roofline", "overhead", "import-profile", "import"}
@@ -479,6 +493,7 @@ def test_the_valid_documents_are_accepted(tmp_path: Path) -> None:
     files = {"tree.json": as_text(TREE), "profile.json": as_text(PROFILE),
              "lat.json": as_text(LATENCY), "curve.json": as_text(CURVE),
              "device.json": as_text(DEVICE), "config.json": as_text(CONFIG),
+             "gpu.json": as_text(GPU),
              "curve.csv": CURVE_CSV, "acc.csv": "\ufeff" + ACCURACY_CSV}
     for name, text in files.items():
         (tmp_path / name).write_text(text, encoding="utf-8")
@@ -491,6 +506,7 @@ def test_the_valid_documents_are_accepted(tmp_path: Path) -> None:
                  ["roofline", "--arch", "config.json", "--device-profile", "device.json",
                   "--json"],
                  ["import-profile", "acc.csv", "--model", "m", "-o", "imported.json"],
+                 ["roofline", "--arch", "llama-7b", "--gpu", "gpu.json", "--json"],
                  ["import", "tree.txt", "--from", "vllm", "-o", "imported-tree.json"]):
         (tmp_path / "tree.txt").write_text(repr("[(0,), (1,), (0, 0)]"))
         result = run_in(tmp_path, args)
