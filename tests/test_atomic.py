@@ -400,3 +400,14 @@ def test_one_output_named_twice_is_refused(tmp_path: Path) -> None:
     result = invoke(["build", "-b", "8", "-o", tmp_path / "x.csv", "--curve", tmp_path / "x.csv"])
     assert_one_line(result, "twice")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_dev_stdout_is_written_into_the_pipe_behind_it() -> None:
+    """``-o /dev/stdout`` follows the link to this process's pipe and writes into it."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-m", "treeopt", "export", "vicuna_7b_stage1",
+                           "--to", "medusa", "-o", "/dev/stdout"],
+                          capture_output=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(b"[[0], [1],")
+    assert Path("/dev/stdout").is_symlink() or not Path("/dev/stdout").exists()

@@ -302,10 +302,10 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
     one-line TreeoptError naming it.
     """
     requested = check_output_path(path)
-    target = _resolve(requested)
+    special = _is_special(requested)  # stat follows links: /dev/stdout -> the pipe or tty
+    target = requested if special else _resolve(requested)
     if target != requested:
         check_output_path(target)  # a dangling link into a missing folder
-    special = _is_special(target)
     tmp = _make_temp(target, suffix if suffix is not None else target.suffix, special)
     staged = _pending.get()
     try:
