@@ -449,6 +449,8 @@ def check_case(case: Case, folder: Path, good_files: dict[str, bytes]) -> str | 
         assert_refused(result, case.name)
     except AssertionError as exc:
         return str(exc).splitlines()[0]
+    if case.files and bad not in result.stderr:
+        return f"{case.name}: the error does not name {bad}: {result.stderr.strip()}"
     if snapshot(folder) != before:
         return f"{case.name}: files created or changed"
     return None

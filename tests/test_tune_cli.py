@@ -88,8 +88,8 @@ def test_unknown_batch_is_a_one_line_error(tmp_path, profile_file):
     lat = latency_file(tmp_path / "lat.json")
     result = run("--profile", profile_file, "--latency", lat, "--batch", 2)
     assert result.exit_code == 2
-    assert ("error: latency table has no batch 2 at context 512 (it covers batches 1, 8 and "
-            "contexts 512)") in result.output
+    assert (f"error: {lat}: latency table has no batch 2 at context 512 (it covers batches 1, "
+            "8 and contexts 512)") in result.output
 
 
 def test_plot(tmp_path, profile_file):

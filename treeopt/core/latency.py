@@ -194,6 +194,12 @@ class LatencyTable:
         base = latencies[1]
         return {n: seconds / base for n, seconds in latencies.items()}
 
+    def setting(self, batch: int | None = None, context: int | None = None) -> tuple[int, int]:
+        """``(batch, context)`` with the defaults filled in: the smallest batch, the
+        context nearest :data:`DEFAULT_CONTEXT`."""
+        return (self.batches[0] if batch is None else batch,
+                self.nearest_context(DEFAULT_CONTEXT) if context is None else context)
+
     def nearest_context(self, context: int) -> int:
         """The covered context closest to ``context`` (ties go to the longer one)."""
         return min(self.contexts, key=lambda s: (abs(s - context), -s))

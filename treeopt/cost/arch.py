@@ -223,4 +223,7 @@ def get_arch(name_or_path: str | os.PathLike[str]) -> ArchShape:
 
     config = read_json(path, "model config")
     label = path.parent.name if path.name == "config.json" else path.stem
-    return arch_from_hf_config(config, label or text)
+    try:
+        return arch_from_hf_config(config, label or text)
+    except TreeoptError as exc:  # content errors name the file read
+        raise TreeoptError(f"{path}: {exc}") from None

@@ -205,14 +205,17 @@ def load_gpu_file(path: str | Path) -> GPUSpec:
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
                                   or value < 0):
             raise TreeoptError(f"GPU file {path}: {key} must be a number >= 0, not {value!r}")
-    return GPUSpec(
-        name=str(data.get("name") or Path(path).stem),
-        peak_tflops=data["peak_tflops"],
-        bandwidth_gbs=data["bandwidth_gbs"],
-        memory_gb=float(data.get("memory_gb") or 0.0),
-        source=str(data.get("source") or f"GPU file {path}"),
-        fp8_peak_tflops=data.get("fp8_peak_tflops"),
-    )
+    try:
+        return GPUSpec(
+            name=str(data.get("name") or Path(path).stem),
+            peak_tflops=data["peak_tflops"],
+            bandwidth_gbs=data["bandwidth_gbs"],
+            memory_gb=float(data.get("memory_gb") or 0.0),
+            source=str(data.get("source") or f"GPU file {path}"),
+            fp8_peak_tflops=data.get("fp8_peak_tflops"),
+        )
+    except TreeoptError as exc:  # content errors name the file read
+        raise TreeoptError(f"GPU file {path}: {exc}") from None
 
 
 def get_gpu(name: str) -> GPUSpec:

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from treeopt.core.checks import check_int
-from treeopt.core.latency import DEFAULT_CONTEXT, LatencyTable
+from treeopt.core.latency import LatencyTable
 from treeopt.core.profile import Profile
 from treeopt.core.tree import Tree
 from treeopt.errors import TreeoptError
@@ -229,8 +229,7 @@ def tune_tree(
     """
     if engine is not None and engine not in ENGINES:
         raise TreeoptError(f"unknown engine {engine!r} (choose from {', '.join(ENGINES)})")
-    batch = table.batches[0] if batch is None else batch
-    context = table.nearest_context(DEFAULT_CONTEXT) if context is None else context
+    batch, context = table.setting(batch, context)
     size_limit = table.max_num_tokens(batch, context)
     budget = size_limit if max_budget is None else min(max_budget, size_limit)
     engine_limit = engine_max_budget(engine, profile.num_heads)

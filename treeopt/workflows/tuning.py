@@ -103,6 +103,10 @@ def tune_to_files(settings: TuneSettings) -> TuneOutcome:
     tables = [(name, load_latency(name)) for name in dict.fromkeys(map(str, settings.latency))]
     latency_file, table = prefer_measured(tables)
     passed_over = [name for name, _ in tables if name != latency_file]
+    try:  # the table must cover the setting tuned for: its gaps are errors naming the file
+        table.latency_curve(*table.setting(settings.batch, settings.context))
+    except TreeoptError as exc:
+        raise TreeoptError(f"{latency_file}: {exc}") from None
     tuned = tune_tree(load_profile(settings.profile), table, settings.batch, settings.context,
                       settings.max_budget, settings.acceptance_model, engine=settings.engine)
     result = tuned.result
