@@ -74,6 +74,9 @@ def test_symlinks_are_written_through(tmp_path: Path) -> None:
     dangling.symlink_to(tmp_path / "made.json")
     atomic_write_text(dangling, "made")
     assert dangling.is_symlink() and (tmp_path / "made.json").read_text() == "made"
+    result = invoke(["build", "-b", "8", "-o", link, "--curve", tmp_path / "c.json"])
+    assert result.exit_code == 0, result.output
+    assert link.is_symlink() and json.loads(target.read_text())["format"] == "treeopt.tree/1"
     assert hidden(tmp_path) == []
 
 
