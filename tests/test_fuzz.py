@@ -535,7 +535,9 @@ READERS = [
     ("device", ["roofline", "--arch", "llama-7b", "--device-profile", "{f}"], "bad.json"),
     ("config", ["roofline", "--arch", "{f}"], "config.json"),
     ("accuracy-csv", ["import-profile", "{f}", "--model", "m", "-o", "{o}.json"], "bad.csv"),
-    ("import", ["import", "{f}", "--from", "medusa", "-o", "{o}.json"], "bad.txt"),
+    *[(f"import-{fmt}", ["import", "{f}", "--from", fmt, "-o", "{o}.json"], "bad.txt")
+      for fmt in FORMATS],
+    ("gpu", ["roofline", "--arch", "llama-7b", "--gpu", "{f}"], "gpu.json"),
     ("ranks", ["build", "-b", "4", "-p", "measured.json", "-o", "{o}.json"],
      "measured.json.ranks.npz"),
 ]
