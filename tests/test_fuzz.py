@@ -358,6 +358,10 @@ def _ranks_cases() -> list[Case]:
         "top-k-float": with_(top_k=np.array(3.0)),
         "shuffled": with_(ranks=shuffled),
         "fewer-rows": with_(ranks=good["ranks"][:12], groups=groups[:12]),
+        "probs-nan": with_(probs=np.full((24, 2, 3), np.nan, dtype=np.float16)),
+        "probs-above-one": with_(probs=np.full((24, 2, 3), 2.0, dtype=np.float16)),
+        "probs-wrong-shape": with_(probs=np.zeros((24, 2), dtype=np.float16)),
+        "probs-integers": with_(probs=np.zeros((24, 2, 3), dtype=np.int64)),
         "object-array": b"",  # replaced below
         "zip-of-text": b"",
     }
