@@ -169,10 +169,11 @@ def test_stale_temps_of_dead_writers_are_removed(tmp_path: Path) -> None:
     stale = tmp_path / f".out.json.{dead.pid}.abcd1234.json"
     live = tmp_path / f".out.json.{os.getppid()}.abcd1234.json"  # a live process's
     other = tmp_path / f".other.json.{dead.pid}.abcd1234.json"  # another file's
-    for path in (stale, live, other):
+    backup = tmp_path / f".out.json.{dead.pid}.0badcafe.bak"  # an output set's undo link
+    for path in (stale, live, other, backup):
         path.write_text("half")
     atomic_write_text(tmp_path / "out.json", "{}")
-    assert not stale.exists() and live.exists() and other.exists()
+    assert not stale.exists() and not backup.exists() and live.exists() and other.exists()
 
 
 # ------------------------------------------------------------------ writing verbs

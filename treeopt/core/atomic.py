@@ -124,7 +124,9 @@ def _discard(tmp: Path) -> None:
 
 # -------------------------------------------------------------- temp files
 def _temp_pattern(name: str, suffix: str) -> re.Pattern[str]:
-    return re.compile(rf"\.{re.escape(name)}\.(\d+)\.[a-z0-9_]{{8}}{re.escape(suffix)}")
+    """Temp files (and an output set's ``.bak`` links) of ``name``; group 1 is the writer's pid."""
+    return re.compile(
+        rf"\.{re.escape(name)}\.(\d+)\.[a-z0-9_]{{8}}(?:{re.escape(suffix)}|\.bak)")
 
 
 def _process_gone(pid: int) -> bool:
