@@ -4,17 +4,22 @@ Head ``k`` (0-based) predicts the token ``k + 2`` places ahead of the last
 verified one: the base model's own ``lm_head`` predicts the next token (the tree's
 root) and head ``k`` the token at depth ``k + 1`` below it.
 
-Checkpoints use the FasterDecoding/Medusa layout so trained heads from that
-project load unchanged: ``config.json`` with ``medusa_num_heads``,
-``medusa_num_layers`` and ``base_model_name_or_path``, and ``medusa_lm_head.pt``
-holding the state dict of a ``ModuleList`` of ``Sequential(ResBlock..., Linear)``
-(keys ``0.0.linear.weight``, ``0.0.linear.bias``, ``0.1.weight``, ...). Our own
-writes use ``medusa_lm_head.safetensors`` with the same keys.
+Checkpoints use the FasterDecoding/Medusa layouts so trained heads from that
+project load unchanged. Medusa-1 (heads only): ``config.json`` with
+``medusa_num_heads``, ``medusa_num_layers`` and ``base_model_name_or_path``, and
+``medusa_lm_head.pt`` holding the state dict of a ``ModuleList`` of
+``Sequential(ResBlock..., Linear)`` (keys ``0.0.linear.weight``,
+``0.0.linear.bias``, ``0.1.weight``, ...); our own writes use
+``medusa_lm_head.safetensors`` with the same keys. Medusa-2 (``medusa-1.0-*``: a
+fine-tuned model with its heads): the model's own config plus ``medusa_num_heads``,
+and the same keys prefixed ``medusa_head.`` inside the model's weight files
+(single file or sharded with an index).
 """
 
 from __future__ import annotations
 
 import json
+import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -200,19 +205,83 @@ def _resolve_directory(dir_or_hub_id: str) -> Path:
         ) from None
 
 
-def _load_state_dict(directory: Path) -> dict[str, torch.Tensor]:
-    """The heads' state dict, FasterDecoding key layout, prefix stripped."""
-    if (directory / WEIGHTS_SAFETENSORS).is_file():
-        from safetensors.torch import load_file
+# A Medusa-2 checkpoint (FasterDecoding ``medusa-1.0-*``) is a whole fine-tuned model
+# whose weight files also hold the heads under STATE_DICT_PREFIX.
+MODEL_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+MODEL_WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 
-        state = load_file(str(directory / WEIGHTS_SAFETENSORS))
+
+def embedded_head_shards(directory: Path) -> list[Path]:
+    """Model weight files in ``directory`` holding ``medusa_head.*`` tensors (Medusa-2).
+
+    Reads only the shard index or the safetensors header (a ``.bin`` is memory-mapped),
+    so finding out costs no weight reads. Empty for anything that is not Medusa-2.
+    """
+    for index_name in MODEL_WEIGHT_INDEXES:
+        index = directory / index_name
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+                names = sorted({str(file) for key, file in weight_map.items()
+                                if key.startswith(STATE_DICT_PREFIX)})
+            except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise TreeoptError(f"cannot read shard index {index}: {first_line(exc)}") \
+                    from None
+            return [directory / name for name in names]
+    for name in MODEL_WEIGHT_FILES:
+        if (directory / name).is_file():
+            keys = _read_weights(directory / name, keys_only=True)
+            return [directory / name] if any(k.startswith(STATE_DICT_PREFIX) for k in keys) else []
+    return []
+
+
+def _read_weights(path: Path, keys_only: bool = False, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors/.bin file whose names start with ``prefix`` (one-line errors).
+
+    ``keys_only``: the names mapped to None-like placeholders (safetensors header only).
+    A ``.bin`` is read with ``weights_only=True``: a pickle can never run code here.
+    """
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as handle:
+                names = [k for k in handle.keys() if k.startswith(prefix)]  # noqa: SIM118
+                if keys_only:
+                    return dict.fromkeys(names)  # type: ignore[arg-type]
+                return {k: handle.get_tensor(k) for k in names}
+        # Memory-map zip-format files (every torch.save since 1.6): a shard is read lazily.
+        state = torch.load(path, map_location="cpu", weights_only=True,
+                           mmap=zipfile.is_zipfile(path))
+    except Exception as exc:  # corrupt, truncated, not a weights file: all one line
+        raise TreeoptError(f"cannot read weights {path}: {first_line(exc)}") from None
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise TreeoptError(f"{path} is not a state dict (names to tensors)")
+    return {k: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _load_state_dict(directory: Path) -> dict[str, torch.Tensor]:
+    """The heads' state dict, FasterDecoding key layout, prefix stripped.
+
+    Heads-only files (Medusa-1) first; else the ``medusa_head.*`` tensors of the
+    model's own weight files, shards included (Medusa-2).
+    """
+    if (directory / WEIGHTS_SAFETENSORS).is_file():
+        state = _read_weights(directory / WEIGHTS_SAFETENSORS)
     elif (directory / WEIGHTS_PT).is_file():
-        try:
-            state = torch.load(directory / WEIGHTS_PT, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise TreeoptError(f"cannot read {directory / WEIGHTS_PT}: {exc}") from None
+        state = _read_weights(directory / WEIGHTS_PT)
     else:
-        raise TreeoptError(f"{directory}: no {WEIGHTS_SAFETENSORS} or {WEIGHTS_PT}")
+        shards = embedded_head_shards(directory)
+        if not shards:
+            raise TreeoptError(
+                f"{directory}: no {WEIGHTS_SAFETENSORS} or {WEIGHTS_PT}, and no "
+                f"{STATE_DICT_PREFIX}* tensors in the model's weight files"
+            )
+        state = {}
+        for shard in shards:
+            state.update(_read_weights(shard, prefix=STATE_DICT_PREFIX))
     return {key.removeprefix(STATE_DICT_PREFIX): value for key, value in state.items()}
 
 

@@ -29,16 +29,30 @@ def test_registry_names_map_to_published_checkpoints() -> None:
     )
     assert resolve_model("vicuna-33b")[1] == "FasterDecoding/medusa-vicuna-33b-v1.3"
     assert resolve_model("vicuna-13b", heads="my/heads") == ("lmsys/vicuna-13b-v1.3", "my/heads")
-    assert resolve_model("zephyr-7b") == ("HuggingFaceH4/zephyr-7b-beta", None)
+    # Medusa-2: one checkpoint holds the fine-tuned base and its heads.
+    zephyr = "FasterDecoding/medusa-1.0-zephyr-7b-beta"
+    assert resolve_model("zephyr-7b") == (zephyr, zephyr)
+    assert resolve_model("medusa2-zephyr-7b") == (zephyr, zephyr)
     assert resolve_model("./local-model") == ("./local-model", None)
-    assert set(REGISTRY) == {"vicuna-7b", "vicuna-13b", "vicuna-33b", "zephyr-7b"}
 
 
-def test_models_without_published_heads_require_heads() -> None:
-    with pytest.raises(TreeoptError, match="pass --heads DIR"):
-        require_heads("zephyr-7b", None)
+def test_registry_holds_the_seven_models_of_the_medusa_readme() -> None:
+    assert {name: (spec.kind, spec.base, spec.heads) for name, spec in REGISTRY.items()} == {
+        **{f"medusa1-vicuna-{size}": ("medusa-1", f"lmsys/vicuna-{size}-v1.3",
+                                      f"FasterDecoding/medusa-vicuna-{size}-v1.3")
+           for size in ("7b", "13b", "33b")},
+        **{f"medusa2-vicuna-{size}": ("medusa-2", f"FasterDecoding/medusa-1.0-vicuna-{size}-v1.5",
+                                      None) for size in ("7b", "13b", "33b")},
+        "medusa2-zephyr-7b": ("medusa-2", "FasterDecoding/medusa-1.0-zephyr-7b-beta", None),
+    }
+    for old, new in (("vicuna-7b", "medusa1-vicuna-7b"), ("zephyr-7b", "medusa2-zephyr-7b")):
+        assert resolve_model(old) == resolve_model(new)
+
+
+def test_heads_are_required_unless_the_checkpoint_carries_them() -> None:
     with pytest.raises(TreeoptError, match="pass --heads DIR_OR_HUB_ID"):
         require_heads("some/model", None)
+    assert require_heads("zephyr-7b", None) == "FasterDecoding/medusa-1.0-zephyr-7b-beta"
     assert require_heads("zephyr-7b", "x/y") == "x/y"
 
 

@@ -24,9 +24,10 @@ ModelOpt = Annotated[
     str,
     typer.Option(
         "--model", "-m",
-        help="Registry name (vicuna-7b, vicuna-13b, vicuna-33b, zephyr-7b), local folder, "
-        "or Hugging Face hub id. Hub ids load from the normal cache; with HF_HUB_OFFLINE=1 "
-        "only what is already downloaded.",
+        help="Registry name (medusa1-vicuna-7b/13b/33b, medusa2-vicuna-7b/13b/33b, "
+        "medusa2-zephyr-7b; vicuna-7b/13b/33b and zephyr-7b still work), local folder, or "
+        "Hugging Face hub id; a Medusa-2 checkpoint (model + heads) needs no --heads. Hub ids "
+        "load from the normal cache; with HF_HUB_OFFLINE=1 only what is already downloaded.",
     ),
 ]
 DataOpt = Annotated[
@@ -79,7 +80,8 @@ def profile(
                                          help="Profile JSON to write.")],
     heads: Annotated[
         str | None,
-        typer.Option(help="Medusa heads folder or hub id (default: the registry's for --model)."),
+        typer.Option(help="Medusa heads folder or hub id (default: the registry's for --model; "
+                     "a Medusa-2 checkpoint carries its own)."),
     ] = None,
     top_k: Annotated[int, typer.Option(
         min=1, help="Ranks recorded per head; beyond is a miss.")] = 20,
@@ -113,23 +115,20 @@ def profile(
     """
     from treeopt.files.ranks_file import ranks_path
     from treeopt.model.calibration import encode_prompts, read_prompts
-    from treeopt.model.loading import load_base_model, load_heads, require_heads, resolve_model
+    from treeopt.model.loading import load_medusa, require_heads
     from treeopt.model.profiling import ProfileSettings, profile_model
 
-    # Cheap checks first: the prompts are read before the model loads.
-    heads_id = require_heads(model, heads)
-    base_id, _ = resolve_model(model)
+    # Cheap checks first: heads and prompts before the model loads.
+    require_heads(model, heads)
     texts = read_prompts(data, max_prompts=max_prompts, seed=seed, turns=turns)
     settings = ProfileSettings(top_k=top_k, max_new_tokens=max_new_tokens,
                                include_prompt=include_prompt, batch_size=batch_size)
-    base, tokenizer = load_base_model(model, device=device, dtype=dtype, device_map=device_map)
-    head_device = base.lm_head.weight.device
-    loaded_heads = load_heads(heads_id, device=head_device, dtype=base.lm_head.weight.dtype,
-                              base_lm_head=base.get_output_embeddings())
-    prompt_ids = encode_prompts(tokenizer, texts, chat_template=chat_template)
+    loaded = load_medusa(model, heads, device=device, dtype=dtype, device_map=device_map)
+    prompt_ids = encode_prompts(loaded.tokenizer, texts, chat_template=chat_template)
     result = profile_model(
-        base, tokenizer, loaded_heads, prompt_ids, output, settings, model_id=base_id,
-        heads_id=heads_id, resume=resume, progress=not quiet,
+        loaded.model, loaded.tokenizer, loaded.heads, prompt_ids, output, settings,
+        model_id=loaded.model_id, heads_id=str(loaded.heads_id), resume=resume,
+        progress=not quiet,
         provenance={"dataset": str(data), "dtype": dtype, "chat_template": chat_template},
     )
     info = result.provenance

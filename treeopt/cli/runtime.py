@@ -21,7 +21,8 @@ class AcceptanceRule(str, Enum):
 
 PromptOption = Annotated[str, typer.Option("--prompt", help="Text to continue.")]
 BaseModelOption = Annotated[str, typer.Option(
-    "--model", "-m", help="Base model: registry name (vicuna-7b), folder, hub id.")]
+    "--model", "-m", help="Model: registry name (vicuna-7b, zephyr-7b, medusa2-vicuna-7b), "
+    "folder or hub id; a Medusa-2 checkpoint brings its own heads.")]
 DecodeTreeOption = Annotated[str, typer.Option(
     "--tree", help="Tree JSON file or shipped name (mc_sim_7b_63); 'root' = plain decoding; "
     "dynamic:N = a tree of N tokens chosen every step from the heads' probabilities "
@@ -100,40 +101,30 @@ def generate_command(
 
       treeopt generate -m ./llama --heads H --tree dynamic:16 -p prof.json --prompt "Once"
     """
-    import torch
-
     from medusa_runtime.acceptance import TypicalAcceptance
     from medusa_runtime.decode import generate
-    from medusa_runtime.heads import MedusaConfig, MedusaHeads
-    from treeopt.model.loading import load_base_model, load_heads, resolve_device, resolve_model
+    from treeopt.model.loading import load_medusa, require_heads
 
-    # Cheap checks first: the tree and options before the model loads.
+    # Cheap checks first: the tree, options and heads before the model loads.
     chosen = decode_tree(tree, profile)
     if random_heads and heads is not None:
         raise TreeoptError("give --heads or --random-heads, not both")
     if chosen.depth == 0 and (heads is not None or random_heads):
         raise TreeoptError("--tree root decodes without heads: pass a --tree to use them")
-    resolve_device(device)
-    base, tokenizer = load_base_model(model, device=device, dtype=dtype)
-    lm_head = base.get_output_embeddings()
-    parameter = next(base.parameters())
-    medusa = None
-    if random_heads:
-        torch.manual_seed(0)
-        config = MedusaConfig(
-            max(chosen.num_heads, chosen.depth, 1), 1, base.config.hidden_size,
-            int(lm_head.weight.shape[0]),
-        )
-        medusa = MedusaHeads(config).to(device=parameter.device, dtype=parameter.dtype).eval()
-    elif chosen.depth > 0:
-        _, heads_name = resolve_model(model, heads)
-        if heads_name is None:
+    if chosen.depth > 0 and not random_heads:
+        try:
+            require_heads(model, heads)
+        except TreeoptError:
             raise TreeoptError(
                 f"--tree {tree} needs Medusa heads: pass --heads DIR_OR_HUB_ID "
                 "(or --random-heads for a test, or --tree root for plain decoding)"
-            )
-        medusa = load_heads(heads_name, device=parameter.device, dtype=parameter.dtype,
-                            base_lm_head=lm_head)
+            ) from None
+    loaded = load_medusa(
+        model, heads, device=device, dtype=dtype, need_heads=chosen.depth > 0,
+        random_num_heads=max(chosen.num_heads, chosen.depth, 1) if random_heads else None,
+    )
+    base, tokenizer = loaded.model, loaded.tokenizer
+    medusa = loaded.heads if chosen.depth > 0 else None
     rule = (
         TypicalAcceptance(posterior_threshold, posterior_alpha)
         if acceptance is AcceptanceRule.typical else "greedy"

@@ -11,6 +11,7 @@ Torch and transformers are imported inside the loaders only.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,62 +22,91 @@ from treeopt.errors import TreeoptError, first_line
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A base model and the Medusa heads published for it (``None``: pass ``--heads``)."""
+    """A published Medusa model.
+
+    ``kind`` "medusa-1": ``base`` is the unchanged base model and ``heads`` its
+    heads-only checkpoint. "medusa-2": ``base`` is one checkpoint holding the
+    fine-tuned base *and* its heads (``heads`` is None: they come from the same files).
+    """
 
     base: str
     heads: str | None
+    kind: str
     note: str = ""
 
 
-# Models the Medusa paper reports on. The Vicuna heads are Medusa-1 heads-only
-# checkpoints for the unchanged base. For Zephyr the only published checkpoint
-# (FasterDecoding/medusa-1.0-zephyr-7b-beta) is Medusa-2: it fine-tunes the base
-# together with the heads, so it is not a heads checkpoint for zephyr-7b-beta.
+# The seven models of the FasterDecoding/Medusa README ("Model Weights"): Medusa-1
+# heads for the unchanged Vicuna v1.3 bases, and Medusa-2 ``medusa-1.0-*`` checkpoints
+# whose base was fine-tuned together with the heads (so they are not heads for the
+# original base). Names say which: ``medusa1-*`` / ``medusa2-*``.
 REGISTRY: dict[str, ModelSpec] = {
     **{
-        f"vicuna-{size}": ModelSpec(
-            base=f"lmsys/vicuna-{size}-v1.3", heads=f"FasterDecoding/medusa-vicuna-{size}-v1.3"
+        f"medusa1-vicuna-{size}": ModelSpec(
+            base=f"lmsys/vicuna-{size}-v1.3", heads=f"FasterDecoding/medusa-vicuna-{size}-v1.3",
+            kind="medusa-1",
         )
         for size in ("7b", "13b", "33b")
     },
-    "zephyr-7b": ModelSpec(
-        base="HuggingFaceH4/zephyr-7b-beta",
-        heads=None,
-        note=(
-            "no published heads-only Medusa checkpoint for zephyr-7b-beta "
-            "(FasterDecoding/medusa-1.0-zephyr-7b-beta is Medusa-2, a fine-tuned base): "
-            "train some with `treeopt train-heads` and pass --heads DIR"
-        ),
+    "medusa2-zephyr-7b": ModelSpec(
+        base="FasterDecoding/medusa-1.0-zephyr-7b-beta", heads=None, kind="medusa-2",
+        note="Zephyr-7B-beta fine-tuned with its Medusa heads (Mistral, sliding window)",
     ),
+    **{
+        f"medusa2-vicuna-{size}": ModelSpec(
+            base=f"FasterDecoding/medusa-1.0-vicuna-{size}-v1.5", heads=None, kind="medusa-2",
+        )
+        for size in ("7b", "13b", "33b")
+    },
+}
+# Short names kept working: the Vicuna sizes are the Medusa-1 models the paper starts
+# from; Zephyr only exists as Medusa-2.
+ALIASES: dict[str, str] = {
+    **{f"vicuna-{size}": f"medusa1-vicuna-{size}" for size in ("7b", "13b", "33b")},
+    "zephyr-7b": "medusa2-zephyr-7b",
 }
 
 LOADABLE_DTYPES = ("float32", "float16", "bfloat16")  # also as fp32, fp16, bf16
 DEVICE_MAPS = ("auto",)
+# An uncached hub id without HF_HUB_OFFLINE: one connection attempt this long tells
+# "no network" apart in seconds (huggingface_hub's own retries take about a minute).
+HUB_PROBE_SECONDS = 3.0
+HEADS_PATTERNS = ["config.json", "medusa_lm_head.pt", "medusa_lm_head.safetensors"]
+MODEL_PATTERNS = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.tiktoken", "*.txt"]
+KINDS = ("medusa-1", "medusa-2", "random", "none")
+
+
+def registry_spec(model: str) -> ModelSpec | None:
+    """The registry entry for a name or alias (None: a folder or hub id)."""
+    return REGISTRY.get(ALIASES.get(model, model))
 
 
 def resolve_model(model: str, heads: str | None = None) -> tuple[str, str | None]:
     """(base model id or folder, heads id or folder or None) for ``model``.
 
-    A registry name maps to its base and published heads; ``heads`` overrides the
-    heads. Anything else is taken as a folder or hub id, with heads only from
-    ``heads``.
+    A registry name maps to its base and heads (for Medusa-2 the heads are in the
+    base's own files, so both are the checkpoint); ``heads`` overrides the heads.
+    Anything else is taken as a folder or hub id, with heads only from ``heads``.
     """
-    spec = REGISTRY.get(model)
+    spec = registry_spec(model)
     if spec is None:
         return model, heads
-    return spec.base, heads if heads is not None else spec.heads
+    own = spec.base if spec.kind == "medusa-2" else spec.heads
+    return spec.base, heads if heads is not None else own
 
 
 def require_heads(model: str, heads: str | None) -> str:
-    """The heads to load for ``model``, or a one-line error saying how to get some."""
+    """The heads to load for ``model``, or a one-line error saying how to get some.
+
+    A local or cached Medusa-2 checkpoint carries its own heads (its id is returned).
+    """
     _, resolved = resolve_model(model, heads)
+    if resolved is None and _is_medusa2(model):
+        return model
     if resolved is None:
-        spec = REGISTRY.get(model)
-        reason = spec.note if spec is not None and spec.note else (
+        raise TreeoptError(
             f"{model} has no registered Medusa heads: pass --heads DIR_OR_HUB_ID "
-            "(train some with `treeopt train-heads`)"
+            "(train some with `treeopt train-heads`), or use a Medusa-2 checkpoint"
         )
-        raise TreeoptError(reason)
     return resolved
 
 
@@ -84,11 +114,15 @@ def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _looks_like_path(name: str) -> bool:
+    return Path(name).is_absolute() or name.startswith(".") or name.count("/") > 1
+
+
 def _not_available(what: str, name: str, exc: BaseException) -> TreeoptError:
     """The one-line error for a model or heads that cannot be loaded."""
     if Path(name).exists():
         return TreeoptError(f"cannot load {what} from folder {name}: {first_line(exc)}")
-    if Path(name).is_absolute() or name.startswith(".") or name.count("/") > 1:
+    if _looks_like_path(name):
         return TreeoptError(f"{what} folder {name} does not exist")
     where = "offline (HF_HUB_OFFLINE=1) and " if _offline() else ""
     return TreeoptError(
@@ -97,11 +131,108 @@ def _not_available(what: str, name: str, exc: BaseException) -> TreeoptError:
     )
 
 
+def _cached_snapshot(repo_id: str) -> Path | None:
+    """The cached snapshot folder of a hub id, without touching the network."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # not cached, or not a valid repo id: the caller says which
+        return None
+
+
+def _hub_reachable() -> bool:
+    """Whether one TCP connection to the hub endpoint opens within HUB_PROBE_SECONDS."""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=HUB_PROBE_SECONDS):
+            return True
+    except OSError:
+        return False
+
+
+def checkpoint_dir(name: str, what: str, patterns: list[str] | None = None) -> Path:
+    """The local folder of a model or heads: the folder itself, or the hub id's snapshot.
+
+    The hub cache is looked at first (no network); an id that is not cached is
+    downloaded only when not offline and the hub answers within HUB_PROBE_SECONDS,
+    so "no network" is a one-line error in seconds, not after a minute of retries.
+    """
+    local = Path(name)
+    if local.is_dir():
+        return local
+    if local.exists() or _looks_like_path(name) or name.count("/") > 1:
+        raise TreeoptError(f"{what} folder {name} does not exist")
+    cached = _cached_snapshot(name)
+    if cached is not None:
+        return cached
+    hint = f"download it with `hf download {name}` where there is network, or pass a local folder"
+    if _offline():
+        raise TreeoptError(
+            f"{what} {name!r} is offline (HF_HUB_OFFLINE=1) and not in the Hugging Face "
+            f"cache: {hint}")
+    if not _hub_reachable():
+        raise TreeoptError(
+            f"{what} {name!r} is not in the Hugging Face cache and the hub is unreachable: "
+            f"{hint}")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, allow_patterns=patterns))
+    except Exception as exc:  # unknown repo, gated, connection dropped: one line
+        raise TreeoptError(f"cannot download {what} {name!r}: {first_line(exc)}") from None
+
+
+def _read_config(directory: Path) -> dict[str, Any]:
+    """``config.json`` of a checkpoint folder as a dict (one-line error if unreadable)."""
+    path = directory / "config.json"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise TreeoptError(f"cannot read {path}: {first_line(exc)}") from None
+    if not isinstance(config, dict):
+        raise TreeoptError(f"{path} is not a JSON object")
+    return config
+
+
+def checkpoint_kind(directory: Path) -> str:
+    """"medusa-2" (model + heads in its weight files), "medusa-1" (a heads-only folder)
+    or "base" (a plain model), from config.json and the weight files' names only."""
+    from medusa_runtime.heads import WEIGHTS_PT, WEIGHTS_SAFETENSORS, embedded_head_shards
+
+    config = _read_config(directory)
+    if "medusa_num_heads" not in config:
+        return "base"
+    if (directory / WEIGHTS_SAFETENSORS).is_file() or (directory / WEIGHTS_PT).is_file():
+        return "medusa-1"
+    if embedded_head_shards(directory):
+        return "medusa-2"
+    raise TreeoptError(
+        f"{directory}: config.json has medusa_num_heads but no heads file and no "
+        "medusa_head.* tensors in the model's weight files"
+    )
+
+
+def _is_medusa2(model: str) -> bool:
+    """Whether ``model`` is a local or already-cached Medusa-2 checkpoint (no network)."""
+    spec = registry_spec(model)
+    if spec is not None:
+        return spec.kind == "medusa-2"
+    local = Path(model) if Path(model).is_dir() else (
+        None if _looks_like_path(model) else _cached_snapshot(model))
+    return local is not None and (local / "config.json").is_file() and \
+        checkpoint_kind(local) == "medusa-2"
+
+
 def resolve_dtype(dtype: str) -> Any:
     """The torch dtype for a ``--dtype`` value ("auto": the checkpoint's own)."""
     import torch
 
-    from treeopt.cost.roofline import canonical_dtype
+    from treeopt.core.dtypes import canonical_dtype
 
     if dtype == "auto":
         return "auto"
@@ -128,6 +259,47 @@ def resolve_device(device: str) -> Any:
     return resolved
 
 
+def _load_model_from(directory: Path, name: str, dtype: str, device_map: str | None,
+                     quiet: bool) -> tuple[Any, Any]:
+    """(model, tokenizer) from a local checkpoint folder with transformers (one-line errors).
+
+    ``quiet`` hides transformers' report of unexpected weights (a Medusa-2
+    checkpoint's ``medusa_head.*`` tensors, which the heads loader reads instead).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype)}
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    verbosity = hf_logging.get_verbosity()
+    if quiet:
+        hf_logging.set_verbosity_error()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(directory))
+        loaded = AutoModelForCausalLM.from_pretrained(str(directory), **kwargs)
+    except ImportError as exc:
+        raise TreeoptError(f"loading {name}: {first_line(exc)}") from None
+    except Exception as exc:  # corrupt or truncated weights, unknown architecture: one line
+        raise TreeoptError(f"cannot load model {name} from {directory}: {first_line(exc)}") \
+            from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return loaded, tokenizer
+
+
+def _place(model: Any, device: str, device_map: str | None) -> Any:
+    """The model on ``device`` (unless accelerate placed it), in eval mode, frozen."""
+    if device_map is None:
+        try:
+            model = model.to(resolve_device(device))
+        except (RuntimeError, AssertionError) as exc:
+            raise TreeoptError(f"cannot move model to device {device!r}: {exc}") from None
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
 def load_base_model(
     model: str, device: str = "cpu", dtype: str = "auto", device_map: str | None = None
 ) -> tuple[Any, Any]:
@@ -135,43 +307,32 @@ def load_base_model(
 
     ``device_map="auto"`` hands placement to accelerate (multi-GPU sharding) and
     ignores ``device``. Raises TreeoptError if the model or tokenizer is missing.
+    A Medusa-2 checkpoint loads as its fine-tuned base (heads: :func:`load_medusa`).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     base, _ = resolve_model(model)
     if device_map is not None and device_map not in DEVICE_MAPS:
         raise TreeoptError(f"--device-map must be one of {', '.join(DEVICE_MAPS)}")
-    torch_dtype = resolve_dtype(dtype)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(base)
-        kwargs: dict[str, Any] = {"dtype": torch_dtype}
-        if device_map is not None:
-            kwargs["device_map"] = device_map
-        loaded = AutoModelForCausalLM.from_pretrained(base, **kwargs)
-    except ImportError as exc:
-        raise TreeoptError(f"loading {base}: {exc}".splitlines()[0]) from None
-    except (OSError, ValueError) as exc:
-        raise _not_available("model", base, exc) from None
-    if device_map is None:
-        try:
-            loaded = loaded.to(device)
-        except (RuntimeError, AssertionError) as exc:
-            raise TreeoptError(f"cannot move model to device {device!r}: {exc}") from None
-    loaded.eval()
-    loaded.requires_grad_(False)
-    return loaded, tokenizer
+    resolve_dtype(dtype)
+    directory = checkpoint_dir(base, "model", MODEL_PATTERNS)
+    kind = checkpoint_kind(directory) if (directory / "config.json").is_file() else "base"
+    loaded, tokenizer = _load_model_from(directory, base, dtype, device_map,
+                                         quiet=kind == "medusa-2")
+    return _place(loaded, device, device_map), tokenizer
 
 
 def load_heads(heads: str, device: Any = "cpu", dtype: Any = None, base_lm_head: Any = None) -> Any:
     """Medusa heads (a ``medusa_runtime.heads.MedusaHeads``) from a folder or hub id.
 
-    ``base_lm_head``: the base model's output embedding, which heads saved with
-    ``share_lm_head`` reuse (required for them, ignored by heads with their own).
+    Medusa-1 heads-only checkpoints and Medusa-2 checkpoints (heads inside the
+    model's weight files) both load. ``base_lm_head``: the base model's output
+    embedding, which heads saved with ``share_lm_head`` reuse (required for them,
+    ignored by heads with their own).
     """
     from medusa_runtime.heads import MedusaHeads
 
+    directory = checkpoint_dir(heads, "Medusa heads", HEADS_PATTERNS)
     try:
-        loaded = MedusaHeads.from_pretrained(heads, base_lm_head=base_lm_head)
+        loaded = MedusaHeads.from_pretrained(directory, base_lm_head=base_lm_head)
     except TreeoptError:
         raise
     except (OSError, ValueError, KeyError) as exc:
@@ -179,6 +340,126 @@ def load_heads(heads: str, device: Any = "cpu", dtype: Any = None, base_lm_head:
     loaded = loaded.to(device=device, dtype=dtype) if dtype is not None else loaded.to(device)
     loaded.eval()
     return loaded
+
+
+def random_heads(model: Any, num_heads: int, num_layers: int = 1, seed: int = 0) -> Any:
+    """Untrained Medusa heads shaped for ``model``, beside its ``lm_head`` (same device/dtype).
+
+    Identity ResBlocks and seeded random projections: for tests and timing (the
+    step time depends on the heads' shapes only). The global RNG is left untouched.
+    """
+    import torch
+
+    from medusa_runtime.heads import MedusaConfig, MedusaHeads
+
+    lm_head = model.get_output_embeddings()
+    vocab_size, hidden_size = (int(n) for n in lm_head.weight.shape)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        heads = MedusaHeads(MedusaConfig(num_heads, num_layers, hidden_size, vocab_size))
+    return heads.to(device=lm_head.weight.device, dtype=lm_head.weight.dtype).eval()
+
+
+@dataclass(frozen=True)
+class LoadedMedusa:
+    """A loaded base model, its tokenizer and Medusa heads.
+
+    ``kind``: "medusa-1" (heads for an unchanged base), "medusa-2" (fine-tuned base
+    with its own heads), "random" (untrained heads) or "none" (no heads). Heads
+    sit on the device and dtype of the model's ``lm_head``.
+    """
+
+    model: Any
+    tokenizer: Any
+    heads: Any | None
+    kind: str
+    model_id: str
+    heads_id: str | None
+
+
+def check_heads_fit(heads: Any, model: Any, heads_id: str) -> None:
+    """One-line error unless ``heads`` read ``model``'s hidden size and write its vocabulary."""
+    vocab_size, hidden_size = (int(n) for n in model.get_output_embeddings().weight.shape)
+    config = heads.config
+    if config.hidden_size != hidden_size:
+        raise TreeoptError(
+            f"Medusa heads {heads_id} read hidden size {config.hidden_size}, the model's is "
+            f"{hidden_size}: these heads belong to another model")
+    if config.vocab_size != vocab_size:
+        raise TreeoptError(
+            f"Medusa heads {heads_id} predict a vocabulary of {config.vocab_size} tokens, the "
+            f"model's has {vocab_size}: these heads belong to another model")
+
+
+def load_medusa(
+    model: str,
+    heads: str | None = None,
+    *,
+    device: str = "cpu",
+    dtype: str = "auto",
+    device_map: str | None = None,
+    need_heads: bool = True,
+    random_num_heads: int | None = None,
+) -> LoadedMedusa:
+    """The one loader of a model with Medusa heads, for every checkpoint kind.
+
+    ``model``: registry name, folder or hub id of a plain base, a Medusa-2
+    checkpoint (its heads load from its own weight files, no ``heads`` needed) or a
+    Medusa-1 heads folder (its ``base_model_name_or_path`` is loaded under it).
+    ``heads`` overrides the heads; ``random_num_heads`` builds untrained ones
+    instead. Without heads: an error when ``need_heads``, else kind "none". Heads
+    are read and checked before the model loads where they can be (not when they
+    share the model's ``lm_head``), and always checked against the model's hidden
+    size and vocabulary before returning.
+    """
+    if random_num_heads is not None and heads is not None:
+        raise TreeoptError("give heads or random heads, not both")
+    if device_map is not None and device_map not in DEVICE_MAPS:
+        raise TreeoptError(f"--device-map must be one of {', '.join(DEVICE_MAPS)}")
+    resolve_dtype(dtype)
+    if device_map is None:
+        resolve_device(device)
+    base, heads_id = resolve_model(model, heads)
+    directory = checkpoint_dir(base, "model", MODEL_PATTERNS)
+    kind = checkpoint_kind(directory) if (directory / "config.json").is_file() else "base"
+    if kind == "medusa-1":  # a heads folder given as the model: load the base it names
+        heads_id = heads_id or str(directory)
+        base = str(_read_config(directory).get("base_model_name_or_path") or "")
+        if not base:
+            raise TreeoptError(f"{directory} holds Medusa heads without base_model_name_or_path:"
+                               " pass the base as --model and these as --heads")
+        directory = checkpoint_dir(base, "model", MODEL_PATTERNS)
+        kind = checkpoint_kind(directory) if (directory / "config.json").is_file() else "base"
+    if heads_id is None and random_num_heads is None and kind == "medusa-2":
+        heads_id = base
+    if heads_id is None and random_num_heads is None and need_heads:
+        require_heads(model, None)  # raises, saying how to get heads
+    early = _heads_before_model(heads_id) if heads_id is not None else None
+    net, tokenizer = _load_model_from(directory, base, dtype, device_map, quiet=kind == "medusa-2")
+    net = _place(net, device, device_map)
+    lm_head = net.get_output_embeddings()
+    if random_num_heads is not None:
+        return LoadedMedusa(net, tokenizer, random_heads(net, random_num_heads), "random", base,
+                            None)
+    if heads_id is None:
+        return LoadedMedusa(net, tokenizer, None, "none", base, None)
+    loaded = early if early is not None else load_heads(heads_id, base_lm_head=lm_head)
+    check_heads_fit(loaded, net, heads_id)
+    loaded = loaded.to(device=lm_head.weight.device, dtype=lm_head.weight.dtype).eval()
+    heads_kind = "medusa-2" if heads_id == base and kind == "medusa-2" else "medusa-1"
+    return LoadedMedusa(net, tokenizer, loaded, heads_kind, base, heads_id)
+
+
+def _heads_before_model(heads_id: str) -> Any | None:
+    """Heads read before the model loads (bad heads fail in a second), unless they
+    need the model's ``lm_head`` (``share_lm_head``): then None, loaded after."""
+    directory = checkpoint_dir(heads_id, "Medusa heads", HEADS_PATTERNS)
+    if checkpoint_kind(directory) == "base":
+        raise TreeoptError(f"Medusa heads {heads_id}: config.json has no medusa_num_heads "
+                           "(a plain model, not heads)")
+    if _read_config(directory).get("share_lm_head"):
+        return None
+    return load_heads(str(directory))
 
 
 def decoder_of(model: Any) -> Any:

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from medusa_runtime.padding import pad_rows
 from treeopt.core.atomic import atomic_path, atomic_write_text, check_output_path
 from treeopt.errors import TreeoptError
 from treeopt.files.jsondoc import read_json
@@ -163,14 +164,10 @@ def greedy_continuations(
             bar.update(len(batch))
             continue
         # Left padding: every prompt ends at the same column, where generation starts.
-        input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
-        attention = torch.zeros((len(batch), width), dtype=torch.long)
-        for row, i in enumerate(batch):
-            input_ids[row, width - len(prompts[i]):] = torch.tensor(prompts[i])
-            attention[row, width - len(prompts[i]):] = 1
+        input_ids, attention = pad_rows([prompts[i] for i in batch], pad_token_id, left=True)
         with torch.no_grad():
             out = model.generate(
-                input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                input_ids=input_ids.to(device), attention_mask=attention.long().to(device),
                 max_new_tokens=limit, do_sample=False, num_beams=1,
                 eos_token_id=eos_token_id, pad_token_id=pad_token_id,
                 temperature=None, top_p=None, top_k=None,
@@ -224,6 +221,22 @@ def ranks_in_top_k(logits: Any, targets: Any, top_k: int) -> Any:
     return torch.where(found, hit.float().argmax(dim=-1), torch.full_like(targets, MISS))
 
 
+def hidden_at(model: Any, input_ids: Any, mask: Any, rows: Any, cols: Any) -> Any:
+    """The model's final hidden states (what ``lm_head`` reads) at ``(rows, cols)``.
+
+    ``input_ids``/``mask`` [B, W] are right-padded (:func:`medusa_runtime.padding.pad_rows`
+    with ``left=False``): causal attention keeps real positions independent of the
+    padding. Gradients flow when the caller allows them (joint training).
+    """
+    from treeopt.model.loading import decoder_of, input_device
+
+    device = input_device(model)
+    hidden = decoder_of(model)(
+        input_ids=input_ids.to(device), attention_mask=mask.long().to(device)
+    ).last_hidden_state
+    return hidden[rows.to(hidden.device), cols.to(hidden.device)]
+
+
 def batch_rank_vectors(
     model: Any, heads: Any, batch: Sequence[Sequence_], top_k: int, include_prompt: bool,
     pad_token_id: int = 0,
@@ -237,36 +250,23 @@ def batch_rank_vectors(
     """
     import torch
 
-    from treeopt.model.loading import decoder_of, input_device
-
-    device = input_device(model)
-    width = max(len(s.ids) for s in batch)
-    input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
-    attention = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, seq in enumerate(batch):
-        input_ids[row, : len(seq.ids)] = torch.tensor(seq.ids)
-        attention[row, : len(seq.ids)] = 1
     num_heads = heads.config.medusa_num_heads
+    input_ids, attention = pad_rows([seq.ids for seq in batch], pad_token_id, left=False)
+    rows, cols, targets, nexts, sizes = [], [], [], [], []
+    for row, seq in enumerate(batch):
+        positions = decode_positions(len(seq.prompt), len(seq.ids), include_prompt)
+        rows.extend([row] * len(positions))
+        cols.extend(positions)
+        targets.append(future_targets(seq.ids, positions, num_heads))
+        nexts.extend(seq.ids[t + 1] for t in positions)
+        sizes.append(len(positions))
+    if not rows:
+        empty = [np.zeros((0, num_heads), dtype=np.int16) for _ in batch]
+        return empty, 0, [np.zeros((0, num_heads, top_k), dtype=np.float16) for _ in batch]
     with torch.no_grad():
-        # Right padding: causal attention keeps real positions independent of it.
-        hidden = decoder_of(model)(
-            input_ids=input_ids.to(device), attention_mask=attention.to(device)
-        ).last_hidden_state
-        rows, cols, targets, nexts, sizes = [], [], [], [], []
-        for row, seq in enumerate(batch):
-            positions = decode_positions(len(seq.prompt), len(seq.ids), include_prompt)
-            rows.extend([row] * len(positions))
-            cols.extend(positions)
-            targets.append(future_targets(seq.ids, positions, num_heads))
-            nexts.extend(seq.ids[t + 1] for t in positions)
-            sizes.append(len(positions))
-        if not rows:
-            empty = [np.zeros((0, num_heads), dtype=np.int16) for _ in batch]
-            return empty, 0, [np.zeros((0, num_heads, top_k), dtype=np.float16) for _ in batch]
-        selected = hidden[torch.tensor(rows, device=hidden.device),
-                          torch.tensor(cols, device=hidden.device)]
-        target = torch.from_numpy(np.concatenate(targets)).to(hidden.device)
-        next_tokens = torch.tensor(nexts, device=hidden.device)
+        selected = hidden_at(model, input_ids, attention, torch.tensor(rows), torch.tensor(cols))
+        target = torch.from_numpy(np.concatenate(targets)).to(selected.device)
+        next_tokens = torch.tensor(nexts, device=selected.device)
         head_device = next(heads.parameters()).device
         chunk = max(1, LOGITS_PER_CHUNK // (num_heads * heads.config.vocab_size))
         ranks, probs, mismatches = [], [], 0

@@ -139,7 +139,7 @@ def run_study_cli(*, profile: str, model: str | None, heads: str | None, prompts
         raise TreeoptError("--measure needs --model and --prompts (calibration prompts)")
     from treeopt.files.profile_file import load_profile
     from treeopt.model.calibration import encode_prompts, read_prompts
-    from treeopt.model.loading import load_base_model, load_heads, require_heads
+    from treeopt.model.loading import load_medusa, require_heads
 
     # Everything that can fail cheaply fails before the model loads.
     config = StudyConfig(trials=trials, seed=seed,
@@ -148,11 +148,9 @@ def run_study_cli(*, profile: str, model: str | None, heads: str | None, prompts
                          storage=storage, study_name=study_name)
     loaded_profile = load_profile(profile)
     texts = read_prompts(prompts, max_prompts=max_prompts, seed=seed)
-    heads_name = require_heads(model, heads)
+    require_heads(model, heads)
     open_study(config)
-    net, tokenizer = load_base_model(model, device=device, dtype=dtype)
-    medusa = load_heads(heads_name, device=device, dtype=next(net.parameters()).dtype,
-                        base_lm_head=net.get_output_embeddings())
-    outcome = run_study(net, medusa, encode_prompts(tokenizer, texts), loaded_profile, config,
-                        eos_token_id=tokenizer.eos_token_id)
+    loaded = load_medusa(model, heads, device=device, dtype=dtype)
+    outcome = run_study(loaded.model, loaded.heads, encode_prompts(loaded.tokenizer, texts),
+                        loaded_profile, config, eos_token_id=loaded.tokenizer.eos_token_id)
     return outcome

@@ -29,9 +29,10 @@ from typing import Any
 
 import numpy as np
 
+from medusa_runtime.padding import pad_rows
 from treeopt.core.atomic import atomic_path, atomic_write_text
 from treeopt.errors import TreeoptError
-from treeopt.model.profiling import Sequence_, decode_positions, future_targets
+from treeopt.model.profiling import Sequence_, decode_positions, future_targets, hidden_at
 
 # Medusa paper, Sec. 2.2.1: loss of head k weighted lambda_k = 0.8 ** k.
 HEAD_LOSS_DECAY = 0.8
@@ -85,13 +86,9 @@ def _batch_tensors(
     """(input_ids, attention, rows, cols, targets [n, K]) for the batch's decode positions."""
     import torch
 
-    width = max(len(s.ids) for s in batch)
-    input_ids = torch.full((len(batch), width), pad_token_id, dtype=torch.long)
-    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    input_ids, attention = pad_rows([seq.ids for seq in batch], pad_token_id, left=False)
     rows, cols, targets = [], [], []
     for row, seq in enumerate(batch):
-        input_ids[row, : len(seq.ids)] = torch.tensor(seq.ids)
-        attention[row, : len(seq.ids)] = 1
         positions = decode_positions(len(seq.prompt), len(seq.ids), include_prompt=False)
         rows.extend([row] * len(positions))
         cols.extend(positions)
@@ -105,14 +102,8 @@ def _hidden_at(model: Any, input_ids: Any, attention: Any, rows: Any, cols: Any)
     """The frozen base's final hidden states at (rows, cols), detached."""
     import torch
 
-    from treeopt.model.loading import decoder_of, input_device
-
-    device = input_device(model)
     with torch.no_grad():
-        hidden = decoder_of(model)(
-            input_ids=input_ids.to(device), attention_mask=attention.to(device)
-        ).last_hidden_state
-        return hidden[rows.to(hidden.device), cols.to(hidden.device)]
+        return hidden_at(model, input_ids, attention, rows, cols)
 
 
 def medusa_loss(logits: Any, targets: Any, weights: Sequence[float]) -> Any:

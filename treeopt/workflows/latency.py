@@ -97,14 +97,13 @@ def measure_overhead(settings: OverheadSettings, dtype: str) -> LatencyTable:
     """Load the model (or build a random-weight one) and heads, then run the timed sweep."""
     import torch
 
-    from medusa_runtime.heads import MedusaConfig, MedusaHeads
     from treeopt.core.dtypes import loadable_dtype
-    from treeopt.model.loading import resolve_device
+    from treeopt.model.loading import load_medusa, random_heads, resolve_device
     from treeopt.model.measure import measure_latency
 
     resolve_device(settings.device)
     torch_dtype = getattr(torch, loadable_dtype(dtype))
-    device, published_heads = settings.device, None
+    device, medusa = settings.device, None
     if settings.random_weights:
         from medusa_runtime.timing import random_weight_model
         from treeopt.cost.arch import get_arch
@@ -114,19 +113,11 @@ def measure_overhead(settings: OverheadSettings, dtype: str) -> LatencyTable:
         net = random_weight_model(shape.to_hf_config_dict(), torch_dtype, device)
         name = shape.name
     else:
-        from treeopt.model.loading import load_base_model, load_heads, resolve_model
-
-        net, _ = load_base_model(settings.model, device=device, dtype=dtype)  # type: ignore[arg-type]
-        name = str(settings.model)
-        published_heads = resolve_model(str(settings.model))[1]
-    if published_heads is not None:
-        medusa = load_heads(published_heads, device=device, dtype=torch_dtype,
-                            base_lm_head=net.get_output_embeddings())
-    else:  # the step time depends on the heads' shapes, not their weights
-        config = net.config
-        medusa = MedusaHeads(MedusaConfig(settings.heads, 1, config.hidden_size,
-                                          config.vocab_size))
-        medusa = medusa.to(device=device, dtype=torch_dtype).eval()
+        loaded = load_medusa(str(settings.model), device=device, dtype=dtype, need_heads=False,
+                             quiet=not settings.show_progress)
+        net, medusa, name = loaded.model, loaded.heads, str(settings.model)
+    if medusa is None:  # the step time depends on the heads' shapes, not their weights
+        medusa = random_heads(net, settings.heads)
     return measure_latency(net, medusa, name, settings.batches, settings.contexts,
                            settings.sizes, device, dtype, settings.warmup, settings.repeats,
                            show_progress=settings.show_progress,
