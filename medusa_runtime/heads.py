@@ -133,6 +133,38 @@ class MedusaHeads(nn.Module):
             save_file(state, str(tmp))
         atomic_write_text(directory / CONFIG_FILE, json.dumps(asdict(self.config), indent=2) + "\n")
 
+    def save_into_model(self, directory: str | Path) -> None:
+        """Add these heads to a saved model folder, making it a Medusa-2 checkpoint.
+
+        The FasterDecoding ``medusa-1.0`` layout: ``medusa_head.*`` tensors in the
+        model's own weights (a single ``model.safetensors`` is rewritten with them; a
+        sharded one gets one more shard, listed in its index) and ``medusa_num_heads``/
+        ``medusa_num_layers`` in its ``config.json``. Each file is replaced atomically.
+        """
+        from safetensors.torch import load_file, save_file
+
+        directory = Path(directory)
+        state = {STATE_DICT_PREFIX + key: value.detach().contiguous().cpu()
+                 for key, value in self.heads.state_dict().items()}
+        index = directory / MODEL_WEIGHT_INDEXES[0]
+        if index.is_file():
+            shard = "model-medusa-heads.safetensors"
+            with atomic_path(directory / shard) as tmp:
+                save_file(state, str(tmp), metadata={"format": "pt"})
+            document = json.loads(index.read_text(encoding="utf-8"))
+            document["weight_map"].update(dict.fromkeys(state, shard))
+            atomic_write_text(index, json.dumps(document, indent=2) + "\n")
+        else:
+            weights = directory / MODEL_WEIGHT_FILES[0]
+            merged = {**load_file(str(weights)), **state}
+            with atomic_path(weights) as tmp:
+                save_file(merged, str(tmp), metadata={"format": "pt"})
+        config_path = directory / CONFIG_FILE
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config.update(medusa_num_heads=self.config.medusa_num_heads,
+                      medusa_num_layers=self.config.medusa_num_layers)
+        atomic_write_text(config_path, json.dumps(config, indent=2) + "\n")
+
     @classmethod
     def from_pretrained(
         cls,
@@ -230,12 +262,12 @@ def embedded_head_shards(directory: Path) -> list[Path]:
             return [directory / name for name in names]
     for name in MODEL_WEIGHT_FILES:
         if (directory / name).is_file():
-            keys = _read_weights(directory / name, keys_only=True)
+            keys = read_weights(directory / name, keys_only=True)
             return [directory / name] if any(k.startswith(STATE_DICT_PREFIX) for k in keys) else []
     return []
 
 
-def _read_weights(path: Path, keys_only: bool = False, prefix: str = "") -> dict[str, torch.Tensor]:
+def read_weights(path: Path, keys_only: bool = False, prefix: str = "") -> dict[str, torch.Tensor]:
     """Tensors of a safetensors/.bin file whose names start with ``prefix`` (one-line errors).
 
     ``keys_only``: the names mapped to None-like placeholders (safetensors header only).
@@ -269,9 +301,9 @@ def _load_state_dict(directory: Path) -> dict[str, torch.Tensor]:
     model's own weight files, shards included (Medusa-2).
     """
     if (directory / WEIGHTS_SAFETENSORS).is_file():
-        state = _read_weights(directory / WEIGHTS_SAFETENSORS)
+        state = read_weights(directory / WEIGHTS_SAFETENSORS)
     elif (directory / WEIGHTS_PT).is_file():
-        state = _read_weights(directory / WEIGHTS_PT)
+        state = read_weights(directory / WEIGHTS_PT)
     else:
         shards = embedded_head_shards(directory)
         if not shards:
@@ -281,7 +313,7 @@ def _load_state_dict(directory: Path) -> dict[str, torch.Tensor]:
             )
         state = {}
         for shard in shards:
-            state.update(_read_weights(shard, prefix=STATE_DICT_PREFIX))
+            state.update(read_weights(shard, prefix=STATE_DICT_PREFIX))
     return {key.removeprefix(STATE_DICT_PREFIX): value for key, value in state.items()}
 
 

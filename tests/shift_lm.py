@@ -47,6 +47,9 @@ class ShiftLM(nn.Module):
     def get_decoder(self) -> nn.Module:
         return self.body
 
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
     def get_input_embeddings(self) -> nn.Embedding:
         return self.embed
 

@@ -5,8 +5,9 @@ Torch and transformers are imported inside the verbs only (CLI start-up stays fa
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -142,22 +143,52 @@ def profile(
     )
 
 
+class BackboneLoss(str, Enum):
+    ce = "ce"
+    distill = "distill"
+
+
 def train_heads(
     model: ModelOpt,
     data: DataOpt,
     output: Annotated[
         Path, typer.Option("-o", "--output", callback=output_folder,
-            help="Folder for the heads (config.json + "
-                           "medusa_lm_head.safetensors) and train_report.json.")
+            help="Folder for the heads (config.json + medusa_lm_head.safetensors; with "
+                 "--joint a whole Medusa-2 checkpoint) and train_report.json.")
     ],
     num_heads: Annotated[int, typer.Option(
         min=1, help="Medusa heads K (head k predicts k+1 ahead).")]
     = 5,
     num_layers: Annotated[int, typer.Option(min=0, help="ResBlocks per head.")] = 1,
-    epochs: Annotated[int, typer.Option(min=1, help="Passes over the training prompts.")] = 3,
-    learning_rate: Annotated[float, typer.Option(
-        "--lr", callback=lambda value: _positive("--lr", value),
-        help="AdamW peak learning rate.")] = 1e-3,
+    epochs: Annotated[int | None, typer.Option(
+        min=1, help="Passes over the training prompts (default: 3, more on a small run so it "
+                    "makes at least 300 optimizer steps, at most 50).")] = None,
+    learning_rate: Annotated[float | None, typer.Option(
+        "--lr", callback=lambda value: value if value is None else _positive("--lr", value),
+        help="Heads' peak AdamW learning rate (Medusa-1; default 1e-2). With --joint the heads "
+             "learn 4x --backbone-lr.")] = None,
+    joint: Annotated[bool, typer.Option(
+        "--joint", help="Medusa-2: train LoRA adapters on the whole model (every linear layer, "
+                        "LM head included) together with the heads; writes a merged "
+                        "checkpoint (fine-tuned model + heads).")] = False,
+    backbone_loss: Annotated[BackboneLoss, typer.Option(
+        help="--joint: 'ce' next-token cross-entropy (lambda_0 0.2; two-stage with "
+             "--init-heads) or 'distill' KL to the original model (lambda_0 rising to 0.01).")
+    ] = BackboneLoss.ce,
+    backbone_lr: Annotated[float, typer.Option(
+        callback=lambda value: _positive("--backbone-lr", value),
+        help="--joint: the LoRA adapters' peak learning rate.")] = 1e-4,
+    warmup_steps: Annotated[int, typer.Option(
+        min=0, help="--joint: linear warm-up steps before the cosine decay.")] = 20,
+    init_heads: Annotated[str | None, typer.Option(
+        help="--joint: start from these Medusa-1 heads (folder or hub id; two-stage).")] = None,
+    qlora: Annotated[bool, typer.Option(
+        "--qlora", help="--joint: load the base in 4 bits (needs CUDA and bitsandbytes).")
+    ] = False,
+    targets_cache: Annotated[Path | None, typer.Option(
+        help="Folder caching the model's greedy continuations, shared by runs (default: "
+             "$TREEOPT_CACHE_DIR or ~/.cache/treeopt): the same model, prompts and "
+             "--max-new-tokens never generate twice.")] = None,
     held_out: Annotated[
         float, typer.Option(help="Fraction of prompts held out for the accuracy report.")
     ] = 0.1,
@@ -173,39 +204,64 @@ def train_heads(
     resume: ResumeOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Train Medusa-1 heads (frozen base, heads only) by self-distillation.
+    """Train Medusa heads by self-distillation: Medusa-1 (heads only) or Medusa-2 (--joint).
 
-    Targets are the model's own greedy continuations of the prompts (cached in
-    OUTPUT/targets.json); head k's loss is weighted 0.8^k (Medusa paper). The heads
-    are saved after every epoch in the layout `treeopt profile --heads` and the
-    runtime load; the run reports per-head top-1/top-5 on the held-out prompts.
+    Targets are the model's own greedy continuations of the prompts (cached and
+    reused across runs); head k's loss is weighted 0.8^k (Medusa paper). Medusa-1
+    keeps the base frozen and saves the heads after every epoch in the layout
+    `treeopt profile --heads` and the runtime load. Medusa-2 (--joint) fine-tunes the
+    model through LoRA together with the heads and writes a merged checkpoint that
+    profile, generate, overhead, tune and eval load with no --heads. The run reports
+    per-head top-1/top-5 on held-out prompts and warns when they stay near chance.
+    Interrupted? Rerun with --resume.
 
-    Example: treeopt train-heads -m ./my-model -d prompts.txt --epochs 5 -o heads/
+    \b
+    Examples:
+      treeopt train-heads -m ./my-model -d prompts.txt -o heads/
+      treeopt train-heads -m ./my-model -d prompts.txt --joint --backbone-loss distill -o m2/
+      treeopt train-heads -m ./my-model -d prompts.txt --joint --init-heads heads/ -o m2/
     """
-    from treeopt.model.calibration import encode_prompts, read_prompts
-    from treeopt.model.loading import load_base_model, resolve_model
-    from treeopt.model.train_heads import TrainSettings
-    from treeopt.model.train_heads import train_heads as run_training
+    from treeopt.model.train_heads import TrainSettings, train_heads_from
 
-    # Cheap checks first: settings and prompts before the model loads.
-    base_id, _ = resolve_model(model)
+    if joint and learning_rate is not None:
+        raise TreeoptError("--joint sets the heads' learning rate to 4x --backbone-lr: "
+                           "drop --lr")
+    if not joint and (init_heads is not None or qlora):
+        raise TreeoptError("--init-heads and --qlora are for --joint (Medusa-2)")
+    optional = {} if learning_rate is None else {"learning_rate": learning_rate}
     settings = TrainSettings(
-        num_heads=num_heads, num_layers=num_layers, epochs=epochs, learning_rate=learning_rate,
-        batch_size=batch_size, held_out_fraction=held_out, max_new_tokens=max_new_tokens,
-        seed=seed,
+        num_heads=num_heads, num_layers=num_layers, epochs=epochs, **optional,
+        batch_size=batch_size,
+        held_out_fraction=held_out, max_new_tokens=max_new_tokens, seed=seed,
+        joint=_joint_settings(joint, backbone_loss.value, backbone_lr, warmup_steps,
+                              init_heads, qlora),
     )
-    texts = read_prompts(data, max_prompts=max_prompts, seed=seed, turns=turns)
-    base, tokenizer = load_base_model(model, device=device, dtype=dtype, device_map=device_map)
-    prompt_ids = encode_prompts(tokenizer, texts, chat_template=chat_template)
-    report = run_training(base, tokenizer, prompt_ids, output, settings, model_id=base_id,
-                          resume=resume, progress=not quiet)
+    report = train_heads_from(
+        model, data, output, settings, max_prompts=max_prompts, turns=turns,
+        chat_template=chat_template, device=device, dtype=dtype, device_map=device_map,
+        resume=resume, progress=not quiet, targets_cache=targets_cache,
+    )
     accuracy = report["held_out_accuracy"]
-    typer.echo(f"wrote {output}: {num_heads} heads; held-out accuracy per head:", err=True)
+    what = "a Medusa-2 checkpoint" if joint else f"{num_heads} heads"
+    typer.echo(f"wrote {output}: {what} after {report['epochs']} epochs; held-out accuracy "
+               "per head:", err=True)
     for k in range(num_heads):
         typer.echo(
             f"  head {k + 1}: top-1 {accuracy['top1'][k]:.3f}  top-5 {accuracy['top5'][k]:.3f}",
             err=True,
         )
+    if report["warning"]:
+        typer.echo(f"warning: {report['warning']}", err=True)
+
+
+def _joint_settings(joint: bool, backbone_loss: str, backbone_lr: float, warmup_steps: int,
+                    init_heads: str | None, qlora: bool) -> Any:
+    if not joint:
+        return None
+    from treeopt.model.train_heads import JointSettings
+
+    return JointSettings(backbone_loss=backbone_loss, backbone_lr=backbone_lr,
+                         warmup_steps=warmup_steps, init_heads=init_heads, qlora=qlora)
 
 
 def register(app: typer.Typer) -> None:

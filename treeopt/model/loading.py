@@ -260,7 +260,7 @@ def resolve_device(device: str) -> Any:
 
 
 def _load_model_from(directory: Path, name: str, dtype: str, device_map: str | None,
-                     quiet: bool) -> tuple[Any, Any]:
+                     quiet: bool, four_bit: bool = False) -> tuple[Any, Any]:
     """(model, tokenizer) from a local checkpoint folder with transformers (one-line errors).
 
     ``quiet`` hides transformers' report of unexpected weights (a Medusa-2
@@ -272,6 +272,13 @@ def _load_model_from(directory: Path, name: str, dtype: str, device_map: str | N
     kwargs: dict[str, Any] = {"dtype": resolve_dtype(dtype)}
     if device_map is not None:
         kwargs["device_map"] = device_map
+    if four_bit:  # QLoRA: NF4 weights, bf16 compute (the QLoRA paper's setting)
+        import torch
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
+        kwargs.setdefault("device_map", {"": 0})
     verbosity = hf_logging.get_verbosity()
     if quiet:
         hf_logging.set_verbosity_error()
@@ -400,6 +407,7 @@ def load_medusa(
     device_map: str | None = None,
     need_heads: bool = True,
     random_num_heads: int | None = None,
+    four_bit: bool = False,
 ) -> LoadedMedusa:
     """The one loader of a model with Medusa heads, for every checkpoint kind.
 
@@ -407,7 +415,8 @@ def load_medusa(
     checkpoint (its heads load from its own weight files, no ``heads`` needed) or a
     Medusa-1 heads folder (its ``base_model_name_or_path`` is loaded under it).
     ``heads`` overrides the heads; ``random_num_heads`` builds untrained ones
-    instead. Without heads: an error when ``need_heads``, else kind "none". Heads
+    instead. Without heads: an error when ``need_heads``, else kind "none".
+    ``four_bit``: NF4 weights through bitsandbytes (QLoRA training; CUDA). Heads
     are read and checked before the model loads where they can be (not when they
     share the model's ``lm_head``), and always checked against the model's hidden
     size and vocabulary before returning.
@@ -435,8 +444,9 @@ def load_medusa(
     if heads_id is None and random_num_heads is None and need_heads:
         require_heads(model, None)  # raises, saying how to get heads
     early = _heads_before_model(heads_id) if heads_id is not None else None
-    net, tokenizer = _load_model_from(directory, base, dtype, device_map, quiet=kind == "medusa-2")
-    net = _place(net, device, device_map)
+    net, tokenizer = _load_model_from(directory, base, dtype, device_map,
+                                      quiet=kind == "medusa-2", four_bit=four_bit)
+    net = _place(net, device, device_map if not four_bit else "auto")
     lm_head = net.get_output_embeddings()
     if random_num_heads is not None:
         return LoadedMedusa(net, tokenizer, random_heads(net, random_num_heads), "random", base,

@@ -1,20 +1,23 @@
-"""Medusa-1 head training: frozen base model, heads only, self-distilled targets.
+"""Medusa head training: Medusa-1 (frozen base, heads only) and Medusa-2 (joint, LoRA).
 
 Recipe of the Medusa paper (Cai et al. 2024, "Medusa: Simple LLM Inference
 Acceleration Framework with Multiple Decoding Heads", arXiv:2401.10774, Sec. 2.2):
 
-- The base model is frozen; only the heads train (Medusa-1).
+- Medusa-1: the base model is frozen; only the heads train.
 - Head k's cross-entropy is weighted ``HEAD_LOSS_DECAY ** k`` (k = 1..K): later
   heads are harder and matter less, since a token k deep is only used when all
   k - 1 before it were accepted.
-- Self-distillation (Sec. 2.3.2): when no training data matches the model, the
-  targets are the model's own greedy continuations of the calibration prompts,
-  which are exactly what greedy verification will accept.
+- Self-distillation (Sec. 2.3.2): the targets are the model's own greedy
+  continuations of the calibration prompts, which are exactly what greedy
+  verification will accept.
+- Medusa-2 (``joint``, Sec. 2.2.2): the backbone trains too, through LoRA, with
+  ``lambda_0 x backbone loss + sum_k 0.8^k head-k loss``; see
+  :mod:`treeopt.model.train_joint`.
 
 Training positions are those decoding visits (the last prompt token onwards), as
-in :mod:`treeopt.model.profiling`. Checkpoints: after every epoch the heads are saved in
-the runtime's layout (``MedusaHeads.save_pretrained``) together with
-``training_state.pt`` (optimizer, epoch), which ``resume=True`` continues from.
+in :mod:`treeopt.model.profiling`. After every epoch the run's state is saved in
+``output_dir`` (trainable tensors and optimizer in safetensors, the rest in
+``training_state.json``: no pickle is ever loaded), which ``resume=True`` continues.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import json
 import random
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,41 +34,113 @@ import numpy as np
 
 from medusa_runtime.padding import pad_rows
 from treeopt.core.atomic import atomic_path, atomic_write_text
-from treeopt.errors import TreeoptError
+from treeopt.errors import TreeoptError, first_line
 from treeopt.model.profiling import Sequence_, decode_positions, future_targets, hidden_at
 
 # Medusa paper, Sec. 2.2.1: loss of head k weighted lambda_k = 0.8 ** k.
 HEAD_LOSS_DECAY = 0.8
-STATE_FILE = "training_state.pt"
+STATE_FILE = "training_state.json"
+TRAINABLE_FILE = "trainable.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
 REPORT_FILE = "train_report.json"
 TARGETS_FILE = "targets.json"
+STATE_FORMAT = "treeopt.training-state/1"
 # Held-out accuracies reported: top-1 and top-5, as the Medusa training logs do.
 REPORT_TOP_K = (1, 5)
+# Fewer optimizer steps than this and heads barely leave their initialisation (the
+# base's lm_head, which predicts one token too early): with the default epochs, a
+# small run trains for more epochs until it gets this many steps.
+MIN_DEFAULT_STEPS = 300
+# ... but never more epochs than this on its own (the user can ask for more).
+MAX_DEFAULT_EPOCHS = 50
+DEFAULT_EPOCHS = 3
+# Medusa-1 heads' default peak learning rate. The Medusa README's 1e-3 suits its
+# tens of thousands of steps; in the few hundred of a calibration-sized run heads
+# barely move with it (stories260K, 216 prompts, 81 steps: head-1 top-1 0.13 at
+# 1e-3, 0.67 at 1e-2).
+DEFAULT_HEADS_LR = 1e-2
+# Greedy targets shared by runs live here unless TREEOPT_CACHE_DIR says otherwise.
+CACHE_ENV = "TREEOPT_CACHE_DIR"
+
+
+@dataclass(frozen=True)
+class JointSettings:
+    """Medusa-2: LoRA on every linear layer (LM head included) trained with the heads.
+
+    ``backbone_loss`` "ce": next-token cross-entropy on the data with a constant
+    ``lambda_0 = CE_LAMBDA0`` (two-stage: start from Medusa-1 heads, ``init_heads``).
+    "distill": KL to the frozen original model's distribution, ``lambda_0`` rising on
+    a sine to ``DISTILL_LAMBDA0`` at the last step. Heads learn ``HEADS_LR_RATIO`` x
+    ``backbone_lr``; both follow a cosine schedule after ``warmup_steps``.
+    """
+
+    backbone_loss: str = "ce"
+    backbone_lr: float = 1e-4
+    warmup_steps: int = 20
+    lora_rank: int = 32
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    init_heads: str | None = None
+    qlora: bool = False
+
+    def __post_init__(self) -> None:
+        if self.backbone_loss not in BACKBONE_LOSSES:
+            raise TreeoptError(f"backbone loss must be one of {', '.join(BACKBONE_LOSSES)}, "
+                               f"not {self.backbone_loss!r}")
+        if not self.backbone_lr > 0 or not np.isfinite(self.backbone_lr):
+            raise TreeoptError(f"backbone_lr must be a finite number > 0, not {self.backbone_lr}")
+        if self.warmup_steps < 0 or self.lora_rank < 1 or self.lora_alpha < 1:
+            raise TreeoptError("warmup_steps must be >= 0, lora_rank and lora_alpha >= 1")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise TreeoptError(f"lora_dropout must be in [0, 1), not {self.lora_dropout}")
+
+    def lambda0(self, step: int, total: int) -> float:
+        """Weight of the backbone loss at optimizer step ``step`` (0-based) of ``total``."""
+        if self.backbone_loss == "ce":
+            return CE_LAMBDA0
+        return DISTILL_LAMBDA0 * float(np.sin(0.5 * np.pi * (step + 1) / max(1, total)))
+
+
+# Medusa paper, Sec. 2.2.2: lambda_0 = 0.2 with the cross-entropy backbone loss; with
+# self-distillation a much smaller weight (0.01) keeps the backbone near the original.
+BACKBONE_LOSSES = ("ce", "distill")
+CE_LAMBDA0 = 0.2
+DISTILL_LAMBDA0 = 0.01
+HEADS_LR_RATIO = 4.0
 
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Head shape and optimization of a ``train-heads`` run (AdamW, cosine decay)."""
+    """Head shape and optimization of a ``train-heads`` run (AdamW, cosine decay).
+
+    ``epochs`` None: ``DEFAULT_EPOCHS``, or more on a small run so that it makes at
+    least ``MIN_DEFAULT_STEPS`` optimizer steps (at most ``MAX_DEFAULT_EPOCHS``).
+    ``joint``: Medusa-2 settings (None: Medusa-1, heads only, at ``learning_rate``).
+    """
 
     num_heads: int = 5
     num_layers: int = 1
-    epochs: int = 3
-    learning_rate: float = 1e-3
+    epochs: int | None = None
+    learning_rate: float = DEFAULT_HEADS_LR
     batch_size: int = 8
     warmup_fraction: float = 0.05
     held_out_fraction: float = 0.1
     max_new_tokens: int = 256
     seed: int = 0
+    joint: JointSettings | None = field(default=None)
 
     def __post_init__(self) -> None:
         # Checked at construction, so a bad setting fails before any model loads.
-        for name in ("num_heads", "epochs", "batch_size", "max_new_tokens"):
+        for name in ("num_heads", "batch_size", "max_new_tokens"):
             if getattr(self, name) < 1:
                 raise TreeoptError(f"{name} must be >= 1, not {getattr(self, name)}")
+        if self.epochs is not None and self.epochs < 1:
+            raise TreeoptError(f"epochs must be >= 1, not {self.epochs}")
         if self.num_layers < 0:
             raise TreeoptError(f"num_layers must be >= 0, not {self.num_layers}")
-        if not self.learning_rate > 0:
-            raise TreeoptError(f"learning_rate must be > 0, not {self.learning_rate}")
+        if not self.learning_rate > 0 or not np.isfinite(self.learning_rate):
+            raise TreeoptError(f"learning_rate must be a finite number > 0, "
+                               f"not {self.learning_rate}")
         if not 0.0 < self.held_out_fraction < 1.0:
             raise TreeoptError(
                 f"held-out fraction must be in (0, 1): the report needs held-out prompts, "
@@ -74,36 +149,58 @@ class TrainSettings:
         if not 0.0 <= self.warmup_fraction < 1.0:
             raise TreeoptError(f"warmup_fraction must be in [0, 1), not {self.warmup_fraction}")
 
+    def epochs_for(self, steps_per_epoch: int) -> int:
+        """Epochs to run given the data: ``epochs``, or the default rule above."""
+        if self.epochs is not None:
+            return self.epochs
+        wanted = -(-MIN_DEFAULT_STEPS // max(1, steps_per_epoch))
+        return min(MAX_DEFAULT_EPOCHS, max(DEFAULT_EPOCHS, wanted))
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
 
 def head_loss_weights(num_heads: int) -> list[float]:
     """Per-head loss weights ``HEAD_LOSS_DECAY ** k`` for k = 1..num_heads."""
     return [HEAD_LOSS_DECAY ** k for k in range(1, num_heads + 1)]
 
 
-def _batch_tensors(
-    batch: Sequence[Sequence_], num_heads: int, pad_token_id: int
-) -> tuple[Any, Any, Any, Any, Any]:
-    """(input_ids, attention, rows, cols, targets [n, K]) for the batch's decode positions."""
+# ------------------------------------------------------------------ batches
+@dataclass(frozen=True)
+class Batch:
+    """Right-padded ids, mask, the decode positions (rows, cols) and their targets.
+
+    ``targets`` [n, K]: ``x_{t+1+k}`` for head k (-1 past the end); ``next_tokens``
+    [n]: ``x_{t+1}``, what the base model itself must predict there.
+    """
+
+    input_ids: Any
+    mask: Any
+    rows: Any
+    cols: Any
+    targets: Any
+    next_tokens: Any
+
+
+def make_batch(batch: Sequence[Sequence_], num_heads: int, pad_token_id: int) -> Batch:
+    """The :class:`Batch` of ``batch``'s decode positions."""
     import torch
 
-    input_ids, attention = pad_rows([seq.ids for seq in batch], pad_token_id, left=False)
-    rows, cols, targets = [], [], []
+    input_ids, mask = pad_rows([seq.ids for seq in batch], pad_token_id, left=False)
+    rows: list[int] = []
+    cols: list[int] = []
+    nexts: list[int] = []
+    targets = []
     for row, seq in enumerate(batch):
         positions = decode_positions(len(seq.prompt), len(seq.ids), include_prompt=False)
         rows.extend([row] * len(positions))
         cols.extend(positions)
+        nexts.extend(seq.ids[t + 1] for t in positions)
         targets.append(future_targets(seq.ids, positions, num_heads))
     target = np.concatenate(targets) if targets else np.zeros((0, num_heads), dtype=np.int64)
-    return (input_ids, attention, torch.tensor(rows, dtype=torch.long),
-            torch.tensor(cols, dtype=torch.long), torch.from_numpy(target))
-
-
-def _hidden_at(model: Any, input_ids: Any, attention: Any, rows: Any, cols: Any) -> Any:
-    """The frozen base's final hidden states at (rows, cols), detached."""
-    import torch
-
-    with torch.no_grad():
-        return hidden_at(model, input_ids, attention, rows, cols)
+    return Batch(input_ids, mask, torch.tensor(rows, dtype=torch.long),
+                 torch.tensor(cols, dtype=torch.long), torch.from_numpy(target),
+                 torch.tensor(nexts, dtype=torch.long))
 
 
 def medusa_loss(logits: Any, targets: Any, weights: Sequence[float]) -> Any:
@@ -131,7 +228,7 @@ def init_heads(model: Any, settings: TrainSettings, model_id: str) -> Any:
 
     from medusa_runtime.heads import MedusaConfig, MedusaHeads
 
-    lm_head = model.lm_head
+    lm_head = model.get_output_embeddings()
     vocab_size, hidden_size = lm_head.weight.shape
     config = MedusaConfig(
         medusa_num_heads=settings.num_heads, medusa_num_layers=settings.num_layers,
@@ -151,40 +248,264 @@ def held_out_accuracy(
     """Per-head top-k accuracy (k in REPORT_TOP_K) over held-out decode positions.
 
     A position counts for head k only where the sequence has a token k + 1 ahead.
+    Also ``baseline_top1``: per head, how often the single most common target token
+    is right (what a head that learned nothing but the token frequencies scores).
     """
     import torch
 
     num_heads = heads.config.medusa_num_heads
     hits = {k: np.zeros(num_heads) for k in REPORT_TOP_K}
     counts = np.zeros(num_heads)
+    seen: list[np.ndarray] = []
     heads.eval()
     with torch.no_grad():
         for begin in range(0, len(sequences), batch_size):
-            input_ids, attention, rows, cols, targets = _batch_tensors(
-                sequences[begin:begin + batch_size], num_heads, pad_token_id
-            )
-            if len(rows) == 0:
+            batch = make_batch(sequences[begin:begin + batch_size], num_heads, pad_token_id)
+            if len(batch.rows) == 0:
                 continue
-            hidden = _hidden_at(model, input_ids, attention, rows, cols)
-            logits = heads(hidden.unsqueeze(0))[:, 0]  # [K, n, V]
+            hidden = hidden_at(model, batch.input_ids, batch.mask, batch.rows, batch.cols)
+            parameter = next(heads.parameters())
+            logits = heads(hidden.unsqueeze(0).to(parameter.device, parameter.dtype))[:, 0]
             top = torch.topk(logits, max(REPORT_TOP_K), dim=-1).indices  # [K, n, top]
-            target = targets.T.to(top.device)  # [K, n]
+            target = batch.targets.T.to(top.device)  # [K, n]
             valid = target >= 0
             counts += valid.sum(dim=1).cpu().numpy()
+            seen.append(batch.targets.numpy())
             for k in REPORT_TOP_K:
                 hit = (top[..., :k] == target.unsqueeze(-1)).any(dim=-1) & valid
                 hits[k] += hit.sum(dim=1).cpu().numpy()
     safe = np.maximum(counts, 1)
-    return {f"top{k}": [round(float(x), 6) for x in hits[k] / safe] for k in REPORT_TOP_K}
+    result = {f"top{k}": [round(float(x), 6) for x in hits[k] / safe] for k in REPORT_TOP_K}
+    result["baseline_top1"] = _majority_rate(seen, num_heads)
+    return result
 
 
-def _lr_at(step: int, total: int, settings: TrainSettings) -> float:
-    """Linear warm-up then cosine decay to zero."""
-    warmup = max(1, round(total * settings.warmup_fraction))
+def _majority_rate(targets: list[np.ndarray], num_heads: int) -> list[float]:
+    """Per head: share of its targets equal to its most common target."""
+    if not targets:
+        return [0.0] * num_heads
+    stacked = np.concatenate(targets)
+    rates = []
+    for k in range(num_heads):
+        column = stacked[:, k][stacked[:, k] >= 0]
+        rates.append(round(float(np.bincount(column).max() / len(column)), 6)
+                     if len(column) else 0.0)
+    return rates
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to zero at ``total``."""
     if step < warmup:
-        return settings.learning_rate * (step + 1) / warmup
+        return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
-    return settings.learning_rate * 0.5 * (1.0 + float(np.cos(np.pi * progress)))
+    return 0.5 * (1.0 + float(np.cos(np.pi * progress)))
+
+
+# ------------------------------------------------------------------ checks and state
+def check_output_folder(output_dir: str | Path, settings: TrainSettings, resume: bool) -> Path:
+    """The output folder, refused in one line before anything loads.
+
+    Without ``resume`` it must hold no run; with it, a run made with the same settings
+    (read from ``training_state.json``, validated like any input).
+    """
+    output_dir = Path(output_dir)
+    if output_dir.exists() and not output_dir.is_dir():
+        raise TreeoptError(f"cannot write into {output_dir}: it is a file, give a folder")
+    state_file = output_dir / STATE_FILE
+    if not state_file.exists():
+        return output_dir
+    if not resume:
+        raise TreeoptError(
+            f"{output_dir} holds an unfinished or finished run ({STATE_FILE}): pass --resume "
+            "to continue it or choose another output folder"
+        )
+    saved = read_state(output_dir)
+    if saved["settings"] != settings.to_json():
+        raise TreeoptError(f"{state_file} was made with other settings: use another folder")
+    return output_dir
+
+
+def read_state(output_dir: Path) -> dict[str, Any]:
+    """``training_state.json`` of a run, checked (one-line error naming the file)."""
+    path = output_dir / STATE_FILE
+    hint = f"delete {output_dir} (or choose another folder) to start over"
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise TreeoptError(f"cannot read {path}: {first_line(exc)}; {hint}") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise TreeoptError(f"{path} is not a {STATE_FORMAT} file; {hint}")
+    epoch = state.get("epoch")
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0 or \
+            not isinstance(state.get("settings"), dict) or \
+            not isinstance(state.get("param_groups"), list):
+        raise TreeoptError(f"{path}: bad epoch, settings or param_groups; {hint}")
+    return state
+
+
+def save_state(output_dir: Path, trainable: dict[str, Any], optimizer: Any, epoch: int,
+               settings: TrainSettings) -> None:
+    """Trainable tensors + optimizer moments in safetensors, the rest in JSON.
+
+    The JSON is written last, so a run killed mid-save resumes from the epoch before.
+    """
+    from safetensors.torch import save_file
+
+    tensors = {name: value.detach().contiguous().cpu() for name, value in trainable.items()}
+    moments = {}
+    optimizer_state = optimizer.state_dict()
+    for index, values in optimizer_state["state"].items():
+        for key, value in values.items():
+            moments[f"{index}.{key}"] = value.detach().contiguous().cpu().reshape(value.shape)
+    for name, data in ((TRAINABLE_FILE, tensors), (OPTIMIZER_FILE, moments)):
+        with atomic_path(output_dir / name) as tmp:
+            save_file(data, str(tmp))
+    document = {"format": STATE_FORMAT, "epoch": epoch, "settings": settings.to_json(),
+                "param_groups": optimizer_state["param_groups"]}
+    atomic_write_text(output_dir / STATE_FILE, json.dumps(document, indent=2) + "\n")
+
+
+def load_state(output_dir: Path, trainable: dict[str, Any], optimizer: Any) -> int:
+    """Restore ``trainable`` and ``optimizer`` from a saved run; the epochs it finished."""
+    import torch
+
+    from medusa_runtime.heads import read_weights
+
+    state = read_state(output_dir)
+    tensors = read_weights(output_dir / TRAINABLE_FILE)
+    moments = read_weights(output_dir / OPTIMIZER_FILE)
+    if set(tensors) != set(trainable) or any(
+        tensors[name].shape != value.shape for name, value in trainable.items()
+    ):
+        raise TreeoptError(f"{output_dir / TRAINABLE_FILE} does not match this run's "
+                           "parameters: delete the folder to start over")
+    with torch.no_grad():
+        for name, value in trainable.items():
+            value.copy_(tensors[name])
+    per_param: dict[int, dict[str, Any]] = {}
+    for key, value in moments.items():
+        index, _, name = key.partition(".")
+        per_param.setdefault(int(index), {})[name] = value
+    try:
+        optimizer.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
+    except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise TreeoptError(f"{output_dir / OPTIMIZER_FILE}: {first_line(exc)}; delete the "
+                           "folder to start over") from None
+    return int(state["epoch"])
+
+
+# ------------------------------------------------------------------ the run
+@dataclass
+class Trainee:
+    """What one run optimizes: the model heads read, the heads, the optimizer.
+
+    ``trainable``: every tensor the run changes, by name (saved for resume);
+    ``joint``: the Medusa-2 helper (None for Medusa-1).
+    """
+
+    model: Any
+    heads: Any
+    optimizer: Any
+    trainable: dict[str, Any]
+    base_lrs: list[float]
+    joint: Any = None
+
+
+def _medusa1_trainee(model: Any, settings: TrainSettings, model_id: str) -> Trainee:
+    import torch
+
+    heads = init_heads(model, settings, model_id)
+    optimizer = torch.optim.AdamW(heads.parameters(), lr=settings.learning_rate)
+    trainable = {f"heads.{name}": p for name, p in heads.named_parameters()}
+    return Trainee(model, heads, optimizer, trainable, [settings.learning_rate])
+
+
+def _batch_loss(trainee: Trainee, batch: Batch, weights: list[float], step: int,
+                total: int) -> Any:
+    """The loss of one batch: the heads' (Medusa-1) or the joint one (Medusa-2)."""
+    import torch
+
+    if trainee.joint is not None:
+        return trainee.joint.loss(trainee, batch, weights, step, total)
+    with torch.no_grad():
+        hidden = hidden_at(trainee.model, batch.input_ids, batch.mask, batch.rows, batch.cols)
+    parameter = next(trainee.heads.parameters())
+    logits = trainee.heads(hidden.unsqueeze(0).to(parameter.device, parameter.dtype))[:, 0]
+    return medusa_loss(logits, batch.targets.to(parameter.device), weights)
+
+
+def _run_epochs(trainee: Trainee, train_set: list[Sequence_], settings: TrainSettings,
+                output_dir: Path, start_epoch: int, pad: int, progress: bool) -> float:
+    """Train from ``start_epoch``; save the state after each epoch. The last loss."""
+    from tqdm import tqdm
+
+    weights = head_loss_weights(settings.num_heads)
+    steps_per_epoch = -(-len(train_set) // settings.batch_size)
+    epochs = settings.epochs_for(steps_per_epoch)
+    total = steps_per_epoch * epochs
+    warmup = (settings.joint.warmup_steps if settings.joint is not None
+              else max(1, round(total * settings.warmup_fraction)))
+    bar = tqdm(total=sum(len(s.ids) for s in train_set) * (epochs - start_epoch), unit="tok",
+               unit_scale=True, desc="train-heads", disable=not progress, leave=False)
+    last_loss = float("nan")
+    for epoch in range(start_epoch, epochs):
+        trainee.heads.train()
+        order = list(range(len(train_set)))
+        random.Random(settings.seed * 1_000_003 + epoch).shuffle(order)
+        for step_in_epoch, begin in enumerate(range(0, len(order), settings.batch_size)):
+            chosen = [train_set[i] for i in order[begin:begin + settings.batch_size]]
+            step = epoch * steps_per_epoch + step_in_epoch
+            batch = make_batch(chosen, settings.num_heads, pad)
+            if len(batch.rows):
+                factor = _lr_factor(step, total, min(warmup, total))
+                for group, base_lr in zip(trainee.optimizer.param_groups, trainee.base_lrs,
+                                          strict=True):
+                    group["lr"] = base_lr * factor
+                loss = _batch_loss(trainee, batch, weights, step, total)
+                if loss.requires_grad:  # False only when no head has a target here
+                    trainee.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    trainee.optimizer.step()
+                    last_loss = float(loss.detach())
+            bar.update(sum(len(s.ids) for s in chosen))
+            bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{last_loss:.3f}")
+        save_state(output_dir, trainee.trainable, trainee.optimizer, epoch + 1, settings)
+        if trainee.joint is None:  # Medusa-1 heads usable after every epoch
+            trainee.heads.save_pretrained(output_dir)
+    bar.close()
+    return last_loss
+
+
+def _training_data(model: Any, tokenizer: Any, prompts: Sequence[list[int]],
+                   settings: TrainSettings, targets_file: Path, model_id: str,
+                   progress: bool) -> tuple[list[Sequence_], list[Sequence_], int]:
+    """(train sequences, held-out sequences, pad id): greedy targets, split by prompt."""
+    from treeopt.model.calibration import split_held_out
+    from treeopt.model.profiling import greedy_continuations, new_token_limit, pad_token_id_of
+
+    eos = getattr(tokenizer, "eos_token_id", None)
+    pad = pad_token_id_of(tokenizer, eos)
+    kept = [list(p) for p in prompts if new_token_limit(model, len(p), settings.max_new_tokens)]
+    if len(kept) < 2:
+        raise TreeoptError("train-heads needs at least 2 prompts that fit the model's context")
+    continuations = greedy_continuations(
+        model, kept, settings.max_new_tokens, eos, targets_file, model_id,
+        batch_size=settings.batch_size, pad_token_id=pad, progress=progress,
+    )
+    sequences = [Sequence_(p, c) for p, c in zip(kept, continuations, strict=True) if c]
+    index = [str(i) for i in range(len(sequences))]
+    train_idx, held_idx = split_held_out(index, settings.held_out_fraction, settings.seed)
+    return ([sequences[int(i)] for i in train_idx], [sequences[int(i)] for i in held_idx], pad)
+
+
+def near_chance_warning(accuracy: dict[str, list[float]]) -> str | None:
+    """A warning when head 1 learned no more than its targets' most common token."""
+    top1, baseline = accuracy["top1"][0], accuracy["baseline_top1"][0]
+    if top1 > baseline:
+        return None
+    return (f"held-out head-1 top-1 {top1:.3f} is no better than always guessing the most "
+            f"common token ({baseline:.3f}): the heads learned nearly nothing; train longer "
+            "(--epochs), on more prompts, or with a higher --lr")
 
 
 def train_heads(
@@ -196,109 +517,121 @@ def train_heads(
     model_id: str,
     resume: bool = False,
     progress: bool = True,
+    targets_file: Path | None = None,
 ) -> dict[str, Any]:
-    """Train Medusa-1 heads on ``model`` and save them in ``output_dir``.
+    """Train Medusa heads on ``model`` and save them in ``output_dir``.
 
+    Medusa-1 (``settings.joint`` None) writes heads for the unchanged model;
+    Medusa-2 writes a merged ``medusa-1.0`` checkpoint (fine-tuned model + heads).
     Prompts are split by prompt into train and held-out parts (seeded); targets are
-    the model's greedy continuations (cached in ``output_dir/targets.json``).
-    Returns the report written to ``output_dir/train_report.json``: settings, final
-    training loss, and per-head top-1/top-5 on the held-out split.
+    the model's greedy continuations (cached in ``targets_file``, default
+    ``output_dir/targets.json``). Returns the report written to
+    ``output_dir/train_report.json``: settings, final training loss, per-head
+    top-1/top-5 on the held-out split and a warning when they are near chance.
     """
     import torch
-    from tqdm import tqdm
 
-    from treeopt.model.calibration import split_held_out
-    from treeopt.model.profiling import greedy_continuations, new_token_limit, pad_token_id_of
-
-    if settings.num_heads < 1 or settings.num_layers < 0:
-        raise TreeoptError("--num-heads must be >= 1 and --num-layers >= 0")
-    if settings.epochs < 1:
-        raise TreeoptError(f"--epochs must be >= 1, not {settings.epochs}")
-    output_dir = Path(output_dir)
+    output_dir = check_output_folder(output_dir, settings, resume)
     output_dir.mkdir(parents=True, exist_ok=True)
-    state_file = output_dir / STATE_FILE
-    if state_file.exists() and not resume:
-        raise TreeoptError(
-            f"{output_dir} holds an unfinished or finished run ({STATE_FILE}): pass --resume "
-            "to continue it or choose another output folder"
-        )
     torch.manual_seed(settings.seed)
-    eos = getattr(tokenizer, "eos_token_id", None)
-    pad = pad_token_id_of(tokenizer, eos)
-    kept = [list(p) for p in prompts if new_token_limit(model, len(p), settings.max_new_tokens)]
-    if len(kept) < 2:
-        raise TreeoptError("train-heads needs at least 2 prompts that fit the model's context")
-    continuations = greedy_continuations(
-        model, kept, settings.max_new_tokens, eos, output_dir / TARGETS_FILE, model_id,
-        batch_size=settings.batch_size, pad_token_id=pad, progress=progress,
-    )
-    sequences = [Sequence_(p, c) for p, c in zip(kept, continuations, strict=True) if c]
-    index = [str(i) for i in range(len(sequences))]
-    train_idx, held_idx = split_held_out(index, settings.held_out_fraction, settings.seed)
-    train_set = [sequences[int(i)] for i in train_idx]
-    held_set = [sequences[int(i)] for i in held_idx]
+    train_set, held_set, pad = _training_data(
+        model, tokenizer, prompts, settings, targets_file or output_dir / TARGETS_FILE,
+        model_id, progress)
+    if settings.joint is not None:
+        from treeopt.model.train_joint import joint_trainee
 
-    heads = init_heads(model, settings, model_id)
-    optimizer = torch.optim.AdamW(heads.parameters(), lr=settings.learning_rate)
+        trainee = joint_trainee(model, settings, model_id)
+    else:
+        trainee = _medusa1_trainee(model, settings, model_id)
     start_epoch = 0
-    if resume and state_file.exists():
-        from medusa_runtime.heads import MedusaHeads
-
-        saved = torch.load(state_file, map_location="cpu", weights_only=False)
-        if saved.get("settings") != asdict(settings):
-            raise TreeoptError(f"{state_file} was made with other settings: use another folder")
-        heads.load_state_dict(MedusaHeads.from_pretrained(output_dir).state_dict())
-        optimizer.load_state_dict(saved["optimizer"])
-        start_epoch = int(saved["epoch"])
-    weights = head_loss_weights(settings.num_heads)
-    steps_per_epoch = (len(train_set) + settings.batch_size - 1) // settings.batch_size
-    total_steps = steps_per_epoch * settings.epochs
-    tokens_per_epoch = sum(len(s.ids) for s in train_set)
-    bar = tqdm(total=tokens_per_epoch * (settings.epochs - start_epoch), unit="tok",
-               unit_scale=True, desc="train-heads", disable=not progress, leave=False)
-    last_loss = float("nan")
+    if resume and (output_dir / STATE_FILE).exists():
+        start_epoch = load_state(output_dir, trainee.trainable, trainee.optimizer)
     started = time.perf_counter()
-    for epoch in range(start_epoch, settings.epochs):
-        heads.train()
-        order = list(range(len(train_set)))
-        random.Random(settings.seed * 1_000_003 + epoch).shuffle(order)
-        for step_in_epoch, begin in enumerate(range(0, len(order), settings.batch_size)):
-            batch = [train_set[i] for i in order[begin:begin + settings.batch_size]]
-            input_ids, attention, rows, cols, targets = _batch_tensors(
-                batch, settings.num_heads, pad
-            )
-            if len(rows):
-                hidden = _hidden_at(model, input_ids, attention, rows, cols)
-                device = next(heads.parameters()).device
-                logits = heads(hidden.unsqueeze(0).to(device))[:, 0]
-                loss = medusa_loss(logits, targets.to(device), weights)
-                for group in optimizer.param_groups:
-                    group["lr"] = _lr_at(epoch * steps_per_epoch + step_in_epoch, total_steps,
-                                         settings)
-                if loss.requires_grad:  # False only when no head has a target here
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    optimizer.step()
-                    last_loss = float(loss.detach())
-            bar.update(sum(len(s.ids) for s in batch))
-            bar.set_postfix(epoch=epoch + 1, loss=f"{last_loss:.3f}")
-        # Checkpoint: heads in the runtime's layout + optimizer state for --resume.
-        heads.save_pretrained(output_dir)
-        with atomic_path(state_file) as tmp:
-            torch.save({"settings": asdict(settings), "optimizer": optimizer.state_dict(),
-                        "epoch": epoch + 1}, tmp)
-    bar.close()
-    accuracy = held_out_accuracy(model, heads, held_set, settings.batch_size, pad)
+    last_loss = _run_epochs(trainee, train_set, settings, output_dir, start_epoch, pad, progress)
+    seconds = time.perf_counter() - started
+    trainee.model.eval()
+    accuracy = held_out_accuracy(trainee.model, trainee.heads, held_set, settings.batch_size, pad)
+    if trainee.joint is not None:
+        trainee.joint.write_checkpoint(trainee, tokenizer, output_dir)
+    steps_per_epoch = -(-len(train_set) // settings.batch_size)
     report = {
         "model": model_id,
-        "settings": asdict(settings),
-        "head_loss_weights": weights,
+        "kind": "medusa-2" if settings.joint is not None else "medusa-1",
+        "settings": settings.to_json(),
+        "epochs": settings.epochs_for(steps_per_epoch),
+        "head_loss_weights": head_loss_weights(settings.num_heads),
         "train_prompts": len(train_set),
         "held_out_prompts": len(held_set),
-        "train_tokens": tokens_per_epoch,
+        "train_tokens": sum(len(s.ids) for s in train_set),
         "final_train_loss": round(last_loss, 6) if last_loss == last_loss else None,
-        "train_seconds": round(time.perf_counter() - started, 2),
+        "train_seconds": round(seconds, 2),
         "held_out_accuracy": accuracy,
+        "warning": near_chance_warning(accuracy),
     }
     atomic_write_text(output_dir / REPORT_FILE, json.dumps(report, indent=2) + "\n")
     return report
+
+
+def default_cache_dir() -> Path:
+    """``$TREEOPT_CACHE_DIR``, else ``~/.cache/treeopt``."""
+    import os
+
+    configured = os.environ.get(CACHE_ENV)
+    return Path(configured) if configured else Path.home() / ".cache" / "treeopt"
+
+
+def shared_targets_file(model: Any, model_id: str, cache_dir: Path) -> Path:
+    """The greedy-targets cache for this model's exact weights in ``cache_dir``.
+
+    Keyed by the model id and a digest of its parameters (a fine-tuned copy under the
+    same name gets its own file); within it each prompt is keyed by its tokens and
+    the new-token budget, so model + data + length that match are never regenerated.
+    """
+    import hashlib
+
+    import torch
+
+    with torch.no_grad():
+        sums = [f"{float(p.float().sum()):.6g}" for p in model.parameters()]
+    digest = hashlib.sha1(json.dumps([model_id, sums]).encode()).hexdigest()[:16]
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TreeoptError(f"cannot create the targets cache {cache_dir}: "
+                           f"{exc.strerror or exc}") from None
+    return cache_dir / f"targets-{digest}.json"
+
+
+def train_heads_from(
+    model: str, data: str, output_dir: Path, settings: TrainSettings, *,
+    max_prompts: int | None = None, turns: str = "first", chat_template: bool = True,
+    device: str = "cpu", dtype: str = "auto", device_map: str | None = None,
+    resume: bool = False, progress: bool = True, targets_cache: Path | None = None,
+) -> dict[str, Any]:
+    """``treeopt train-heads``: checks, prompts, model, shared targets, then :func:`train_heads`.
+
+    Every check that needs no model (settings, output folder and its saved run,
+    ``init_heads``, peft/QLoRA availability, the prompts) runs before the model loads.
+    """
+    from treeopt.model.calibration import encode_prompts, read_prompts
+    from treeopt.model.loading import load_medusa
+
+    check_output_folder(output_dir, settings, resume)
+    if settings.joint is not None:
+        from treeopt.model.train_joint import check_init_heads, check_joint_available
+
+        check_joint_available(settings.joint)
+        check_init_heads(settings.joint, settings)
+    texts = read_prompts(data, max_prompts=max_prompts, seed=settings.seed, turns=turns)
+    if len(texts) < 2:
+        raise TreeoptError(f"{data}: train-heads needs at least 2 prompts (train and held out), "
+                           f"found {len(texts)}")
+    four_bit = settings.joint is not None and settings.joint.qlora
+    loaded = load_medusa(model, device=device, dtype=dtype, device_map=device_map,
+                         need_heads=False, four_bit=four_bit)
+    prompt_ids = encode_prompts(loaded.tokenizer, texts, chat_template=chat_template)
+    targets = shared_targets_file(loaded.model, loaded.model_id,
+                                  targets_cache or default_cache_dir())
+    return train_heads(loaded.model, loaded.tokenizer, prompt_ids, output_dir, settings,
+                       model_id=loaded.model_id, resume=resume, progress=progress,
+                       targets_file=targets)
