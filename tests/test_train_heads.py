@@ -83,3 +83,39 @@ def test_too_few_prompts_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(TreeoptError, match="at least 2 prompts"):
         train_heads(ShiftLM(), TOKENIZER, [[1]], tmp_path, TrainSettings(), model_id="s",
                     progress=False)
+
+
+def test_default_epochs_give_small_runs_enough_steps() -> None:
+    from treeopt.model.train_heads import (
+        DEFAULT_EPOCHS,
+        MAX_DEFAULT_EPOCHS,
+        MIN_DEFAULT_STEPS,
+    )
+
+    settings = TrainSettings()
+    assert settings.epochs_for(10) == MIN_DEFAULT_STEPS // 10 == 30
+    assert settings.epochs_for(1000) == DEFAULT_EPOCHS
+    assert settings.epochs_for(1) == MAX_DEFAULT_EPOCHS
+    assert TrainSettings(epochs=2).epochs_for(1) == 2
+
+
+def test_near_chance_accuracy_warns() -> None:
+    from treeopt.model.train_heads import near_chance_warning
+
+    learned = {"top1": [0.4, 0.2], "top5": [0.6, 0.4], "baseline_top1": [0.1, 0.1]}
+    assert near_chance_warning(learned) is None
+    stuck = {"top1": [0.003, 0.0], "top5": [0.01, 0.0], "baseline_top1": [0.05, 0.05]}
+    warning = near_chance_warning(stuck)
+    assert warning is not None and "0.003" in warning and "0.050" in warning
+
+
+def test_shared_targets_file_follows_the_weights(tmp_path: Path) -> None:
+    from treeopt.model.train_heads import shared_targets_file
+
+    model = ShiftLM()
+    first = shared_targets_file(model, "shift", tmp_path)
+    assert shared_targets_file(ShiftLM(), "shift", tmp_path) == first
+    with torch.no_grad():
+        model.lm_head.weight.add_(1.0)  # a fine-tuned copy under the same name
+    assert shared_targets_file(model, "shift", tmp_path) != first
+    assert shared_targets_file(ShiftLM(), "other", tmp_path) != first
