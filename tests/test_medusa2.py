@@ -209,3 +209,22 @@ def test_bad_weights_and_mismatched_heads_are_one_line_errors(tmp_path: Path) ->
         json.dumps({"medusa_num_heads": 1, "medusa_num_layers": 1}))
     with pytest.raises(TreeoptError, match="not a state dict|cannot read weights"):
         load_medusa(str(STORIES), heads=str(tmp_path / "notheads"))
+
+
+def test_a_medusa1_heads_folder_as_model_loads_the_base_it_names(tmp_path: Path) -> None:
+    from medusa_runtime.heads import MedusaConfig, MedusaHeads
+
+    MedusaHeads(MedusaConfig(2, 1, HIDDEN, VOCAB, base_model_name_or_path=str(STORIES))) \
+        .save_pretrained(tmp_path / "heads")
+    loaded = load_medusa(str(tmp_path / "heads"))
+    assert (loaded.kind, loaded.model_id) == ("medusa-1", str(STORIES))
+    assert loaded.heads.num_heads == 2 and checkpoint_kind(STORIES) == "base"
+
+
+def test_train_heads_into_an_unwritable_place_is_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "p.txt"
+    data.write_text("a\nb\nc\n")
+    result = CliRunner().invoke(app, ["train-heads", "-m", str(STORIES), "-d", str(data),
+                                      "-o", "/proc/treeopt-heads", "-q"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "/proc/treeopt-heads" in result.stderr

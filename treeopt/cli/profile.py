@@ -124,7 +124,8 @@ def profile(
     texts = read_prompts(data, max_prompts=max_prompts, seed=seed, turns=turns)
     settings = ProfileSettings(top_k=top_k, max_new_tokens=max_new_tokens,
                                include_prompt=include_prompt, batch_size=batch_size)
-    loaded = load_medusa(model, heads, device=device, dtype=dtype, device_map=device_map)
+    loaded = load_medusa(model, heads, device=device, dtype=dtype, device_map=device_map,
+                         quiet=quiet)
     prompt_ids = encode_prompts(loaded.tokenizer, texts, chat_template=chat_template)
     result = profile_model(
         loaded.model, loaded.tokenizer, loaded.heads, prompt_ids, output, settings,
@@ -148,6 +149,35 @@ class BackboneLoss(str, Enum):
     distill = "distill"
 
 
+EpochsOpt = Annotated[int | None, typer.Option(
+    min=1, help="Passes over the training prompts (default: 3, more on a small run so it "
+                "makes at least 300 optimizer steps, at most 50).")]
+LrOpt = Annotated[float | None, typer.Option(
+    "--lr", callback=lambda value: value if value is None else _positive("--lr", value),
+    help="Heads' peak AdamW learning rate (Medusa-1; default 1e-2). With --joint the heads "
+         "learn 4x --backbone-lr.")]
+JointOpt = Annotated[bool, typer.Option(
+    "--joint", help="Medusa-2: train LoRA adapters on the whole model (every linear layer, "
+                    "LM head included) together with the heads; writes a merged "
+                    "checkpoint (fine-tuned model + heads).")]
+BackboneLossOpt = Annotated[BackboneLoss, typer.Option(
+    help="--joint: 'ce' next-token cross-entropy (lambda_0 0.2; two-stage with "
+         "--init-heads) or 'distill' KL to the original model (lambda_0 rising to 0.01).")]
+BackboneLrOpt = Annotated[float, typer.Option(
+    callback=lambda value: _positive("--backbone-lr", value),
+    help="--joint: the LoRA adapters' peak learning rate.")]
+WarmupOpt = Annotated[int, typer.Option(
+    min=0, help="--joint: linear warm-up steps before the cosine decay.")]
+InitHeadsOpt = Annotated[str | None, typer.Option(
+    help="--joint: start from these Medusa-1 heads (folder or hub id; two-stage).")]
+QloraOpt = Annotated[bool, typer.Option(
+    "--qlora", help="--joint: load the base in 4 bits (needs CUDA and bitsandbytes).")]
+TargetsCacheOpt = Annotated[Path | None, typer.Option(
+    help="Folder caching the model's greedy continuations, shared by runs (default: "
+         "$TREEOPT_CACHE_DIR or ~/.cache/treeopt): the same model, prompts and "
+         "--max-new-tokens never generate twice.")]
+
+
 def train_heads(
     model: ModelOpt,
     data: DataOpt,
@@ -160,35 +190,15 @@ def train_heads(
         min=1, help="Medusa heads K (head k predicts k+1 ahead).")]
     = 5,
     num_layers: Annotated[int, typer.Option(min=0, help="ResBlocks per head.")] = 1,
-    epochs: Annotated[int | None, typer.Option(
-        min=1, help="Passes over the training prompts (default: 3, more on a small run so it "
-                    "makes at least 300 optimizer steps, at most 50).")] = None,
-    learning_rate: Annotated[float | None, typer.Option(
-        "--lr", callback=lambda value: value if value is None else _positive("--lr", value),
-        help="Heads' peak AdamW learning rate (Medusa-1; default 1e-2). With --joint the heads "
-             "learn 4x --backbone-lr.")] = None,
-    joint: Annotated[bool, typer.Option(
-        "--joint", help="Medusa-2: train LoRA adapters on the whole model (every linear layer, "
-                        "LM head included) together with the heads; writes a merged "
-                        "checkpoint (fine-tuned model + heads).")] = False,
-    backbone_loss: Annotated[BackboneLoss, typer.Option(
-        help="--joint: 'ce' next-token cross-entropy (lambda_0 0.2; two-stage with "
-             "--init-heads) or 'distill' KL to the original model (lambda_0 rising to 0.01).")
-    ] = BackboneLoss.ce,
-    backbone_lr: Annotated[float, typer.Option(
-        callback=lambda value: _positive("--backbone-lr", value),
-        help="--joint: the LoRA adapters' peak learning rate.")] = 1e-4,
-    warmup_steps: Annotated[int, typer.Option(
-        min=0, help="--joint: linear warm-up steps before the cosine decay.")] = 20,
-    init_heads: Annotated[str | None, typer.Option(
-        help="--joint: start from these Medusa-1 heads (folder or hub id; two-stage).")] = None,
-    qlora: Annotated[bool, typer.Option(
-        "--qlora", help="--joint: load the base in 4 bits (needs CUDA and bitsandbytes).")
-    ] = False,
-    targets_cache: Annotated[Path | None, typer.Option(
-        help="Folder caching the model's greedy continuations, shared by runs (default: "
-             "$TREEOPT_CACHE_DIR or ~/.cache/treeopt): the same model, prompts and "
-             "--max-new-tokens never generate twice.")] = None,
+    epochs: EpochsOpt = None,
+    learning_rate: LrOpt = None,
+    joint: JointOpt = False,
+    backbone_loss: BackboneLossOpt = BackboneLoss.ce,
+    backbone_lr: BackboneLrOpt = 1e-4,
+    warmup_steps: WarmupOpt = 20,
+    init_heads: InitHeadsOpt = None,
+    qlora: QloraOpt = False,
+    targets_cache: TargetsCacheOpt = None,
     held_out: Annotated[
         float, typer.Option(help="Fraction of prompts held out for the accuracy report.")
     ] = 0.1,
@@ -241,6 +251,10 @@ def train_heads(
         chat_template=chat_template, device=device, dtype=dtype, device_map=device_map,
         resume=resume, progress=not quiet, targets_cache=targets_cache,
     )
+    _print_report(output, report, joint, num_heads)
+
+
+def _print_report(output: Path, report: dict[str, Any], joint: bool, num_heads: int) -> None:
     accuracy = report["held_out_accuracy"]
     what = "a Medusa-2 checkpoint" if joint else f"{num_heads} heads"
     typer.echo(f"wrote {output}: {what} after {report['epochs']} epochs; held-out accuracy "

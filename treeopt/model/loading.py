@@ -263,8 +263,9 @@ def _load_model_from(directory: Path, name: str, dtype: str, device_map: str | N
                      quiet: bool, four_bit: bool = False) -> tuple[Any, Any]:
     """(model, tokenizer) from a local checkpoint folder with transformers (one-line errors).
 
-    ``quiet`` hides transformers' report of unexpected weights (a Medusa-2
-    checkpoint's ``medusa_head.*`` tensors, which the heads loader reads instead).
+    ``quiet`` hides transformers' warnings and loading bars (for ``-q``, and for a
+    Medusa-2 checkpoint the report of its ``medusa_head.*`` tensors as unexpected
+    weights: the heads loader reads them instead).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -280,8 +281,10 @@ def _load_model_from(directory: Path, name: str, dtype: str, device_map: str | N
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16)
         kwargs.setdefault("device_map", {"": 0})
     verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
     if quiet:
         hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(directory))
         loaded = AutoModelForCausalLM.from_pretrained(str(directory), **kwargs)
@@ -292,6 +295,8 @@ def _load_model_from(directory: Path, name: str, dtype: str, device_map: str | N
             from None
     finally:
         hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
     return loaded, tokenizer
 
 
@@ -408,6 +413,7 @@ def load_medusa(
     need_heads: bool = True,
     random_num_heads: int | None = None,
     four_bit: bool = False,
+    quiet: bool = False,
 ) -> LoadedMedusa:
     """The one loader of a model with Medusa heads, for every checkpoint kind.
 
@@ -416,7 +422,8 @@ def load_medusa(
     Medusa-1 heads folder (its ``base_model_name_or_path`` is loaded under it).
     ``heads`` overrides the heads; ``random_num_heads`` builds untrained ones
     instead. Without heads: an error when ``need_heads``, else kind "none".
-    ``four_bit``: NF4 weights through bitsandbytes (QLoRA training; CUDA). Heads
+    ``four_bit``: NF4 weights through bitsandbytes (QLoRA training; CUDA);
+    ``quiet``: no transformers warnings or loading bars. Heads
     are read and checked before the model loads where they can be (not when they
     share the model's ``lm_head``), and always checked against the model's hidden
     size and vocabulary before returning.
@@ -445,7 +452,7 @@ def load_medusa(
         require_heads(model, None)  # raises, saying how to get heads
     early = _heads_before_model(heads_id) if heads_id is not None else None
     net, tokenizer = _load_model_from(directory, base, dtype, device_map,
-                                      quiet=kind == "medusa-2", four_bit=four_bit)
+                                      quiet=quiet or kind == "medusa-2", four_bit=four_bit)
     net = _place(net, device, device_map if not four_bit else "auto")
     lm_head = net.get_output_embeddings()
     if random_num_heads is not None:

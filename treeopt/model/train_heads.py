@@ -308,9 +308,14 @@ def check_output_folder(output_dir: str | Path, settings: TrainSettings, resume:
     Without ``resume`` it must hold no run; with it, a run made with the same settings
     (read from ``training_state.json``, validated like any input).
     """
+    import os
+
     output_dir = Path(output_dir)
     if output_dir.exists() and not output_dir.is_dir():
         raise TreeoptError(f"cannot write into {output_dir}: it is a file, give a folder")
+    nearest = output_dir if output_dir.exists() else output_dir.parent
+    if not nearest.is_dir() or not os.access(nearest, os.W_OK | os.X_OK):
+        raise TreeoptError(f"cannot write into {output_dir}: {nearest} is not a writable folder")
     state_file = output_dir / STATE_FILE
     if not state_file.exists():
         return output_dir
@@ -532,7 +537,10 @@ def train_heads(
     import torch
 
     output_dir = check_output_folder(output_dir, settings, resume)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        output_dir.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise TreeoptError(f"cannot create {output_dir}: {exc.strerror or exc}") from None
     torch.manual_seed(settings.seed)
     train_set, held_set, pad = _training_data(
         model, tokenizer, prompts, settings, targets_file or output_dir / TARGETS_FILE,
@@ -628,7 +636,7 @@ def train_heads_from(
                            f"found {len(texts)}")
     four_bit = settings.joint is not None and settings.joint.qlora
     loaded = load_medusa(model, device=device, dtype=dtype, device_map=device_map,
-                         need_heads=False, four_bit=four_bit)
+                         need_heads=False, four_bit=four_bit, quiet=not progress)
     prompt_ids = encode_prompts(loaded.tokenizer, texts, chat_template=chat_template)
     targets = shared_targets_file(loaded.model, loaded.model_id,
                                   targets_cache or default_cache_dir())
