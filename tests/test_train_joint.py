@@ -55,11 +55,11 @@ def test_bad_or_mismatched_saved_state_is_refused_before_loading(tmp_path: Path)
     (tmp_path / STATE_FILE).write_text("{not json")
     with pytest.raises(TreeoptError, match="pass --resume"):
         check_output_folder(tmp_path, settings, resume=False)
-    with pytest.raises(TreeoptError, match="cannot read .*start over") as info:
+    with pytest.raises(TreeoptError, match=r"cannot read .*start over") as info:
         check_output_folder(tmp_path, settings, resume=True)
     assert "\n" not in str(info.value)
     (tmp_path / STATE_FILE).write_text(json.dumps({"format": "x"}))
-    with pytest.raises(TreeoptError, match="is not a treeopt.training-state/1 file"):
+    with pytest.raises(TreeoptError, match=r"is not a treeopt\.training-state/1 file"):
         check_output_folder(tmp_path, settings, resume=True)
     # Through the CLI: refused although the model does not even exist (checked first).
     result = CliRunner().invoke(app, ["train-heads", "-m", str(tmp_path / "no-model"), "-d",
@@ -157,3 +157,31 @@ def test_self_distilled_run_resumes_and_stays_close_to_the_base(tmp_path: Path) 
                           resume=True, progress=False)
     assert resumed["held_out_accuracy"] == report["held_out_accuracy"]
     torch.testing.assert_close(again(ids).logits, model(ids).logits)
+
+
+@needs_stories
+def test_the_distillation_teacher_is_the_original_model() -> None:
+    from treeopt.model.loading import load_base_model
+    from treeopt.model.profiling import Sequence_
+    from treeopt.model.train_heads import make_batch
+    from treeopt.model.train_joint import joint_trainee, lora_target_modules
+
+    original, _ = load_base_model(str(STORIES))
+    model, _ = load_base_model(str(STORIES))
+    assert "lm_head" in lora_target_modules(model)
+    settings = TrainSettings(num_heads=2, joint=JointSettings(backbone_loss="distill"))
+    trainee = joint_trainee(model, settings, "stories")
+    assert [group["lr"] for group in trainee.optimizer.param_groups] == [1e-4, 4e-4]
+    batch = make_batch([Sequence_([1, 5, 9], [20, 30, 40, 50])], 2, 0)
+    # Before any step the adapters add nothing: the KL to the original is 0.
+    no_heads = trainee.joint.loss(trainee, batch, [0.0, 0.0], step=9, total=10)
+    assert float(no_heads.detach()) == pytest.approx(0.0, abs=1e-6)
+    with torch.no_grad():  # move the adapters: the student changes, the teacher does not
+        for name, parameter in trainee.model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.1)
+    moved = trainee.joint.loss(trainee, batch, [0.0, 0.0], step=9, total=10)
+    assert float(moved.detach()) > 1e-3
+    ids = batch.input_ids
+    with torch.no_grad(), trainee.model.disable_adapter():
+        torch.testing.assert_close(trainee.model(input_ids=ids).logits, original(ids).logits)
