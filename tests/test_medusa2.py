@@ -207,7 +207,7 @@ def test_bad_weights_and_mismatched_heads_are_one_line_errors(tmp_path: Path) ->
     torch.save({"weights": [1, 2]}, tmp_path / "notheads" / "medusa_lm_head.pt")
     (tmp_path / "notheads" / "config.json").write_text(
         json.dumps({"medusa_num_heads": 1, "medusa_num_layers": 1}))
-    with pytest.raises(TreeoptError, match="not a state dict|cannot read weights"):
+    with pytest.raises(TreeoptError, match=r"not a state dict|cannot read weights"):
         load_medusa(str(STORIES), heads=str(tmp_path / "notheads"))
 
 
