@@ -24,7 +24,7 @@ for a 7B model, because heads barely move in a few hundred steps at 4e-4.
 
     python benchmarks/medusa2_stories.py -o benchmarks/results/medusa2_stories.json
 
-Without ``-o`` the JSON goes to stdout only; nothing else is written.
+It writes only the ``-o`` file (required).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def parse_args() -> argparse.Namespace:
         description=__doc__.splitlines()[0],
         epilog="example: python benchmarks/medusa2_stories.py -o "
                "benchmarks/results/medusa2_stories.json")
-    parser.add_argument("-o", "--output", type=Path, help="JSON to write (default: stdout)")
+    parser.add_argument("-o", "--output", type=Path, required=True, help="JSON to write")
     parser.add_argument("--epochs", type=int, default=8, help="epochs of each run")
     parser.add_argument("--heads-lr", type=float, default=1e-2, help="heads' peak lr (all runs)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
@@ -195,13 +195,9 @@ def main() -> None:
                 "medusa1 run's steps plus its own",
         "total_seconds": round(time.perf_counter() - started, 1), "runs": rows,
     }
-    text = json.dumps(figures, indent=2) + "\n"
-    if args.output is None:
-        sys.stdout.write(text)
-    else:
-        from treeopt.core.atomic import atomic_write_text
+    from treeopt.core.atomic import atomic_write_text
 
-        atomic_write_text(args.output, text)
+    atomic_write_text(args.output, json.dumps(figures, indent=2) + "\n")
 
 
 if __name__ == "__main__":
