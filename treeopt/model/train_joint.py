@@ -24,7 +24,7 @@ from typing import Any
 
 from treeopt.errors import TreeoptError, first_line
 from treeopt.model.profiling import hidden_at
-from treeopt.model.train_heads import (
+from treeopt.model.training import (
     HEADS_LR_RATIO,
     Batch,
     JointSettings,
