@@ -1,9 +1,12 @@
 """Which model and Medusa heads to load, and loading them with a one-line error.
 
-A model is a short registry name (``vicuna-7b``), a local folder or a Hugging Face
-hub id. Loading goes through the normal transformers / hub cache, so
-``HF_HUB_OFFLINE=1`` works with whatever is already downloaded; anything missing
-becomes a :class:`TreeoptError` naming what to download or pass, not a traceback.
+:func:`load_medusa` is the one loader every verb uses. A model is a registry name
+(the seven models of the Medusa README: ``medusa1-vicuna-7b`` ... ``medusa2-zephyr-7b``,
+old names such as ``vicuna-7b`` kept as aliases), a local folder or a Hugging Face
+hub id, holding a plain base, a Medusa-2 checkpoint (fine-tuned base with its heads
+in its own weight files) or Medusa-1 heads. Hub ids resolve through the hub cache
+first (no network), so ``HF_HUB_OFFLINE=1`` works with whatever is downloaded and a
+missing one is a :class:`TreeoptError` in seconds, naming what to download or pass.
 Sharding a model over several GPUs is left to accelerate (``device_map="auto"``).
 
 Torch and transformers are imported inside the loaders only.
