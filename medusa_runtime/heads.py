@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from treeopt.core.atomic import atomic_path, atomic_write_text
-from treeopt.errors import TreeoptError, first_line
+from treeopt.errors import TreeoptError, first_line, not_downloaded
 
 CONFIG_FILE = "config.json"
 WEIGHTS_PT = "medusa_lm_head.pt"
@@ -230,11 +230,9 @@ def _resolve_directory(dir_or_hub_id: str) -> Path:
             )
         )
     except Exception as exc:  # offline, unknown repo, auth: all one user-facing message
-        raise TreeoptError(
-            f"Medusa heads {dir_or_hub_id!r} are neither a local folder nor in the Hugging Face "
-            f"cache and could not be downloaded ({type(exc).__name__}); fetch them with "
-            f"`huggingface-cli download {dir_or_hub_id}` where there is network"
-        ) from None
+        raise not_downloaded("Medusa heads", dir_or_hub_id,
+                             f"are neither a local folder nor in the Hugging Face cache and "
+                             f"could not be downloaded ({type(exc).__name__})") from None
 
 
 # A Medusa-2 checkpoint (FasterDecoding ``medusa-1.0-*``) is a whole fine-tuned model

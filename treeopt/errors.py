@@ -30,3 +30,9 @@ class ParameterError(TreeoptError):
         super().__init__(f"{parameter} {reason}")
         self.parameter = parameter
         self.reason = reason
+
+
+def not_downloaded(what: str, name: str, reason: str) -> TreeoptError:
+    """The one wording of "this hub id is not here": ``reason`` says why it cannot be fetched."""
+    return TreeoptError(f"{what} {name!r} {reason}: download it with `hf download {name}` "
+                        f"where there is network, or pass a local folder")

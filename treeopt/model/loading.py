@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from treeopt.errors import TreeoptError, first_line
+from treeopt.errors import TreeoptError, first_line, not_downloaded
 
 
 @dataclass(frozen=True)
@@ -128,10 +128,7 @@ def _not_available(what: str, name: str, exc: BaseException) -> TreeoptError:
     if _looks_like_path(name):
         return TreeoptError(f"{what} folder {name} does not exist")
     where = "offline (HF_HUB_OFFLINE=1) and " if _offline() else ""
-    return TreeoptError(
-        f"{what} {name!r} is {where}not in the Hugging Face cache: download it with "
-        f"`hf download {name}` or pass a local folder"
-    )
+    return not_downloaded(what, name, f"is {where}not in the Hugging Face cache")
 
 
 def _cached_snapshot(repo_id: str) -> Path | None:
@@ -173,15 +170,12 @@ def checkpoint_dir(name: str, what: str, patterns: list[str] | None = None) -> P
     cached = _cached_snapshot(name)
     if cached is not None:
         return cached
-    hint = f"download it with `hf download {name}` where there is network, or pass a local folder"
     if _offline():
-        raise TreeoptError(
-            f"{what} {name!r} is offline (HF_HUB_OFFLINE=1) and not in the Hugging Face "
-            f"cache: {hint}")
+        raise not_downloaded(what, name, "is offline (HF_HUB_OFFLINE=1) and not in the "
+                             "Hugging Face cache")
     if not _hub_reachable():
-        raise TreeoptError(
-            f"{what} {name!r} is not in the Hugging Face cache and the hub is unreachable: "
-            f"{hint}")
+        raise not_downloaded(what, name, "is not in the Hugging Face cache and the hub is "
+                             "unreachable")
     try:
         from huggingface_hub import snapshot_download
 
