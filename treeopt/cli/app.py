@@ -32,6 +32,7 @@ COMMAND_MODULES = (
     "treeopt.cli.tune",
     "treeopt.cli.roofline",
     "treeopt.cli.render",
+    "treeopt.cli.autotune",
 )
 
 

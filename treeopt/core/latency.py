@@ -45,6 +45,15 @@ OUT_OF_MEMORY = "out of memory"
 # is stable.
 DEFAULT_WARMUP = 3
 DEFAULT_REPEATS = 10
+# Relative spread of a setting's samples, (q3 - q1) / median: a measured sweep
+# repeats a setting until its spread is at most this (steady timings on a quiet
+# device are within a few percent; a busy CPU is not) ...
+MAX_SPREAD = 0.05
+# ... up to this many rounds of ``repeats`` samples, then keeps what it has.
+MAX_TIMING_ROUNDS = 4
+# A larger tree's step may look faster than a smaller one's by timing noise; only a
+# drop beyond this fraction (or the recorded spread, when larger) is flagged.
+MONOTONE_TOLERANCE = 0.05
 
 Setting = tuple[int, int, int]  # (batch, context, num_tokens)
 
@@ -65,6 +74,8 @@ class LatencyTable:
         gpu: the GPU spec a roofline prediction used; None for measurements.
         method: free-form description of how the numbers were obtained.
         notes: ``setting -> why its latency is None`` (e.g. ``"out of memory"``).
+        spreads: ``setting -> (q3 - q1) / median`` of its timing samples (measured
+            tables; empty for predictions and older files).
     """
 
     measurements: dict[Setting, float | None]
@@ -77,6 +88,7 @@ class LatencyTable:
     gpu: dict[str, Any] | None = None
     method: dict[str, Any] = field(default_factory=dict)
     notes: dict[Setting, str] = field(default_factory=dict)
+    spreads: dict[Setting, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -203,6 +215,49 @@ class LatencyTable:
     def nearest_context(self, context: int) -> int:
         """The covered context closest to ``context`` (ties go to the longer one)."""
         return min(self.contexts, key=lambda s: (abs(s - context), -s))
+
+
+def latency_warnings(table: LatencyTable, tolerance: float = MONOTONE_TOLERANCE) -> list[str]:
+    """Reasons not to trust ``table``, one line each; empty when it looks sane.
+
+    A verification step over more tokens does at least the work of one over fewer,
+    so at each (batch, context) latency should not fall as num_tokens grows. Flags
+    (1) a size slower than a larger one by more than the noise (``tolerance``, or
+    the two settings' recorded spreads when larger) and (2) overhead below 1 at
+    n > 1 (a tree step faster than plain decoding), which makes every predicted
+    speedup meaningless: typically a busy machine, or CPU threads left at torch's
+    default while timing.
+    """
+    problems = []
+    for batch, context in table.settings():
+        try:
+            curve = {n: table.measurements[(batch, context, n)]
+                     for n in table.measured_sizes(batch, context)}
+        except TreeoptError:
+            continue
+        sizes = sorted(curve)
+        if 1 in curve:
+            faster = [n for n in sizes if n > 1 and curve[n] < curve[1] * (1 - tolerance)]
+            if faster:
+                n = faster[0]
+                problems.append(
+                    f"batch {batch}, context {context}: overhead {curve[n] / curve[1]:.3f} < 1 "
+                    f"at n={n} (a {n}-token step timed faster than plain decoding): the "
+                    "timings are noise; measure on a quiet machine with threads set")
+        for index, small in enumerate(sizes):
+            for large in sizes[index + 1:]:
+                noise = max(tolerance, table.spreads.get((batch, context, small), 0.0),
+                            table.spreads.get((batch, context, large), 0.0))
+                if curve[large] < curve[small] * (1 - noise):
+                    problems.append(
+                        f"batch {batch}, context {context}: n={large} timed "
+                        f"{curve[large] * 1e3:.4g} ms, faster than n={small} "
+                        f"({curve[small] * 1e3:.4g} ms) beyond the noise ({noise:.0%})")
+                    break
+            else:
+                continue
+            break
+    return problems
 
 
 def _check_setting(setting: Setting) -> None:

@@ -33,6 +33,8 @@ def table_to_json(table: LatencyTable) -> dict[str, Any]:
         }
         if setting in table.notes:
             row["note"] = table.notes[setting]
+        if setting in table.spreads:
+            row["spread"] = round(float(table.spreads[setting]), 6)
         rows.append(row)
     return {
         "format": FORMAT,
@@ -54,6 +56,7 @@ def table_from_json(data: Any, where: str = "latency file") -> LatencyTable:
     check_schema(data, schema(), where)
     measurements: dict[Setting, float | None] = {}
     notes: dict[Setting, str] = {}
+    spreads: dict[Setting, float] = {}
     for row in data["measurements"]:
         setting = (row["batch"], row["context"], row["num_tokens"])
         if setting in measurements:
@@ -64,6 +67,8 @@ def table_from_json(data: Any, where: str = "latency file") -> LatencyTable:
         measurements[setting] = row["latency_s"]
         if "note" in row:
             notes[setting] = row["note"]
+        if "spread" in row:
+            spreads[setting] = float(row["spread"])
     return LatencyTable(
         measurements=measurements,
         source=data["source"],
@@ -75,6 +80,7 @@ def table_from_json(data: Any, where: str = "latency file") -> LatencyTable:
         gpu=data.get("gpu"),
         method=dict(data.get("method") or {}),
         notes=notes,
+        spreads=spreads,
     )
 
 

@@ -13,7 +13,14 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-from treeopt.core.latency import DEFAULT_REPEATS, DEFAULT_WARMUP, LatencyTable, Setting
+from treeopt.core.latency import (
+    DEFAULT_REPEATS,
+    DEFAULT_WARMUP,
+    MAX_SPREAD,
+    MAX_TIMING_ROUNDS,
+    LatencyTable,
+    Setting,
+)
 from treeopt.cost.arch import ArchShape
 from treeopt.cost.gpus import GPUSpec, gpu_for_device_name
 from treeopt.cost.predict import sweep
@@ -28,6 +35,11 @@ from treeopt.cost.roofline import (
     short_dtype,
 )
 from treeopt.errors import TreeoptError
+
+# Threads for CPU timing when none are asked for: torch's default (every core) lets
+# other processes' load into each step, so a busy machine gave a non-monotone table
+# (issue 16); one thread times steadily and is what a 1-sequence decode uses anyway.
+CPU_TIMING_THREADS = 1
 
 
 # ----------------------------------------------------------------- measured
@@ -44,14 +56,21 @@ def measure_latency(
     repeats: int,
     show_progress: bool = True,
     compile_step: bool = False,
+    threads: int | None = None,
+    max_spread: float = MAX_SPREAD,
+    max_rounds: int = MAX_TIMING_ROUNDS,
 ) -> LatencyTable:
     """Time the runtime's verification step for every setting on ``device``.
 
-    Uses ``medusa_runtime.timing.time_verification_step`` (warm-up, then the
-    median of ``repeats``). Out-of-memory is recorded as the limit and the sweep
-    goes on (see :func:`sweep`). ``compile_step`` times the ``torch.compile``d
-    step (see ``medusa_runtime.decode.TreeDecoder``). The table names the device (``"cpu"`` on CPU),
-    dtype and library versions.
+    Uses ``medusa_runtime.timing.time_verification_step`` (warm-up, then
+    ``repeats`` samples); a setting whose samples spread more than ``max_spread``
+    ((q3 - q1) / median) is timed again, pooling samples, up to ``max_rounds``
+    rounds, and the median is kept. Each setting's final spread is recorded in the
+    table. On CPU, torch runs on ``threads`` threads (default
+    :data:`CPU_TIMING_THREADS`) while timing, restored afterwards, and the table's
+    method says how many. Out-of-memory is recorded as the limit and the sweep goes
+    on (see :func:`sweep`). ``compile_step`` times the ``torch.compile``d step. The
+    table names the device (``"cpu"`` on CPU), dtype and library versions.
     """
     import torch
     import transformers
@@ -59,26 +78,44 @@ def measure_latency(
 
     from medusa_runtime.timing import time_verification_step
 
+    if max_rounds < 1:
+        raise TreeoptError(f"max_rounds must be >= 1, not {max_rounds}")
+    is_cuda = str(device).startswith("cuda")
+    cpu_threads = None if is_cuda else (threads or CPU_TIMING_THREADS)
+    spreads: dict[Setting, float] = {}
+
     def time_step(batch: int, context: int, num_tokens: int) -> float:
-        result = time_verification_step(model, heads, num_tokens=num_tokens, batch=batch,
-                                        context=context, warmup=warmup, repeats=repeats,
-                                        device=device, compile_step=compile_step)
-        return step_seconds(result)
+        samples: list[float] = []
+        for _ in range(max_rounds):
+            result = time_verification_step(model, heads, num_tokens=num_tokens, batch=batch,
+                                            context=context, warmup=warmup, repeats=repeats,
+                                            device=device, compile_step=compile_step)
+            samples += [float(value) for value in result["samples_s"]]
+            spread = relative_spread(samples)
+            if spread <= max_spread:
+                break
+        spreads[(batch, context, num_tokens)] = spread
+        return statistics.median(samples)
 
     def free_memory() -> None:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
     total = len(batches) * len(contexts) * len(sizes)
-    with tqdm(total=total, desc="timing verification steps", unit="step",
-              disable=not show_progress) as bar:
-        def advance(setting: Setting) -> None:
-            bar.set_postfix_str(f"b={setting[0]} s={setting[1]} n={setting[2]}")
-            bar.update()
+    previous_threads = torch.get_num_threads()
+    if cpu_threads is not None:
+        torch.set_num_threads(cpu_threads)
+    try:
+        with tqdm(total=total, desc="timing verification steps", unit="step",
+                  disable=not show_progress) as bar:
+            def advance(setting: Setting) -> None:
+                bar.set_postfix_str(f"b={setting[0]} s={setting[1]} n={setting[2]}")
+                bar.update()
 
-        measurements, notes = sweep(time_step, batches, contexts, sizes,
-                                    on_oom=free_memory, progress=advance)
-    is_cuda = str(device).startswith("cuda")
+            measurements, notes = sweep(time_step, batches, contexts, sizes,
+                                        on_oom=free_memory, progress=advance)
+    finally:
+        torch.set_num_threads(previous_threads)
     device_name = torch.cuda.get_device_name(torch.device(device)) if is_cuda else "cpu"
     return LatencyTable(
         measurements=measurements, notes=notes, source="measured",
@@ -87,13 +124,20 @@ def measure_latency(
                   "cuda": torch.version.cuda if is_cuda else None},
         method={"timer": "medusa_runtime.timing.time_verification_step",
                 "statistic": "median", "warmup": warmup, "repeats": repeats,
-                "compiled_step": compile_step},
+                "max_spread": max_spread, "max_rounds": max_rounds,
+                "spread": "(q3 - q1) / median of the samples",
+                "cpu_threads": cpu_threads, "compiled_step": compile_step},
+        spreads={setting: spread for setting, spread in spreads.items()
+                 if measurements.get(setting) is not None},
     )
 
 
-def step_seconds(result: dict[str, Any]) -> float:
-    """The median step time in seconds from ``time_verification_step``'s result."""
-    return float(result["median_s"])
+def relative_spread(samples: Sequence[float]) -> float:
+    """(q3 - q1) / median of ``samples``: 0 for fewer than two or a zero median."""
+    if len(samples) < 2:
+        return 0.0
+    q1, median, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+    return (q3 - q1) / median if median > 0 else 0.0
 
 
 # -------------------------------------------------------------------- measure

@@ -1,0 +1,131 @@
+"""``treeopt autotune``: one command from a model to a tuned, engine-ready tree and a report.
+
+The verb parses options and calls :func:`treeopt.workflows.autotune.autotune`.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from treeopt.cli.options import AcceptanceChoice, output_folder, parse_int_list
+from treeopt.workflows.autotune import (
+    DEFAULT_DECODE_ROUNDS,
+    DEFAULT_HOLDOUT_FRACTION,
+    DEFAULT_SIZES,
+    ENGINES,
+    STAGES,
+)
+
+AutotuneEngine = Enum("AutotuneEngine", {name: name for name in ENGINES}, type=str)
+
+
+def autotune(
+    model: Annotated[str, typer.Option(
+        "--model", "-m", help="Base model: registry name (vicuna-7b), folder or hub id.")],
+    data: Annotated[str, typer.Option(
+        "--data", "-d", help="Prompts (MT-Bench question.jsonl, .txt, JSONL, a dataset); a "
+                             "share is held out unless --holdout-data is given.")],
+    output: Annotated[Path, typer.Option(
+        "-o", "--output", callback=output_folder,
+        help="Folder for every file of the run and report.md; rerunning the same command "
+             "continues after its last finished stage.")],
+    heads: Annotated[str | None, typer.Option(
+        help="Medusa heads folder or hub id (default: the model's published heads).")] = None,
+    holdout_data: Annotated[str | None, typer.Option(
+        help="Held-out prompts for the check and the measured speedup.")] = None,
+    holdout_fraction: Annotated[float, typer.Option(
+        help="Share of --data held out when no --holdout-data.")] = DEFAULT_HOLDOUT_FRACTION,
+    engine: Annotated[AutotuneEngine, typer.Option(
+        help="Where the tree goes: bundled (medusa_runtime, treeopt JSON), medusa, trtllm, "
+             "vllm or eagle; its limits apply while building.")] = AutotuneEngine.bundled,
+    gpu: Annotated[str | None, typer.Option(
+        help="Predict latency for this GPU (h100-sxm, a100-80gb-sxm, ... or auto) instead "
+             "of measuring here; predicted figures are labelled so.")] = None,
+    arch: Annotated[str | None, typer.Option(
+        help="Model shape for --gpu (default: the model's config).")] = None,
+    device: Annotated[str, typer.Option(help="cuda, cuda:N or cpu.")] = "cuda",
+    dtype: Annotated[str, typer.Option(help="auto, bf16, fp16 or fp32.")] = "auto",
+    batch: Annotated[str, typer.Option(
+        help="Batch sizes to tune for, comma-separated (one tree per bucket sharing one).")
+    ] = "1",
+    context: Annotated[str | None, typer.Option(
+        help="Context lengths to time, comma-separated (default: the held-out prompts' mean "
+             "length + half of --max-new-tokens).")] = None,
+    sizes: Annotated[str, typer.Option(
+        help="Tree sizes to time (tokens/step, root included; must include 1).")] = (
+        ",".join(map(str, DEFAULT_SIZES))),
+    max_prompts: Annotated[int | None, typer.Option(
+        min=1, help="Use a seeded random subset of this many prompts of --data.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(
+        min=1, help="New tokens per prompt (profile and decoding).")] = 128,
+    top_k: Annotated[int, typer.Option(min=1, help="Ranks measured per head.")] = 10,
+    acceptance_model: Annotated[AcceptanceChoice, typer.Option(
+        "--acceptance-model", "-a", help="Builder's acceptance model.")] = AcceptanceChoice.joint,
+    chat_template: Annotated[bool, typer.Option(
+        help="Wrap prompts in the tokenizer's chat template when it has one.")] = True,
+    seed: Annotated[int, typer.Option(help="Seed of the held-out split and prompt subset.")] = 0,
+    threads: Annotated[int | None, typer.Option(
+        min=1, help="CPU threads for timing and decoding (default 1: steady timings).")] = None,
+    compile_step: Annotated[bool | None, typer.Option(
+        "--compile/--no-compile",
+        help="torch.compile the step for timing and decoding (default: on CPU).")] = None,
+    verify: Annotated[bool, typer.Option(
+        help="Decode the held-out prompts to measure the speedup (measured runs only).")
+    ] = True,
+    rounds: Annotated[int, typer.Option(
+        min=1, help="Decoding rounds of the measured speedup (median kept).")] = (
+        DEFAULT_DECODE_ROUNDS),
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="No progress; print only the headline.")] = False,
+) -> None:
+    """Profile, build, time, tune, export and report: the best tree for your model,
+    heads, GPU, batch sizes and engine, in one command.
+
+    Stages: profile -> build (with a held-out check) -> latency (measured here, or
+    predicted for --gpu) -> tune (per batch size) -> export -> verify (decode the
+    held-out prompts: measured speedup) -> report (OUTPUT/report.md and pictures).
+    Interrupt it any time: rerunning the same command continues.
+
+    \b
+    Examples:
+      treeopt autotune -m ./stories260K --heads heads/ -d question.jsonl --device cpu -o out/
+      treeopt autotune -m vicuna-7b -d question.jsonl --batch 1,4,16 --engine trtllm -o out/
+      treeopt autotune -m vicuna-7b -d question.jsonl --gpu h100-sxm --arch llama-7b -o out/
+    """
+    from treeopt.workflows.autotune import autotune as run_autotune
+    from treeopt.workflows.autotune import settings_from
+
+    settings = settings_from(
+        model=model, data=data, output=output, heads=heads, holdout_data=holdout_data,
+        holdout_fraction=holdout_fraction, engine=engine.value, gpu=gpu, arch=arch,
+        device=device, dtype=dtype, batches=tuple(parse_int_list(batch, "--batch")),
+        contexts=tuple(parse_int_list(context, "--context")) if context else None,
+        sizes=tuple(parse_int_list(sizes, "--sizes")), max_prompts=max_prompts,
+        max_new_tokens=max_new_tokens, top_k=top_k, acceptance_model=acceptance_model.value,
+        chat_template=chat_template, seed=seed, threads=threads, compile_step=compile_step,
+        verify=verify, decode_rounds=rounds, progress=not quiet)
+    stage = {"name": STAGES[0]}
+
+    def log(line: str) -> None:
+        if line.startswith("[") and "] " in line:
+            stage["name"] = line.split("] ", 1)[1].split(":")[0].split(" ")[0]
+        if not quiet:
+            typer.echo(line, err=True)
+
+    try:
+        result = run_autotune(settings, log=log)
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted in stage {stage['name']}: rerun the same command to continue "
+                   "(finished stages are kept)", err=True)
+        raise typer.Exit(130) from None
+    typer.echo(result.headline.replace("**", ""))
+    typer.echo(f"report: {result.report}", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``autotune`` to the treeopt app."""
+    app.command("autotune")(autotune)

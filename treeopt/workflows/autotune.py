@@ -1,0 +1,635 @@
+"""From a model, its Medusa heads and some prompts to a tuned, engine-ready tree: one call.
+
+:func:`autotune` runs these stages, each writing its files into the output folder:
+
+1. ``profile``: split the prompts into calibration and held-out ones (or take
+   ``holdout_data``), profile the heads on both (:func:`treeopt.model.profiling.profile_model`;
+   greedy targets cached beside each profile, an interrupted profile resumes);
+2. ``build``: the nested trees of the calibration profile, weighted by decoding
+   steps (:func:`treeopt.optimize.build.build_tree`, with the engine's limits), and
+   the held-out check: tokens per step replayed on the held-out prompts
+   (:mod:`treeopt.optimize.replay`) for the built trees, the published trees and a
+   tree built on the held-out prompts themselves;
+3. ``latency``: the verification step's latency per tree size, measured here with
+   the runtime (:func:`treeopt.model.measure.measure_latency`) or predicted for a GPU
+   (:func:`treeopt.cost.predict.predict_latency`), with sanity checks
+   (:func:`treeopt.core.latency.latency_warnings`);
+4. ``tune``: the best tree per batch size (:func:`treeopt.optimize.tune.tune_tree`),
+   one tree per bucket of batch sizes sharing it;
+5. ``export``: each bucket's tree in the engine's format
+   (:func:`treeopt.files.engines.export_text`);
+6. ``verify`` (measured runs only): decode the held-out prompts with plain
+   decoding, the tuned tree and ``mc_sim_7b_63``; the measured speedup;
+7. ``report``: ``report.md`` and its pictures (:mod:`treeopt.workflows.report`).
+
+Finished stages are recorded in ``autotune.state.json``; running again with the
+same settings continues after the last finished stage, and other settings are
+refused before anything loads.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from treeopt.core.atomic import atomic_write_text
+from treeopt.core.latency import DEFAULT_REPEATS, DEFAULT_WARMUP
+from treeopt.errors import TreeoptError
+
+STATE_FILE = "autotune.state.json"
+STATE_FORMAT = "treeopt.autotune-state/1"
+STAGES = ("profile", "build", "latency", "tune", "export", "verify", "report")
+ENGINES = ("bundled", "medusa", "trtllm", "vllm", "eagle")
+# Engines whose limits the builder applies while building (the others take any tree).
+BUILDER_ENGINES = ("trtllm", "vllm")
+EXPORT_SUFFIX = {"medusa": ".py", "eagle": ".py", "trtllm": ".json", "vllm": ".txt"}
+# Tree sizes timed: dense where small trees win (a small model or a CPU), sparse to 64,
+# the size of the published trees the held-out check compares against.
+DEFAULT_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+# The Medusa paper's default tree: the measured comparison in ``verify``.
+COMPARED_TREE = "mc_sim_7b_63"
+DEFAULT_HOLDOUT_FRACTION = 0.2
+# Decoding rounds in ``verify``: every tree decodes every held-out prompt once per
+# round, trees interleaved, and each tree's median rate over rounds is kept, so a
+# burst of load on a shared machine hits every tree alike.
+DEFAULT_DECODE_ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class AutotuneSettings:
+    """Everything an autotune run depends on (all but ``output`` and ``progress``
+    must match for a rerun to continue a run).
+
+    Attributes:
+        model: registry name, folder or hub id of the base model.
+        data: calibration prompts (MT-Bench ``question.jsonl``, ``.txt``, a dataset).
+        output: folder for every file of the run.
+        heads: Medusa heads (folder or hub id); default: the model's published ones.
+        holdout_data: held-out prompts; default: ``holdout_fraction`` of ``data``.
+        engine: where the tree goes: ``bundled`` (medusa_runtime, treeopt JSON),
+            ``medusa``, ``trtllm``, ``vllm`` or ``eagle``.
+        gpu: predict latency for this GPU (roofline model) instead of measuring here.
+        arch: model shape for ``gpu`` predictions (default: the model's config).
+        device, dtype: where and how the model runs here.
+        batches: batch sizes to tune for.
+        contexts: context lengths timed; default: the held-out prompts' mean length
+            plus half of ``max_new_tokens`` (the mean cache length while decoding them).
+        sizes: tree sizes (tokens per step, root included) timed and built up to.
+        threads: CPU threads for timing and decoding (default 1: steady timings).
+        compile_step: time and decode the ``torch.compile``d step; default on CPU,
+            where the eager step is dominated by Python overhead (on CUDA the step is
+            replayed as a CUDA graph instead).
+        verify: decode the held-out prompts to measure the speedup (measured runs).
+    """
+
+    model: str
+    data: str
+    output: Path
+    heads: str | None = None
+    holdout_data: str | None = None
+    holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION
+    engine: str = "bundled"
+    gpu: str | None = None
+    arch: str | None = None
+    device: str = "cpu"
+    dtype: str = "auto"
+    batches: tuple[int, ...] = (1,)
+    contexts: tuple[int, ...] | None = None
+    sizes: tuple[int, ...] = DEFAULT_SIZES
+    max_prompts: int | None = None
+    max_new_tokens: int = 128
+    top_k: int = 10
+    acceptance_model: str = "joint"
+    chat_template: bool = True
+    seed: int = 0
+    threads: int | None = None
+    warmup: int = DEFAULT_WARMUP
+    repeats: int = DEFAULT_REPEATS
+    compile_step: bool | None = None
+    verify: bool = True
+    decode_rounds: int = DEFAULT_DECODE_ROUNDS
+    progress: bool = True
+
+    def check(self) -> None:
+        """One-line TreeoptError for a bad setting (before anything loads)."""
+        if self.engine not in ENGINES:
+            raise TreeoptError(f"--engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
+        if self.holdout_data is None and not 0.0 < self.holdout_fraction < 1.0:
+            raise TreeoptError("the held-out fraction must be strictly between 0 and 1, not "
+                               f"{self.holdout_fraction}")
+        for name, option in (("batches", "--batch"), ("sizes", "--sizes"),
+                             ("contexts", "--context")):
+            values = getattr(self, name)
+            if values is not None and (not values or min(values) < 1):
+                raise TreeoptError(f"{option} takes positive integers, not {list(values)}")
+        if 1 not in self.sizes or max(self.sizes) < 2:
+            raise TreeoptError("--sizes must include 1 (plain decoding) and a size >= 2")
+        for name in ("max_new_tokens", "top_k", "repeats", "decode_rounds"):
+            if getattr(self, name) < 1:
+                raise TreeoptError(f"{name} must be >= 1, not {getattr(self, name)}")
+        if self.threads is not None and self.threads < 1:
+            raise TreeoptError(f"--threads must be >= 1, not {self.threads}")
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The settings a run's results depend on, JSON-able (output and progress left out)."""
+        return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)
+                if f.name not in ("output", "progress")}
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the step is compiled (``compile_step``, default: on CPU)."""
+        if self.compile_step is None:
+            return str(self.device) == "cpu"
+        return self.compile_step
+
+    @property
+    def measured(self) -> bool:
+        """True when latency is measured here (no ``gpu`` to predict for)."""
+        return self.gpu is None
+
+
+@dataclass
+class AutotuneResult:
+    """What a run produced: the report, each stage's summary, what ran this time."""
+
+    directory: Path
+    report: Path
+    stages: dict[str, dict[str, Any]]
+    ran: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def headline(self) -> str:
+        return str(self.stages.get("report", {}).get("headline", ""))
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+# ------------------------------------------------------------------- state
+def state_path(directory: Path) -> Path:
+    return Path(directory) / STATE_FILE
+
+
+def read_state(directory: Path, settings: AutotuneSettings) -> dict[str, Any]:
+    """The run's state in ``directory`` (empty for a new run).
+
+    Raises a one-line TreeoptError if the folder holds a run with other settings.
+    """
+    path = state_path(directory)
+    if not path.exists():
+        return {"format": STATE_FORMAT, "settings": settings.fingerprint(), "stages": {}}
+    from treeopt.files.jsondoc import read_json
+
+    state = read_json(path, "autotune state")
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise TreeoptError(f"{path} is not a {STATE_FORMAT} file: delete it or use another -o")
+    wanted = settings.fingerprint()
+    changed = sorted(key for key in wanted.keys() | state.get("settings", {}).keys()
+                     if wanted.get(key) != state.get("settings", {}).get(key))
+    if changed:
+        raise TreeoptError(
+            f"{directory} holds an autotune run made with other settings ({', '.join(changed)}): "
+            "use another -o, or delete the folder to start over")
+    state.setdefault("stages", {})
+    return state
+
+
+def _write_state(directory: Path, state: dict[str, Any]) -> None:
+    atomic_write_text(state_path(directory), json.dumps(state, indent=1) + "\n")
+
+
+def _write_json(path: Path, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+
+
+def _read_json(path: Path) -> Any:
+    from treeopt.files.jsondoc import read_json
+
+    return read_json(path, "autotune file")
+
+
+# --------------------------------------------------------------- the pipeline
+def autotune(settings: AutotuneSettings,
+             log: Callable[[str], None] | None = None) -> AutotuneResult:
+    """Run (or continue) the whole pipeline in ``settings.output``; see the module docstring.
+
+    Guarantees: every stage's files are written atomically and the stage is
+    recorded as finished only after them, so an interruption at any point loses
+    at most the unfinished stage (and a profile keeps its partial work); a rerun
+    with the same settings skips every finished stage and loads the model only if
+    a remaining stage needs it. Predicted figures are labelled "predicted" in every
+    file and picture.
+    """
+    settings.check()
+    say = log if log is not None else (lambda line: print(line, file=sys.stderr))
+    directory = Path(settings.output)
+    if directory.exists() and not directory.is_dir():
+        raise TreeoptError(f"cannot write into {directory}: it is a file, give a folder")
+    state = read_state(directory, settings)  # before any loading: a mismatch fails fast
+    if settings.gpu is None and settings.dtype not in ("auto", "float32", "fp32", "float16",
+                                                       "fp16", "bfloat16", "bf16"):
+        raise TreeoptError(f"--dtype must be auto, fp32, fp16 or bf16, not {settings.dtype!r}")
+    if settings.heads is None:
+        from treeopt.model.loading import require_heads
+
+        require_heads(settings.model, None)
+    directory.mkdir(parents=True, exist_ok=True)
+    _write_state(directory, state)
+    run = _Run(settings, directory, state, say)
+    result = AutotuneResult(directory, directory / "report.md", state["stages"])
+    todo = [stage for stage in STAGES if stage != "verify" or
+            (settings.measured and settings.verify)]
+    for index, stage in enumerate(todo, start=1):
+        if stage in state["stages"]:
+            say(f"[{index}/{len(todo)}] {stage}: finished earlier, kept")
+            result.skipped.append(stage)
+            continue
+        say(f"[{index}/{len(todo)}] {stage} ...")
+        started = time.perf_counter()
+        summary = getattr(run, f"stage_{stage}")()
+        summary["seconds"] = round(time.perf_counter() - started, 2)
+        state["stages"][stage] = summary
+        _write_state(directory, state)
+        result.ran.append(stage)
+        say(f"[{index}/{len(todo)}] {stage}: done in {summary['seconds']:.1f} s")
+    return result
+
+
+class _Run:
+    """The stages of one run; the model loads lazily, once, only when a stage needs it."""
+
+    def __init__(self, settings: AutotuneSettings, directory: Path, state: dict[str, Any],
+                 say: Callable[[str], None]) -> None:
+        self.settings = settings
+        self.dir = directory
+        self.state = state
+        self.say = say
+        self._loaded: tuple[Any, Any, Any] | None = None
+
+    # ------------------------------------------------------------- helpers
+    def path(self, name: str) -> Path:
+        return self.dir / name
+
+    def loaded(self) -> tuple[Any, Any, Any]:
+        """(model, tokenizer, heads), loaded on first use."""
+        if self._loaded is None:
+            from treeopt.model.loading import load_base_model, load_heads, require_heads
+
+            heads_name = require_heads(self.settings.model, self.settings.heads)
+            self.say(f"  loading {self.settings.model} and heads {heads_name}")
+            model, tokenizer = load_base_model(self.settings.model, device=self.settings.device,
+                                               dtype=self.settings.dtype)
+            heads = load_heads(heads_name, device=self.settings.device,
+                               dtype=next(model.parameters()).dtype,
+                               base_lm_head=model.get_output_embeddings())
+            self._loaded = (model, tokenizer, heads)
+        return self._loaded
+
+    def heads_id(self) -> str:
+        from treeopt.model.loading import require_heads
+
+        return require_heads(self.settings.model, self.settings.heads)
+
+    def budget(self) -> int:
+        """The largest tree built: the largest size timed, within the engine's limit."""
+        from treeopt.files.engines import TRTLLM_DEFAULT_MAX_DRAFT_LEN
+
+        budget = max(self.settings.sizes)
+        if self.settings.engine == "trtllm":
+            budget = min(budget, TRTLLM_DEFAULT_MAX_DRAFT_LEN + 1)
+        return budget
+
+    def builder_engine(self) -> str | None:
+        return self.settings.engine if self.settings.engine in BUILDER_ENGINES else None
+
+    def profiles(self) -> tuple[Any, Any]:
+        from treeopt.files.profile_file import load_profile
+
+        return (load_profile(self.path("profile.json")),
+                load_profile(self.path("holdout-profile.json")))
+
+    def cpu_threads(self) -> int | None:
+        from treeopt.model.measure import CPU_TIMING_THREADS
+
+        if str(self.settings.device).startswith("cuda"):
+            return None
+        return self.settings.threads or CPU_TIMING_THREADS
+
+    # -------------------------------------------------------------- stages
+    def stage_profile(self) -> dict[str, Any]:
+        from treeopt.model.calibration import encode_prompts, read_prompts, split_held_out
+        from treeopt.model.profiling import ProfileSettings, max_positions, profile_model
+
+        s = self.settings
+        texts = read_prompts(s.data, max_prompts=s.max_prompts, seed=s.seed)
+        if s.holdout_data is not None:
+            calibration, held_out = texts, read_prompts(s.holdout_data, seed=s.seed)
+        else:
+            calibration, held_out = split_held_out(texts, s.holdout_fraction, s.seed)
+        if not calibration or not held_out:
+            raise TreeoptError(f"{s.data} holds {len(texts)} prompt(s): too few to hold some "
+                               "out (give more, or --holdout-data)")
+        model, tokenizer, heads = self.loaded()
+        # Room for the whole continuation and the largest tree in the model's context,
+        # so the profile, the timing and the decoding all see the same new tokens.
+        context = max_positions(model)
+        room = None if context is None else context - s.max_new_tokens - max(s.sizes)
+
+        def fitting(prompts: Sequence[str]) -> list[list[int]]:
+            ids = encode_prompts(tokenizer, prompts, chat_template=s.chat_template)
+            return [p for p in ids if room is None or len(p) <= room]
+
+        calibration_ids, held_ids = fitting(calibration), fitting(held_out)
+        if not calibration_ids or not held_ids:
+            raise TreeoptError(
+                f"no prompt leaves room for --max-new-tokens {s.max_new_tokens} and a "
+                f"{max(s.sizes)}-token tree in the model's {context}-token context")
+        profile_settings = ProfileSettings(top_k=s.top_k, max_new_tokens=s.max_new_tokens)
+        heads_id = self.heads_id()
+        summary: dict[str, Any] = {}
+        for name, ids in (("profile.json", calibration_ids), ("holdout-profile.json", held_ids)):
+            self.say(f"  profiling {len(ids)} prompts -> {name}")
+            profile = profile_model(model, tokenizer, heads, ids, self.path(name),
+                                    profile_settings, s.model, heads_id, resume=True,
+                                    progress=s.progress)
+            summary[name] = {"prompts": len(ids), "positions": profile.num_positions}
+        _write_json(self.path("holdout-prompts.json"), held_ids)
+        mean_length = statistics.fmean(len(p) for p in held_ids)
+        summary.update({
+            "calibration_prompts": len(calibration_ids), "held_out_prompts": len(held_ids),
+            "dropped_prompts": len(calibration) + len(held_out) - len(calibration_ids)
+            - len(held_ids),
+            "num_heads": int(heads.num_heads),
+            "decode_context": round(mean_length + s.max_new_tokens / 2),
+        })
+        return summary
+
+    def stage_build(self) -> dict[str, Any]:
+        from treeopt.files.shipped import shipped_tree_names
+        from treeopt.files.tree_file import load_tree, write_tree
+        from treeopt.optimize.build import build_tree
+        from treeopt.optimize.replay import nested_tokens_per_step, tokens_per_step
+
+        s = self.settings
+        profile, holdout = self.profiles()
+        budget = self.budget()
+        engine = self.builder_engine()
+        built = build_tree(profile, budget, s.acceptance_model, engine=engine, weighting="steps")
+        # What the runtime would measure on the held-out prompts, every nested size.
+        if built.branching is None:
+            held = nested_tokens_per_step(built.order, holdout.sequences).tolist()
+        else:
+            held = [tokens_per_step(built.tree_at(n), holdout) for n in range(1, budget + 1)]
+        in_sample = build_tree(holdout, budget, s.acceptance_model, engine=engine,
+                               weighting="steps")
+        write_tree(self.path(f"built-{budget}.json"), built.tree, built.expected_accept_length,
+                   {"tool": "treeopt autotune", "profile": "profile.json", "weighting": "steps",
+                    "acceptance_model": s.acceptance_model, "engine": s.engine})
+        published = []
+        for name in shipped_tree_names():
+            tree = load_tree(name)
+            if tree.depth > profile.num_heads or tree.num_tokens > budget:
+                continue
+            published.append({
+                "name": name, "num_tokens": tree.num_tokens,
+                "held_out_tokens_per_step": round(tokens_per_step(tree, holdout), 4),
+                "built_same_size": round(held[tree.num_tokens - 1], 4),
+            })
+        return {
+            "budget": budget,
+            "weighting": built.weighting,
+            "calibration_tokens_per_step": [round(v, 4) for v in built.curve],
+            "held_out_tokens_per_step": [round(v, 4) for v in held],
+            # A tree built on the held-out prompts themselves, replayed on them: an
+            # in-sample figure for the builder's heuristic, not a bound on every tree.
+            "in_sample_tokens_per_step": round(in_sample.expected_accept_length, 4),
+            "published": published,
+        }
+
+    def stage_latency(self) -> dict[str, Any]:
+        from treeopt.core.latency import latency_warnings
+        from treeopt.files.latency_file import write_latency
+
+        s = self.settings
+        decode_context = self.state["stages"]["profile"]["decode_context"]
+        contexts = list(s.contexts) if s.contexts else [decode_context]
+        sizes = sorted(n for n in set(s.sizes) if n <= self.budget())
+        if s.measured:
+            from treeopt.model.measure import measure_latency
+
+            model, _, heads = self.loaded()
+            dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+            table = measure_latency(model, heads, s.model, list(s.batches), contexts, sizes,
+                                    s.device, dtype, s.warmup, s.repeats,
+                                    show_progress=s.progress, compile_step=s.compiled,
+                                    threads=self.cpu_threads())
+        else:
+            from treeopt.cost.arch import get_arch
+            from treeopt.cost.gpus import resolve_gpu
+            from treeopt.cost.predict import predict_latency
+
+            if s.gpu.lower() == "auto":  # type: ignore[union-attr]
+                from treeopt.model.measure import gpu_auto
+
+                gpu = gpu_auto()
+            else:
+                gpu = resolve_gpu(s.gpu)
+            arch = get_arch(s.arch or s.model)
+            dtype = "bfloat16" if s.dtype == "auto" else s.dtype
+            table = predict_latency(arch, gpu, list(s.batches), contexts, sizes, dtype)
+        warnings = latency_warnings(table)
+        for line in warnings:
+            self.say(f"  warning: {line}")
+        write_latency(self.path("latency.json"), table)
+        return {"source": table.source, "describe": table.describe(), "contexts": contexts,
+                "warnings": warnings}
+
+    def stage_tune(self) -> dict[str, Any]:
+        from treeopt.files.latency_file import load_latency
+        from treeopt.files.tree_file import write_tree
+        from treeopt.optimize.tune import curve_rows
+
+        s = self.settings
+        profile, _ = self.profiles()
+        table = load_latency(self.path("latency.json"))
+        context = table.nearest_context(self.state["stages"]["profile"]["decode_context"])
+        predicted = "" if table.source == "measured" else "predicted "
+        rows, buckets = [], []
+        for batch in table.batches:
+            tuned = self._tune(profile, table, batch, context)
+            best = tuned.result.best
+            rows.append({
+                "batch": batch, "context": context, "num_tokens": best.num_tokens,
+                "tokens_per_step": round(tuned.score, 4), "overhead": round(best.overhead, 4),
+                "predicted_speedup": round(tuned.score / best.overhead, 4),
+                "limited_by": tuned.result.limited_by,
+                "curve": curve_rows(tuned.result, table.latency_curve(batch, context)),
+            })
+            paths = [list(p) for p in tuned.tree.paths]
+            if buckets and buckets[-1]["paths"] == paths:
+                buckets[-1]["batches"].append(batch)
+            else:
+                buckets.append({"batches": [batch], "paths": paths, "row": len(rows) - 1,
+                                "tree": tuned.tree})
+        for bucket in buckets:
+            tree = bucket.pop("tree")
+            row = rows[bucket.pop("row")]
+            name = _bucket_name(bucket["batches"])
+            bucket.update(num_tokens=tree.num_tokens, file=None)
+            if tree.num_tokens > 1:
+                bucket["file"] = f"tree-{name}.json"
+                write_tree(self.path(bucket["file"]), tree, row["tokens_per_step"], {
+                    "tool": "treeopt autotune", "batches": bucket["batches"],
+                    "context": context, "latency": table.describe(),
+                    f"{predicted}speedup": row["predicted_speedup"],
+                    "engine": s.engine, "acceptance_model": s.acceptance_model})
+                self.say(f"  batch {name}: n* = {tree.num_tokens}, {predicted or 'predicted '}"
+                         f"speedup {row['predicted_speedup']:.3f}x -> {bucket['file']}")
+            else:
+                self.say(f"  batch {name}: no tree beats plain decoding here")
+        _write_json(self.path("tune.json"), {"rows": rows, "buckets": buckets})
+        return {"context": context, "buckets": [
+            {k: v for k, v in b.items() if k != "paths"} for b in buckets]}
+
+    def _tune(self, profile: Any, table: Any, batch: int, context: int) -> Any:
+        """The tuned tree at (batch, context), within the engine's limits."""
+        from treeopt.optimize.tune import TunedTree, tune_size, tune_tree
+
+        s = self.settings
+        engine = self.builder_engine()
+        if engine is None:
+            return tune_tree(profile, table, batch, context, self.budget(), s.acceptance_model)
+        from treeopt.optimize.build import build_tree
+
+        budget = min(self.budget(), table.max_num_tokens(batch, context))
+        built = build_tree(profile, budget, s.acceptance_model, engine=engine)
+        curve = [float(v) for v in built.curve]
+        result = tune_size(curve, table, batch, context, budget)
+        return TunedTree(result, built.tree_at(result.best.num_tokens),
+                         result.best.expected_accept_length, curve, built.weighting)
+
+    def stage_export(self) -> dict[str, Any]:
+        from treeopt.files.engines import export_text
+        from treeopt.files.tree_file import load_tree
+
+        s = self.settings
+        written = []
+        for bucket in self.state["stages"]["tune"]["buckets"]:
+            if bucket["file"] is None:
+                continue
+            if s.engine == "bundled":  # medusa_runtime reads treeopt's own tree file
+                written.append(bucket["file"])
+                continue
+            text = export_text(load_tree(self.path(bucket["file"])), s.engine)
+            name = f"{s.engine}-{_bucket_name(bucket['batches'])}{EXPORT_SUFFIX[s.engine]}"
+            atomic_write_text(self.path(name), text + "\n")
+            written.append(name)
+            self.say(f"  wrote {name}")
+        return {"engine": s.engine, "files": written}
+
+    def stage_verify(self) -> dict[str, Any]:
+        import torch
+        from tqdm import tqdm
+
+        from medusa_runtime.decode import generate
+        from treeopt.core.tree import Tree
+        from treeopt.files.tree_file import load_tree
+
+        s = self.settings
+        model, tokenizer, heads = self.loaded()
+        prompts = _read_json(self.path("holdout-prompts.json"))
+        buckets = self.state["stages"]["tune"]["buckets"]
+        first = buckets[0]  # the smallest batch's: decoding here is one sequence at a time
+        trees: dict[str, Any] = {"plain": Tree.empty(heads.num_heads)}
+        if first["file"] is not None:
+            trees[f"tuned (n={first['num_tokens']})"] = load_tree(self.path(first["file"]))
+        compared = load_tree(COMPARED_TREE)
+        if compared.depth <= heads.num_heads:
+            trees[COMPARED_TREE] = compared
+        eos = getattr(tokenizer, "eos_token_id", None)
+        rates: dict[str, list[float]] = {name: [] for name in trees}
+        per_step: dict[str, float] = {}
+        outputs: dict[str, list[list[int]]] = {}
+        threads = self.cpu_threads()
+        previous = torch.get_num_threads()
+        if threads is not None:
+            torch.set_num_threads(threads)
+        total = s.decode_rounds * len(trees) * len(prompts)
+        try:
+            with tqdm(total=total, desc="decoding held-out prompts", unit="prompt",
+                      disable=not s.progress) as bar:
+                for _ in range(s.decode_rounds):
+                    for name, tree in trees.items():
+                        tokens = steps = 0
+                        seconds = 0.0
+                        texts = []
+                        for prompt in prompts:
+                            result = generate(model, None if tree.num_tokens == 1 else heads,
+                                              tree, prompt, s.max_new_tokens, eos_token_id=eos,
+                                              compile_step=s.compiled)
+                            tokens += len(result.tokens) - 1
+                            steps += result.verification_steps
+                            seconds += result.wall_time_s - result.prefill_s
+                            texts.append(list(result.tokens))
+                            bar.update()
+                        rates[name].append(tokens / seconds)
+                        per_step[name] = tokens / steps if steps else 1.0
+                        outputs[name] = texts
+        finally:
+            torch.set_num_threads(previous)
+        plain_rate = statistics.median(rates["plain"])
+        runs = {
+            name: {
+                "num_tokens": tree.num_tokens,
+                "tokens_per_s": round(statistics.median(rates[name]), 2),
+                "tokens_per_step": round(per_step[name], 4),
+                "measured_speedup": round(statistics.median(rates[name]) / plain_rate, 4),
+                "same_tokens_as_plain": outputs[name] == outputs["plain"],
+            }
+            for name, tree in trees.items()
+        }
+        for name, run in runs.items():
+            self.say(f"  {name}: {run['tokens_per_s']:.0f} tokens/s, "
+                     f"{run['tokens_per_step']:.3f} tokens/step, "
+                     f"measured speedup {run['measured_speedup']:.3f}x")
+        device = ("cpu" if threads is not None else str(s.device)) + (
+            f", {threads} thread{'s' if threads > 1 else ''}" if threads is not None else "")
+        verify = {"device": device, "prompts": len(prompts), "rounds": s.decode_rounds,
+                  "max_new_tokens": s.max_new_tokens, "compiled_step": s.compiled,
+                  "runs": runs}
+        _write_json(self.path("verify.json"), verify)
+        return verify
+
+    def stage_report(self) -> dict[str, Any]:
+        from treeopt.workflows.report import write_report
+
+        return write_report(self.dir, self.settings.fingerprint(), self.state["stages"])
+
+
+def _bucket_name(batches: Sequence[int]) -> str:
+    """``b1`` for one batch size, ``b4-16`` for a run of them."""
+    return f"b{batches[0]}" if len(batches) == 1 else f"b{batches[0]}-{batches[-1]}"
+
+
+def settings_from(**values: Any) -> AutotuneSettings:
+    """:class:`AutotuneSettings` from keyword values, ``None`` meaning the default."""
+    known = {f.name for f in fields(AutotuneSettings)}
+    unknown = set(values) - known
+    if unknown:
+        raise TreeoptError(f"unknown autotune setting(s): {', '.join(sorted(unknown))}")
+    return AutotuneSettings(**{k: v for k, v in values.items() if v is not None})
+
+
+__all__ = ["AutotuneResult", "AutotuneSettings", "autotune", "settings_from"]
