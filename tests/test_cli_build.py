@@ -106,7 +106,9 @@ def test_eval_table_and_json(tmp_path: Path) -> None:
     invoke("build", "-b", 64, "-o", tree_path)
     table = invoke("eval", tree_path, "mc_sim_7b_63", "vicuna_7b_stage1")
     assert table.exit_code == 0, table.output
-    lines = table.stdout.splitlines()
+    lead, lines = table.stdout.splitlines()[:4], table.stdout.splitlines()[5:]
+    assert lead[0] == "tokens per step: E[accept], independent model of acceptance"
+    assert lead[2].split() == ["mc_sim_7b_63", "2.3399"]
     assert lines[0].split() == ["tree", "nodes", "tokens/step", "E[accept]", "independent"]
     assert lines[2].split() == ["mc_sim_7b_63", "63", "64", "2.3399"]
     assert lines[3].split() == ["vicuna_7b_stage1", "63", "64", "2.3437"]
@@ -133,9 +135,9 @@ def test_holdout_build_eval_and_oracle(measured_profile: Path, tmp_path: Path) -
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
     assert [(row["tree"], row["acceptance_model"]) for row in rows] == [
-        (str(tree_path), "independent"), ("oracle-16", "independent"),
-        (str(tree_path), "joint"), ("oracle-16", "joint"),
-        (str(tree_path), "blend"), ("oracle-16", "blend"),
+        (str(tree_path), "independent"), ("in-sample-16", "independent"),
+        (str(tree_path), "joint"), ("in-sample-16", "joint"),
+        (str(tree_path), "blend"), ("in-sample-16", "blend"),
     ]
     for contender, oracle in zip(rows[::2], rows[1::2], strict=True):
         assert oracle["expected_accept_length"] >= contender["expected_accept_length"] - 1e-12

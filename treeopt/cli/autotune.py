@@ -70,9 +70,10 @@ def autotune(
     seed: Annotated[int, typer.Option(help="Seed of the held-out split and prompt subset.")] = 0,
     threads: Annotated[int | None, typer.Option(
         min=1, help="CPU threads for timing and decoding (default 1: steady timings).")] = None,
-    compile_step: Annotated[bool | None, typer.Option(
+    compile_step: Annotated[bool, typer.Option(
         "--compile/--no-compile",
-        help="torch.compile the step for timing and decoding (default: on CPU).")] = None,
+        help="torch.compile the step for timing and decoding (faster steps on CPU; each "
+             "tree size compiles first).")] = False,
     verify: Annotated[bool, typer.Option(
         help="Decode the held-out prompts to measure the speedup (measured runs only).")
     ] = True,

@@ -197,17 +197,21 @@ def eval_trees(
     calibration text: tokens per verification step as the runtime measures it,
     which the position average overstates when acceptance swings along the text.
 
+    Output leads with one figure per tree: replayed tokens per step when the
+    profile has rank vectors (what the runtime measures), else E[accept] under the
+    most faithful model the profile supports (blend, joint, then independent).
+
     With --holdout F --seed S the trees are scored on the held-out prompts, and an
-    "oracle-N" row adds the tree built on those very prompts (the ceiling for any
-    static tree of N tokens). Build the contender on the other part with
-    treeopt build --holdout F --seed S.
+    "in-sample-N" row adds the tree built on those very prompts by position average:
+    the ceiling of E[accept] for any N-token tree, not of replayed tokens per step.
+    Build the contender on the other part with treeopt build --holdout F --seed S.
 
     \b
     Examples:
       treeopt eval mc_sim_7b_63 tree.json
       treeopt eval mc_sim_7b_63 tree.json -p my.json -a joint --json
     """
-    from treeopt.optimize.evaluation import evaluate_trees
+    from treeopt.optimize.evaluation import evaluate_trees, lead_figures
 
     models = None if not model_of_acceptance else [m.value for m in model_of_acceptance]
     rows = evaluate_trees(trees, profile, models, holdout, seed)
@@ -223,6 +227,11 @@ def eval_trees(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
     else:
+        what, figures = lead_figures(rows)
+        width = max(len(name) for name in figures)
+        typer.echo("\n".join([f"tokens per step: {what}",
+                               *(f"{name.ljust(width)}  {value:.4f}"
+                                 for name, value in figures.items()), ""]))
         typer.echo(format_table(rows))
 
 

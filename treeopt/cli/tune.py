@@ -124,8 +124,9 @@ LatencyFilesOption = Annotated[list[Path] | None, typer.Option(
     "--latency", "-l",
     help="treeopt.latency/1 file(s) from `treeopt overhead`; repeat to give several "
          "(a measured one is preferred over a roofline prediction).")]
-TuneProfileOption = Annotated[str, typer.Option(
-    "--profile", "-p", help="Acceptance profile: file or shipped name.")]
+TuneProfileOption = Annotated[str | None, typer.Option(
+    "--profile", "-p", help=f"Acceptance profile: file or shipped name (default "
+                            f"{DEFAULT_PROFILE}; --measure needs the model's own).")]
 TuneBatchOption = Annotated[int | None, typer.Option(
     help="Batch size to tune for (default: the smallest in the latency file).")]
 TuneContextOption = Annotated[int | None, typer.Option(
@@ -172,7 +173,7 @@ StudyDtypeOption = Annotated[str, typer.Option(help="--measure: auto, bf16, fp16
 
 def tune(
     latency: LatencyFilesOption = None,
-    profile: TuneProfileOption = DEFAULT_PROFILE,
+    profile: TuneProfileOption = None,
     batch: TuneBatchOption = None,
     context: TuneContextOption = None,
     max_budget: MaxBudgetOption = None,
@@ -223,8 +224,9 @@ def tune(
             study_name, device, dtype, max_budget, acceptance_model.value, output)), output)
         return
     outcome = tuning.tune_to_files(tuning.TuneSettings(
-        list(latency or []), profile, batch, context, max_budget, acceptance_model.value,
-        None if engine is None else engine.value, output, curve, plot, say=_say))
+        list(latency or []), profile or DEFAULT_PROFILE, batch, context, max_budget,
+        acceptance_model.value, None if engine is None else engine.value, output, curve, plot,
+        say=_say))
     table, result = outcome.table, outcome.tuned.result
     _print_tune_table(result, table)
     _print_batch_view(outcome.batches, result.context)
@@ -258,7 +260,9 @@ def _say(line: str) -> None:
 def _print_study(outcome: StudyOutcome, output: Path | None) -> None:
     params = ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
                        for key, value in outcome.params.items())
-    typer.echo(f"best of {outcome.num_trials} trials: {outcome.tokens_per_second:.1f} tokens/s, "
+    pruned = f" ({outcome.pruned_trials} infeasible, pruned)" if outcome.pruned_trials else ""
+    typer.echo(f"best of {outcome.num_trials} trials{pruned}: "
+               f"{outcome.tokens_per_second:.1f} tokens/s, "
                f"acceleration {outcome.acceleration_rate:.3f} ({params})")
     if output is not None:
         typer.echo(f"wrote {output}", err=True)

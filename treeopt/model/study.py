@@ -10,8 +10,9 @@ torch are imported inside the functions.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from treeopt.errors import TreeoptError, first_line
@@ -49,14 +50,19 @@ class StudyOutcome:
     tree: Any
     expected_accept_length: float
     num_trials: int
+    pruned_trials: int = 0
+    profile: str = ""  # the profile the trees were built from (run_study_cli sets it)
 
 
 def run_study(model: Any, heads: Any, prompts: Sequence[Sequence[int]], profile: Any,
-              config: StudyConfig, eos_token_id: int | None = None) -> StudyOutcome:
+              config: StudyConfig, eos_token_id: int | None = None,
+              show_progress: bool = True) -> StudyOutcome:
     """Run ``config.trials`` more trials and return the best of the whole study.
 
     Objective: total new tokens / total wall time over ``prompts`` (token ids),
     maximized. Guarantees the returned tree is the one the best trial measured.
+    Parameters the profile cannot build a tree for are pruned, never an error; a
+    study with no feasible trial is a one-line TreeoptError.
     """
     import torch
 
@@ -76,6 +82,8 @@ def run_study(model: Any, heads: Any, prompts: Sequence[Sequence[int]], profile:
         return build_tree(profile, params["budget"], acceptance_model=config.acceptance_model,
                           max_depth=params["max_depth"])
 
+    import optuna
+
     def objective(trial: Any) -> float:
         params = {
             "budget": trial.suggest_int("budget", MIN_BUDGET, config.max_budget, log=True),
@@ -84,7 +92,13 @@ def run_study(model: Any, heads: Any, prompts: Sequence[Sequence[int]], profile:
                                                        *THRESHOLD_RANGE, log=True),
             "posterior_alpha": trial.suggest_float("posterior_alpha", *ALPHA_RANGE),
         }
-        tree = tree_for(params).tree
+        try:
+            tree = tree_for(params).tree
+        except TreeoptError as exc:
+            # Infeasible corner of the search space (e.g. a budget above the candidates a
+            # shallow depth leaves): prune it, the study goes on.
+            trial.set_user_attr("pruned_because", str(exc))
+            raise optuna.TrialPruned(str(exc)) from None
         acceptance = TypicalAcceptance(params["posterior_threshold"], params["posterior_alpha"])
         torch.manual_seed(config.seed)
         generate(model, heads, tree, prompts[0], WARMUP_NEW_TOKENS, acceptance=acceptance,
@@ -101,14 +115,20 @@ def run_study(model: Any, heads: Any, prompts: Sequence[Sequence[int]], profile:
         return tokens / seconds if seconds > 0 else 0.0
 
     study = open_study(config)
-    study.optimize(objective, n_trials=config.trials, show_progress_bar=True)
+    study.optimize(objective, n_trials=config.trials, show_progress_bar=show_progress)
+    pruned = sum(trial.state == optuna.trial.TrialState.PRUNED for trial in study.trials)
+    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not completed:
+        raise TreeoptError(
+            f"all {len(study.trials)} trials were infeasible for this profile "
+            f"(top-k {profile.top_k}, {profile.num_heads} heads): lower --max-budget")
     best = study.best_trial
     built = tree_for(best.params)
     return StudyOutcome(
         params=dict(best.params), tokens_per_second=float(best.value),
         acceleration_rate=float(best.user_attrs.get("acceleration_rate", 0.0)),
         tree=built.tree, expected_accept_length=built.expected_accept_length,
-        num_trials=len(study.trials),
+        num_trials=len(study.trials), pruned_trials=pruned,
     )
 
 
@@ -127,7 +147,29 @@ def open_study(config: StudyConfig) -> Any:
             from None
 
 
-def run_study_cli(*, profile: str, model: str | None, heads: str | None, prompts: str | None,
+def study_profile(profile: str | None, model: str) -> str:
+    """The profile a study builds its trees from: ``profile``, else the shipped profile of
+    a registry model of that name (said aloud), else a one-line error.
+
+    A study on one model with trees built from another model's acceptance (the shipped
+    vicuna-7b profile, say) searches the wrong trees, so it is never a silent default.
+    """
+    from treeopt.files.shipped import shipped_profile_names
+
+    if profile is not None:
+        return profile
+    if model in shipped_profile_names():
+        print(f"profile: {model} (shipped, measured for {model}'s published heads)",
+              file=sys.stderr)
+        return model
+    raise TreeoptError(
+        f"--measure builds its trees from --profile: give the profile of {model} and its "
+        "heads (make one with `treeopt profile`); shipped profiles are for "
+        f"{', '.join(shipped_profile_names())} only")
+
+
+def run_study_cli(*, profile: str | None, model: str | None, heads: str | None,
+                  prompts: str | None,
                   max_prompts: int, max_new_tokens: int, trials: int, seed: int,
                   storage: str | None, study_name: str, device: str, dtype: str,
                   max_budget: int | None, acceptance_model: str) -> StudyOutcome:
@@ -146,6 +188,7 @@ def run_study_cli(*, profile: str, model: str | None, heads: str | None, prompts
                          max_budget=max_budget or DEFAULT_MAX_BUDGET,
                          max_new_tokens=max_new_tokens, acceptance_model=acceptance_model,
                          storage=storage, study_name=study_name)
+    profile = study_profile(profile, model)
     loaded_profile = load_profile(profile)
     texts = read_prompts(prompts, max_prompts=max_prompts, seed=seed)
     require_heads(model, heads)
@@ -153,4 +196,4 @@ def run_study_cli(*, profile: str, model: str | None, heads: str | None, prompts
     loaded = load_medusa(model, heads, device=device, dtype=dtype)
     outcome = run_study(loaded.model, loaded.heads, encode_prompts(loaded.tokenizer, texts),
                         loaded_profile, config, eos_token_id=loaded.tokenizer.eos_token_id)
-    return outcome
+    return replace(outcome, profile=profile)

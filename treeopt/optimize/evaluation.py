@@ -1,4 +1,4 @@
-"""Scoring trees under a profile: one row per tree (and held-out oracle) and model of acceptance.
+"""Scoring trees under a profile: one row per tree (and held-out in-sample tree) and model.
 
 What ``treeopt eval`` prints, as data: the expected accept length under each
 model of acceptance, the nodes that use ranks beyond the profile's top-k, and,
@@ -13,6 +13,9 @@ from typing import Any
 
 from treeopt.core.profile import Profile
 from treeopt.errors import ParameterError
+
+# The --holdout reference row: a tree built on the very prompts it is scored on.
+IN_SAMPLE = "in-sample"
 
 
 def split_profile(profile: Profile, holdout: float | None, seed: int = 0
@@ -68,17 +71,20 @@ def evaluate_trees(
     trees: Sequence[str], profile_name: str, models: Sequence[str] | None = None,
     holdout: float | None = None, seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """One row per tree (and per oracle with ``holdout``) and model of acceptance.
+    """One row per tree (and per in-sample tree with ``holdout``) and model of acceptance.
 
     Each row has ``tree, nodes, num_tokens, acceptance_model, expected_accept_length,
     nodes_beyond_top_k, profile`` (+ ``tokens_per_step_replayed`` when the scored
     profile has rank vectors, + ``split`` with ``holdout``). With ``holdout`` the
-    trees are scored on the held-out prompts and an ``oracle-N`` row per tree size
-    gives the tree built on those very prompts. ``models`` defaults to
-    :func:`default_models` of the scored profile. A tree named ``dynamic:N`` is the
-    per-step policy of :mod:`treeopt.optimize.dynamic` at N tokens: calibrated on the
-    training part (the whole profile without ``holdout``) and scored by replay only
-    (its ``expected_accept_length`` is None).
+    trees are scored on the held-out prompts and an ``in-sample-N`` row per tree size
+    gives the tree built on those very prompts by position average: the ceiling of
+    E[accept] for any N-token tree there under that model, and only of that
+    (replayed tokens per step has no builder with a guarantee, so a tree built on
+    other prompts by decoding steps can replay better; it is not called an oracle).
+    ``models`` defaults to :func:`default_models` of the scored profile. A tree named
+    ``dynamic:N`` is the per-step policy of :mod:`treeopt.optimize.dynamic` at N
+    tokens: calibrated on the training part (the whole profile without ``holdout``)
+    and scored by replay only (its ``expected_accept_length`` is None).
     """
     from treeopt.files.profile_file import load_profile
     from treeopt.files.tree_file import load_tree
@@ -110,20 +116,39 @@ def evaluate_trees(
                 rows[-1]["tokens_per_step_replayed"] = replayed[name]
         if heldout is not None:
             for size in sorted({tree.num_tokens for _, tree in loaded if len(tree) > 0}):
-                oracle = build_tree(heldout, size, model, blend_weight=weight,
-                                    weighting="positions")
+                in_sample = build_tree(heldout, size, model, blend_weight=weight,
+                                       weighting="positions")
                 rows.append({
-                    "tree": f"oracle-{size}", "nodes": size - 1, "num_tokens": size,
+                    "tree": f"{IN_SAMPLE}-{size}", "nodes": size - 1, "num_tokens": size,
                     "acceptance_model": model,
-                    "expected_accept_length": oracle.expected_accept_length,
+                    "expected_accept_length": in_sample.expected_accept_length,
                     "nodes_beyond_top_k": 0,
                 })
                 if replayed:
                     rows[-1]["tokens_per_step_replayed"] = tokens_per_step(
-                        oracle.tree, scored.sequences)
+                        in_sample.tree, scored.sequences)
     rows += _dynamic_rows(dynamic, fitted, scored)
     for row in rows:
         row["profile"] = profile_name
         if holdout is not None:
             row["split"] = {"part": "heldout", "holdout_fraction": holdout, "seed": seed}
     return rows
+
+
+def lead_figures(rows: Sequence[dict[str, Any]]) -> tuple[str, dict[str, float]]:
+    """(which figure, tree -> that figure): the one figure per tree to trust.
+
+    Replayed tokens per step when the rows have it (exact replay of greedy decoding
+    on the profiled text); else E[accept] under the most faithful model scored
+    (blend, then joint, then independent: each models more of how heads' misses
+    correlate).
+    """
+    replayed = [row for row in rows if "tokens_per_step_replayed" in row]
+    if replayed:
+        return ("replayed tokens per step (what the runtime measures on these prompts)",
+                {row["tree"]: row["tokens_per_step_replayed"] for row in replayed})
+    models = {row["acceptance_model"] for row in rows}
+    model = next(m for m in ("blend", "joint", "independent", *sorted(models)) if m in models)
+    return (f"E[accept], {model} model of acceptance",
+            {row["tree"]: row["expected_accept_length"] for row in rows
+             if row["acceptance_model"] == model and row["expected_accept_length"] is not None})

@@ -82,9 +82,9 @@ class AutotuneSettings:
             plus half of ``max_new_tokens`` (the mean cache length while decoding them).
         sizes: tree sizes (tokens per step, root included) timed and built up to.
         threads: CPU threads for timing and decoding (default 1: steady timings).
-        compile_step: time and decode the ``torch.compile``d step; default on CPU,
-            where the eager step is dominated by Python overhead (on CUDA the step is
-            replayed as a CUDA graph instead).
+        compile_step: time and decode the ``torch.compile``d step (faster on CPU, where
+            the eager step is mostly Python overhead, but each size compiles first,
+            minutes on a loaded machine; on CUDA the step is a CUDA graph anyway).
         verify: decode the held-out prompts to measure the speedup (measured runs).
     """
 
@@ -111,7 +111,7 @@ class AutotuneSettings:
     threads: int | None = None
     warmup: int = DEFAULT_WARMUP
     repeats: int = DEFAULT_REPEATS
-    compile_step: bool | None = None
+    compile_step: bool = False
     verify: bool = True
     decode_rounds: int = DEFAULT_DECODE_ROUNDS
     progress: bool = True
@@ -140,13 +140,6 @@ class AutotuneSettings:
         """The settings a run's results depend on, JSON-able (output and progress left out)."""
         return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)
                 if f.name not in ("output", "progress")}
-
-    @property
-    def compiled(self) -> bool:
-        """Whether the step is compiled (``compile_step``, default: on CPU)."""
-        if self.compile_step is None:
-            return str(self.device) == "cpu"
-        return self.compile_step
 
     @property
     def measured(self) -> bool:
@@ -246,7 +239,8 @@ def autotune(settings: AutotuneSettings,
 
         require_heads(settings.model, None)
     directory.mkdir(parents=True, exist_ok=True)
-    _write_state(directory, state)
+    if not state_path(directory).exists():  # a continued run's folder is left untouched
+        _write_state(directory, state)
     run = _Run(settings, directory, state, say)
     result = AutotuneResult(directory, directory / "report.md", state["stages"])
     todo = [stage for stage in STAGES if stage != "verify" or
@@ -433,7 +427,7 @@ class _Run:
             dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
             table = measure_latency(model, heads, s.model, list(s.batches), contexts, sizes,
                                     s.device, dtype, s.warmup, s.repeats,
-                                    show_progress=s.progress, compile_step=s.compiled,
+                                    show_progress=s.progress, compile_step=s.compile_step,
                                     threads=self.cpu_threads())
         else:
             from treeopt.cost.arch import get_arch
@@ -578,7 +572,7 @@ class _Run:
                         for prompt in prompts:
                             result = generate(model, None if tree.num_tokens == 1 else heads,
                                               tree, prompt, s.max_new_tokens, eos_token_id=eos,
-                                              compile_step=s.compiled)
+                                              compile_step=s.compile_step)
                             tokens += len(result.tokens) - 1
                             steps += result.verification_steps
                             seconds += result.wall_time_s - result.prefill_s
@@ -607,7 +601,7 @@ class _Run:
         device = ("cpu" if threads is not None else str(s.device)) + (
             f", {threads} thread{'s' if threads > 1 else ''}" if threads is not None else "")
         verify = {"device": device, "prompts": len(prompts), "rounds": s.decode_rounds,
-                  "max_new_tokens": s.max_new_tokens, "compiled_step": s.compiled,
+                  "max_new_tokens": s.max_new_tokens, "compiled_step": s.compile_step,
                   "runs": runs}
         _write_json(self.path("verify.json"), verify)
         return verify

@@ -153,7 +153,7 @@ class MeasuredTuneSettings:
 
     model: str | None
     prompts: str | None
-    profile: str = DEFAULT_PROFILE
+    profile: str | None = None  # None: the model's shipped profile, else an error
     heads: str | None = None
     max_prompts: int = 8
     max_new_tokens: int = 128
@@ -183,7 +183,7 @@ def tune_by_measurement(settings: MeasuredTuneSettings) -> StudyOutcome:
         from treeopt.files.tree_file import write_tree
 
         write_tree(settings.output, outcome.tree, outcome.expected_accept_length, provenance(
-            tool="treeopt tune --measure", profile=settings.profile, model=settings.model,
+            tool="treeopt tune --measure", profile=outcome.profile, model=settings.model,
             prompts=str(settings.prompts), device=settings.device, **outcome.params,
             measured_tokens_per_second=round(outcome.tokens_per_second, 3),
             measured_acceleration_rate=round(outcome.acceleration_rate, 4),
