@@ -106,3 +106,98 @@ def test_eval_holdout_leads_with_one_figure_and_names_the_in_sample_row(tmp_path
     assert lines[1].split()[0] == str(tmp_path / "t.json")
     assert lines[2].split()[0] == "in-sample-16"
     assert "oracle" not in result.stdout
+
+
+# ------------------------------------------------------------------ item 8
+@pytest.fixture
+def tiny_arch(tmp_path):
+    """A config.json folder of a tiny Llama (what --arch takes for a model's shape)."""
+    from transformers import LlamaConfig
+
+    LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=4, vocab_size=64,
+                max_position_embeddings=256).save_pretrained(tmp_path / "arch")
+    return tmp_path / "arch"
+
+
+def test_roofline_measure_shows_a_progress_bar(tiny_arch):
+    result = CliRunner().invoke(app, ["roofline", "--arch", str(tiny_arch), "--measure",
+                                      "--batch", "1", "--context", "16", "--candidates", "1,2",
+                                      "--repeats", "1"])
+    assert result.exit_code == 0, result.output
+    assert "timing operators on cpu" in result.stderr and "op/s" in result.stderr
+
+
+def test_overhead_random_weights_says_it_builds_weights(tiny_arch, tmp_path):
+    result = CliRunner().invoke(app, ["overhead", "--random-weights", "--arch", str(tiny_arch),
+                                      "--device", "cpu", "--dtype", "fp32", "--batch", "1",
+                                      "--context", "8", "--sizes", "1,2", "--repeats", "1",
+                                      "-o", str(tmp_path / "lat.json")])
+    assert result.exit_code == 0, result.output
+    assert "building random float32 weights of" in result.stderr
+    assert "weights of arch on cpu: done in" in result.stderr
+
+
+class _ChatTokenizer:
+    """The parts of a tokenizer generate uses, with a chat template that marks its use."""
+
+    chat_template = "{{ messages }}"
+    eos_token_id = None
+
+    def apply_chat_template(self, messages, add_generation_prompt, tokenize):
+        assert add_generation_prompt and tokenize
+        return [7, 7, 7]
+
+    def __call__(self, text):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(input_ids=[1, 2])
+
+    def decode(self, tokens, skip_special_tokens=True):
+        return ""
+
+
+@pytest.mark.parametrize(("flags", "expected_ids"), [
+    ([], [7, 7, 7]), (["--no-chat-template"], [1, 2])])
+def test_generate_uses_the_chat_template_like_profile_and_says_when_it_compiles(
+        tiny, monkeypatch, flags, expected_ids):
+    # ------------------------------------------------------------- item 13 and 8
+    import medusa_runtime.decode
+    import treeopt.model.loading
+
+    model, _ = tiny
+    seen = {}
+
+    def fake_generate(base, heads, tree, input_ids, max_new_tokens, **options):
+        seen.update(input_ids=list(input_ids), compile_step=options["compile_step"])
+        from medusa_runtime.decode import GenerationResult
+
+        return GenerationResult(tokens=[5], accept_lengths=[1], wall_time_s=0.1)
+
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(treeopt.model.loading, "load_medusa", lambda *args, **kwargs:
+                        SimpleNamespace(model=model, tokenizer=_ChatTokenizer(), heads=None))
+    monkeypatch.setattr(medusa_runtime.decode, "generate", fake_generate)
+    result = CliRunner().invoke(app, ["generate", "-m", "any", "--prompt", "hi",
+                                      "--compile", *flags])
+    assert result.exit_code == 0, result.output
+    assert seen == {"input_ids": expected_ids, "compile_step": True}
+    assert "compiling the verification step" in result.stderr
+
+
+# ----------------------------------------------------------------- item 13
+def test_quiet_silences_transformers_loading_bars_and_warnings(tmp_path):
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.enable_progress_bar()
+    try:
+        result = CliRunner().invoke(app, ["profile", "-m", str(tmp_path / "none"), "-d",
+                                          str(tmp_path / "none.txt"), "--heads", str(tmp_path),
+                                          "-q", "-o", str(tmp_path / "p.json")])
+        assert result.exit_code == 2  # the data file does not exist; -q already applied
+        assert not transformers_logging.is_progress_bar_enabled()
+        assert transformers_logging.get_verbosity() == transformers_logging.ERROR
+    finally:
+        transformers_logging.enable_progress_bar()
+        transformers_logging.set_verbosity_warning()

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from treeopt.cli.options import AcceptanceChoice, output_folder, parse_int_list
+from treeopt.cli.options import AcceptanceChoice, QuietOption, output_folder, parse_int_list
 from treeopt.workflows.autotune import (
     DEFAULT_DECODE_ROUNDS,
     DEFAULT_HOLDOUT_FRACTION,
@@ -80,8 +80,7 @@ def autotune(
     rounds: Annotated[int, typer.Option(
         min=1, help="Decoding rounds of the measured speedup (median kept).")] = (
         DEFAULT_DECODE_ROUNDS),
-    quiet: Annotated[bool, typer.Option(
-        "--quiet", "-q", help="No progress; print only the headline.")] = False,
+    quiet: QuietOption = False,
 ) -> None:
     """Profile, build, time, tune, export and report: the best tree for your model,
     heads, GPU, batch sizes and engine, in one command.

@@ -48,6 +48,18 @@ HoldoutOption = Annotated[
         ),
     ),
 ]
+def quiet_callback(value: bool) -> bool:
+    """``-q``: silence transformers' and huggingface_hub's loading bars and warnings too."""
+    if value:
+        from treeopt.model.progress import quiet_libraries
+
+        quiet_libraries()
+    return value
+
+
+QuietOption = Annotated[bool, typer.Option(
+    "--quiet", "-q", callback=quiet_callback,
+    help="No progress bars, and no loading bars or warnings from transformers.")]
 SeedOption = Annotated[
     int, typer.Option("--seed", help="Seed of the prompt split (same seed = same split).")
 ]

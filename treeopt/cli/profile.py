@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from treeopt.cli.options import output_file, output_folder
+from treeopt.cli.options import QuietOption, output_file, output_folder
 from treeopt.errors import TreeoptError
 
 
@@ -71,7 +71,7 @@ BatchOpt = Annotated[int, typer.Option(min=1, help="Sequences per forward pass."
 ResumeOpt = Annotated[
     bool, typer.Option(help="Continue the partial results / checkpoint of an interrupted run.")
 ]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+QuietOpt = QuietOption
 
 
 def profile(

@@ -139,7 +139,7 @@ def roofline(
         arch, parse_int_list(batch, "--batch"), parse_int_list(context, "--context"),
         parse_int_list(candidates, "--candidates"), GpuChoice(gpu, peak_tflops, bandwidth_gbs),
         dtype, medusa_heads, measure, repeats, save_device_profile, device_profile, plot,
-        say=_silent if as_json else _say))
+        say=_silent if as_json else _say, show_progress=not as_json))
     for path in outcome.written:
         typer.echo(f"wrote {path}", err=True)
     if as_json:

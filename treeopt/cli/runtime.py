@@ -53,6 +53,10 @@ LoadDtypeOption = Annotated[str, typer.Option(
 CompileStepOption = Annotated[bool, typer.Option(
     "--compile", help="torch.compile the verification step first (same text, fewer "
                       "kernels; worth it for long outputs on a GPU).")]
+ChatTemplateOption = Annotated[bool, typer.Option(
+    "--chat-template/--no-chat-template",
+    help="Wrap the prompt in the tokenizer's chat template when it has one, as profile and "
+         "train-heads do.")]
 
 
 def decode_tree(tree: str, profile: str | None) -> Any:
@@ -86,6 +90,7 @@ def generate_command(
     dtype: LoadDtypeOption = "auto",
     compile_step: CompileStepOption = False,
     profile: CalibrationProfileOption = None,
+    chat_template: ChatTemplateOption = True,
 ) -> None:
     """Generate text with Medusa tree decoding; print it and a one-line summary.
 
@@ -102,7 +107,6 @@ def generate_command(
       treeopt generate -m ./llama --heads H --tree dynamic:16 -p prof.json --prompt "Once"
     """
     from medusa_runtime.acceptance import TypicalAcceptance
-    from medusa_runtime.decode import generate
     from treeopt.model.loading import load_medusa, require_heads
 
     # Cheap checks first: the tree, options and heads before the model loads.
@@ -129,11 +133,8 @@ def generate_command(
         TypicalAcceptance(posterior_threshold, posterior_alpha)
         if acceptance is AcceptanceRule.typical else "greedy"
     )
-    input_ids = tokenizer(prompt, return_tensors="pt").input_ids
-    result = generate(
-        base, medusa, chosen, input_ids, max_new_tokens, acceptance=rule,
-        eos_token_id=tokenizer.eos_token_id, compile_step=compile_step,
-    )
+    result = _decode(base, medusa, chosen, tokenizer, prompt, max_new_tokens, rule,
+                     compile_step, chat_template)
     typer.echo(prompt + tokenizer.decode(result.tokens, skip_special_tokens=True))
     typer.echo(
         f"{len(result.tokens)} tokens, {result.steps} steps, acceleration rate "
@@ -141,6 +142,20 @@ def generate_command(
         f"(tree {chosen.num_tokens} tokens/step, {acceptance.value})",
         err=True,
     )
+
+
+def _decode(base: Any, medusa: Any, tree: Any, tokenizer: Any, prompt: str,
+            max_new_tokens: int, rule: Any, compile_step: bool, chat_template: bool) -> Any:
+    """Encode ``prompt`` as profile does (chat template) and decode it; say when compiling."""
+    from medusa_runtime.decode import generate
+    from treeopt.model.calibration import encode_prompts
+    from treeopt.model.progress import working
+
+    input_ids = encode_prompts(tokenizer, [prompt], chat_template=chat_template)[0]
+    # Compilation happens once, inside generate, before the first step.
+    with working("compiling the verification step, then decoding", enabled=compile_step):
+        return generate(base, medusa, tree, input_ids, max_new_tokens, acceptance=rule,
+                        eos_token_id=tokenizer.eos_token_id, compile_step=compile_step)
 
 
 def register(app: typer.Typer) -> None:

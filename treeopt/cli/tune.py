@@ -14,6 +14,7 @@ import typer
 from treeopt.cli.options import (
     AcceptanceChoice,
     EngineChoice,
+    QuietOption,
     curve_file,
     output_file,
     parse_int_list,
@@ -74,7 +75,6 @@ RepeatsOption = Annotated[int, typer.Option(
 CompileOption = Annotated[bool, typer.Option(
     "--compile", help="Time the torch.compile'd step (fuses small kernels; compiles once "
                       "per setting, tens of seconds each for a 7B model).")]
-QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")]
 
 
 def overhead(

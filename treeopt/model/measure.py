@@ -197,19 +197,24 @@ def time_matmul(op: MatmulOp, dtype: str = "bf16", device: str = "cpu",
 def measure_operators(
     arch: ArchShape, rows: list[dict[str, Any]], dtype: str = "bf16", device: str | None = None,
     warmup: int = DEFAULT_WARMUP, repeats: int = DEFAULT_REPEATS,
-    medusa_heads: int = MEDUSA_NUM_HEADS, progress: Any = None,
+    medusa_heads: int = MEDUSA_NUM_HEADS, progress: Any = None, show_progress: bool = False,
 ) -> list[dict[str, Any]]:
     """Copies of ``rows`` with ``measured_us`` and ``measured_tflops`` timed on this device.
 
-    Identical shapes are timed once. An operator whose operands would take more
-    than :data:`MEASURE_MEMORY_SHARE` of free memory gets ``None`` and a ``note``.
+    Identical shapes are timed once. ``show_progress`` draws a bar with an ETA on
+    stderr (one tick per row); ``progress`` is called after each row. An operator
+    whose operands would take more than :data:`MEASURE_MEMORY_SHARE` of free memory
+    gets ``None`` and a ``note``.
     """
     device = device or measurement_device()
     dtype_bytes = dtype_bytes_of(dtype)
     budget = MEASURE_MEMORY_SHARE * _free_bytes(device)
     cache: dict[tuple[int, int, int, int], float | None] = {}
     measured = []
-    for row in rows:
+    from tqdm import tqdm
+
+    for row in tqdm(rows, desc=f"timing operators on {device}", unit="op",
+                    disable=not show_progress):
         op = row_operator(arch, row, medusa_heads)
         key = (op.count, op.m, op.k, op.n)
         if key not in cache:

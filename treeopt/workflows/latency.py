@@ -107,10 +107,13 @@ def measure_overhead(settings: OverheadSettings, dtype: str) -> LatencyTable:
     if settings.random_weights:
         from medusa_runtime.timing import random_weight_model
         from treeopt.cost.arch import get_arch
+        from treeopt.model.progress import working
 
         assert settings.arch is not None
         shape = get_arch(settings.arch)
-        net = random_weight_model(shape.to_hf_config_dict(), torch_dtype, device)
+        with working(f"building random {dtype} weights of {shape.name} on {device}",
+                     enabled=settings.show_progress):
+            net = random_weight_model(shape.to_hf_config_dict(), torch_dtype, device)
         name = shape.name
     else:
         loaded = load_medusa(str(settings.model), device=device, dtype=dtype, need_heads=False,

@@ -73,6 +73,7 @@ class RooflineSettings:
     device_profile: Path | None = None
     plot: Path | None = None
     say: Callable[[str], None] = _quiet  # progress of a measurement
+    show_progress: bool = False  # a bar with an ETA while operators are timed
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,8 @@ def measure_rows(shape: ArchShape, spec: GPUSpec | None, settings: RooflineSetti
                          medusa_heads=settings.medusa_heads)
     settings.say(f"timing {len(rows)} operators on {label} ...")
     rows = measure_operators(shape, rows, settings.dtype, device, repeats=settings.repeats,
-                             medusa_heads=settings.medusa_heads)
+                             medusa_heads=settings.medusa_heads,
+                             show_progress=settings.show_progress)
     fitted = fit_device_profile(rows, label, settings.dtype, spec)
     fractions = ""
     if fitted.compute_fraction is not None and spec is not None:
