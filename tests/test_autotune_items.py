@@ -201,3 +201,22 @@ def test_quiet_silences_transformers_loading_bars_and_warnings(tmp_path):
     finally:
         transformers_logging.enable_progress_bar()
         transformers_logging.set_verbosity_warning()
+
+
+# ------------------------------------------------------------------ item 2
+def test_tune_warns_when_the_latency_table_is_not_monotone(tmp_path):
+    """Issue 16: 484 ms at n=1, 111 ms at n=16 gave "predicted speedup 9.120x" silently."""
+    from treeopt.core.latency import LatencyTable
+    from treeopt.core.profile import Profile
+    from treeopt.files.latency_file import write_latency
+    from treeopt.files.profile_file import write_profile
+
+    write_profile(tmp_path / "p.json", Profile.from_cumulative_accuracy(
+        [[0.6, 0.7, 0.75], [0.4, 0.5, 0.55], [0.3, 0.38, 0.42]]))
+    rows = {(1, 128, 1): 0.484, (1, 128, 4): 0.2, (1, 128, 16): 0.111}
+    write_latency(tmp_path / "lat.json", LatencyTable(rows, source="measured", device="cpu",
+                                                      dtype="float32", arch="tiny"))
+    result = CliRunner().invoke(app, ["tune", "-p", str(tmp_path / "p.json"), "--latency",
+                                      str(tmp_path / "lat.json")])
+    assert result.exit_code == 0, result.output
+    assert "warning: batch 1, context 128: overhead 0.413 < 1 at n=4" in result.stderr

@@ -20,7 +20,7 @@ from treeopt.cli.options import (
     parse_int_list,
     plot_file,
 )
-from treeopt.core.latency import DEFAULT_CONTEXT, DEFAULT_REPEATS, DEFAULT_WARMUP
+from treeopt.core.latency import DEFAULT_CONTEXT, DEFAULT_REPEATS, DEFAULT_WARMUP, latency_warnings
 from treeopt.cost.roofline import MEDUSA_NUM_HEADS
 from treeopt.errors import TreeoptError
 from treeopt.files.shipped import DEFAULT_PROFILE
@@ -117,6 +117,8 @@ def overhead(
         parse_int_list(sizes, "--sizes"), model, random_weights, predict, arch, gpu, device,
         dtype, heads, warmup, repeats, compile_step, show_progress=not quiet))
     typer.echo(f"wrote {output}: {len(table.measurements)} settings, {table.describe()}", err=True)
+    for line in latency_warnings(table):
+        typer.echo(f"warning: {line}", err=True)
 
 
 # ---------------------------------------------------------------------- tune

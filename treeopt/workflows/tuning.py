@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from treeopt.core.latency import LatencyTable
+from treeopt.core.latency import LatencyTable, latency_warnings
 from treeopt.errors import TreeoptError
 from treeopt.files.shipped import DEFAULT_PROFILE
 from treeopt.optimize.tune import BatchBest, TunedTree, TuneResult
@@ -119,6 +119,8 @@ def tune_to_files(settings: TuneSettings) -> TuneOutcome:
     settings.say(f"latency: {latency_file}: {table.describe()}")
     if passed_over:
         settings.say(f"  (preferred over {', '.join(passed_over)})")
+    for line in latency_warnings(table):
+        settings.say(f"warning: {line}")
     batches = batch_view(tuned.accept_curve, table, result.context, tuned.max_budget)
     schedule = None
     if settings.engine == "vllm-medusa":
