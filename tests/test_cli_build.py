@@ -145,6 +145,22 @@ def test_holdout_build_eval_and_oracle(measured_profile: Path, tmp_path: Path) -
     assert heldout.num_positions == 250  # 10 of 40 prompts x 25 positions
 
 
+def test_eval_holdout_leads_with_one_figure_and_names_the_in_sample_row(
+        measured_profile: Path, tmp_path: Path) -> None:
+    """Issue 16, item 12: no "oracle" that is not a ceiling; one figure leads."""
+    built = invoke("build", "-p", measured_profile, "-b", 16, "--holdout", 0.25,
+                   "-o", tmp_path / "t.json")
+    assert built.exit_code == 0, built.output
+    result = invoke("eval", tmp_path / "t.json", "-p", measured_profile, "--holdout", 0.25)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    # No rank vectors in this profile: the most faithful model's E[accept] leads.
+    assert lines[0] == "tokens per step: E[accept], blend model of acceptance"
+    assert lines[1].split()[0] == str(tmp_path / "t.json")
+    assert lines[2].split()[0] == "in-sample-16"
+    assert "oracle" not in result.stdout
+
+
 def test_import_profile(tmp_path: Path) -> None:
     csv_path = tmp_path / "acc.csv"
     csv_path.write_text("model,head,top1,top2\nm-v1,2,0.3,0.4\nm-v1,1,0.5,0.75\nother,1,0.1,0.2\n")
@@ -215,7 +231,7 @@ def test_unwritable_output_is_one_line_error(tmp_path: Path) -> None:
           "-o", "{tmp}/o.json"],
          "error: --device 'foo' is not a torch device (cpu, cuda, cuda:1, mps)"),
         (["tune", "--measure", "--model", "x", "--heads", "h", "--prompts", "{prompts}",
-          "--storage", "foo://x"],
+          "--profile", "vicuna-7b", "--storage", "foo://x"],
          "error: cannot open --storage foo://x: Can't load plugin: sqlalchemy.dialects:foo"),
     ],
 )

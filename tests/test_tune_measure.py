@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from typer.testing import CliRunner
+
+from treeopt.cli import app
+from treeopt.errors import TreeoptError
 
 torch = pytest.importorskip("torch")
 
@@ -43,3 +47,53 @@ def test_study_runs_resumes_and_returns_the_best_tree(tmp_path, tiny):
                                     storage=storage))
     assert resumed.num_trials == 3  # the stored study went on
     assert resumed.tokens_per_second >= first.tokens_per_second
+
+
+# Issue 16, item 1: infeasible trials pruned, never silently the vicuna-7b profile.
+def test_study_prunes_infeasible_trials_instead_of_a_traceback(tiny):
+    """Top-2 ranks of 2 heads leave 6 candidate nodes: budgets above 7 cannot be built."""
+    from treeopt.core.profile import Profile
+    from treeopt.model.study import StudyConfig, run_study
+
+    model, heads = tiny
+    profile = Profile.from_cumulative_accuracy([[0.6, 0.7], [0.4, 0.5]])  # 2 of the 3 heads
+    config = StudyConfig(trials=6, seed=0, max_budget=64, max_new_tokens=3)
+    outcome = run_study(model, heads, [[1, 5, 9]], profile, config, show_progress=False)
+    assert outcome.num_trials == 6
+    assert 0 < outcome.pruned_trials < 6
+    assert outcome.tree.num_tokens == outcome.params["budget"] <= 7
+
+
+def test_study_with_no_feasible_trial_is_one_line(tiny, monkeypatch):
+    from treeopt.core.profile import Profile
+    from treeopt.model import study
+    from treeopt.model.study import StudyConfig, run_study
+
+    model, heads = tiny
+    profile = Profile.from_cumulative_accuracy([[0.6], [0.4]])  # top-1: 2 nodes at most
+    monkeypatch.setattr(study, "MIN_BUDGET", 8)  # every budget searched is above that
+    with pytest.raises(TreeoptError, match="all 2 trials were infeasible"):
+        run_study(model, heads, [[1, 5, 9]], profile,
+                  StudyConfig(trials=2, seed=0, max_budget=16, max_new_tokens=3),
+                  show_progress=False)
+
+
+def test_measure_without_a_profile_for_an_unregistered_model_fails_before_loading(tmp_path):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("hello\n")
+    result = CliRunner().invoke(app, ["tune", "--measure", "-m", str(tmp_path / "no-model"),
+                                      "--heads", str(tmp_path), "--prompts", str(prompts),
+                                      "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert "--measure builds its trees from --profile" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_study_profile_of_a_registry_model_is_its_shipped_one_said_aloud(capsys):
+    from treeopt.model.study import study_profile
+
+    assert study_profile("mine.json", "vicuna-7b") == "mine.json"
+    assert study_profile(None, "vicuna-7b") == "vicuna-7b"
+    assert "profile: vicuna-7b (shipped" in capsys.readouterr().err
+    with pytest.raises(TreeoptError, match="give the profile of"):
+        study_profile(None, "./m")
