@@ -63,14 +63,17 @@ def measure_latency(
     """Time the runtime's verification step for every setting on ``device``.
 
     Uses ``medusa_runtime.timing.time_verification_step`` (warm-up, then
-    ``repeats`` samples); a setting whose samples spread more than ``max_spread``
-    ((q3 - q1) / median) is timed again, pooling samples, up to ``max_rounds``
-    rounds, and the median is kept. Each setting's final spread is recorded in the
-    table. On CPU, torch runs on ``threads`` threads (default
-    :data:`CPU_TIMING_THREADS`) while timing, restored afterwards, and the table's
-    method says how many. Out-of-memory is recorded as the limit and the sweep goes
-    on (see :func:`sweep`). ``compile_step`` times the ``torch.compile``d step. The
-    table names the device (``"cpu"`` on CPU), dtype and library versions.
+    ``repeats`` samples per setting). The sweep over every setting is one round;
+    while some setting's samples spread more than ``max_spread`` ((q3 - q1) /
+    median), another round times every setting again, up to ``max_rounds``, and each
+    setting keeps the median of all its samples. Rounds interleave the sizes, so a
+    burst of load on a shared machine lands on all of them rather than on a few (a
+    non-monotone table). Each setting's final spread is recorded in the table. On
+    CPU, torch runs on ``threads`` threads (default :data:`CPU_TIMING_THREADS`)
+    while timing, restored afterwards, and the table's method says how many.
+    Out-of-memory is recorded as the limit and the sweep goes on (see
+    :func:`sweep`). ``compile_step`` times the ``torch.compile``d step. The table
+    names the device (``"cpu"`` on CPU), dtype and library versions.
     """
     import torch
     import transformers
@@ -82,38 +85,42 @@ def measure_latency(
         raise TreeoptError(f"max_rounds must be >= 1, not {max_rounds}")
     is_cuda = str(device).startswith("cuda")
     cpu_threads = None if is_cuda else (threads or CPU_TIMING_THREADS)
-    spreads: dict[Setting, float] = {}
+    samples: dict[Setting, list[float]] = {}
 
     def time_step(batch: int, context: int, num_tokens: int) -> float:
-        samples: list[float] = []
-        for _ in range(max_rounds):
-            result = time_verification_step(model, heads, num_tokens=num_tokens, batch=batch,
-                                            context=context, warmup=warmup, repeats=repeats,
-                                            device=device, compile_step=compile_step)
-            samples += [float(value) for value in result["samples_s"]]
-            spread = relative_spread(samples)
-            if spread <= max_spread:
-                break
-        spreads[(batch, context, num_tokens)] = spread
-        return statistics.median(samples)
+        result = time_verification_step(model, heads, num_tokens=num_tokens, batch=batch,
+                                        context=context, warmup=warmup, repeats=repeats,
+                                        device=device, compile_step=compile_step)
+        pooled = samples.setdefault((batch, context, num_tokens), [])
+        pooled += [float(value) for value in result["samples_s"]]
+        return statistics.median(pooled)
 
     def free_memory() -> None:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    total = len(batches) * len(contexts) * len(sizes)
+    per_round = len(batches) * len(contexts) * len(sizes)
     previous_threads = torch.get_num_threads()
     if cpu_threads is not None:
         torch.set_num_threads(cpu_threads)
     try:
-        with tqdm(total=total, desc="timing verification steps", unit="step",
+        with tqdm(total=per_round, desc="timing verification steps", unit="step",
                   disable=not show_progress) as bar:
-            def advance(setting: Setting) -> None:
-                bar.set_postfix_str(f"b={setting[0]} s={setting[1]} n={setting[2]}")
-                bar.update()
+            for round_index in range(max_rounds):
+                def advance(setting: Setting, round_index: int = round_index) -> None:
+                    bar.set_postfix_str(f"round {round_index + 1} b={setting[0]} "
+                                        f"s={setting[1]} n={setting[2]}")
+                    bar.update()
 
-            measurements, notes = sweep(time_step, batches, contexts, sizes,
-                                        on_oom=free_memory, progress=advance)
+                measurements, notes = sweep(time_step, batches, contexts, sizes,
+                                            on_oom=free_memory, progress=advance)
+                spreads = {setting: relative_spread(samples[setting])
+                           for setting, seconds in measurements.items() if seconds is not None}
+                if all(spread <= max_spread for spread in spreads.values()):
+                    break
+                if round_index + 1 < max_rounds:  # another round: the bar grows by one
+                    bar.total += per_round
+                    bar.refresh()
     finally:
         torch.set_num_threads(previous_threads)
     device_name = torch.cuda.get_device_name(torch.device(device)) if is_cuda else "cpu"
@@ -124,11 +131,10 @@ def measure_latency(
                   "cuda": torch.version.cuda if is_cuda else None},
         method={"timer": "medusa_runtime.timing.time_verification_step",
                 "statistic": "median", "warmup": warmup, "repeats": repeats,
-                "max_spread": max_spread, "max_rounds": max_rounds,
+                "rounds": round_index + 1, "max_rounds": max_rounds, "max_spread": max_spread,
                 "spread": "(q3 - q1) / median of the samples",
                 "cpu_threads": cpu_threads, "compiled_step": compile_step},
-        spreads={setting: spread for setting, spread in spreads.items()
-                 if measurements.get(setting) is not None},
+        spreads=spreads,
     )
 
 
