@@ -12,11 +12,10 @@ On ``../shared/models/stories260K`` (no published heads):
 The measured speedup is decode tokens/s over plain decoding's on the held-out prompts
 (prefill excluded), median of rounds, one thread.
 
-    python benchmarks/cpu_loop.py [--heads DIR] [--workdir DIR] [-o results.json]
+    python benchmarks/cpu_loop.py -o benchmarks/results/cpu_loop.json [--heads DIR] [--workdir DIR]
 
-Writes the figures to ``-o`` (default benchmarks/results/cpu_loop.json) and the
-autotune folder (report.md, trees, pictures) to ``--workdir`` (default: a temporary
-folder). A few minutes.
+Writes the figures to ``-o`` and the autotune folder (report.md, trees, pictures) to
+``--workdir`` (default: a temporary folder). A few minutes.
 """
 
 from __future__ import annotations
@@ -35,7 +34,6 @@ SHARED = ROOT.parent / "shared"
 STORIES = SHARED / "models" / "stories260K"
 MT_BENCH = SHARED / "data" / "mt_bench_questions.jsonl"
 STORY_PROMPTS = ROOT / "tests" / "data" / "story_prompts.txt"
-RESULTS = ROOT / "benchmarks" / "results" / "cpu_loop.json"
 SEED = 0
 MAX_NEW_TOKENS = 128
 # Head training that learns on this small model in about a minute (head 1 top-1 ~0.67
@@ -70,7 +68,8 @@ def main() -> None:
                              "with the same one continues it")
     parser.add_argument("--compile", action="store_true",
                         help="time and decode the torch.compile'd step")
-    parser.add_argument("-o", "--output", type=Path, default=RESULTS)
+    parser.add_argument("-o", "--output", type=Path, required=True,
+                        help="results JSON to write (committed: benchmarks/results/cpu_loop.json)")
     args = parser.parse_args()
     if not STORIES.is_dir() or not MT_BENCH.is_file():
         sys.exit(f"needs {STORIES} and {MT_BENCH}")

@@ -22,64 +22,86 @@ from treeopt.workflows.autotune import (
 
 AutotuneEngine = Enum("AutotuneEngine", {name: name for name in ENGINES}, type=str)
 
+ModelOption = Annotated[str, typer.Option(
+    "--model", "-m", help="Base model: registry name (vicuna-7b), folder or hub id.")]
+DataOption = Annotated[str, typer.Option(
+    "--data", "-d", help="Prompts (MT-Bench question.jsonl, .txt, JSONL, a dataset); a "
+                         "share is held out unless --holdout-data is given.")]
+OutputOption = Annotated[Path, typer.Option(
+    "-o", "--output", callback=output_folder,
+    help="Folder for every file of the run and report.md; rerunning the same command "
+         "continues after its last finished stage.")]
+HeadsOption = Annotated[str | None, typer.Option(
+    help="Medusa heads folder or hub id (default: the model's published heads).")]
+HoldoutDataOption = Annotated[str | None, typer.Option(
+    help="Held-out prompts for the check and the measured speedup.")]
+HoldoutFractionOption = Annotated[float, typer.Option(
+    help="Share of --data held out when no --holdout-data.")]
+EngineOption = Annotated[AutotuneEngine, typer.Option(
+    help="Where the tree goes: bundled (medusa_runtime, treeopt JSON), medusa, trtllm, "
+         "vllm or eagle; its limits apply while building.")]
+GpuOption = Annotated[str | None, typer.Option(
+    help="Predict latency for this GPU (h100-sxm, a100-80gb-sxm, ... or auto) instead "
+         "of measuring here; predicted figures are labelled so.")]
+ArchOption = Annotated[str | None, typer.Option(
+    help="Model shape for --gpu (default: the model's config).")]
+DeviceOption = Annotated[str, typer.Option(help="cuda, cuda:N or cpu.")]
+DtypeOption = Annotated[str, typer.Option(help="auto, bf16, fp16 or fp32.")]
+BatchOption = Annotated[str, typer.Option(
+    help="Batch sizes to tune for, comma-separated (one tree per bucket sharing one).")]
+ContextOption = Annotated[str | None, typer.Option(
+    help="Context lengths to time, comma-separated (default: the held-out prompts' mean "
+         "length + half of --max-new-tokens).")]
+SizesOption = Annotated[str, typer.Option(
+    help="Tree sizes to time (tokens/step, root included; must include 1).")]
+MaxPromptsOption = Annotated[int | None, typer.Option(
+    min=1, help="Use a seeded random subset of this many prompts of --data.")]
+MaxNewTokensOption = Annotated[int, typer.Option(
+    min=1, help="New tokens per prompt (profile and decoding).")]
+TopKOption = Annotated[int, typer.Option(min=1, help="Ranks measured per head.")]
+AcceptanceModelOption = Annotated[AcceptanceChoice, typer.Option(
+    "--acceptance-model", "-a", help="Builder's acceptance model.")]
+ChatTemplateOption = Annotated[bool, typer.Option(
+    help="Wrap prompts in the tokenizer's chat template when it has one.")]
+SeedOption = Annotated[int, typer.Option(help="Seed of the held-out split and prompt subset.")]
+ThreadsOption = Annotated[int | None, typer.Option(
+    min=1, help="CPU threads for timing and decoding (default 1: steady timings).")]
+CompileStepOption = Annotated[bool, typer.Option(
+    "--compile/--no-compile",
+    help="torch.compile the step for timing and decoding (faster steps on CPU; each "
+         "tree size compiles first).")]
+VerifyOption = Annotated[bool, typer.Option(
+    help="Decode the held-out prompts to measure the speedup (measured runs only).")]
+RoundsOption = Annotated[int, typer.Option(
+    min=1, help="Decoding rounds of the measured speedup (median kept).")]
+
+
 
 def autotune(
-    model: Annotated[str, typer.Option(
-        "--model", "-m", help="Base model: registry name (vicuna-7b), folder or hub id.")],
-    data: Annotated[str, typer.Option(
-        "--data", "-d", help="Prompts (MT-Bench question.jsonl, .txt, JSONL, a dataset); a "
-                             "share is held out unless --holdout-data is given.")],
-    output: Annotated[Path, typer.Option(
-        "-o", "--output", callback=output_folder,
-        help="Folder for every file of the run and report.md; rerunning the same command "
-             "continues after its last finished stage.")],
-    heads: Annotated[str | None, typer.Option(
-        help="Medusa heads folder or hub id (default: the model's published heads).")] = None,
-    holdout_data: Annotated[str | None, typer.Option(
-        help="Held-out prompts for the check and the measured speedup.")] = None,
-    holdout_fraction: Annotated[float, typer.Option(
-        help="Share of --data held out when no --holdout-data.")] = DEFAULT_HOLDOUT_FRACTION,
-    engine: Annotated[AutotuneEngine, typer.Option(
-        help="Where the tree goes: bundled (medusa_runtime, treeopt JSON), medusa, trtllm, "
-             "vllm or eagle; its limits apply while building.")] = AutotuneEngine.bundled,
-    gpu: Annotated[str | None, typer.Option(
-        help="Predict latency for this GPU (h100-sxm, a100-80gb-sxm, ... or auto) instead "
-             "of measuring here; predicted figures are labelled so.")] = None,
-    arch: Annotated[str | None, typer.Option(
-        help="Model shape for --gpu (default: the model's config).")] = None,
-    device: Annotated[str, typer.Option(help="cuda, cuda:N or cpu.")] = "cuda",
-    dtype: Annotated[str, typer.Option(help="auto, bf16, fp16 or fp32.")] = "auto",
-    batch: Annotated[str, typer.Option(
-        help="Batch sizes to tune for, comma-separated (one tree per bucket sharing one).")
-    ] = "1",
-    context: Annotated[str | None, typer.Option(
-        help="Context lengths to time, comma-separated (default: the held-out prompts' mean "
-             "length + half of --max-new-tokens).")] = None,
-    sizes: Annotated[str, typer.Option(
-        help="Tree sizes to time (tokens/step, root included; must include 1).")] = (
-        ",".join(map(str, DEFAULT_SIZES))),
-    max_prompts: Annotated[int | None, typer.Option(
-        min=1, help="Use a seeded random subset of this many prompts of --data.")] = None,
-    max_new_tokens: Annotated[int, typer.Option(
-        min=1, help="New tokens per prompt (profile and decoding).")] = 128,
-    top_k: Annotated[int, typer.Option(min=1, help="Ranks measured per head.")] = 10,
-    acceptance_model: Annotated[AcceptanceChoice, typer.Option(
-        "--acceptance-model", "-a", help="Builder's acceptance model.")] = AcceptanceChoice.joint,
-    chat_template: Annotated[bool, typer.Option(
-        help="Wrap prompts in the tokenizer's chat template when it has one.")] = True,
-    seed: Annotated[int, typer.Option(help="Seed of the held-out split and prompt subset.")] = 0,
-    threads: Annotated[int | None, typer.Option(
-        min=1, help="CPU threads for timing and decoding (default 1: steady timings).")] = None,
-    compile_step: Annotated[bool, typer.Option(
-        "--compile/--no-compile",
-        help="torch.compile the step for timing and decoding (faster steps on CPU; each "
-             "tree size compiles first).")] = False,
-    verify: Annotated[bool, typer.Option(
-        help="Decode the held-out prompts to measure the speedup (measured runs only).")
-    ] = True,
-    rounds: Annotated[int, typer.Option(
-        min=1, help="Decoding rounds of the measured speedup (median kept).")] = (
-        DEFAULT_DECODE_ROUNDS),
+    model: ModelOption,
+    data: DataOption,
+    output: OutputOption,
+    heads: HeadsOption = None,
+    holdout_data: HoldoutDataOption = None,
+    holdout_fraction: HoldoutFractionOption = DEFAULT_HOLDOUT_FRACTION,
+    engine: EngineOption = AutotuneEngine.bundled,
+    gpu: GpuOption = None,
+    arch: ArchOption = None,
+    device: DeviceOption = "cuda",
+    dtype: DtypeOption = "auto",
+    batch: BatchOption = "1",
+    context: ContextOption = None,
+    sizes: SizesOption = ",".join(map(str, DEFAULT_SIZES)),
+    max_prompts: MaxPromptsOption = None,
+    max_new_tokens: MaxNewTokensOption = 128,
+    top_k: TopKOption = 10,
+    acceptance_model: AcceptanceModelOption = AcceptanceChoice.joint,
+    chat_template: ChatTemplateOption = True,
+    seed: SeedOption = 0,
+    threads: ThreadsOption = None,
+    compile_step: CompileStepOption = False,
+    verify: VerifyOption = True,
+    rounds: RoundsOption = DEFAULT_DECODE_ROUNDS,
     quiet: QuietOption = False,
 ) -> None:
     """Profile, build, time, tune, export and report: the best tree for your model,

@@ -41,14 +41,18 @@ from typing import Any
 from treeopt.core.atomic import atomic_write_text
 from treeopt.core.latency import DEFAULT_REPEATS, DEFAULT_WARMUP
 from treeopt.errors import TreeoptError
+from treeopt.files.engines import FORMATS
 
 STATE_FILE = "autotune.state.json"
 STATE_FORMAT = "treeopt.autotune-state/1"
 STAGES = ("profile", "build", "latency", "tune", "export", "verify", "report")
-ENGINES = ("bundled", "medusa", "trtllm", "vllm", "eagle")
-# Engines whose limits the builder applies while building (the others take any tree).
-BUILDER_ENGINES = ("trtllm", "vllm")
-EXPORT_SUFFIX = {"medusa": ".py", "eagle": ".py", "trtllm": ".json", "vllm": ".txt"}
+# Where the tree goes: the bundled runtime (treeopt's own tree file) or an export format.
+ENGINES = ("bundled", *FORMATS)
+# The builder's limits for each engine that has some (the others take any tree).
+BUILDER_ENGINE = {"trtllm": "trtllm", "trtllm-triton": "trtllm", "vllm": "vllm",
+                  "vllm-medusa": "vllm-medusa"}
+EXPORT_SUFFIX = {"medusa": ".py", "eagle": ".py", "trtllm": ".json", "trtllm-triton": ".txt",
+                 "vllm": ".txt", "vllm-medusa": ".json"}
 # Tree sizes timed: dense where small trees win (a small model or a CPU), sparse to 64,
 # the size of the published trees the held-out check compares against.
 DEFAULT_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
@@ -298,15 +302,15 @@ class _Run:
 
     def budget(self) -> int:
         """The largest tree built: the largest size timed, within the engine's limit."""
-        from treeopt.files.engines import TRTLLM_DEFAULT_MAX_DRAFT_LEN
+        from treeopt.optimize.build import engine_max_budget
 
+        limit = engine_max_budget(self.builder_engine(),
+                                  self.state["stages"]["profile"]["num_heads"])
         budget = max(self.settings.sizes)
-        if self.settings.engine == "trtllm":
-            budget = min(budget, TRTLLM_DEFAULT_MAX_DRAFT_LEN + 1)
-        return budget
+        return budget if limit is None else min(budget, limit)
 
     def builder_engine(self) -> str | None:
-        return self.settings.engine if self.settings.engine in BUILDER_ENGINES else None
+        return BUILDER_ENGINE.get(self.settings.engine)
 
     def profiles(self) -> tuple[Any, Any]:
         from treeopt.files.profile_file import load_profile
@@ -498,28 +502,21 @@ class _Run:
             {k: v for k, v in b.items() if k != "paths"} for b in buckets]}
 
     def _tune(self, profile: Any, table: Any, batch: int, context: int) -> Any:
-        """The tuned tree at (batch, context), within the engine's limits."""
-        from treeopt.optimize.tune import TunedTree, tune_size, tune_tree
+        """The tuned tree at (batch, context), built within the engine's limits."""
+        from treeopt.optimize.tune import tune_tree
 
-        s = self.settings
-        engine = self.builder_engine()
-        if engine is None:
-            return tune_tree(profile, table, batch, context, self.budget(), s.acceptance_model)
-        from treeopt.optimize.build import build_tree
-
-        budget = min(self.budget(), table.max_num_tokens(batch, context))
-        built = build_tree(profile, budget, s.acceptance_model, engine=engine)
-        curve = [float(v) for v in built.curve]
-        result = tune_size(curve, table, batch, context, budget)
-        return TunedTree(result, built.tree_at(result.best.num_tokens),
-                         result.best.expected_accept_length, curve, built.weighting)
+        return tune_tree(profile, table, batch, context, self.budget(),
+                         self.settings.acceptance_model, engine=self.builder_engine())
 
     def stage_export(self) -> dict[str, Any]:
-        from treeopt.files.engines import export_text
+        from treeopt.files.engines import export_text, static_tree_warning
         from treeopt.files.tree_file import load_tree
 
         s = self.settings
         written = []
+        warning = static_tree_warning(s.engine)
+        if warning:
+            self.say(f"  warning: {warning}")
         for bucket in self.state["stages"]["tune"]["buckets"]:
             if bucket["file"] is None:
                 continue
@@ -531,7 +528,7 @@ class _Run:
             atomic_write_text(self.path(name), text + "\n")
             written.append(name)
             self.say(f"  wrote {name}")
-        return {"engine": s.engine, "files": written}
+        return {"engine": s.engine, "files": written, "warning": warning}
 
     def stage_verify(self) -> dict[str, Any]:
         import torch

@@ -176,8 +176,9 @@ def _verify_section(verify: dict[str, Any]) -> list[str]:
 def _export_section(export: dict[str, Any]) -> list[str]:
     if not export["files"]:
         return ["## Export", "", "Nothing to export: no tree beats plain decoding.", ""]
+    warning = [f"**Warning:** {export['warning']}", ""] if export.get("warning") else []
     return ["## Export", "", f"For {export['engine']}:", "",
-            *[f"- `{name}`" for name in export["files"]], ""]
+            *[f"- `{name}`" for name in export["files"]], "", *warning]
 
 
 __all__ = ["REPORT_FILE", "headline", "write_report"]
