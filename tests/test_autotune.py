@@ -112,10 +112,14 @@ def test_measured_cpu_table_sets_threads_and_records_spread() -> None:
 
     torch.set_num_threads(2)
     measured = measure_latency(tiny_model(), random_heads(), "tiny", [1], [16], [1, 2], "cpu",
-                               "float32", warmup=1, repeats=3, show_progress=False, threads=1)
+                               "float32", warmup=1, repeats=3, show_progress=False, threads=1,
+                               statistic="min")
     assert torch.get_num_threads() == 2  # restored
-    assert measured.method["cpu_threads"] == 1
+    assert measured.method["cpu_threads"] == 1 and measured.method["statistic"] == "min"
     assert set(measured.spreads) == {(1, 16, 1), (1, 16, 2)}
+    with pytest.raises(TreeoptError, match="statistic must be one of median, min"):
+        measure_latency(tiny_model(), random_heads(), "tiny", [1], [16], [1], "cpu", "float32",
+                        warmup=0, repeats=1, statistic="mean")
 
 
 # ------------------------------------------------------------------ end to end
@@ -146,7 +150,7 @@ def test_autotune_on_stories_beats_plain_and_mc_sim_and_resumes(tmp_path: Path) 
     out = tmp_path / "out"
     command = ["autotune", "-m", str(STORIES), "--heads", str(tmp_path / "heads"),
                "-d", str(MT_BENCH), "--max-prompts", str(PROMPTS), "--max-new-tokens", "64",
-               "--sizes", "1,2,3,4,6,8,16", "--device", "cpu", "--no-compile", "--rounds", "2",
+               "--sizes", "1,2,3,4,6,8,16", "--device", "cpu", "--no-compile", "--rounds", "3",
                "-q", "-o", str(out)]
     result = runner.invoke(app, command)
     assert result.exit_code == 0, result.output

@@ -40,6 +40,7 @@ from treeopt.errors import TreeoptError
 # other processes' load into each step, so a busy machine gave a non-monotone table
 # (issue 16); one thread times steadily and is what a 1-sequence decode uses anyway.
 CPU_TIMING_THREADS = 1
+TIMING_STATISTICS = {"median": statistics.median, "min": min}
 
 
 # ----------------------------------------------------------------- measured
@@ -59,6 +60,7 @@ def measure_latency(
     threads: int | None = None,
     max_spread: float = MAX_SPREAD,
     max_rounds: int = MAX_TIMING_ROUNDS,
+    statistic: str = "median",
 ) -> LatencyTable:
     """Time the runtime's verification step for every setting on ``device``.
 
@@ -68,12 +70,17 @@ def measure_latency(
     median), another round times every setting again, up to ``max_rounds``, and each
     setting keeps the median of all its samples. Rounds interleave the sizes, so a
     burst of load on a shared machine lands on all of them rather than on a few (a
-    non-monotone table). Each setting's final spread is recorded in the table. On
+    non-monotone table). Size 1 is timed without heads, as plain decoding runs.
+    Each setting's final spread is recorded in the table. On
     CPU, torch runs on ``threads`` threads (default :data:`CPU_TIMING_THREADS`)
     while timing, restored afterwards, and the table's method says how many.
     Out-of-memory is recorded as the limit and the sweep goes on (see
     :func:`sweep`). ``compile_step`` times the ``torch.compile``d step. The table
     names the device (``"cpu"`` on CPU), dtype and library versions.
+
+    ``statistic``: ``median`` of the samples, or ``min`` for a machine shared with
+    other work, where load only ever adds time: the fastest sample is the step's own
+    cost, and plain decoding's and the tree's alike.
     """
     import torch
     import transformers
@@ -81,6 +88,10 @@ def measure_latency(
 
     from medusa_runtime.timing import time_verification_step
 
+    if statistic not in TIMING_STATISTICS:
+        raise TreeoptError(f"statistic must be one of {', '.join(TIMING_STATISTICS)}, "
+                           f"not {statistic!r}")
+    summary = TIMING_STATISTICS[statistic]
     if max_rounds < 1:
         raise TreeoptError(f"max_rounds must be >= 1, not {max_rounds}")
     is_cuda = str(device).startswith("cuda")
@@ -88,12 +99,15 @@ def measure_latency(
     samples: dict[Setting, list[float]] = {}
 
     def time_step(batch: int, context: int, num_tokens: int) -> float:
-        result = time_verification_step(model, heads, num_tokens=num_tokens, batch=batch,
+        # n = 1 is plain decoding, which runs no heads (generate without a tree): timed
+        # with them it is ~25% slower on a small model, and every overhead too low.
+        step_heads = None if num_tokens == 1 else heads
+        result = time_verification_step(model, step_heads, num_tokens=num_tokens, batch=batch,
                                         context=context, warmup=warmup, repeats=repeats,
                                         device=device, compile_step=compile_step)
         pooled = samples.setdefault((batch, context, num_tokens), [])
         pooled += [float(value) for value in result["samples_s"]]
-        return statistics.median(pooled)
+        return summary(pooled)
 
     def free_memory() -> None:
         if torch.cuda.is_available():
@@ -130,7 +144,7 @@ def measure_latency(
         versions={"torch": torch.__version__, "transformers": transformers.__version__,
                   "cuda": torch.version.cuda if is_cuda else None},
         method={"timer": "medusa_runtime.timing.time_verification_step",
-                "statistic": "median", "warmup": warmup, "repeats": repeats,
+                "statistic": statistic, "warmup": warmup, "repeats": repeats,
                 "rounds": round_index + 1, "max_rounds": max_rounds, "max_spread": max_spread,
                 "spread": "(q3 - q1) / median of the samples",
                 "cpu_threads": cpu_threads, "compiled_step": compile_step},
