@@ -364,6 +364,7 @@ class _Run:
                                     progress=s.progress)
             summary[name] = {"prompts": len(ids), "positions": profile.num_positions}
         _write_json(self.path("holdout-prompts.json"), held_ids)
+        _write_json(self.path("calibration-prompts.json"), calibration_ids)
         mean_length = statistics.fmean(len(p) for p in held_ids)
         summary.update({
             "calibration_prompts": len(calibration_ids), "held_out_prompts": len(held_ids),
@@ -471,7 +472,7 @@ class _Run:
         rows, buckets = [], []
         for batch in table.batches:
             tuned = self._tune(profile, table, batch, context)
-            best = tuned.result.best
+            best, tree = tuned.result.best, tuned.tree
             rows.append({
                 "batch": batch, "context": context, "num_tokens": best.num_tokens,
                 "tokens_per_step": round(tuned.score, 4), "overhead": round(best.overhead, 4),
@@ -479,12 +480,20 @@ class _Run:
                 "limited_by": tuned.result.limited_by,
                 "curve": curve_rows(tuned.result, table.latency_curve(batch, context)),
             })
-            paths = [list(p) for p in tuned.tree.paths]
+            if batch == 1 and s.measured and s.verify and best.num_tokens > 1:
+                tree, rows[-1]["measured_choice"] = self._measured_choice(profile, table,
+                                                                         context, best)
+                point = tuned.result.points[tree.num_tokens - 1]
+                rows[-1].update(num_tokens=tree.num_tokens,
+                                tokens_per_step=round(point.expected_accept_length, 4),
+                                overhead=round(point.overhead, 4),
+                                predicted_speedup=round(point.speedup, 4))
+            paths = [list(p) for p in tree.paths]
             if buckets and buckets[-1]["paths"] == paths:
                 buckets[-1]["batches"].append(batch)
             else:
                 buckets.append({"batches": [batch], "paths": paths, "row": len(rows) - 1,
-                                "tree": tuned.tree})
+                                "tree": tree})
         for bucket in buckets:
             tree = bucket.pop("tree")
             row = rows[bucket.pop("row")]
@@ -504,6 +513,88 @@ class _Run:
         _write_json(self.path("tune.json"), {"rows": rows, "buckets": buckets})
         return {"context": context, "buckets": [
             {k: v for k, v in b.items() if k != "paths"} for b in buckets]}
+
+    def _measured_choice(self, profile: Any, table: Any, context: int,
+                         best: Any) -> tuple[Any, dict[str, Any]]:
+        """The fastest of the builder's trees up to n* when decoding calibration prompts.
+
+        The timed step leaves out per-step work of the decoding loop that grows with the
+        tree (on a small model on a CPU, the predicted n* ran slower than plain decoding),
+        so the sizes the table measured up to n* are decoded on calibration prompts (never
+        the held-out ones) and the fastest is kept; plain decoding when none beats it.
+        """
+        import random
+
+        from treeopt.core.tree import Tree
+        from treeopt.optimize.build import build_tree
+
+        s = self.settings
+        built = build_tree(profile, best.num_tokens, s.acceptance_model,
+                           engine=self.builder_engine())
+        sizes = sorted({n for n in table.measured_sizes(1, context) if 1 < n < best.num_tokens}
+                       | {best.num_tokens})
+        trees = {"1": Tree.empty(profile.num_heads),
+                 **{str(n): built.tree_at(n) for n in sizes}}
+        calibration = _read_json(self.path("calibration-prompts.json"))
+        count = min(len(calibration), self.state["stages"]["profile"]["held_out_prompts"])
+        prompts = random.Random(s.seed).sample(calibration, count)
+        runs = self._decode(trees, prompts, "decoding calibration prompts per size")
+        fastest = max(runs, key=lambda name: (runs[name]["tokens_per_s"], -int(name)))
+        self.say(f"  decoded: fastest is {fastest} tokens/step "
+                 f"({runs[fastest]['tokens_per_s']:.0f} tokens/s; predicted n* "
+                 f"{best.num_tokens}: {runs[str(best.num_tokens)]['tokens_per_s']:.0f})")
+        return trees[fastest], {"prompts": count, "tokens_per_s": {
+            name: run["tokens_per_s"] for name, run in runs.items()}, "chosen": int(fastest)}
+
+    def _decode(self, trees: dict[str, Any], prompts: list[list[int]],
+                description: str) -> dict[str, dict[str, Any]]:
+        """Decode ``prompts`` with every tree, rounds interleaved; each tree's fastest round.
+
+        Returns per tree: tokens/s (fastest round) and its median over rounds, tokens
+        per verification step, and the tokens decoded (the last round's).
+        """
+        import torch
+        from tqdm import tqdm
+
+        from medusa_runtime.decode import generate
+
+        s = self.settings
+        model, tokenizer, heads = self.loaded()
+        eos = getattr(tokenizer, "eos_token_id", None)
+        rates: dict[str, list[float]] = {name: [] for name in trees}
+        per_step: dict[str, float] = {}
+        outputs: dict[str, list[list[int]]] = {}
+        threads = self.cpu_threads()
+        previous = torch.get_num_threads()
+        if threads is not None:
+            torch.set_num_threads(threads)
+        try:
+            with tqdm(total=s.decode_rounds * len(trees) * len(prompts), desc=description,
+                      unit="prompt", disable=not s.progress) as bar:
+                for _ in range(s.decode_rounds):
+                    for name, tree in trees.items():
+                        tokens = steps = 0
+                        seconds = 0.0
+                        texts = []
+                        for prompt in prompts:
+                            result = generate(model, None if tree.num_tokens == 1 else heads,
+                                              tree, prompt, s.max_new_tokens, eos_token_id=eos,
+                                              compile_step=s.compile_step)
+                            tokens += len(result.tokens) - 1
+                            steps += result.verification_steps
+                            seconds += result.wall_time_s - result.prefill_s
+                            texts.append(list(result.tokens))
+                            bar.update()
+                        rates[name].append(tokens / seconds)
+                        per_step[name] = tokens / steps if steps else 1.0
+                        outputs[name] = texts
+        finally:
+            torch.set_num_threads(previous)
+        # The fastest round of each tree: load on a shared machine only slows a round.
+        return {name: {"tokens_per_s": max(rates[name]),
+                       "tokens_per_s_median": statistics.median(rates[name]),
+                       "tokens_per_step": per_step[name], "tokens": outputs[name]}
+                for name in trees}
 
     def _tune(self, profile: Any, table: Any, batch: int, context: int) -> Any:
         """The tuned tree at (batch, context), built within the engine's limits."""
@@ -535,65 +626,30 @@ class _Run:
         return {"engine": s.engine, "files": written, "warning": warning}
 
     def stage_verify(self) -> dict[str, Any]:
-        import torch
-        from tqdm import tqdm
-
-        from medusa_runtime.decode import generate
         from treeopt.core.tree import Tree
         from treeopt.files.tree_file import load_tree
 
         s = self.settings
-        model, tokenizer, heads = self.loaded()
+        _, _, heads = self.loaded()
         prompts = _read_json(self.path("holdout-prompts.json"))
-        buckets = self.state["stages"]["tune"]["buckets"]
-        first = buckets[0]  # the smallest batch's: decoding here is one sequence at a time
+        first = self.state["stages"]["tune"]["buckets"][0]  # decoding here: one sequence
         trees: dict[str, Any] = {"plain": Tree.empty(heads.num_heads)}
         if first["file"] is not None:
             trees[f"tuned (n={first['num_tokens']})"] = load_tree(self.path(first["file"]))
         compared = load_tree(COMPARED_TREE)
         if compared.depth <= heads.num_heads:
             trees[COMPARED_TREE] = compared
-        eos = getattr(tokenizer, "eos_token_id", None)
-        rates: dict[str, list[float]] = {name: [] for name in trees}
-        per_step: dict[str, float] = {}
-        outputs: dict[str, list[list[int]]] = {}
-        threads = self.cpu_threads()
-        previous = torch.get_num_threads()
-        if threads is not None:
-            torch.set_num_threads(threads)
-        total = s.decode_rounds * len(trees) * len(prompts)
-        try:
-            with tqdm(total=total, desc="decoding held-out prompts", unit="prompt",
-                      disable=not s.progress) as bar:
-                for _ in range(s.decode_rounds):
-                    for name, tree in trees.items():
-                        tokens = steps = 0
-                        seconds = 0.0
-                        texts = []
-                        for prompt in prompts:
-                            result = generate(model, None if tree.num_tokens == 1 else heads,
-                                              tree, prompt, s.max_new_tokens, eos_token_id=eos,
-                                              compile_step=s.compile_step)
-                            tokens += len(result.tokens) - 1
-                            steps += result.verification_steps
-                            seconds += result.wall_time_s - result.prefill_s
-                            texts.append(list(result.tokens))
-                            bar.update()
-                        rates[name].append(tokens / seconds)
-                        per_step[name] = tokens / steps if steps else 1.0
-                        outputs[name] = texts
-        finally:
-            torch.set_num_threads(previous)
-        # The fastest round of each tree: load on a shared machine only slows a round.
-        plain_rate = max(rates["plain"])
+        decoded = self._decode(trees, prompts, "decoding held-out prompts")
+        plain = decoded["plain"]
         runs = {
             name: {
                 "num_tokens": tree.num_tokens,
-                "tokens_per_s": round(max(rates[name]), 2),
-                "tokens_per_s_median": round(statistics.median(rates[name]), 2),
-                "tokens_per_step": round(per_step[name], 4),
-                "measured_speedup": round(max(rates[name]) / plain_rate, 4),
-                "same_tokens_as_plain": outputs[name] == outputs["plain"],
+                "tokens_per_s": round(decoded[name]["tokens_per_s"], 2),
+                "tokens_per_s_median": round(decoded[name]["tokens_per_s_median"], 2),
+                "tokens_per_step": round(decoded[name]["tokens_per_step"], 4),
+                "measured_speedup": round(decoded[name]["tokens_per_s"] / plain["tokens_per_s"],
+                                          4),
+                "same_tokens_as_plain": decoded[name]["tokens"] == plain["tokens"],
             }
             for name, tree in trees.items()
         }
@@ -601,8 +657,9 @@ class _Run:
             self.say(f"  {name}: {run['tokens_per_s']:.0f} tokens/s, "
                      f"{run['tokens_per_step']:.3f} tokens/step, "
                      f"measured speedup {run['measured_speedup']:.3f}x")
-        device = ("cpu" if threads is not None else str(s.device)) + (
-            f", {threads} thread{'s' if threads > 1 else ''}" if threads is not None else "")
+        threads = self.cpu_threads()
+        device = str(s.device) if threads is None else (
+            f"cpu, {threads} thread{'s' if threads > 1 else ''}")
         verify = {"device": device, "prompts": len(prompts), "rounds": s.decode_rounds,
                   "max_new_tokens": s.max_new_tokens, "compiled_step": s.compile_step,
                   "runs": runs}

@@ -154,6 +154,13 @@ def _tune_section(rows: list[dict[str, Any]], buckets: list[dict[str, Any]],
     lines += _table(["batch sizes", "tree file", "tokens/step"],
                     [[", ".join(map(str, b["batches"])), b["file"] or "plain decoding",
                       b["num_tokens"]] for b in buckets])
+    for row in rows:
+        choice = row.get("measured_choice")
+        if choice:
+            rates = ", ".join(f"{n}: {rate:.0f}" for n, rate in choice["tokens_per_s"].items())
+            lines += [f"Batch {row['batch']}: the sizes up to the predicted best were decoded on "
+                      f"{choice['prompts']} calibration prompts (tokens/s per size: {rates}); "
+                      f"the fastest, {choice['chosen']} tokens/step, is kept.", ""]
     if "tree" in pictures:
         lines += [f"![tuned tree]({pictures['tree']})", ""]
     lines += [f"![predicted speedup curve]({pictures['curve']})", ""]
