@@ -185,3 +185,24 @@ def test_autotune_on_stories_beats_plain_and_mc_sim_and_resumes(tmp_path: Path) 
     assert result.exit_code == 0, result.output
     assert result.output.count("finished earlier, kept") == len(STAGES) - 2
     assert "[5/7] export: done" in result.output and "[7/7] report: done" in result.output
+
+
+def test_ctrl_c_is_one_line_naming_the_stage(tmp_path: Path, monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from treeopt.cli import app
+    from treeopt.workflows import autotune as workflow
+
+    def interrupted(settings: AutotuneSettings, log) -> None:
+        log("[1/7] profile ...")
+        log("[1/7] profile: done in 1.0 s")
+        log("[2/7] build ...")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(workflow, "autotune", interrupted)
+    result = CliRunner().invoke(app, ["autotune", "-m", "m", "--heads", "h", "-d", "d.jsonl",
+                                      "-q", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 130
+    assert result.stderr.splitlines() == [
+        "interrupted in stage build: rerun the same command to continue (finished stages "
+        "are kept)"]
