@@ -283,16 +283,13 @@ class _Run:
     def loaded(self) -> tuple[Any, Any, Any]:
         """(model, tokenizer, heads), loaded on first use."""
         if self._loaded is None:
-            from treeopt.model.loading import load_base_model, load_heads, require_heads
+            from treeopt.model.loading import load_medusa
 
-            heads_name = require_heads(self.settings.model, self.settings.heads)
-            self.say(f"  loading {self.settings.model} and heads {heads_name}")
-            model, tokenizer = load_base_model(self.settings.model, device=self.settings.device,
-                                               dtype=self.settings.dtype)
-            heads = load_heads(heads_name, device=self.settings.device,
-                               dtype=next(model.parameters()).dtype,
-                               base_lm_head=model.get_output_embeddings())
-            self._loaded = (model, tokenizer, heads)
+            self.say(f"  loading {self.settings.model} with heads {self.heads_id()}")
+            loaded = load_medusa(self.settings.model, self.settings.heads,
+                                 device=self.settings.device, dtype=self.settings.dtype,
+                                 quiet=not self.settings.progress)
+            self._loaded = (loaded.model, loaded.tokenizer, loaded.heads)
         return self._loaded
 
     def heads_id(self) -> str:
