@@ -10,7 +10,8 @@ a GPU it is captured once per tree as a CUDA graph and replayed:
 3. compact the cache: move the accepted nodes' keys/values to ``L .. L+n-1`` so
    the cache never holds rejected nodes;
 4. emit the accepted candidates plus the base model's next token (the next
-   root), run the heads at the last accepted node, and lay out the next tree.
+   root), and let the drafter lay out the next tree (Medusa heads at the last
+   accepted node, or a draft model's passes: ``medusa_runtime.drafter``).
 
 The host reads back only the emitted tokens and their count (one sync a step).
 The root-only tree (``Tree.empty``) is plain autoregressive decoding through the
@@ -46,6 +47,7 @@ from medusa_runtime.architectures import (
     text_config,
 )
 from medusa_runtime.buffers import tree_buffers
+from medusa_runtime.drafter import Drafter, MedusaHeadsDrafter
 from medusa_runtime.heads import MedusaHeads
 from treeopt.core.tree import Tree
 from treeopt.errors import TreeoptError, first_line
@@ -118,22 +120,7 @@ class GenerationResult:
 
 def check_tree_fits(tree: Tree, heads: MedusaHeads | None, vocab_size: int) -> None:
     """Raise TreeoptError (one line) if ``heads`` cannot fill ``tree``."""
-    if tree.depth == 0:
-        return
-    if heads is None:
-        raise TreeoptError(
-            f"a tree of depth {tree.depth} needs Medusa heads (only the root-only tree runs "
-            "without them)"
-        )
-    if tree.depth > heads.num_heads:
-        raise TreeoptError(
-            f"tree depth {tree.depth} > {heads.num_heads} Medusa heads (one head per level)"
-        )
-    top_k = tree_buffers(tree).top_k
-    if top_k > vocab_size:
-        raise TreeoptError(
-            f"tree uses rank {top_k - 1} but the heads' vocabulary has only {vocab_size} tokens"
-        )
+    MedusaHeadsDrafter(heads).check_tree(tree, vocab_size)
 
 
 class TreeDecoder:
@@ -169,6 +156,7 @@ class TreeDecoder:
         acceptance: Acceptance = "greedy",
         batch_size: int = 1,
         compile_step: bool = False,
+        drafter: Drafter | None = None,
     ) -> None:
         from transformers.cache_utils import Cache, StaticLayer
 
@@ -180,7 +168,10 @@ class TreeDecoder:
         self.cache_argument = cache_argument(self.decoder)
         self.windows = attention_windows(text_config(model))  # layer type -> window or None
         self.vocab_size = int(self.lm_head.weight.shape[0])
-        check_tree_fits(tree, heads, self.vocab_size)
+        if drafter is not None and heads is not None:
+            raise TreeoptError("give Medusa heads or a drafter, not both")
+        self.drafter = drafter if drafter is not None else MedusaHeadsDrafter(heads)
+        self.drafter.check_tree(tree, self.vocab_size)
         if acceptance != "greedy" and not isinstance(acceptance, TypicalAcceptance):
             raise TreeoptError(
                 f"acceptance must be 'greedy' or TypicalAcceptance, not {acceptance!r}"
@@ -213,6 +204,7 @@ class TreeDecoder:
         self.emitted = torch.zeros(batch_size, tree.depth + 1, dtype=torch.long, device=device)
         self.accept_length = torch.ones(batch_size, dtype=torch.long, device=device)
         self.slots = torch.arange(max_cache_len, device=device)
+        self.draft = self.drafter.session(tree, self.buffers, batch_size, max_cache_len)
         self.run_step: Callable[[], None] = self._step
         if compile_step:
             import torch._dynamo.config as dynamo_config
@@ -239,7 +231,7 @@ class TreeDecoder:
     def _state(self) -> tuple[torch.Tensor, ...]:
         """The tensors a step reads besides the cache (a per-step tree adds its layout)."""
         return (self.write_length, self.row_lengths, self.valid, self.key_positions,
-                self.tree_tokens)
+                self.tree_tokens, *self.draft.state())
 
     def restore(self, snapshot: list[torch.Tensor]) -> None:
         """Put back a :meth:`snapshot` in place (the captured graph keeps its addresses)."""
@@ -265,6 +257,7 @@ class TreeDecoder:
         self.valid.zero_()
         self.valid[:, :context] = True
         self.key_positions.copy_(self.slots)
+        self.draft.fill_context(context, std)
 
     # ------------------------------------------------------------ forward
     def _forward(
@@ -312,18 +305,9 @@ class TreeDecoder:
         return self.logit_transform(self.lm_head(hidden))
 
     def _next_tree_tokens(self, root: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        """Next trees' tokens ``[B, q]``: ``root [B]``, then heads' top-k at ``hidden [B, H]``."""
-        batch = root.shape[0]
-        root = root.view(batch, 1)
-        if self.tree.depth == 0:
-            return root
-        # [D, B, V]; reshape also takes heads that drop a batch dimension of one.
-        head_logits = self.heads(hidden, num_heads=self.tree.depth).reshape(
-            self.tree.depth, batch, -1
-        )
-        top = head_logits.topk(self.buffers.top_k, dim=-1).indices  # [D, B, k]
-        flat = torch.cat([root, top.transpose(0, 1).reshape(batch, -1)], dim=1)
-        return flat[:, self.buffers.candidate_indices]
+        """Next trees' tokens ``[B, q]``: ``root [B]``, then the drafter's guesses (Medusa
+        heads' top-k at ``hidden [B, H]``, or a draft model's passes)."""
+        return self.draft.next_tree(root, hidden)
 
     def _lay_out_next_tree(self, root: torch.Tensor, hidden: torch.Tensor) -> None:
         """Place the next step's tree tokens (a per-step tree also lays out its shape)."""
@@ -361,6 +345,7 @@ class TreeDecoder:
         offsets = (pad_mask.cumsum(dim=-1) - 1).clamp(min=0)  # true positions of real tokens
         hidden = self._forward(input_ids, block, offsets)[:, -1]  # [B, H]
         root = self._logits(hidden).argmax(dim=-1)
+        self.draft.start(input_ids, pad_mask)
         self._lay_out_next_tree(root, hidden)
         self.valid[:, :length] = pad_mask
         self.write_length.fill_(length)
@@ -400,6 +385,7 @@ class TreeDecoder:
         emitted = emitted.scatter(1, last_position, root[:, None])  # candidates, next root
         self.emitted.copy_(emitted)
         self.accept_length.copy_(accept_length)
+        self.draft.follow(tokens.gather(1, paths), accept_length)
         self._lay_out_next_tree(root, last_hidden)
         self.row_lengths.add_(accept_length)
         self.write_length.add_(accept_length.max())  # the longest row sets the shared L
@@ -610,6 +596,7 @@ def generate_batch(
     attention_mask: torch.Tensor | Sequence[Sequence[int]] | None = None,
     compile_step: bool = False,
     tokenizer: Any = None,
+    drafter: Drafter | None = None,
 ) -> BatchGenerationResult:
     """Batched :func:`generate`: always a :class:`BatchGenerationResult`, one row per prompt.
 
@@ -636,9 +623,12 @@ def generate_batch(
         cache_length = -(-cache_length // COMPILED_CACHE_BUCKET) * COMPILED_CACHE_BUCKET
     # A per-step policy (medusa_runtime.dynamic.DynamicTree) brings its own decoder.
     make_decoder = getattr(tree, "make_decoder", None)
+    if make_decoder is not None and drafter is not None:
+        raise TreeoptError("per-step trees are chosen by Medusa heads: no drafter with them")
     decoder = (make_decoder or partial(TreeDecoder, tree=tree))(
         model=model, heads=heads, max_cache_len=cache_length, acceptance=acceptance,
         batch_size=batch, compile_step=compile_step,
+        **({"drafter": drafter} if drafter is not None else {}),
     )
     if any(not 0 <= token < decoder.vocab_size for row in rows for token in row):
         raise TreeoptError(f"input_ids must be token ids in [0, {decoder.vocab_size})")
@@ -703,6 +693,7 @@ def generate(
     attention_mask: torch.Tensor | Sequence[Sequence[int]] | None = None,
     compile_step: bool = False,
     tokenizer: Any = None,
+    drafter: Drafter | None = None,
 ) -> GenerationResult | BatchGenerationResult:
     """Decode up to ``max_new_tokens`` new tokens with Medusa tree verification.
 
@@ -717,7 +708,9 @@ def generate(
     compilation and capture are in ``result.setup_s``, not in the wall time.
     Raises TreeoptError before decoding if the tree does not fit the heads.
     ``tree`` may also be a per-step policy (:class:`medusa_runtime.dynamic.DynamicTree`):
-    the same guarantee holds, the tree being chosen anew every step.
+    the same guarantee holds, the tree being chosen anew every step. ``drafter``
+    (instead of ``heads``) fills the trees some other way, e.g. a
+    :class:`~medusa_runtime.drafter.DraftModelDrafter` (same guarantee).
 
     ``input_ids`` may be text (one string or a list) with ``tokenizer``; each result
     then has ``text``, its new tokens decoded. Raises TreeoptError before decoding
@@ -733,6 +726,6 @@ def generate(
     result = generate_batch(
         model, heads, tree, input_ids, max_new_tokens, acceptance=acceptance,
         eos_token_id=eos_token_id, cuda_graph=cuda_graph, attention_mask=attention_mask,
-        compile_step=compile_step, tokenizer=tokenizer,
+        compile_step=compile_step, tokenizer=tokenizer, drafter=drafter,
     )
     return result.sequences[0] if single else result

@@ -127,6 +127,16 @@ class Tree:
         """The root-only tree: plain autoregressive decoding, one token per step."""
         return cls((), num_heads)
 
+    @classmethod
+    def chain(cls, length: int) -> Tree:
+        """The chain of ``length`` rank-0 nodes: a draft model's ``gamma`` greedy guesses.
+
+        ``Tree.chain(0)`` is the root-only tree.
+        """
+        if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+            raise TreeError(f"chain length {length!r} is not a non-negative integer")
+        return cls(tuple((0,) * depth for depth in range(1, length + 1)), length)
+
     # -------------------------------------------------------------- structure
     def __len__(self) -> int:
         """Number of nodes below the root (paths)."""
