@@ -9,6 +9,7 @@ everything): each exercises how the draft cache follows what the target accepts.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -180,3 +181,34 @@ def test_chain_tree() -> None:
     assert Tree.chain(0).num_tokens == 1 and Tree.chain(2).depth == 2
     with pytest.raises(TreeoptError, match="chain length -1"):
         Tree.chain(-1)
+
+
+STORIES = Path(__file__).resolve().parents[2] / "shared" / "models" / "stories260K"
+
+
+@pytest.mark.skipif(not STORIES.is_dir(), reason="needs ../shared/models/stories260K")
+def test_generate_cli_with_draft_model() -> None:
+    from typer.testing import CliRunner
+
+    from treeopt.cli import app
+
+    runner = CliRunner()
+    common = ["generate", "--model", str(STORIES), "--prompt", "Once upon a time",
+              "--max-new-tokens", "21"]
+    plain = runner.invoke(app, common)
+    assert plain.exit_code == 0, plain.output
+    # The model as its own draft accepts every chain: 20 tokens after the prefill's in 5 steps.
+    chain = runner.invoke(app, [*common, "--draft-model", str(STORIES), "--gamma", "3"])
+    assert chain.exit_code == 0, chain.output
+    assert chain.stdout == plain.stdout
+    assert "21 tokens, 6 steps" in chain.stderr and "draft tree 4 tokens/step" in chain.stderr
+    tree = runner.invoke(app, [*common, "--draft-model", str(STORIES), "--tree", "mc_sim_7b_63"])
+    assert tree.exit_code == 0, tree.output
+    assert tree.stdout == plain.stdout
+    for extra, message in ((["--gamma", "2"], "--gamma needs --draft-model"),
+                           (["--draft-model", str(STORIES), "--gamma", "2", "--tree",
+                             "mc_sim_7b_63"], "give --gamma (a chain) or --tree, not both"),
+                           (["--draft-model", str(STORIES), "--random-heads"],
+                            "--draft-model drafts instead of Medusa heads")):
+        refused = runner.invoke(app, [*common, *extra])
+        assert refused.exit_code == 2 and f"error: {message}" in refused.stderr

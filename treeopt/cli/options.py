@@ -63,6 +63,14 @@ QuietOption = Annotated[bool, typer.Option(
 SeedOption = Annotated[
     int, typer.Option("--seed", help="Seed of the prompt split (same seed = same split).")
 ]
+DraftModelOption = Annotated[
+    str | None,
+    typer.Option(
+        "--draft-model",
+        help="Draft model (folder or hub id) with the target's tokenizer: speculative decoding "
+        "by a small causal LM instead of Medusa heads.",
+    ),
+]
 
 
 # ------------------------------------------------------------------ callbacks

@@ -10,8 +10,12 @@ from typing import Annotated, Any
 
 import typer
 
-from treeopt.cli.options import finite_number
+from treeopt.cli.options import DraftModelOption, finite_number
 from treeopt.errors import TreeoptError
+
+# Draft tokens per step when --draft-model comes without --gamma or --tree: the Medusa
+# paper's best setting for Vicuna-7B with Llama-68M (its appendix on speculative decoding).
+DEFAULT_GAMMA = 4
 
 
 class AcceptanceRule(str, Enum):
@@ -53,6 +57,10 @@ LoadDtypeOption = Annotated[str, typer.Option(
 CompileStepOption = Annotated[bool, typer.Option(
     "--compile", help="torch.compile the verification step first (same text, fewer "
                       "kernels; worth it for long outputs on a GPU).")]
+GammaOption = Annotated[int | None, typer.Option(
+    "--gamma", min=0,
+    help=f"--draft-model: draft a chain of this many tokens a step (default {DEFAULT_GAMMA}); "
+         "--tree T drafts the draft's top-k along T instead.")]
 ChatTemplateOption = Annotated[bool, typer.Option(
     "--chat-template/--no-chat-template",
     help="Wrap the prompt in the tokenizer's chat template when it has one, as profile and "
@@ -76,6 +84,28 @@ def decode_tree(tree: str, profile: str | None) -> Any:
     return Tree.empty() if tree == "root" else load_tree(tree)
 
 
+def checked_tree(tree: str, profile: str | None, heads: str | None, random_heads: bool,
+                 draft_model: str | None, gamma: int | None) -> Any:
+    """The tree to decode with, after the checks of what drafts it (heads or a draft model)."""
+    from treeopt.core.tree import Tree
+
+    if gamma is not None and draft_model is None:
+        raise TreeoptError("--gamma needs --draft-model")
+    if draft_model is not None and (heads is not None or random_heads):
+        raise TreeoptError("--draft-model drafts instead of Medusa heads: drop --heads and "
+                           "--random-heads")
+    if gamma is not None and tree != "root":
+        raise TreeoptError("give --gamma (a chain) or --tree, not both")
+    chosen = decode_tree(tree, profile)
+    if draft_model is not None and tree == "root":
+        chosen = Tree.chain(DEFAULT_GAMMA if gamma is None else gamma)
+    if random_heads and heads is not None:
+        raise TreeoptError("give --heads or --random-heads, not both")
+    if chosen.depth == 0 and (heads is not None or random_heads):
+        raise TreeoptError("--tree root decodes without heads: pass a --tree to use them")
+    return chosen
+
+
 def generate_command(
     prompt: PromptOption,
     model: BaseModelOption,
@@ -91,6 +121,8 @@ def generate_command(
     compile_step: CompileStepOption = False,
     profile: CalibrationProfileOption = None,
     chat_template: ChatTemplateOption = True,
+    draft_model: DraftModelOption = None,
+    gamma: GammaOption = None,
 ) -> None:
     """Generate text with Medusa tree decoding; print it and a one-line summary.
 
@@ -105,17 +137,16 @@ def generate_command(
       treeopt generate --model vicuna-7b --tree mc_sim_7b_63 --device cuda --prompt "Hi"
 
       treeopt generate -m ./llama --heads H --tree dynamic:16 -p prof.json --prompt "Once"
+
+      treeopt generate -m vicuna-7b --draft-model JackFram/llama-68m --gamma 4 --prompt "Hi"
     """
     from medusa_runtime.acceptance import TypicalAcceptance
     from treeopt.model.loading import load_medusa, require_heads
 
     # Cheap checks first: the tree, options and heads before the model loads.
-    chosen = decode_tree(tree, profile)
-    if random_heads and heads is not None:
-        raise TreeoptError("give --heads or --random-heads, not both")
-    if chosen.depth == 0 and (heads is not None or random_heads):
-        raise TreeoptError("--tree root decodes without heads: pass a --tree to use them")
-    if chosen.depth > 0 and not random_heads:
+    chosen = checked_tree(tree, profile, heads, random_heads, draft_model, gamma)
+    need_heads = chosen.depth > 0 and draft_model is None
+    if need_heads and not random_heads:
         try:
             require_heads(model, heads)
         except TreeoptError:
@@ -124,28 +155,36 @@ def generate_command(
                 "(or --random-heads for a test, or --tree root for plain decoding)"
             ) from None
     loaded = load_medusa(
-        model, heads, device=device, dtype=dtype, need_heads=chosen.depth > 0,
+        model, heads, device=device, dtype=dtype, need_heads=need_heads,
         random_num_heads=max(chosen.num_heads, chosen.depth, 1) if random_heads else None,
     )
     base, tokenizer = loaded.model, loaded.tokenizer
-    medusa = loaded.heads if chosen.depth > 0 else None
-    rule = (
-        TypicalAcceptance(posterior_threshold, posterior_alpha)
-        if acceptance is AcceptanceRule.typical else "greedy"
-    )
+    medusa = loaded.heads if need_heads else None
+    drafter = _drafter(draft_model, device, dtype) if draft_model is not None else None
+    rule = (TypicalAcceptance(posterior_threshold, posterior_alpha)
+            if acceptance is AcceptanceRule.typical else "greedy")
     result = _decode(base, medusa, chosen, tokenizer, prompt, max_new_tokens, rule,
-                     compile_step, chat_template)
+                     compile_step, chat_template, drafter)
     typer.echo(prompt + tokenizer.decode(result.tokens, skip_special_tokens=True))
     typer.echo(
         f"{len(result.tokens)} tokens, {result.steps} steps, acceleration rate "
         f"{result.acceleration_rate:.2f} tokens/step, {result.tokens_per_second:.1f} tokens/s "
-        f"(tree {chosen.num_tokens} tokens/step, {acceptance.value})",
+        f"({'draft ' * bool(drafter)}tree {chosen.num_tokens} tokens/step, {acceptance.value})",
         err=True,
     )
 
 
+def _drafter(draft_model: str, device: str, dtype: str) -> Any:
+    """A ``DraftModelDrafter`` for the draft model's folder, hub id or registry name."""
+    from medusa_runtime.drafter import DraftModelDrafter
+    from treeopt.model.loading import load_base_model
+
+    return DraftModelDrafter(load_base_model(draft_model, device=device, dtype=dtype)[0])
+
+
 def _decode(base: Any, medusa: Any, tree: Any, tokenizer: Any, prompt: str,
-            max_new_tokens: int, rule: Any, compile_step: bool, chat_template: bool) -> Any:
+            max_new_tokens: int, rule: Any, compile_step: bool, chat_template: bool,
+            drafter: Any = None) -> Any:
     """Encode ``prompt`` as profile does (chat template) and decode it; say when compiling."""
     from medusa_runtime.decode import generate
     from treeopt.model.calibration import encode_prompts
@@ -155,7 +194,8 @@ def _decode(base: Any, medusa: Any, tree: Any, tokenizer: Any, prompt: str,
     # Compilation happens once, inside generate, before the first step.
     with working("compiling the verification step, then decoding", enabled=compile_step):
         return generate(base, medusa, tree, input_ids, max_new_tokens, acceptance=rule,
-                        eos_token_id=tokenizer.eos_token_id, compile_step=compile_step)
+                        eos_token_id=tokenizer.eos_token_id, compile_step=compile_step,
+                        drafter=drafter)
 
 
 def register(app: typer.Typer) -> None:
