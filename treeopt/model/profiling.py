@@ -342,12 +342,15 @@ def measure_ranks(
     resume: bool = False,
     progress: bool = True,
     on_batch: Callable[[RankResults], None] | None = None,
+    rank_vectors: Callable[..., tuple[list[np.ndarray], int, list[np.ndarray]]] | None = None,
 ) -> RankResults:
     """Rank vectors of every sequence (group = its index), checkpointed as it goes.
 
     With ``resume`` the results in ``checkpoint`` (same fingerprint) are kept and
     only the remaining sequences are measured; without it an existing checkpoint
-    is an error, so a rerun never silently throws work away.
+    is an error, so a rerun never silently throws work away. ``rank_vectors``
+    replaces :func:`batch_rank_vectors` (same signature; a draft model's:
+    :mod:`treeopt.model.draft_profiling`).
     """
     from tqdm import tqdm
 
@@ -367,7 +370,7 @@ def measure_ranks(
     try:
         while results.done < len(sequences):
             batch = sequences[results.done:results.done + settings.batch_size]
-            per_seq, mismatches, per_seq_probs = batch_rank_vectors(
+            per_seq, mismatches, per_seq_probs = (rank_vectors or batch_rank_vectors)(
                 model, heads, batch, settings.top_k, settings.include_prompt
             )
             results.probs.extend(per_seq_probs)
@@ -415,6 +418,7 @@ def profile_model(
     resume: bool = False,
     progress: bool = True,
     provenance: dict[str, Any] | None = None,
+    rank_vectors: Callable[..., tuple[list[np.ndarray], int, list[np.ndarray]]] | None = None,
 ) -> Any:
     """Profile ``heads`` on ``model`` over tokenized ``prompts`` and write it to ``output``.
 
@@ -447,7 +451,7 @@ def profile_model(
     checkpoint = partial_path(output)
     fingerprint = fingerprint_of(model_id, heads_id, kept, settings)
     results = measure_ranks(model, heads, sequences, settings, checkpoint, fingerprint,
-                            resume=resume, progress=progress)
+                            resume=resume, progress=progress, rank_vectors=rank_vectors)
     num_heads = heads.config.medusa_num_heads
     ranks, groups = results.stacked(num_heads)
     if len(ranks) == 0:
