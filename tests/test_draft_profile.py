@@ -68,3 +68,32 @@ def test_draft_of_another_vocabulary_is_refused(tmp_path: Path) -> None:
     with pytest.raises(TreeoptError, match="--depth must be a positive integer"):
         profile_draft_model(tiny_model(), None, other, PROMPTS, tmp_path / "x.json",
                             ProfileSettings(top_k=4, max_new_tokens=4), "tiny", "other", depth=0)
+
+
+STORIES = Path(__file__).resolve().parents[2] / "shared" / "models" / "stories260K"
+
+
+@pytest.mark.skipif(not STORIES.is_dir(), reason="needs ../shared/models/stories260K")
+def test_profile_cli_with_draft_model_feeds_build(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from treeopt.cli import app
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("Once upon a time\nThe cat sat\n", encoding="utf-8")
+    output = tmp_path / "self.json"
+    runner = CliRunner()
+    # The model as its own draft: every depth at rank 0, so build grows the full chain; it
+    # accepts all 4 tokens a step but where the profiled text ends (30 tokens each).
+    result = runner.invoke(app, ["profile", "-m", str(STORIES), "--draft-model", str(STORIES),
+                                 "-d", str(prompts), "-o", str(output), "--max-new-tokens",
+                                 "30", "--top-k", "3", "--depth", "3", "-q"])
+    assert result.exit_code == 0, result.output
+    assert "draft depth 3, top-3" in result.stderr
+    built = runner.invoke(app, ["build", "-p", str(output), "--budget", "4"])
+    assert built.exit_code == 0, built.output
+    assert "3 nodes (4 tokens/step incl. root), depth 3, tokens per decoding step (replayed) " \
+           "3.7500" in built.stderr
+    refused = runner.invoke(app, ["profile", "-m", str(STORIES), "--draft-model", str(STORIES),
+                                  "--heads", "x", "-d", str(prompts), "-o", str(output)])
+    assert refused.exit_code == 2 and "drop --heads" in refused.stderr

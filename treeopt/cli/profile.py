@@ -11,8 +11,9 @@ from typing import Annotated, Any
 
 import typer
 
-from treeopt.cli.options import QuietOption, output_file, output_folder
+from treeopt.cli.options import DraftModelOption, QuietOption, output_file, output_folder
 from treeopt.errors import TreeoptError
+from treeopt.model.draft_profiling import DEFAULT_DRAFT_DEPTH
 
 
 def _positive(option: str, value: float) -> float:
@@ -67,6 +68,8 @@ MaxNewOpt = Annotated[
     int, typer.Option(min=1,
                       help="Greedy continuation length per prompt (clipped to the context).")
 ]
+DepthOpt = Annotated[int, typer.Option(
+    min=1, help="--draft-model: tree depths recorded per position.")]
 BatchOpt = Annotated[int, typer.Option(min=1, help="Sequences per forward pass.")]
 ResumeOpt = Annotated[
     bool, typer.Option(help="Continue the partial results / checkpoint of an interrupted run.")
@@ -101,6 +104,8 @@ def profile(
     device_map: DeviceMapOpt = None,
     resume: ResumeOpt = False,
     quiet: QuietOpt = False,
+    draft_model: DraftModelOption = None,
+    depth: DepthOpt = DEFAULT_DRAFT_DEPTH,
 ) -> None:
     """Measure how well a model's Medusa heads predict its own greedy output.
 
@@ -112,7 +117,11 @@ def profile(
     let build and eval score trees by tokens per decoding step (keep the two files
     together). Interrupted? Rerun with --resume (OUTPUT.partial.npz).
 
+    --draft-model D ranks the true tokens in a draft model's top-k instead (draft trees).
+
     Example: treeopt profile -m vicuna-7b -d question.jsonl --device cuda -o vicuna7b.json
+
+    Example: treeopt profile -m ./vicuna-7b --draft-model ./llama-68m -d q.jsonl -o draft.json
     """
     from treeopt.files.ranks_file import ranks_path
     from treeopt.model.calibration import encode_prompts, read_prompts
@@ -120,10 +129,16 @@ def profile(
     from treeopt.model.profiling import ProfileSettings, profile_model
 
     # Cheap checks first: heads and prompts before the model loads.
-    require_heads(model, heads)
+    if draft_model is not None and heads is not None:
+        raise TreeoptError("--draft-model is profiled instead of Medusa heads: drop --heads")
+    if draft_model is None:
+        require_heads(model, heads)
     texts = read_prompts(data, max_prompts=max_prompts, seed=seed, turns=turns)
     settings = ProfileSettings(top_k=top_k, max_new_tokens=max_new_tokens,
                                include_prompt=include_prompt, batch_size=batch_size)
+    if draft_model is not None:
+        return _profile_draft(model, draft_model, data, output, depth, texts, settings,
+                              chat_template, device, dtype, resume, quiet)
     loaded = load_medusa(model, heads, device=device, dtype=dtype, device_map=device_map,
                          quiet=quiet)
     prompt_ids = encode_prompts(loaded.tokenizer, texts, chat_template=chat_template)
@@ -142,6 +157,28 @@ def profile(
         + f"; rank vectors in {ranks_path(output)}",
         err=True,
     )
+
+
+def _profile_draft(model: str, draft_model: str, data: str, output: Path, depth: int,
+                   texts: list[str], settings: Any, chat_template: bool, device: str,
+                   dtype: str, resume: bool, quiet: bool) -> None:
+    """``profile --draft-model``: load target and draft, profile, print one line."""
+    from treeopt.files.ranks_file import ranks_path
+    from treeopt.model.calibration import encode_prompts
+    from treeopt.model.draft_profiling import profile_draft_model
+    from treeopt.model.loading import load_base_model, resolve_model
+
+    base, tokenizer = load_base_model(model, device=device, dtype=dtype)
+    draft, _ = load_base_model(draft_model, device=device, dtype=dtype)
+    prompt_ids = encode_prompts(tokenizer, texts, chat_template=chat_template)
+    result = profile_draft_model(
+        base, tokenizer, draft, prompt_ids, output, settings, model_id=resolve_model(model)[0],
+        draft_id=draft_model, depth=depth, resume=resume, progress=not quiet,
+        provenance={"dataset": str(data), "dtype": dtype, "chat_template": chat_template},
+    )
+    typer.echo(f"wrote {output}: {result.num_positions} positions from "
+               f"{result.provenance['prompts']} prompts, draft depth {result.num_heads}, "
+               f"top-{result.top_k}; rank vectors in {ranks_path(output)}", err=True)
 
 
 class BackboneLoss(str, Enum):

@@ -131,6 +131,7 @@ def profile_draft_model(
     depth: int = DEFAULT_DRAFT_DEPTH,
     resume: bool = False,
     progress: bool = True,
+    provenance: dict[str, Any] | None = None,
 ) -> Any:
     """Profile ``draft`` as a drafter for ``model``; write and return the Profile.
 
@@ -148,6 +149,7 @@ def profile_draft_model(
     return profile_model(
         model, tokenizer, levels, prompts, output, settings, model_id=model_id,
         heads_id=f"{draft_id} (draft model, depth {depth})", resume=resume, progress=progress,
-        provenance={"drafter": "draft_model", "draft_model": draft_id, "depth": depth},
+        provenance={**(provenance or {}), "drafter": "draft_model", "draft_model": draft_id,
+                    "depth": depth},
         rank_vectors=draft_rank_vectors,
     )
