@@ -145,6 +145,18 @@ ARCHS: dict[str, ArchShape] = {
     "zephyr-7b": ArchShape("zephyr-7b", 4096, 14336, 32, 32, 8, 128, 32000, 4096),
 }
 
+# Draft models of speculative decoding (the Medusa paper's baselines), from their
+# config.json: full multi-head attention for the JackFram drafts, GQA for TinyLlama.
+DRAFT_ARCH_NAMES = ("llama-68m", "llama-160m", "tinyllama-1.1b")
+ARCHS.update({
+    # JackFram/llama-68m
+    "llama-68m": ArchShape("llama-68m", 768, 3072, 2, 12, 12, 64, 32000),
+    # JackFram/llama-160m
+    "llama-160m": ArchShape("llama-160m", 768, 3072, 12, 12, 12, 64, 32000),
+    # TinyLlama/TinyLlama-1.1B-Chat-v1.0 (= Tiny-Vicuna-1B's shape; 4 KV heads)
+    "tinyllama-1.1b": ArchShape("tinyllama-1.1b", 2048, 5632, 22, 32, 4, 64, 32000),
+})
+
 # Fields an HF config must have (the rest have Llama defaults).
 REQUIRED_CONFIG_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers",
                           "num_attention_heads", "vocab_size")
