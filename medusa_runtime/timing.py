@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from medusa_runtime.decode import TreeDecoder
+from medusa_runtime.drafter import Drafter
 from medusa_runtime.heads import MedusaHeads
 from treeopt.core.latency import DEFAULT_REPEATS, DEFAULT_WARMUP
 from treeopt.core.tree import Tree
@@ -122,6 +123,8 @@ def time_verification_step(
     device: torch.device | str | None = None,
     cuda_graph: bool | None = None,
     compile_step: bool = False,
+    tree: Tree | None = None,
+    drafter: Drafter | None = None,
 ) -> dict[str, Any]:
     """Median seconds of one verification step of ``num_tokens`` tokens at ``context``.
 
@@ -133,7 +136,9 @@ def time_verification_step(
     must already be there. ``cuda_graph`` defaults to True on CUDA, falling back
     to eager (``cuda_graph: False`` and ``capture_error`` in the result) if capture
     fails; ``True`` makes that failure an error. ``compile_step`` times the
-    ``torch.compile``d step (compiled before warm-up). Returns a dict
+    ``torch.compile``d step (compiled before warm-up). ``tree`` times that tree
+    instead (its size is ``num_tokens``); with a ``drafter`` instead of heads the
+    step includes its drafting (a draft model's passes). Returns a dict
     with ``median_s``, ``min_s``, ``max_s``, ``samples_s`` and the settings.
     """
     model_device = next(model.parameters()).device
@@ -142,10 +147,12 @@ def time_verification_step(
         raise TreeoptError(f"model is on {model_device}, asked to time on {device}")
     if repeats < 1 or warmup < 0 or context < 1 or batch < 1:
         raise TreeoptError("need repeats >= 1, warmup >= 0, context >= 1 and batch >= 1")
-    num_heads = heads.num_heads if heads is not None else 0
-    tree = representative_tree(num_tokens, num_heads)
+    if tree is None:
+        tree = representative_tree(num_tokens, heads.num_heads if heads is not None else 0)
+    elif tree.num_tokens != num_tokens:
+        raise TreeoptError(f"tree of {tree.num_tokens} tokens timed as {num_tokens}")
     decoder = TreeDecoder(model, heads, tree, context + num_tokens, batch_size=batch,
-                          compile_step=compile_step)
+                          compile_step=compile_step, drafter=drafter)
     generator = torch.Generator(device="cpu").manual_seed(0)
     vocab = decoder.vocab_size
 

@@ -212,3 +212,14 @@ def test_generate_cli_with_draft_model() -> None:
                             "--draft-model drafts instead of Medusa heads")):
         refused = runner.invoke(app, [*common, *extra])
         assert refused.exit_code == 2 and f"error: {message}" in refused.stderr
+
+
+def test_timing_a_draft_step(target: nn.Module, noisy: DraftModelDrafter) -> None:
+    from medusa_runtime.timing import time_verification_step
+
+    for tree in (Tree.chain(0), TREE):
+        timed = time_verification_step(target, None, tree.num_tokens, context=16, warmup=0,
+                                       repeats=2, tree=tree, drafter=noisy)
+        assert timed["tree_paths"] == tree.as_lists() and len(timed["samples_s"]) == 2
+    with pytest.raises(TreeoptError, match="tree of 8 tokens timed as 3"):
+        time_verification_step(target, None, 3, context=16, tree=TREE, drafter=noisy)
