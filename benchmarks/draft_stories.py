@@ -54,11 +54,13 @@ from treeopt.core.tree import Tree  # noqa: E402
 from treeopt.model.draft_profiling import profile_draft_model  # noqa: E402
 from treeopt.model.loading import load_base_model  # noqa: E402
 from treeopt.model.profiling import ProfileSettings, greedy_continuations  # noqa: E402
+from treeopt.optimize.build import build_tree  # noqa: E402
 from treeopt.optimize.draft_tune import DraftPoint, tune_draft  # noqa: E402
 
 CONTEXT = 128  # cached tokens while timing a step: the decoded prompts' scale
 WARMUP, REPEATS = 5, 40  # CPU timings are noisy: many repeats, median
 PROFILE_DEPTH = 6
+MEDUSA_MAX_BUDGET = 8  # cpu_loop.py tuned n* = 4 on these heads; 8 leaves room either side
 # Distillation: full-batch-ish AdamW on ~30k tokens; enough for the loss to settle.
 BATCH, LEARNING_RATE, TEMPERATURE = 16, 3e-3, 1.0
 
@@ -108,7 +110,7 @@ def distill(target: Any, draft: Any, sequences: list[list[int]], epochs: int,
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(rows)
+            total += float(loss.detach()) * len(rows)
             count += len(rows)
         losses.append(total / count)
     draft.eval()
@@ -116,18 +118,23 @@ def distill(target: Any, draft: Any, sequences: list[list[int]], epochs: int,
     return losses
 
 
-def decode_rate(model: Any, tree: Tree, prompts: list[list[int]], eos: int | None,
-                drafter: Any = None, heads: Any = None) -> dict[str, float]:
-    """Decode every prompt (compiled step); tokens/s after the prefill, tokens per step."""
-    tokens = steps = 0
-    seconds = 0.0
+def decode_rates(model: Any, runs: dict[str, tuple[Tree, Any, Any]],
+                 prompts: list[list[int]], eos: int | None) -> dict[str, dict[str, float]]:
+    """Decode every prompt with every setting (compiled step), interleaved prompt by prompt
+    so a busy machine slows all settings alike; tokens/s after the prefill, tokens/step.
+
+    ``runs``: name -> (tree, Medusa heads or None, drafter or None).
+    """
+    totals = {name: [0, 0, 0.0] for name in runs}  # tokens, steps, seconds
     for prompt in prompts:
-        result = generate(model, heads, tree, prompt, e2e.MAX_NEW_TOKENS, eos_token_id=eos,
-                          compile_step=True, drafter=drafter)
-        tokens += len(result.tokens) - 1
-        steps += result.verification_steps
-        seconds += result.wall_time_s - result.prefill_s
-    return {"tokens_per_s": tokens / seconds, "tokens_per_step": tokens / steps}
+        for name, (tree, heads, drafter) in runs.items():
+            result = generate(model, heads, tree, prompt, e2e.MAX_NEW_TOKENS, eos_token_id=eos,
+                              compile_step=True, drafter=drafter)
+            totals[name][0] += len(result.tokens) - 1
+            totals[name][1] += result.verification_steps
+            totals[name][2] += result.wall_time_s - result.prefill_s
+    return {name: {"tokens_per_s": tokens / seconds, "tokens_per_step": tokens / steps}
+            for name, (tokens, steps, seconds) in totals.items()}
 
 
 def point_json(point: DraftPoint) -> dict[str, Any]:
@@ -149,8 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calibration-prompts", type=int, default=120)
     parser.add_argument("--max-gamma", type=int, default=4, help="Longest chain timed.")
     parser.add_argument("--max-budget", type=int, default=6, help="Largest draft tree timed.")
-    parser.add_argument("--heads", type=Path, help="Trained Medusa heads to decode too "
-                        "(e.g. cpu_loop.py's; their tree is built from their own profile).")
+    parser.add_argument("--heads", type=Path, help="Trained Medusa heads to compare with "
+                        "(default: train them as cpu_loop.py does, on the draft's prompts).")
+    parser.add_argument("--no-heads", action="store_true", help="Leave Medusa heads out.")
     args = parser.parse_args(argv)
     if not e2e.STORIES.is_dir():
         parser.error(f"needs {e2e.STORIES}")
@@ -184,35 +192,40 @@ def main(argv: list[str] | None = None) -> int:
         timings["profile_s"] = time.perf_counter() - started
 
     drafter = DraftModelDrafter(draft)
-    step_ms: dict[Tree, float] = {}
-
-    def step_seconds(tree: Tree) -> float:
-        if tree not in step_ms:
-            timed = time_verification_step(model, None, tree.num_tokens, context=CONTEXT,
-                                           warmup=WARMUP, repeats=REPEATS, tree=tree,
-                                           drafter=drafter, compile_step=True)
-            step_ms[tree] = timed["median_s"]
-        return step_ms[tree]
-
     started = time.perf_counter()
-    plain_s = step_seconds(Tree.chain(0))
-    tuned = tune_draft(profile, step_seconds, plain_s, args.max_gamma, args.max_budget,
-                       acceptance_model="joint")
+    candidates = [Tree.chain(gamma) for gamma in range(args.max_gamma + 1)]
+    if args.max_budget >= 2:
+        built = build_tree(profile, args.max_budget, acceptance_model="joint")
+        candidates += [built.tree_at(size) for size in range(2, args.max_budget + 1)]
+    step_s = timed_steps(model, candidates, drafter=drafter)
+    plain_s = step_s[()]
+    tuned = tune_draft(profile, lambda tree: step_s[tree.paths], plain_s, args.max_gamma,
+                       args.max_budget, acceptance_model="joint")
     timings["step_timing_s"] = time.perf_counter() - started
 
+    settings: dict[str, tuple[Tree, Any, Any]] = {
+        "plain": (Tree.chain(0), None, None),
+        "draft chain (tuned gamma)": (tuned.best_chain.tree, None, drafter),
+        "draft tree (tuned)": (tuned.best_tree.tree, None, drafter),
+    }
+    predicted = {"draft chain (tuned gamma)": point_json(tuned.best_chain),
+                 "draft tree (tuned)": point_json(tuned.best_tree)}
+    if not args.no_heads:
+        started = time.perf_counter()
+        heads, tree, figures = medusa_setting(model, tokenizer, args.heads, draft_training_ids,
+                                              calibration_ids)
+        settings["medusa heads (tuned tree)"] = (tree, heads, None)
+        predicted["medusa heads (tuned tree)"] = figures
+        timings["medusa_heads_s"] = time.perf_counter() - started
     started = time.perf_counter()
-    plain = decode_rate(model, Tree.chain(0), held_ids, eos)
-    runs: dict[str, dict[str, Any]] = {"plain": {**plain, "measured_speedup": 1.0}}
-    for name, point in (("draft chain (tuned gamma)", tuned.best_chain),
-                        ("draft tree (tuned)", tuned.best_tree)):
-        run = decode_rate(model, point.tree, held_ids, eos, drafter=drafter)
-        runs[name] = {**point_json(point), "measured_tokens_per_step": run["tokens_per_step"],
-                      "measured_tokens_per_s": run["tokens_per_s"],
-                      "measured_speedup": run["tokens_per_s"] / plain["tokens_per_s"]}
-    if args.heads is not None:
-        runs["medusa heads"] = medusa_run(model, tokenizer, args.heads, calibration_ids,
-                                          held_ids, eos, plain)
+    measured = decode_rates(model, settings, held_ids, eos)
     timings["decode_s"] = time.perf_counter() - started
+    plain = measured["plain"]
+    runs = {name: {**predicted.get(name, {}),
+                   "measured_tokens_per_step": round(run["tokens_per_step"], 4),
+                   "measured_tokens_per_s": round(run["tokens_per_s"], 1),
+                   "measured_speedup": round(run["tokens_per_s"] / plain["tokens_per_s"], 4)}
+            for name, run in measured.items()}
 
     report = {
         "device": f"cpu ({platform.processor() or platform.machine()}), 1 thread",
@@ -239,31 +252,58 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def medusa_run(model: Any, tokenizer: Any, heads_dir: Path, calibration_ids: list[list[int]],
-               held_ids: list[list[int]], eos: int | None,
-               plain: dict[str, float]) -> dict[str, Any]:
-    """Medusa heads on the same prompts: profiled, tuned on timed steps, decoded."""
-    from treeopt import measure_latency, tune_tree
+def timed_steps(model: Any, trees: list[Tree], heads: Any = None, drafter: Any = None,
+                rounds: int = 3) -> dict[tuple, float]:
+    """Seconds of one compiled step per tree (keyed by paths): the least of ``rounds``
+    medians, the rounds interleaved over the trees so a busy machine's bursts fall out."""
+    unique = list({tree.paths: tree for tree in trees}.values())
+    best: dict[tuple, float] = {}
+    for _ in range(rounds):
+        for tree in unique:
+            timed = time_verification_step(model, heads, tree.num_tokens, context=CONTEXT,
+                                           warmup=WARMUP, repeats=REPEATS, tree=tree,
+                                           drafter=drafter, compile_step=True)
+            best[tree.paths] = min(best.get(tree.paths, float("inf")), timed["median_s"])
+    return best
+
+
+def medusa_setting(model: Any, tokenizer: Any, heads_dir: Path | None,
+                   training_ids: list[list[int]], calibration_ids: list[list[int]]
+                   ) -> tuple[Any, Tree, dict[str, Any]]:
+    """Medusa heads (trained as cpu_loop.py does unless given), profiled on the calibration
+    prompts, their tree tuned on timed steps: (heads, tree, predicted figures)."""
+    from treeopt import tune_tree
+    from treeopt.core.latency import LatencyTable
     from treeopt.model.loading import load_heads
     from treeopt.model.profiling import profile_model
+    from treeopt.model.train_heads import TrainSettings, train_heads
 
-    heads = load_heads(str(heads_dir))
     with tempfile.TemporaryDirectory() as tmp:
+        if heads_dir is None:
+            heads_dir = Path(tmp) / "heads"
+            train_heads(model, tokenizer, training_ids, heads_dir,
+                        TrainSettings(epochs=20, learning_rate=1e-2, batch_size=16,
+                                      max_new_tokens=e2e.MAX_NEW_TOKENS, seed=e2e.SEED),
+                        model_id=str(e2e.STORIES), progress=False)
+        heads = load_heads(str(heads_dir))
         profile = profile_model(
             model, tokenizer, heads, calibration_ids, Path(tmp) / "heads.json",
             ProfileSettings(top_k=e2e.TOP_K, max_new_tokens=e2e.MAX_NEW_TOKENS),
-            str(e2e.STORIES), str(heads_dir), progress=False)
-    sizes = [1, 2, 3, 4, 6, 8]
-    table = measure_latency(model, heads, "stories260K", [1], [CONTEXT], sizes, "cpu",
-                            "float32", WARMUP, REPEATS, show_progress=False, compile_step=True)
+            str(e2e.STORIES), "trained heads", progress=False)
+    built = build_tree(profile, MEDUSA_MAX_BUDGET, acceptance_model="joint")
+    step_s = timed_steps(model, [built.tree_at(n) for n in range(1, MEDUSA_MAX_BUDGET + 1)],
+                         heads=heads)
+    table = LatencyTable(
+        {(1, CONTEXT, len(paths) + 1): seconds for paths, seconds in step_s.items()},
+        source="measured", device="cpu", dtype="float32", arch="stories260K",
+        method={"compiled_step": True, "timer": "least of 3 interleaved medians"})
     tuned = tune_tree(profile, table, acceptance_model="joint")
-    run = decode_rate(model, tuned.tree, held_ids, eos, heads=heads)
-    return {"num_tokens": tuned.result.best.num_tokens, "tree": tuned.tree.as_lists(),
-            "predicted_tokens_per_step": round(tuned.score, 4),
-            "predicted_speedup": round(tuned.result.best.speedup, 4),
-            "measured_tokens_per_step": run["tokens_per_step"],
-            "measured_tokens_per_s": run["tokens_per_s"],
-            "measured_speedup": run["tokens_per_s"] / plain["tokens_per_s"]}
+    best = tuned.result.best
+    return heads, tuned.tree, {
+        "num_tokens": best.num_tokens, "tree": tuned.tree.as_lists(),
+        "predicted_tokens_per_step": round(tuned.score, 4),
+        "step_ms": round(step_s[tuned.tree.paths] * 1e3, 4),
+        "predicted_speedup": round(best.speedup, 4)}
 
 
 if __name__ == "__main__":
