@@ -55,7 +55,7 @@ from treeopt.model.draft_profiling import profile_draft_model  # noqa: E402
 from treeopt.model.loading import load_base_model  # noqa: E402
 from treeopt.model.profiling import ProfileSettings, greedy_continuations  # noqa: E402
 from treeopt.optimize.build import build_tree  # noqa: E402
-from treeopt.optimize.draft_tune import DraftPoint, tune_draft  # noqa: E402
+from treeopt.optimize.draft_tune import DraftPoint, best_draft_point, tune_draft  # noqa: E402
 
 CONTEXT = 128  # cached tokens while timing a step: the decoded prompts' scale
 WARMUP, REPEATS = 5, 40  # CPU timings are noisy: many repeats, median
@@ -210,6 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     predicted = {"draft chain (tuned gamma)": point_json(tuned.best_chain),
                  "draft tree (tuned)": point_json(tuned.best_tree)}
+    # When the tuned tree is a chain, also decode the best tree that branches (rank > 0).
+    branching = [p for p in tuned.trees if any(path[-1] for path in p.tree.paths)]
+    if branching and not any(path[-1] for path in tuned.best_tree.tree.paths):
+        best_branching = best_draft_point(branching)
+        settings["draft tree (best branching)"] = (best_branching.tree, None, drafter)
+        predicted["draft tree (best branching)"] = point_json(best_branching)
     if not args.no_heads:
         started = time.perf_counter()
         heads, tree, figures = medusa_setting(model, tokenizer, args.heads, draft_training_ids,

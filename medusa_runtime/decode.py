@@ -47,7 +47,7 @@ from medusa_runtime.architectures import (
     text_config,
 )
 from medusa_runtime.buffers import tree_buffers
-from medusa_runtime.drafter import Drafter, MedusaHeadsDrafter
+from medusa_runtime.drafter import Drafter, MedusaHeadsDrafter, fill_random_context
 from medusa_runtime.heads import MedusaHeads
 from treeopt.core.tree import Tree
 from treeopt.errors import TreeoptError, first_line
@@ -249,13 +249,8 @@ class TreeDecoder:
             raise TreeoptError(f"context {context} + {self.num_tokens} tree tokens exceed the "
                                f"cache of {self.max_cache_len}")
         check_positions(self.model, context + self.tree.depth)
-        for layer in self.cache.layers:
-            layer.keys.normal_(std=std)
-            layer.values.normal_(std=std)
-        self.write_length.fill_(context)
-        self.row_lengths.fill_(context)
-        self.valid.zero_()
-        self.valid[:, :context] = True
+        fill_random_context(self.cache, self.write_length, self.row_lengths, self.valid,
+                            context, std)
         self.key_positions.copy_(self.slots)
         self.draft.fill_context(context, std)
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -52,6 +53,23 @@ from treeopt.errors import TreeoptError
 # Slot alignment of the draft's cache (the target's reason: SDPA's fused kernels want
 # 16-byte aligned mask rows, and 64 slots of any float dtype are).
 DRAFT_CACHE_SLOT_ALIGNMENT = 64
+
+
+def fill_random_context(cache: Any, write_length: torch.Tensor, row_lengths: torch.Tensor,
+                        valid: torch.Tensor, context: int, std: float) -> None:
+    """Make every row of ``cache`` hold ``context`` contiguous tokens of random keys/values.
+
+    For timing a step at a context length without decoding that far: no holes, values
+    never zero (zeros can run faster than real data). The target's and the draft's
+    caches share this layout (``write_length``, ``row_lengths``, ``valid``).
+    """
+    for layer in cache.layers:
+        layer.keys.normal_(std=std)
+        layer.values.normal_(std=std)
+    write_length.fill_(context)
+    row_lengths.fill_(context)
+    valid.zero_()
+    valid[:, :context] = True
 
 
 class DraftSession(ABC):
@@ -276,13 +294,8 @@ class _DraftModelSession(DraftSession):
     def fill_context(self, context: int, std: float) -> None:
         if self.depth == 0:
             return  # the root-only tree never runs the draft (its cache stays unallocated)
-        for layer in self.cache.layers:
-            layer.keys.normal_(std=std)
-            layer.values.normal_(std=std)
-        self.write_length.fill_(context)
-        self.row_lengths.fill_(context)
-        self.valid.zero_()
-        self.valid[:, :context] = True
+        fill_random_context(self.cache, self.write_length, self.row_lengths, self.valid,
+                            context, std)
         self.accept_length.zero_()
 
     # ------------------------------------------------------------ forward
