@@ -13,7 +13,7 @@ import typer
 
 from treeopt.cli.options import DraftModelOption, QuietOption, output_file, output_folder
 from treeopt.errors import TreeoptError
-from treeopt.model.draft_profiling import DEFAULT_DRAFT_DEPTH
+from treeopt.optimize.draft_tune import DEFAULT_DRAFT_DEPTH
 
 
 def _positive(option: str, value: float) -> float:

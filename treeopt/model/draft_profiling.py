@@ -32,10 +32,7 @@ from treeopt.model.profiling import (
     profile_model,
     ranks_in_top_k,
 )
-
-# Depths recorded by default: deeper than any draft chain or tree worth verifying
-# (the Medusa paper's best gamma is 3-4; trees rarely pass depth 6 at useful budgets).
-DEFAULT_DRAFT_DEPTH = 8
+from treeopt.optimize.draft_tune import DEFAULT_DRAFT_DEPTH
 
 
 @dataclass(frozen=True)

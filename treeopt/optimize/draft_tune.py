@@ -25,6 +25,11 @@ from treeopt.optimize.acceptance_models import expected_accept_length
 from treeopt.optimize.build import MIN_BUDGET, build_tree
 from treeopt.optimize.replay import tokens_per_step
 
+# Depths a draft profile records by default: deeper than any draft chain or tree worth
+# verifying (the Medusa paper's best gamma is 3-4; trees rarely pass depth 6 at useful
+# budgets), and a draft profile costs one teacher-forced pass whatever the depth.
+DEFAULT_DRAFT_DEPTH = 8
+
 
 @dataclass(frozen=True)
 class DraftPoint:
