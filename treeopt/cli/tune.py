@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from treeopt.core.latency import LatencyTable
     from treeopt.model.study import StudyOutcome
     from treeopt.optimize.tune import BatchBest, TuneResult
+    from treeopt.workflows.tuning import DraftTuneOutcome, DraftTuneSettings
 
 DEFAULT_BATCHES = "1,4,16,64"
 DEFAULT_CONTEXTS = "128,1024,4096"
@@ -171,6 +172,24 @@ StorageOption = Annotated[str | None, typer.Option(
 StudyNameOption = Annotated[str, typer.Option(help="--measure: study name in the storage.")]
 StudyDeviceOption = Annotated[str, typer.Option(help="--measure: cuda or cpu.")]
 StudyDtypeOption = Annotated[str, typer.Option(help="--measure: auto, bf16, fp16 or fp32.")]
+DraftArchOption = Annotated[str | None, typer.Option(
+    "--draft-arch",
+    help="Tune a draft model instead of Medusa heads: the draft's shape (llama-68m, "
+         "llama-160m, tinyllama-1.1b, ... or a config.json / model folder); -p is its "
+         "`treeopt profile --draft-model` profile. Step times are the roofline's prediction.")]
+TargetArchOption = Annotated[str | None, typer.Option(
+    "--arch", help="--draft-arch: the target's shape (llama-7b, ... or a config.json).")]
+DraftGpuOption = Annotated[str | None, typer.Option(
+    "--gpu", help="--draft-arch: GPU to predict for (a slug from 'roofline --list-gpus', "
+                  "auto, or a GPU JSON file).")]
+MaxGammaOption = Annotated[int | None, typer.Option(
+    "--max-gamma", min=0, help="--draft-arch: longest chain scored (default: the profile's "
+                               "depth).")]
+KernelOverheadOption = Annotated[float, typer.Option(
+    "--kernel-overhead-us", min=0.0,
+    help="--draft-arch: fixed cost per operator on top of the datasheet roofline (~10 for "
+         "eager PyTorch launches; it is what makes a tiny draft's pass cost more than "
+         "its bytes).")]
 
 
 def tune(
@@ -196,6 +215,11 @@ def tune(
     study_name: StudyNameOption = "treeopt-tune",
     device: StudyDeviceOption = "cuda",
     dtype: StudyDtypeOption = "auto",
+    draft_arch: DraftArchOption = None,
+    arch: TargetArchOption = None,
+    gpu: DraftGpuOption = None,
+    max_gamma: MaxGammaOption = None,
+    kernel_overhead_us: KernelOverheadOption = 0.0,
 ) -> None:
     """Pick the tree size with the best predicted speedup for your GPU and batch.
 
@@ -213,9 +237,28 @@ def tune(
       treeopt tune --latency lat.json --engine vllm-medusa -o chain.json
       treeopt tune --measure --model vicuna-7b --prompts question.jsonl \\
           --storage sqlite:///study.db --trials 30 -o tree.json
+      treeopt tune -p draft.json --draft-arch llama-68m --arch llama-7b \\
+          --gpu a100-80gb-sxm --batch 1 --context 1024 -o draft-tree.json
+
+    With --draft-arch it tunes a draft model: every chain of gamma draft tokens and
+    every draft tree `build` grows from the draft profile, each step (the draft's
+    passes + the target's verification) predicted on the roofline; it writes the best
+    chain or tree for `generate --draft-model D --tree`.
     """
     from treeopt.workflows import tuning
 
+    draft_only = {"--arch": arch, "--gpu": gpu, "--max-gamma": max_gamma,
+                  "--kernel-overhead-us": kernel_overhead_us or None}
+    if draft_arch is not None:
+        others = {"--latency": latency, "--measure": measure or None, "--engine": engine,
+                  "--curve": curve, "--plot": plot}
+        _refuse([name for name, value in others.items() if value], "with --draft-arch")
+        _print_draft(tuning.tune_draft_to_file(_draft_settings(
+            profile, draft_arch, arch, gpu, batch, context, max_gamma, max_budget,
+            acceptance_model.value, kernel_overhead_us, output)), output)
+        return
+    _refuse([name for name, value in draft_only.items() if value is not None],
+            "without --draft-arch (they tune a draft model: see --help)")
     if measure:
         if engine is not None:
             raise TreeoptError("--engine applies to tuning by a latency file, not --measure")
@@ -239,6 +282,64 @@ def tune(
             typer.echo(f"wrote {written}", err=True)
     if output is not None:
         typer.echo(f"wrote {output}: {result.best.num_tokens} tokens/step", err=True)
+
+
+def _refuse(options: list[str], reason: str) -> None:
+    if options:
+        raise TreeoptError(f"{', '.join(options)} cannot be used {reason}")
+
+
+def _draft_settings(profile: str | None, draft_arch: str, arch: str | None, gpu: str | None,
+                    batch: int | None, context: int | None, max_gamma: int | None,
+                    max_budget: int | None, acceptance_model: str, kernel_overhead_us: float,
+                    output: Path | None) -> DraftTuneSettings:
+    """The draft-tuning settings, after the checks of what only the CLI knows."""
+    from treeopt.optimize.draft_tune import DEFAULT_DRAFT_BUDGET
+    from treeopt.workflows.tuning import DraftTuneSettings
+
+    if profile is None:
+        raise TreeoptError("--draft-arch needs -p DRAFT_PROFILE (from `treeopt profile "
+                           "--draft-model`)")
+    if arch is None or gpu is None:
+        raise TreeoptError("--draft-arch needs --arch (the target's shape, e.g. llama-7b) "
+                           "and --gpu (e.g. a100-80gb-sxm)")
+    return DraftTuneSettings(
+        profile, draft_arch, arch, gpu, 1 if batch is None else batch,
+        DEFAULT_CONTEXT if context is None else context, max_gamma,
+        DEFAULT_DRAFT_BUDGET if max_budget is None else max_budget, acceptance_model,
+        kernel_overhead_us, output, say=_say)
+
+
+def _print_draft(outcome: DraftTuneOutcome, output: Path | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    result = outcome.result
+    settings = outcome.provenance
+    view = Table(title=f"Draft model {settings['draft_arch']} for {settings['target_arch']}, "
+                       f"batch {settings['batch']}, context {settings['context']}: all "
+                       f"predicted ({outcome.cost_label})")
+    for column in ("draft", "n", "passes", "tokens/step", "step ms", "speedup"):
+        view.add_column(column, justify="right")
+    best = result.best
+    rows = [(f"gamma {p.draft_passes}" if p.draft_passes else "plain", p)
+            for p in result.chains]
+    if result.trees:
+        rows.append(("best tree", result.best_tree))
+    for name, point in rows:
+        view.add_row(name, str(point.num_tokens), str(point.draft_passes),
+                     f"{point.expected_accept_length:.3f}", f"{point.step_seconds * 1e3:.3f}",
+                     f"{point.speedup:.3f}x", style="bold green" if point is best else None)
+    console = Console()
+    console.print(view)
+    kind = f"chain gamma = {settings['gamma']}" if settings["kind"] == "chain" else \
+        f"tree of {best.num_tokens} tokens, depth {best.draft_passes}"
+    console.print(f"best: {kind}, predicted {best.expected_accept_length:.3f} tokens/step, "
+                  f"step {best.step_seconds * 1e3:.3f} ms, predicted speedup "
+                  f"{best.speedup:.3f}x")
+    if output is not None:
+        typer.echo(f"wrote {output}: {settings['kind']}, {best.num_tokens} tokens/step "
+                   f"(use: treeopt generate --draft-model D --tree {output})", err=True)
 
 
 def _print_vllm_config(chain: int, batch: int, schedule: object) -> None:

@@ -29,6 +29,10 @@ from treeopt.optimize.replay import tokens_per_step
 # verifying (the Medusa paper's best gamma is 3-4; trees rarely pass depth 6 at useful
 # budgets), and a draft profile costs one teacher-forced pass whatever the depth.
 DEFAULT_DRAFT_DEPTH = 8
+# Largest draft tree (tokens per step, root included) `tune` builds by default: over three
+# times the paper's best chain (gamma 4, 5 tokens), room for top-k branches on its levels,
+# while a 7B target's verification of it stays memory-bound at batch 1 on a GPU.
+DEFAULT_DRAFT_BUDGET = 16
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""``treeopt tune`` as one call each: by a latency table (predicted speedup) or by measurement.
+"""``treeopt tune`` as one call each: by a latency table (predicted speedup), by measurement,
+or for a draft model (:func:`tune_draft_to_file`, roofline step times).
 
 :func:`tune_to_files` reads the latency table(s) and the profile, picks the tree
 size of best predicted speedup (:func:`treeopt.optimize.tune.tune_tree`) and
@@ -9,14 +10,17 @@ writes the curve, its plot and the tree, with provenance.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from treeopt.core.latency import LatencyTable, latency_warnings
+from treeopt.core.latency import DEFAULT_CONTEXT, LatencyTable, latency_warnings
+from treeopt.core.tree import Tree
 from treeopt.errors import TreeoptError
 from treeopt.files.shipped import DEFAULT_PROFILE
+from treeopt.optimize.draft_tune import DEFAULT_DRAFT_BUDGET, DraftTuneResult
 from treeopt.optimize.tune import BatchBest, TunedTree, TuneResult
 from treeopt.workflows.provenance import provenance
 
@@ -191,3 +195,108 @@ def tune_by_measurement(settings: MeasuredTuneSettings) -> StudyOutcome:
             measured_acceleration_rate=round(outcome.acceleration_rate, 4),
             trials=outcome.num_trials, storage=settings.storage))
     return outcome
+
+
+@dataclass(frozen=True)
+class DraftTuneSettings:
+    """What :func:`tune_draft_to_file` tunes: a draft profile, the two shapes, the GPU."""
+
+    profile: str
+    draft_arch: str
+    target_arch: str
+    gpu: str
+    batch: int = 1
+    context: int = DEFAULT_CONTEXT
+    max_gamma: int | None = None
+    max_budget: int = DEFAULT_DRAFT_BUDGET
+    acceptance_model: str = "independent"
+    kernel_overhead_us: float = 0.0
+    output: Path | None = None
+    say: Callable[[str], None] = _quiet  # a warning when the profile is not a draft model's
+
+
+@dataclass(frozen=True)
+class DraftTuneOutcome:
+    """The scored chains and trees (all predicted), the chosen one and its provenance."""
+
+    result: DraftTuneResult
+    cost_label: str  # what predicted the step times
+    provenance: dict[str, Any]
+
+
+def draft_step_predictor(settings: DraftTuneSettings) -> tuple[Callable[[Tree], float], str]:
+    """``step_seconds(tree)`` of a draft step on the roofline, and a label of the ceilings.
+
+    ``kernel_overhead_us`` charges a fixed cost per operator (eager launches) on top of
+    the GPU's datasheet ceilings, as ``benchmarks/draft_gamma_table.py`` does.
+    """
+    from treeopt.cost.arch import get_arch
+    from treeopt.cost.drafts import predict_draft_step
+    from treeopt.cost.roofline import DeviceProfile
+    from treeopt.workflows.devices import gpu_spec
+
+    if not 0.0 <= settings.kernel_overhead_us < math.inf:
+        raise TreeoptError(f"--kernel-overhead-us must be >= 0, not {settings.kernel_overhead_us}")
+    if settings.batch < 1:
+        raise TreeoptError(f"--batch must be positive, not {settings.batch}")
+    if settings.context < 0:
+        raise TreeoptError(f"--context must be >= 0, not {settings.context}")
+    draft, target = get_arch(settings.draft_arch), get_arch(settings.target_arch)
+    gpu = gpu_spec(settings.gpu)
+    label = f"{gpu.name} datasheet roofline"
+    device = None
+    if settings.kernel_overhead_us:
+        label += f" + {settings.kernel_overhead_us:g} us/operator"
+        device = DeviceProfile(label, gpu.peak_tflops, gpu.bandwidth_gbs,
+                               settings.kernel_overhead_us)
+
+    def step_seconds(tree: Tree) -> float:
+        return predict_draft_step(target, draft, tree, gpu, settings.batch, settings.context,
+                                  device_profile=device).step_s
+
+    return step_seconds, label
+
+
+def tune_draft_to_file(settings: DraftTuneSettings) -> DraftTuneOutcome:
+    """Score every draft chain and built draft tree on the roofline; write the best one.
+
+    The best of the best chain and the best tree (:attr:`DraftTuneResult.best`) is
+    written as ``treeopt.tree/1`` with its provenance (shapes, GPU, setting, gamma for a
+    chain, predicted figures). Raises TreeoptError, before writing, on bad input or when
+    a tree file is asked for and nothing beats plain decoding.
+    """
+    from treeopt.files.profile_file import load_profile
+    from treeopt.optimize.draft_tune import tune_draft
+
+    step_seconds, label = draft_step_predictor(settings)
+    if settings.max_budget < 0:
+        raise TreeoptError(f"--max-budget must be >= 0 (0 or 1: chains only), not "
+                           f"{settings.max_budget}")
+    profile = load_profile(settings.profile)
+    if profile.provenance.get("drafter") != "draft_model":
+        settings.say(f"warning: {settings.profile} was not made by `treeopt profile "
+                     f"--draft-model`: its ranks are read as a draft model's")
+    result = tune_draft(profile, step_seconds, step_seconds(Tree.chain(0)), settings.max_gamma,
+                        settings.max_budget, settings.acceptance_model)
+    best = result.best
+    if settings.output is not None and best.num_tokens == 1:
+        raise TreeoptError(f"no draft chain or tree beats plain decoding at batch "
+                           f"{settings.batch}, context {settings.context} (predicted): "
+                           f"nothing to write")
+    is_chain = best.tree == Tree.chain(best.draft_passes)
+    facts = provenance(
+        tool="treeopt tune --draft-arch", profile=settings.profile,
+        drafter=profile.provenance.get("drafter"), draft_model=profile.provenance.get(
+            "draft_model"), draft_arch=settings.draft_arch, target_arch=settings.target_arch,
+        gpu=settings.gpu, cost=f"predicted: {label}", batch=settings.batch,
+        context=settings.context, acceptance_model=settings.acceptance_model,
+        kind="chain" if is_chain else "tree", gamma=best.draft_passes if is_chain else None,
+        draft_passes=best.draft_passes, budget=best.num_tokens,
+        predicted_tokens_per_step=round(best.expected_accept_length, 4),
+        predicted_step_ms=round(best.step_seconds * 1e3, 4),
+        predicted_speedup=round(best.speedup, 4))
+    if settings.output is not None:
+        from treeopt.files.tree_file import write_tree
+
+        write_tree(settings.output, best.tree, best.expected_accept_length, facts)
+    return DraftTuneOutcome(result, label, facts)
