@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from treeopt.core.latency import LatencyTable
     from treeopt.model.study import StudyOutcome
     from treeopt.optimize.tune import BatchBest, TuneResult
-    from treeopt.workflows.tuning import DraftTuneOutcome, DraftTuneSettings
+    from treeopt.workflows.tuning import DraftTuneOutcome, DraftTuneSettings, TuneOutcome
 
 DEFAULT_BATCHES = "1,4,16,64"
 DEFAULT_CONTEXTS = "128,1024,4096"
@@ -234,7 +234,6 @@ def tune(
       treeopt overhead --predict --arch llama-7b --gpu h100-sxm -o lat.json
       treeopt tune --latency lat.json --batch 1 -o tree.json --plot tune.png
       treeopt tune --latency lat.json --engine vllm-medusa -o chain.json
-      treeopt tune --latency lat.json --engine vllm-medusa -o chain.json
       treeopt tune --measure --model vicuna-7b --prompts question.jsonl \\
           --storage sqlite:///study.db --trials 30 -o tree.json
       treeopt tune -p draft.json --draft-arch llama-68m --arch llama-7b \\
@@ -272,6 +271,12 @@ def tune(
         list(latency or []), profile or DEFAULT_PROFILE, batch, context, max_budget,
         acceptance_model.value, None if engine is None else engine.value, output, curve, plot,
         say=_say))
+    _print_tuned(outcome, curve, plot, output)
+
+
+def _print_tuned(outcome: TuneOutcome, curve: Path | None, plot: Path | None,
+                 output: Path | None) -> None:
+    """Tuning by a latency table: its speedup table, the batch view, what was written."""
     table, result = outcome.table, outcome.tuned.result
     _print_tune_table(result, table)
     _print_batch_view(outcome.batches, result.context)
