@@ -24,6 +24,7 @@ from treeopt.core.latency import DEFAULT_CONTEXT, DEFAULT_REPEATS, DEFAULT_WARMU
 from treeopt.cost.roofline import MEDUSA_NUM_HEADS
 from treeopt.errors import TreeoptError
 from treeopt.files.shipped import DEFAULT_PROFILE
+from treeopt.optimize.draft_tune import DEFAULT_DRAFT_BUDGET
 
 if TYPE_CHECKING:
     from treeopt.core.latency import LatencyTable
@@ -131,12 +132,14 @@ TuneProfileOption = Annotated[str | None, typer.Option(
     "--profile", "-p", help=f"Acceptance profile: file or shipped name (default "
                             f"{DEFAULT_PROFILE}; --measure needs the model's own).")]
 TuneBatchOption = Annotated[int | None, typer.Option(
-    help="Batch size to tune for (default: the smallest in the latency file).")]
+    help="Batch size to tune for (default: the smallest in the latency file; "
+         "--draft-arch: 1).")]
 TuneContextOption = Annotated[int | None, typer.Option(
     help=f"Context length to tune for (default: the file's nearest to {DEFAULT_CONTEXT}).")]
 MaxBudgetOption = Annotated[int | None, typer.Option(
     help="Largest tree (tokens/step, root included) to consider (default: the largest "
-         "size the latency file covers; never extrapolated).")]
+         "size the latency file covers; never extrapolated. --draft-arch: the largest "
+         f"draft tree, default {DEFAULT_DRAFT_BUDGET}; 1 scores chains only).")]
 TuneAcceptanceOption = Annotated[AcceptanceChoice, typer.Option(
     "--acceptance-model", "-a", "--model-of-acceptance",
     help="Builder's acceptance model (see `treeopt build --help`).")]
@@ -299,7 +302,6 @@ def _draft_settings(profile: str | None, draft_arch: str, arch: str | None, gpu:
                     max_budget: int | None, acceptance_model: str, kernel_overhead_us: float,
                     output: Path | None) -> DraftTuneSettings:
     """The draft-tuning settings, after the checks of what only the CLI knows."""
-    from treeopt.optimize.draft_tune import DEFAULT_DRAFT_BUDGET
     from treeopt.workflows.tuning import DraftTuneSettings
 
     if profile is None:
