@@ -283,7 +283,7 @@ def tune_draft_to_file(settings: DraftTuneSettings) -> DraftTuneOutcome:
         raise TreeoptError(f"no draft chain or tree beats plain decoding at batch "
                            f"{settings.batch}, context {settings.context} (predicted): "
                            f"nothing to write")
-    is_chain = best.tree == Tree.chain(best.draft_passes)
+    is_chain = best.tree.paths == Tree.chain(best.draft_passes).paths  # by shape alone
     facts = provenance(
         tool="treeopt tune --draft-arch", profile=settings.profile,
         drafter=profile.provenance.get("drafter"), draft_model=profile.provenance.get(
