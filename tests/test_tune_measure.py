@@ -97,3 +97,20 @@ def test_study_profile_of_a_registry_model_is_its_shipped_one_said_aloud(capsys)
     assert "profile: vicuna-7b (shipped" in capsys.readouterr().err
     with pytest.raises(TreeoptError, match="give the profile of"):
         study_profile(None, "./m")
+
+
+# README walk: a prompt too long for the context was an optuna traceback mid-study.
+def test_study_drops_prompts_too_long_for_the_context_before_any_trial(tiny, capsys):
+    from treeopt.core.profile import Profile
+    from treeopt.model.study import StudyConfig, run_study
+
+    model, heads = tiny  # 256 positions, 3 heads
+    profile = Profile.from_cumulative_accuracy([[0.6, 0.7], [0.4, 0.5]])
+    config = StudyConfig(trials=1, seed=0, max_budget=4, max_new_tokens=6)
+    too_long = [1] * 250  # 250 + 6 new tokens + a 2-deep tree passes 256
+    outcome = run_study(model, heads, [too_long, [1, 5, 9]], profile, config,
+                        show_progress=False)
+    assert outcome.num_trials == 1 and outcome.tokens_per_second > 0
+    assert "dropped 1 of 2 prompts too long" in capsys.readouterr().err
+    with pytest.raises(TreeoptError, match="no calibration prompt leaves room"):
+        run_study(model, heads, [too_long], profile, config, show_progress=False)

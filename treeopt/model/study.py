@@ -62,7 +62,10 @@ def run_study(model: Any, heads: Any, prompts: Sequence[Sequence[int]], profile:
     Objective: total new tokens / total wall time over ``prompts`` (token ids),
     maximized. Guarantees the returned tree is the one the best trial measured.
     Parameters the profile cannot build a tree for are pruned, never an error; a
-    study with no feasible trial is a one-line TreeoptError.
+    study with no feasible trial is a one-line TreeoptError. Prompts that leave no
+    room in the model's context for ``max_new_tokens`` and the deepest tree are
+    dropped before any trial (said on stderr), as ``profile`` and ``autotune`` do;
+    none left is a one-line TreeoptError.
     """
     import torch
 
@@ -77,6 +80,7 @@ def run_study(model: Any, heads: Any, prompts: Sequence[Sequence[int]], profile:
     if not prompts:
         raise TreeoptError("--measure needs at least one calibration prompt")
     max_depth = min(profile.num_heads, heads.num_heads)
+    prompts = prompts_with_room(model, prompts, config.max_new_tokens, max_depth)
 
     def tree_for(params: dict[str, Any]) -> Any:
         return build_tree(profile, params["budget"], acceptance_model=config.acceptance_model,
@@ -130,6 +134,33 @@ def run_study(model: Any, heads: Any, prompts: Sequence[Sequence[int]], profile:
         tree=built.tree, expected_accept_length=built.expected_accept_length,
         num_trials=len(study.trials), pruned_trials=pruned,
     )
+
+
+def prompts_with_room(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                      max_depth: int) -> list[Sequence[int]]:
+    """The prompts whose decoding, ``max_new_tokens`` with trees up to ``max_depth`` deep,
+    stays inside the model's context; the rest dropped with one stderr line.
+
+    Checked here, before any trial, so a too-long prompt is not an optuna traceback
+    in the middle of the study. None left is a one-line TreeoptError.
+    """
+    from treeopt.model.profiling import max_positions
+
+    context = max_positions(model)
+    if context is None:
+        return list(prompts)
+    room = context - max_new_tokens - max_depth  # the runtime's last position stays < context
+    kept = [prompt for prompt in prompts if len(prompt) <= room]
+    if not kept:
+        raise TreeoptError(
+            f"no calibration prompt leaves room for --max-new-tokens {max_new_tokens} and a "
+            f"{max_depth}-deep tree in the model's {context}-token context (lower "
+            "--max-new-tokens or give shorter prompts)")
+    if len(kept) < len(prompts):
+        print(f"note: dropped {len(prompts) - len(kept)} of {len(prompts)} prompts too long "
+              f"for --max-new-tokens {max_new_tokens} in the model's {context}-token context",
+              file=sys.stderr)
+    return kept
 
 
 def open_study(config: StudyConfig) -> Any:
