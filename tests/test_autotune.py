@@ -206,3 +206,14 @@ def test_ctrl_c_is_one_line_naming_the_stage(tmp_path: Path, monkeypatch) -> Non
     assert result.stderr.splitlines() == [
         "interrupted in stage build: rerun the same command to continue (finished stages "
         "are kept)"]
+
+
+def test_an_absent_device_fails_before_the_folder_is_made(tmp_path: Path) -> None:
+    """README walk: `--device cuda` on a CPU machine left a state file behind, so the
+    rerun with `--device cpu` was refused as 'a run made with other settings'."""
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA")
+    with pytest.raises(TreeoptError, match="no CUDA device is visible"):
+        autotune(settings(tmp_path, device="cuda"), log=lambda line: None)
+    assert not (tmp_path / "out").exists()

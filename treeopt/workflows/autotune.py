@@ -238,10 +238,11 @@ def autotune(settings: AutotuneSettings,
     if settings.gpu is None and settings.dtype not in ("auto", "float32", "fp32", "float16",
                                                        "fp16", "bfloat16", "bf16"):
         raise TreeoptError(f"--dtype must be auto, fp32, fp16 or bf16, not {settings.dtype!r}")
-    if settings.heads is None:
-        from treeopt.model.loading import require_heads
+    from treeopt.model.loading import require_heads, resolve_device
 
+    if settings.heads is None:
         require_heads(settings.model, None)
+    resolve_device(settings.device)  # no CUDA here: one line, and no folder left behind
     directory.mkdir(parents=True, exist_ok=True)
     if not state_path(directory).exists():  # a continued run's folder is left untouched
         _write_state(directory, state)
