@@ -211,18 +211,19 @@ def export_tree(
 
     medusa: Medusa's medusa_choices (Python list literal). trtllm: TensorRT-LLM
     medusa_choices JSON (LLM API, TensorRT-engine backend; checked against its
-    limits). trtllm-triton: the same in the Triton backend's config.pbtxt brace form
-    ({0}, {0, 0}, ...). vllm: vLLM's old speculative_token_tree (removed upstream;
-    refused unless every node at a level has the same number of children).
-    vllm-medusa: vLLM's --speculative-config for a top-1 chain. eagle: EAGLE-1
-    tree_choices. When the target's current release no longer takes a static tree,
-    a one-line warning goes to stderr (README: "Engines as they are today").
+    limits). trtllm-triton: the same in the Triton backend's config.pbtxt brace
+    form ({0}, {0, 0}, ...). vllm: vLLM's old speculative_token_tree (removed
+    upstream; refused unless every node at a level has the same number of
+    children). vllm-medusa: vLLM's --speculative-config for a top-1 chain. eagle:
+    EAGLE-1 tree_choices. When the target's current release no longer takes a
+    static tree, a one-line warning goes to stderr (README: "Engines as they are
+    today").
 
     \b
     Examples:
       treeopt export tree.json --to trtllm -o medusa_choices.json
-      treeopt export tree.json --to trtllm-triton     # config.pbtxt medusa_choices
-      treeopt export chain.json --to vllm-medusa      # from build --engine vllm-medusa
+      treeopt export tree.json --to trtllm-triton   # for config.pbtxt
+      treeopt export chain.json --to vllm-medusa    # chain from build --engine
     """
     from treeopt.core.atomic import atomic_write_text
     from treeopt.files.engines import export_text, nonuniform_levels, static_tree_warning
@@ -266,7 +267,8 @@ def import_tree(
 
     \b
     Examples:
-      treeopt import medusa_choices.py --from medusa --name mc_sim_7b_63 -o tree.json
+      treeopt import medusa_choices.py --from medusa --name mc_sim_7b_63 \\
+          -o tree.json
       treeopt import choices.json --from trtllm --num-heads 5 -o tree.json
     """
     from treeopt.files.engines import import_text

@@ -104,8 +104,9 @@ def autotune(
     rounds: RoundsOption = DEFAULT_DECODE_ROUNDS,
     quiet: QuietOption = False,
 ) -> None:
-    """Profile, build, time, tune, export and report: the best tree for your model,
-    heads, GPU, batch sizes and engine, in one command.
+    """Profile, build, time, tune, export and report the best tree, in one command.
+
+    The best tree for your model, heads, GPU, batch sizes and engine.
 
     Stages: profile -> build (with a held-out check) -> latency (measured here, or
     predicted for --gpu) -> tune (per batch size) -> export -> verify (decode the
@@ -114,9 +115,12 @@ def autotune(
 
     \b
     Examples:
-      treeopt autotune -m ./stories260K --heads heads/ -d question.jsonl --device cpu -o out/
-      treeopt autotune -m vicuna-7b -d question.jsonl --batch 1,4,16 --engine trtllm -o out/
-      treeopt autotune -m vicuna-7b -d question.jsonl --gpu h100-sxm --arch llama-7b -o out/
+      treeopt autotune -m ./stories260K --heads heads/ -d question.jsonl \\
+          --device cpu -o out/
+      treeopt autotune -m vicuna-7b -d question.jsonl --batch 1,4,16 \\
+          --engine trtllm -o out/
+      treeopt autotune -m vicuna-7b -d question.jsonl --gpu h100-sxm \\
+          --arch llama-7b -o out/
     """
     from treeopt.workflows.autotune import autotune as run_autotune
     from treeopt.workflows.autotune import settings_from

@@ -202,9 +202,10 @@ def eval_trees(
     most faithful model the profile supports (blend, joint, then independent).
 
     With --holdout F --seed S the trees are scored on the held-out prompts, and an
-    "in-sample-N" row adds the tree built on those very prompts by position average:
-    the ceiling of E[accept] for any N-token tree, not of replayed tokens per step.
-    Build the contender on the other part with treeopt build --holdout F --seed S.
+    "in-sample-N" row adds the tree built on those very prompts by position
+    average: the ceiling of E[accept] for any N-token tree, not of replayed tokens
+    per step. Build the contender on the other part with treeopt build --holdout F
+    --seed S.
 
     \b
     Examples:

@@ -117,11 +117,15 @@ def profile(
     let build and eval score trees by tokens per decoding step (keep the two files
     together). Interrupted? Rerun with --resume (OUTPUT.partial.npz).
 
-    --draft-model D ranks the true tokens in a draft model's top-k instead (draft trees).
+    --draft-model D ranks the true tokens in a draft model's top-k instead (draft
+    trees).
 
-    Example: treeopt profile -m vicuna-7b -d question.jsonl --device cuda -o vicuna7b.json
-
-    Example: treeopt profile -m ./vicuna-7b --draft-model ./llama-68m -d q.jsonl -o draft.json
+    \b
+    Examples:
+      treeopt profile -m vicuna-7b -d question.jsonl --device cuda \\
+          -o vicuna7b.json
+      treeopt profile -m ./vicuna-7b --draft-model ./llama-68m -d q.jsonl \\
+          -o draft.json
     """
     from treeopt.files.ranks_file import ranks_path
     from treeopt.model.calibration import encode_prompts, read_prompts
@@ -256,17 +260,19 @@ def train_heads(
     Targets are the model's own greedy continuations of the prompts (cached and
     reused across runs); head k's loss is weighted 0.8^k (Medusa paper). Medusa-1
     keeps the base frozen and saves the heads after every epoch in the layout
-    `treeopt profile --heads` and the runtime load. Medusa-2 (--joint) fine-tunes the
-    model through LoRA together with the heads and writes a merged checkpoint that
-    profile, generate, overhead and tune --measure load with no --heads. The run reports
-    per-head top-1/top-5 on held-out prompts and warns when they stay near chance.
-    Interrupted? Rerun with --resume.
+    `treeopt profile --heads` and the runtime load. Medusa-2 (--joint) fine-tunes
+    the model through LoRA together with the heads and writes a merged checkpoint
+    that profile, generate, overhead and tune --measure load with no --heads. The
+    run reports per-head top-1/top-5 on held-out prompts and warns when they stay
+    near chance. Interrupted? Rerun with --resume.
 
     \b
     Examples:
       treeopt train-heads -m ./my-model -d prompts.txt -o heads/
-      treeopt train-heads -m ./my-model -d prompts.txt --joint --backbone-loss distill -o m2/
-      treeopt train-heads -m ./my-model -d prompts.txt --joint --init-heads heads/ -o m2/
+      treeopt train-heads -m ./my-model -d prompts.txt --joint \\
+          --backbone-loss distill -o m2/
+      treeopt train-heads -m ./my-model -d prompts.txt --joint \\
+          --init-heads heads/ -o m2/
     """
     from treeopt.model.train_heads import TrainSettings, train_heads_from
 

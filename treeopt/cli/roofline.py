@@ -126,7 +126,8 @@ def roofline(
 
       treeopt roofline --arch llama-7b --gpu a100-80gb-pcie --plot roofline.png
 
-      treeopt roofline --arch /path/to/model --measure --save-device-profile dev.json
+      treeopt roofline --arch /path/to/model --measure \\
+          --save-device-profile dev.json
     """
     if list_gpus:
         _print_gpus(as_json)

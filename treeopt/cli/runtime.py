@@ -126,19 +126,20 @@ def generate_command(
 ) -> None:
     """Generate text with Medusa tree decoding; print it and a one-line summary.
 
-    Each step verifies the whole tree (budget = tokens per step, the root included)
-    in one forward pass and keeps the longest accepted path. With --acceptance greedy
-    the text is exactly what plain greedy decoding writes, only faster; the summary
-    shows new tokens, forward passes (steps, prefill included), the acceleration rate
-    (tokens per step) and tokens/s.
+    Each step verifies the whole tree (budget = tokens per step, the root
+    included) in one forward pass and keeps the longest accepted path. With
+    --acceptance greedy the text is exactly what plain greedy decoding writes,
+    only faster; the summary shows new tokens, forward passes (steps, prefill
+    included), the acceleration rate (tokens per step) and tokens/s.
 
+    \b
     Examples:
-
-      treeopt generate --model vicuna-7b --tree mc_sim_7b_63 --device cuda --prompt "Hi"
-
-      treeopt generate -m ./llama --heads H --tree dynamic:16 -p prof.json --prompt "Once"
-
-      treeopt generate -m vicuna-7b --draft-model JackFram/llama-68m --gamma 4 --prompt "Hi"
+      treeopt generate --model vicuna-7b --tree mc_sim_7b_63 --device cuda \\
+          --prompt "Hi"
+      treeopt generate -m ./llama --heads H --tree dynamic:16 -p prof.json \\
+          --prompt "Once"
+      treeopt generate -m vicuna-7b --draft-model JackFram/llama-68m --gamma 4 \\
+          --prompt "Hi"
     """
     from medusa_runtime.acceptance import TypicalAcceptance
     from treeopt.model.loading import load_medusa, require_heads

@@ -110,7 +110,8 @@ def overhead(
     Examples:
       treeopt overhead --random-weights --arch llama-7b -o lat-7b.json
       treeopt overhead --model vicuna-7b --batch 1 --context 1024 -o lat.json
-      treeopt overhead --predict --arch llama-7b --gpu a100-80gb-sxm -o lat-a100.json
+      treeopt overhead --predict --arch llama-7b --gpu a100-80gb-sxm \\
+          -o lat-a100.json
     """
     from treeopt.workflows.latency import OverheadSettings, write_overhead
 
@@ -242,10 +243,10 @@ def tune(
       treeopt tune -p draft.json --draft-arch llama-68m --arch llama-7b \\
           --gpu a100-80gb-sxm --batch 1 --context 1024 -o draft-tree.json
 
-    With --draft-arch it tunes a draft model: every chain of gamma draft tokens and
-    every draft tree `build` grows from the draft profile, each step (the draft's
-    passes + the target's verification) predicted on the roofline; it writes the best
-    chain or tree for `generate --draft-model D --tree`.
+    With --draft-arch it tunes a draft model: every chain of gamma draft tokens
+    and every draft tree `build` grows from the draft profile, each step (the
+    draft's passes + the target's verification) predicted on the roofline; it
+    writes the best chain or tree for `generate --draft-model D --tree`.
     """
     from treeopt.workflows import tuning
 
