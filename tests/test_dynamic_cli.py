@@ -67,3 +67,16 @@ def test_generate_with_a_dynamic_tree_writes_the_plain_text(tmp_path: Path) -> N
     assert dynamic.stdout.splitlines()[0] == plain.stdout.splitlines()[0]
     alone = runner.invoke(app, [*common, "--tree", "dynamic:6", "--random-heads"])
     assert alone.exit_code == 2 and "--profile" in alone.output
+
+
+def test_eval_holdout_adds_the_in_sample_tree_of_a_dynamic_size(tmp_path: Path) -> None:
+    """README walk: `eval dynamic:16 mc_sim_7b_63 --holdout` showed in-sample-64 only,
+    so the policy had no static tree of its own size built on the held-out prompts."""
+    import json
+
+    profile = measured_profile(tmp_path / "p.json")
+    result = runner.invoke(app, ["eval", "dynamic:4", "mc_sim_7b_63", "-p", str(profile),
+                                 "--holdout", "0.5", "--json"])
+    assert result.exit_code == 0, result.output
+    names = {row["tree"] for row in json.loads(result.stdout)}
+    assert {"in-sample-4", "in-sample-64"} <= names

@@ -77,10 +77,11 @@ def evaluate_trees(
     nodes_beyond_top_k, profile`` (+ ``tokens_per_step_replayed`` when the scored
     profile has rank vectors, + ``split`` with ``holdout``). With ``holdout`` the
     trees are scored on the held-out prompts and an ``in-sample-N`` row per tree size
-    gives the tree built on those very prompts by position average: the ceiling of
-    E[accept] for any N-token tree there under that model, and only of that
-    (replayed tokens per step has no builder with a guarantee, so a tree built on
-    other prompts by decoding steps can replay better; it is not called an oracle).
+    (``dynamic:N`` included) gives the tree built on those very prompts by position
+    average: the ceiling of E[accept] for any N-token tree there under that model,
+    and only of that (replayed tokens per step has no builder with a guarantee, so a
+    tree built on other prompts by decoding steps can replay better; it is not called
+    an oracle).
     ``models`` defaults to :func:`default_models` of the scored profile. A tree named
     ``dynamic:N`` is the per-step policy of :mod:`treeopt.optimize.dynamic` at N
     tokens: calibrated on the training part (the whole profile without ``holdout``)
@@ -115,7 +116,10 @@ def evaluate_trees(
             if replayed:
                 rows[-1]["tokens_per_step_replayed"] = replayed[name]
         if heldout is not None:
-            for size in sorted({tree.num_tokens for _, tree in loaded if len(tree) > 0}):
+            # dynamic:N sizes too: the static tree built on the held-out prompts at N is
+            # the comparison a per-step policy has to beat.
+            sizes = {tree.num_tokens for _, tree in loaded if len(tree) > 0}
+            for size in sorted(sizes | {size for _, size in dynamic}):
                 in_sample = build_tree(heldout, size, model, blend_weight=weight,
                                        weighting="positions")
                 rows.append({
