@@ -35,3 +35,12 @@ def test_generate_tree_without_heads_is_one_line_error() -> None:
     assert len(errors) == 1
     assert errors[0].startswith("error: --tree mc_sim_7b_63 needs Medusa heads")
     assert "Traceback" not in result.stderr
+
+
+def test_generate_keeps_the_space_before_the_first_new_word() -> None:
+    """README walk: `--prompt "Once"` printed "Onceupon a time": the new tokens were
+    decoded alone, which drops a SentencePiece word's leading space."""
+    result = CliRunner().invoke(app, ["generate", "--model", str(STORIES), "--prompt", "Once",
+                                      "--tree", "root", "--max-new-tokens", "3"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("Once upon a")

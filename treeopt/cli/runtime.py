@@ -142,6 +142,7 @@ def generate_command(
           --prompt "Hi"
     """
     from medusa_runtime.acceptance import TypicalAcceptance
+    from treeopt.model.calibration import continuation_text, encode_prompts
     from treeopt.model.loading import load_medusa, require_heads
 
     # Cheap checks first: the tree, options and heads before the model loads.
@@ -166,7 +167,8 @@ def generate_command(
             if acceptance is AcceptanceRule.typical else "greedy")
     result = _decode(base, medusa, chosen, tokenizer, prompt, max_new_tokens, rule,
                      compile_step, chat_template, drafter)
-    typer.echo(prompt + tokenizer.decode(result.tokens, skip_special_tokens=True))
+    prompt_ids = encode_prompts(tokenizer, [prompt], chat_template=chat_template)[0]
+    typer.echo(prompt + continuation_text(tokenizer, prompt_ids, result.tokens))
     typer.echo(
         f"{len(result.tokens)} tokens, {result.steps} steps, acceleration rate "
         f"{result.acceleration_rate:.2f} tokens/step, {result.tokens_per_second:.1f} tokens/s "
