@@ -117,15 +117,11 @@ def profile(
     let build and eval score trees by tokens per decoding step (keep the two files
     together). Interrupted? Rerun with --resume (OUTPUT.partial.npz).
 
-    --draft-model D ranks the true tokens in a draft model's top-k instead (draft
-    trees).
+    --draft-model D ranks the true tokens in a draft model's top-k instead (draft trees).
 
-    \b
     Examples:
-      treeopt profile -m vicuna-7b -d question.jsonl --device cuda \\
-          -o vicuna7b.json
-      treeopt profile -m ./vicuna-7b --draft-model ./llama-68m -d q.jsonl \\
-          -o draft.json
+      treeopt profile -m vicuna-7b -d q.jsonl --device cuda -o vicuna7b.json
+      treeopt profile -m vicuna-7b --draft-model ./llama-68m -d q.jsonl -o d.json
     """
     from treeopt.files.ranks_file import ranks_path
     from treeopt.model.calibration import encode_prompts, read_prompts
