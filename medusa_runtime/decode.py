@@ -535,8 +535,22 @@ def _as_prompts(
     return rows, single
 
 
-def _decoded(tokenizer: Any, tokens: list[int]) -> str | None:
-    return tokenizer.decode(tokens, skip_special_tokens=True) if tokenizer is not None else None
+def continuation_text(tokenizer: Any, prompt_ids: Sequence[int], tokens: Sequence[int]) -> str:
+    """The text ``tokens`` add after ``prompt_ids``, spaces included.
+
+    Decoding the new tokens alone drops a SentencePiece word's leading space
+    ("Once" + "upon"); decoding prompt + new tokens and cutting the prompt's own text
+    keeps it (special tokens skipped in both).
+    """
+    prompt_text = tokenizer.decode(list(prompt_ids), skip_special_tokens=True)
+    full_text = tokenizer.decode([*prompt_ids, *tokens], skip_special_tokens=True)
+    if full_text.startswith(prompt_text):
+        return full_text[len(prompt_text):]
+    return tokenizer.decode(list(tokens), skip_special_tokens=True)  # prompt text re-spelled
+
+
+def _decoded(tokenizer: Any, prompt: list[int], tokens: list[int]) -> str | None:
+    return continuation_text(tokenizer, prompt, tokens) if tokenizer is not None else None
 
 
 def _left_padded(rows: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -669,8 +683,8 @@ def generate_batch(
     wall_time_s = time.perf_counter() - start - setup_s
     sequences = [
         GenerationResult(row_tokens, row_accepts, wall_time_s, setup_s, prefill_s, captured,
-                         compiled, _decoded(tokenizer, row_tokens))
-        for row_tokens, row_accepts in zip(tokens, accept_lengths, strict=True)
+                         compiled, _decoded(tokenizer, prompt_row, row_tokens))
+        for prompt_row, row_tokens, row_accepts in zip(rows, tokens, accept_lengths, strict=True)
     ]
     return BatchGenerationResult(sequences, steps, wall_time_s, setup_s, prefill_s, captured,
                                  compiled)

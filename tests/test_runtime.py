@@ -321,7 +321,8 @@ def test_text_prompts_with_a_tokenizer(llama: nn.Module) -> None:
     result = generate(llama, heads, tree, texts, 10, tokenizer=tokenizer)
     assert result.tokens == [greedy_reference(llama, [1, 1, 2, 3, 4], 10),
                              greedy_reference(llama, [1, 5, 6], 10)]
-    assert result.sequences[0].text == tokenizer.decode(result.tokens[0])
+    # The continuation as it reads after the prompt: its leading space kept.
+    assert result.sequences[0].text == " " + tokenizer.decode(result.tokens[0])
     single = generate(llama, heads, tree, "The dog", 10, tokenizer=tokenizer)
     assert single.tokens == result.tokens[1] and single.text is not None
     assert generate(llama, heads, tree, [1, 5, 6], 10).text is None
@@ -357,4 +358,6 @@ def test_stories260k_text_prompts() -> None:
     for text, row in zip(texts, result.sequences, strict=True):
         ids = tokenizer(text)["input_ids"]
         assert row.tokens == greedy_reference(model, ids, 12, model.config.eos_token_id)
-        assert row.text == tokenizer.decode(row.tokens, skip_special_tokens=True)
+        whole = tokenizer.decode(ids + row.tokens, skip_special_tokens=True)
+        assert text + row.text == whole  # no word glued to the prompt ("Onceupon")
+    assert result.sequences[1].text.startswith(" ")

@@ -142,7 +142,8 @@ def generate_command(
           --prompt "Hi"
     """
     from medusa_runtime.acceptance import TypicalAcceptance
-    from treeopt.model.calibration import continuation_text, encode_prompts
+    from medusa_runtime.decode import continuation_text
+    from treeopt.model.calibration import encode_prompts
     from treeopt.model.loading import load_medusa, require_heads
 
     # Cheap checks first: the tree, options and heads before the model loads.

@@ -201,15 +201,3 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[str], chat_template: bool =
     return encoded
 
 
-def continuation_text(tokenizer: Any, prompt_ids: Sequence[int], tokens: Sequence[int]) -> str:
-    """The text ``tokens`` add after ``prompt_ids``, spaces included.
-
-    Decoding the new tokens alone drops a SentencePiece word's leading space
-    ("Once" + "upon"); decoding prompt + new tokens and cutting the prompt's own text
-    keeps it (special tokens skipped in both).
-    """
-    prompt_text = tokenizer.decode(list(prompt_ids), skip_special_tokens=True)
-    full_text = tokenizer.decode([*prompt_ids, *tokens], skip_special_tokens=True)
-    if full_text.startswith(prompt_text):
-        return full_text[len(prompt_text):]
-    return tokenizer.decode(list(tokens), skip_special_tokens=True)  # prompt text re-spelled
