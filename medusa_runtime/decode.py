@@ -49,6 +49,7 @@ from medusa_runtime.architectures import (
 from medusa_runtime.buffers import tree_buffers
 from medusa_runtime.drafter import Drafter, MedusaHeadsDrafter, fill_random_context
 from medusa_runtime.heads import MedusaHeads
+from medusa_runtime.padding import pad_rows
 from treeopt.core.tree import Tree
 from treeopt.errors import TreeoptError, first_line
 
@@ -116,11 +117,6 @@ class GenerationResult:
         """Steady-state rate: tokens after the first over the time after the prefill."""
         seconds = self.wall_time_s - self.prefill_s
         return (len(self.tokens) - 1) / seconds if seconds > 0 else 0.0
-
-
-def check_tree_fits(tree: Tree, heads: MedusaHeads | None, vocab_size: int) -> None:
-    """Raise TreeoptError (one line) if ``heads`` cannot fill ``tree``."""
-    MedusaHeadsDrafter(heads).check_tree(tree, vocab_size)
 
 
 class TreeDecoder:
@@ -299,14 +295,11 @@ class TreeDecoder:
         """The model's own logits (its LM head, then its logit transform) at ``hidden``."""
         return self.logit_transform(self.lm_head(hidden))
 
-    def _next_tree_tokens(self, root: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        """Next trees' tokens ``[B, q]``: ``root [B]``, then the drafter's guesses (Medusa
-        heads' top-k at ``hidden [B, H]``, or a draft model's passes)."""
-        return self.draft.next_tree(root, hidden)
-
     def _lay_out_next_tree(self, root: torch.Tensor, hidden: torch.Tensor) -> None:
-        """Place the next step's tree tokens (a per-step tree also lays out its shape)."""
-        self.tree_tokens.copy_(self._next_tree_tokens(root, hidden))
+        """Place the next step's tree tokens ``[B, q]``: ``root [B]``, then the drafter's
+        guesses (Medusa heads' top-k at ``hidden [B, H]``, or a draft model's passes); a
+        per-step tree also lays out its shape."""
+        self.tree_tokens.copy_(self.draft.next_tree(root, hidden))
 
     def _layout(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """This step's ``(attention mask, position offsets, retrieve indices)``: the static
@@ -553,17 +546,6 @@ def _decoded(tokenizer: Any, prompt: list[int], tokens: list[int]) -> str | None
     return continuation_text(tokenizer, prompt, tokens) if tokenizer is not None else None
 
 
-def _left_padded(rows: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``input_ids [B, P]`` left-padded (pad id 0, never seen) and its bool pad mask."""
-    length = max(len(row) for row in rows)
-    ids = torch.zeros(len(rows), length, dtype=torch.long)
-    mask = torch.zeros(len(rows), length, dtype=torch.bool)
-    for index, row in enumerate(rows):
-        ids[index, length - len(row):] = torch.tensor(row)
-        mask[index, length - len(row):] = True
-    return ids.to(device), mask.to(device)
-
-
 @dataclass
 class BatchGenerationResult:
     """Per-sequence results of one batched :func:`generate` call, in input order.
@@ -620,7 +602,8 @@ def generate_batch(
     if cuda_graph and device.type != "cuda":
         raise TreeoptError(f"cuda_graph=True needs a model on a CUDA device, not {device}")
     rows, _ = _as_prompts(input_ids, attention_mask, tokenizer)
-    prompt, pad_mask = _left_padded(rows, device)
+    # Pad id 0 is never seen: pad slots stay holes in the cache.
+    prompt, pad_mask = (t.to(device) for t in pad_rows(rows, 0, left=True))
     eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
     batch, q = len(rows), tree.num_tokens
     # The shared write pointer advances by the longest accepted path of any row, up
