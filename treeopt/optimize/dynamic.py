@@ -77,6 +77,15 @@ def _require_probs(sequences: RankSequences) -> np.ndarray:
     return sequences.probs
 
 
+def _reachable(sequences: RankSequences) -> np.ndarray:
+    """``(N, K)``: whether the true ranks at heads ``1 .. d-1`` are all inside the top-k at
+    each position, i.e. whether a tree could still continue there to depth ``d``."""
+    ranks = sequences.ranks
+    inside = (ranks >= 0) & (ranks < sequences.top_k)
+    first = np.ones((len(ranks), 1), dtype=bool)
+    return np.cumprod(np.concatenate([first, inside[:, :-1]], axis=1), axis=1).astype(bool)
+
+
 def _isotonic(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Isotonic fit of ``y`` on ``x`` tabulated on the grid (scipy's PAVA, then interp)."""
     from scipy.optimize import isotonic_regression
@@ -98,9 +107,7 @@ def fit_calibration(sequences: RankSequences) -> HeadCalibration:
     """
     probs = _require_probs(sequences)
     ranks = sequences.ranks.astype(np.int64)
-    inside = (ranks >= 0) & (ranks < sequences.top_k)
-    reachable = np.cumprod(np.concatenate(
-        [np.ones((len(ranks), 1), dtype=bool), inside[:, :-1]], axis=1), axis=1).astype(bool)
+    reachable = _reachable(sequences)
     tables = []
     for depth in range(sequences.num_heads):
         rows = reachable[:, depth]
@@ -117,9 +124,7 @@ def calibration_report(calibration: HeadCalibration, sequences: RankSequences,
     candidate is the true token" on the positions :func:`fit_calibration` uses."""
     probs = _require_probs(sequences)
     ranks = sequences.ranks.astype(np.int64)
-    inside = (ranks >= 0) & (ranks < sequences.top_k)
-    reachable = np.cumprod(np.concatenate(
-        [np.ones((len(ranks), 1), dtype=bool), inside[:, :-1]], axis=1), axis=1).astype(bool)
+    reachable = _reachable(sequences)
     calibrated = calibration.apply(probs)
     report = []
     for depth in range(sequences.num_heads):
