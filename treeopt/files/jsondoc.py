@@ -77,11 +77,6 @@ def read_text(path: str | os.PathLike[str], what: str) -> str:
         ) from None
 
 
-def json_depth(text: str) -> int:
-    """How deep arrays and objects nest in JSON ``text`` (brackets inside strings ignored)."""
-    return _depth(_JSON_STRING.sub("", text))
-
-
 def _depth(text_without_strings: str) -> int:
     brackets = _NOT_BRACKET.sub("", text_without_strings)
     return max(accumulate(1 if char in "[{" else -1 for char in brackets), default=0)
