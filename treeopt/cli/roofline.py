@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from treeopt.cli.options import output_file, output_folder, parse_int_list, plot_file
+from treeopt.cost.roofline import MEDUSA_NUM_HEADS
 from treeopt.errors import TreeoptError
 from treeopt.workflows.roofline import DEFAULT_ARCH, DEFAULT_GPU, DEFAULT_REPEATS
 
@@ -97,7 +98,7 @@ def roofline(
     context: RooflineContextOption = ROOFLINE_CONTEXTS,
     candidates: RooflineCandidatesOption = ROOFLINE_CANDIDATES,
     dtype: DtypeOption = "bf16",
-    medusa_heads: MedusaHeadsOption = 5,
+    medusa_heads: MedusaHeadsOption = MEDUSA_NUM_HEADS,
     measure: MeasureOperatorsOption = False,
     repeats: RepeatsOption = DEFAULT_REPEATS,
     save_device_profile: SaveDeviceProfileOption = None,
@@ -218,7 +219,7 @@ def simulate(
     candidates: SimulateCandidatesOption = SIMULATE_CANDIDATES,
     acceptance: LogAcceptanceOption = None,
     dtype: DtypeOption = "bf16",
-    medusa_heads: MedusaHeadsOption = 5,
+    medusa_heads: MedusaHeadsOption = MEDUSA_NUM_HEADS,
     device_profile: DeviceProfileOption = None,
     as_json: SimulationJsonOption = False,
     plot: FiguresFolderOption = None,
