@@ -43,7 +43,8 @@ def dynamic_size(name: str) -> int | None:
         return None
     text = name[len(DYNAMIC_PREFIX):]
     if not text.isdigit() or int(text) < 2:
-        raise ParameterError("trees", f"a dynamic tree is dynamic:N with N >= 2, not {name!r}")
+        raise ParameterError("trees", f"entry {name!r} is not a dynamic tree: write dynamic:N "
+                                      "with N >= 2 tokens a step")
     return int(text)
 
 
@@ -56,8 +57,9 @@ def _dynamic_rows(policies: Sequence[tuple[str, int]], fitted: Profile, scored: 
     if not policies:
         return []
     if fitted.sequences is None or scored.sequences is None:
-        raise ParameterError("trees", "dynamic trees are scored by replay: the profile needs "
-                             "its rank vectors and head probabilities (treeopt profile)")
+        raise ParameterError("trees", "with dynamic:N need a measured profile with rank "
+                             "vectors and head probabilities (treeopt profile): they are "
+                             "scored by replay")
     calibration = fit_calibration(fitted.sequences)
     return [{"tree": name, "nodes": size - 1, "num_tokens": size,
              "acceptance_model": "per-step", "expected_accept_length": None,
