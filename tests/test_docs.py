@@ -165,7 +165,7 @@ def run_console(block: Block, folder: Path, env: dict[str, str]) -> str | None:
                      for command, _ in steps)
     code, output = run(["bash", "-c", script], folder, env)
     pieces = output.split(SEPARATOR)
-    for (command, expected), piece, rest in zip(steps, pieces, pieces[1:]):
+    for (command, expected), piece, rest in zip(steps, pieces, pieces[1:], strict=False):
         status = int(rest.split("\n", 1)[0].split()[0])
         got = {line.rstrip() for line in piece.splitlines()}
         missing = [line for line in expected if line not in got]

@@ -22,7 +22,7 @@ computes overstates it on this model, whose acceptance swings between long runs
 of repeated text and misses. A tree built by the position average
 (``built_64_by_positions``) is kept for comparison. The prefill pass (1 token, no
 tree) is left out of the measured rate. Run as a script to print the figures for
-the README:
+docs/profiling.md:
 ``python tests/test_e2e.py`` (writes ``benchmarks/results/stories_e2e.json``).
 """
 
@@ -164,7 +164,7 @@ def test_profile_predicts_runtime_and_built_tree_beats_mc_sim(tmp_path: Path) ->
             ratio = row["measured_per_verification_step"] / row["predicted_by_builder"]
             assert abs(ratio - 1) <= AGREEMENT, (name, row)
         # The position average overstates it here (long accepts skip positions);
-        # see the module docstring and the README's profile section.
+        # see the module docstring and docs/profiling.md.
         assert row["measured_per_verification_step"] < row["predicted_joint"], (name, row)
     built, published = rows["built_64"], rows["mc_sim_7b_63"]
     assert built["builder_weighting"] == "steps"
