@@ -70,6 +70,11 @@ MaxNewOpt = Annotated[
 ]
 DepthOpt = Annotated[int, typer.Option(
     min=1, help="--draft-model: tree depths recorded per position.")]
+ExpandOpt = Annotated[str | None, typer.Option(
+    metavar="K_MAX,D_MAX",
+    help="--draft-model: also record the drafter's beam expansion (OUTPUT.expansion.npz) "
+         "so eval/tune score every dynamic:S,K,N with S <= D_MAX, K <= K_MAX. Costs at "
+         "most (D_MAX-1)*K_MAX*(K_MAX+1)/2 extra draft tokens a position.")]
 BatchOpt = Annotated[int, typer.Option(min=1, help="Sequences per forward pass.")]
 ResumeOpt = Annotated[
     bool, typer.Option(help="Continue the partial results / checkpoint of an interrupted run.")
@@ -106,6 +111,7 @@ def profile(
     quiet: QuietOpt = False,
     draft_model: DraftModelOption = None,
     depth: DepthOpt = DEFAULT_DRAFT_DEPTH,
+    expand: ExpandOpt = None,
 ) -> None:
     """Measure how well a model's Medusa heads predict its own greedy output.
 
@@ -122,6 +128,7 @@ def profile(
     Examples:
       treeopt profile -m vicuna-7b -d q.jsonl --device cuda -o vicuna7b.json
       treeopt profile -m vicuna-7b --draft-model ./llama-68m -d q.jsonl -o d.json
+      treeopt profile -m vicuna-7b --draft-model ./l68m --expand 4,6 -d q.jsonl -o e.json
     """
     from treeopt.files.ranks_file import ranks_path
     from treeopt.model.calibration import encode_prompts, read_prompts
@@ -129,16 +136,14 @@ def profile(
     from treeopt.model.profiling import ProfileSettings, profile_model
 
     # Cheap checks first: heads and prompts before the model loads.
-    if draft_model is not None and heads is not None:
-        raise TreeoptError("--draft-model is profiled instead of Medusa heads: drop --heads")
+    expand_to = _expand_setting(expand, draft_model, heads, depth)
     if draft_model is None:
         require_heads(model, heads)
     texts = read_prompts(data, max_prompts=max_prompts, seed=seed, turns=turns)
-    settings = ProfileSettings(top_k=top_k, max_new_tokens=max_new_tokens,
-                               include_prompt=include_prompt, batch_size=batch_size)
+    settings = ProfileSettings(top_k, max_new_tokens, include_prompt, batch_size)
     if draft_model is not None:
         return _profile_draft(model, draft_model, data, output, depth, texts, settings,
-                              chat_template, device, dtype, resume, quiet)
+                              chat_template, device, dtype, resume, quiet, expand_to)
     loaded = load_medusa(model, heads, device=device, dtype=dtype, device_map=device_map,
                          quiet=quiet)
     prompt_ids = encode_prompts(loaded.tokenizer, texts, chat_template=chat_template)
@@ -159,9 +164,22 @@ def profile(
     )
 
 
+def _expand_setting(expand: str | None, draft_model: str | None, heads: str | None,
+                    depth: int) -> tuple[int, int] | None:
+    """``--expand K_MAX,D_MAX`` checked against the other options (before loading)."""
+    from treeopt.core.expansion import parse_expand
+
+    if draft_model is not None and heads is not None:
+        raise TreeoptError("--draft-model is profiled instead of Medusa heads: drop --heads")
+    if expand is not None and draft_model is None:
+        raise TreeoptError("--expand records a drafter's beam: it needs --draft-model")
+    return None if expand is None else parse_expand(expand, depth)
+
+
 def _profile_draft(model: str, draft_model: str, data: str, output: Path, depth: int,
                    texts: list[str], settings: Any, chat_template: bool, device: str,
-                   dtype: str, resume: bool, quiet: bool) -> None:
+                   dtype: str, resume: bool, quiet: bool,
+                   expand: tuple[int, int] | None = None) -> None:
     """``profile --draft-model``: load target and draft, profile, print one line."""
     from treeopt.files.ranks_file import ranks_path
     from treeopt.model.calibration import encode_prompts
@@ -175,10 +193,14 @@ def _profile_draft(model: str, draft_model: str, data: str, output: Path, depth:
         base, tokenizer, draft, prompt_ids, output, settings, model_id=resolve_model(model)[0],
         draft_id=draft_model, depth=depth, resume=resume, progress=not quiet,
         provenance={"dataset": str(data), "dtype": dtype, "chat_template": chat_template},
+        expand=expand,
     )
+    record = result.provenance.get("expansion")
     typer.echo(f"wrote {output}: {result.num_positions} positions from "
                f"{result.provenance['prompts']} prompts, draft depth {result.num_heads}, "
-               f"top-{result.top_k}; rank vectors in {ranks_path(output)}", err=True)
+               f"top-{result.top_k}; rank vectors in {ranks_path(output)}"
+               + ("" if record is None else
+                  f"; expansion ({record['nodes']} nodes) in {output}.expansion.npz"), err=True)
 
 
 class BackboneLoss(str, Enum):
