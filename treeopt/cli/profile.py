@@ -128,7 +128,7 @@ def profile(
     Examples:
       treeopt profile -m vicuna-7b -d q.jsonl --device cuda -o vicuna7b.json
       treeopt profile -m vicuna-7b --draft-model ./llama-68m -d q.jsonl -o d.json
-      treeopt profile -m vicuna-7b --draft-model ./l68m --expand 4,6 -d q.jsonl -o e.json
+      treeopt profile -m vicuna-7b --draft-model D --expand 4,6 -d q.jsonl -o e
     """
     from treeopt.files.ranks_file import ranks_path
     from treeopt.model.calibration import encode_prompts, read_prompts
