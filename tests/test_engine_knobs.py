@@ -1,0 +1,74 @@
+"""Knob targets: one record per engine target, configs in the engine's words, checked."""
+
+from __future__ import annotations
+
+import pytest
+
+from treeopt.core.expansion import BeamSetting
+from treeopt.errors import TreeoptError
+from treeopt.files.engines import (
+    ENGINE_TARGETS,
+    FORMATS,
+    KNOB_TARGETS,
+    check_knob_config,
+    check_pairing,
+    sglang_flags,
+    sglang_server_args,
+    trtllm_pytorch_config,
+    vllm_spec_config,
+)
+from treeopt.optimize.build import ENGINES
+from treeopt.workflows.autotune import EXPORT_SUFFIX
+
+
+def test_every_target_has_one_record_with_its_sources() -> None:
+    assert set(FORMATS) | set(KNOB_TARGETS) == set(ENGINE_TARGETS)
+    assert KNOB_TARGETS == ("sglang", "vllm-spec", "trtllm-pytorch")
+    for target in ENGINE_TARGETS.values():
+        assert target.checked_against and target.rules and target.suffix.startswith(".")
+        assert all("@" in source or "PR #" in source for source in target.checked_against)
+    # The facts other modules used to hold come from the records now.
+    assert EXPORT_SUFFIX["trtllm-triton"] == ".txt" and ENGINES == ("trtllm", "vllm",
+                                                                    "vllm-medusa")
+
+
+def test_sglang_flags_and_rules() -> None:
+    args = sglang_server_args(BeamSetting(3, 4, 8), "draft_model", "./d")
+    check_knob_config("sglang", args)
+    assert sglang_flags(args) == (
+        "--speculative-algorithm STANDALONE --speculative-draft-model-path ./d "
+        "--speculative-num-steps 3 --speculative-eagle-topk 4 --speculative-num-draft-tokens 8")
+    with pytest.raises(TreeoptError, match="must be 4 for 3 steps, topk 1"):
+        check_knob_config("sglang", {**args, "speculative_eagle_topk": 1})
+    with pytest.raises(TreeoptError, match="sglang config"):
+        check_knob_config("sglang", {**args, "speculative_num_steps": 0})
+
+
+def test_vllm_schedule_and_trtllm_schedule() -> None:
+    config = vllm_spec_config([(1, 4), (4, 3), (16, 0)], "draft_model", "./d")
+    assert config == {"method": "draft_model", "model": "./d", "num_speculative_tokens": 4,
+                      "num_speculative_tokens_per_batch_size": [[1, 3, 4], [4, 15, 3],
+                                                                [16, 16, 0]]}
+    check_knob_config("vllm-spec", config)
+    bad = {**config, "num_speculative_tokens_per_batch_size": [[2, 3, 4]]}
+    with pytest.raises(TreeoptError, match="start at 1"):
+        check_knob_config("vllm-spec", bad)
+    trt = trtllm_pytorch_config([(1, BeamSetting(4, 1, 5)), (4, BeamSetting(2, 1, 3)),
+                                 (16, None)], "draft_model", "./d")
+    assert trt["speculative_config"]["draft_len_schedule"] == {1: 4, 4: 2, 16: 0}
+    check_knob_config("trtllm-pytorch", trt)
+    eagle = trtllm_pytorch_config([(1, BeamSetting(3, 4, 10))], "eagle", "./e")
+    check_knob_config("trtllm-pytorch", eagle)
+    eagle["speculative_config"]["max_total_draft_tokens"] = 13  # > topK * max_draft_len
+    with pytest.raises(TreeoptError, match="dynamic_tree_max_topK \\* max_draft_len"):
+        check_knob_config("trtllm-pytorch", eagle)
+
+
+def test_unsupported_pairing_is_one_line_saying_what_the_engine_takes() -> None:
+    with pytest.raises(TreeoptError) as caught:
+        check_pairing("sglang", "medusa")
+    assert str(caught.value) == ("sglang does not run medusa drafters: it takes knobs for "
+                                 "draft model, eagle (Medusa heads: not supported)")
+    with pytest.raises(TreeoptError, match="unknown engine target 'tgi'"):
+        check_pairing("tgi", "draft_model")
+    assert check_pairing("vllm-spec", "draft_model").takes == "chain"
