@@ -72,3 +72,22 @@ def test_unsupported_pairing_is_one_line_saying_what_the_engine_takes() -> None:
     with pytest.raises(TreeoptError, match="unknown engine target 'tgi'"):
         check_pairing("tgi", "draft_model")
     assert check_pairing("vllm-spec", "draft_model").takes == "chain"
+
+
+def test_best_per_batch_and_switch_off_below_break_even() -> None:
+    from treeopt.optimize.engine_tune import choose_per_batch, engine_settings
+
+    one, two = BeamSetting(1, 1, 2), BeamSetting(2, 1, 3)
+    rates = {one: 1.8, two: 2.4}
+    # Plain steps cost 1 s; a step costs 1.2 s (+0.1 per extra draft) at batch 1, and
+    # grows with the batch as verification turns compute-bound.
+    choices = choose_per_batch(rates, [1, 8],
+                               lambda s, b: (1.1 + 0.1 * s.steps) * (1 if b == 1 else 2.0),
+                               lambda b: 1.0)
+    assert choices[0].best == two and choices[0].speedup == pytest.approx(2.4 / 1.3)
+    # At batch 8: 1.8 / 2.4 and 2.4 / 2.6 tokens per plain step: speculation loses.
+    assert choices[1].best is None and choices[1].speedup < 1
+    grid = engine_settings("knobs", 2, 2, 5)
+    assert BeamSetting(2, 1, 3) in grid and BeamSetting(2, 1, 2) not in grid
+    assert max(s.num_tokens for s in grid) == 5
+    assert engine_settings("chain", 3, 4, 16) == [BeamSetting(k, 1, k + 1) for k in (1, 2, 3)]

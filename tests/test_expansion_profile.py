@@ -108,3 +108,29 @@ def test_a_stale_expansion_is_refused(expanded, tmp_path: Path) -> None:
         np.savez(handle, **arrays)
     with pytest.raises(TreeoptError, match="not the expansion"):
         load_expansion(stale, load_profile(stale))
+
+
+def test_tune_writes_each_engines_config_and_the_table(expanded, tmp_path: Path) -> None:
+    import yaml
+
+    from treeopt.files.engines import check_knob_config
+    from treeopt.workflows.engine_knobs import EngineKnobSettings, tune_engine_knobs
+
+    _, _, output = expanded
+    for engine, name in (("sglang", "s.yaml"), ("vllm-spec", "v.json"),
+                         ("trtllm-pytorch", "t.yaml")):
+        outcome = tune_engine_knobs(EngineKnobSettings(
+            engine, str(output), "llama-68m", "llama-7b", "a100-80gb-sxm", (1, 4, 16),
+            output=tmp_path / name, plot=tmp_path / f"{engine}.png", draft_model="./d"))
+        assert [row["batch"] for row in outcome.table] == [1, 4, 16]
+        for file_name, config in outcome.configs.items():
+            text = (tmp_path / file_name).read_text()
+            assert (json.loads(text) if name.endswith(".json") else yaml.safe_load(text)) \
+                == config
+            check_knob_config(engine, config)
+        assert (tmp_path / f"{engine}.png").stat().st_size > 0
+        table = json.loads((tmp_path / f"{name}.table.json").read_text())
+        assert table["engine"] == engine and len(table["batches"]) == 3
+        for choice in outcome.choices:  # the chosen point is the grid's best
+            assert choice.best_point.tokens_per_second == max(
+                p.tokens_per_second for p in choice.points)
