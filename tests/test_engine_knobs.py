@@ -91,3 +91,46 @@ def test_best_per_batch_and_switch_off_below_break_even() -> None:
     assert BeamSetting(2, 1, 3) in grid and BeamSetting(2, 1, 2) not in grid
     assert max(s.num_tokens for s in grid) == 5
     assert engine_settings("chain", 3, 4, 16) == [BeamSetting(k, 1, k + 1) for k in (1, 2, 3)]
+
+
+METRICS = """\
+# HELP vllm:spec_decode_num_drafts Number of spec decoding drafts.
+# TYPE vllm:spec_decode_num_drafts counter
+vllm:spec_decode_num_drafts_total{engine="0",model_name="m"} 1000.0
+vllm:spec_decode_num_drafts_total{engine="1",model_name="m"} 1000.0
+# TYPE vllm:spec_decode_num_accepted_tokens_per_pos counter
+vllm:spec_decode_num_accepted_tokens_per_pos_total{engine="0",model_name="m",position="0"} 800.0
+vllm:spec_decode_num_accepted_tokens_per_pos_total{engine="0",model_name="m",position="1"} 500.0
+vllm:spec_decode_num_accepted_tokens_per_pos_total{engine="0",model_name="m",position="2"} 200.0
+vllm:spec_decode_num_accepted_tokens_per_pos_total{engine="1",model_name="m",position="0"} 800.0
+vllm:spec_decode_num_accepted_tokens_per_pos_total{engine="1",model_name="m",position="1"} 500.0
+vllm:spec_decode_num_accepted_tokens_per_pos_total{engine="1",model_name="m",position="2"} 200.0
+vllm:num_requests_running{engine="0",model_name="m"} 3.0
+"""
+
+
+def test_vllm_prometheus_counters_tune_k_per_batch(tmp_path) -> None:
+    import json
+
+    from treeopt.files.prometheus import parse_vllm_spec_counters
+    from treeopt.workflows.engine_knobs import EngineKnobSettings, tune_engine_knobs
+
+    counters = parse_vllm_spec_counters(METRICS)
+    assert counters.drafts == 2000 and counters.accepted_per_position == (1600, 1000, 400)
+    assert [counters.tokens_per_step(k) for k in range(4)] == [1.0, 1.8, 2.3, 2.5]
+    with pytest.raises(TreeoptError, match="up to 3 drafts"):
+        counters.tokens_per_step(4)
+    with pytest.raises(TreeoptError, match="must not rise"):
+        parse_vllm_spec_counters(METRICS.replace("} 200.0", "} 900.0"))
+    metrics = tmp_path / "metrics.txt"
+    metrics.write_text(METRICS)
+    outcome = tune_engine_knobs(EngineKnobSettings(
+        "vllm-spec", str(metrics), "llama-68m", "llama-7b", "a100-80gb-sxm", (1, 64, 512),
+        output=tmp_path / "spec.json"))
+    config = json.loads((tmp_path / "spec.json").read_text())
+    assert config == outcome.configs["spec.json"] and config["method"] == "draft_model"
+    ks = [0 if c.best is None else c.best.steps for c in outcome.choices]
+    assert ks[0] >= 1 and ks == sorted(ks, reverse=True)  # shorter chains as batches grow
+    with pytest.raises(TreeoptError, match="chain counters"):
+        tune_engine_knobs(EngineKnobSettings("sglang", str(metrics), "llama-68m", "llama-7b",
+                                             "a100-80gb-sxm"))

@@ -60,6 +60,13 @@ def _rates(settings: EngineKnobSettings, takes: str) -> dict[BeamSetting, float]
     from treeopt.optimize.engine_tune import chain_settings, engine_settings
     from treeopt.optimize.replay import tokens_per_step
 
+    counters = _vllm_counters(settings.profile)
+    if counters is not None:
+        if takes != "chain":
+            raise TreeoptError(f"{settings.profile} holds vLLM's chain counters: they tune a "
+                               "chain (--engine vllm-spec or trtllm-pytorch), not tree knobs")
+        return {s: counters.tokens_per_step(s.steps)
+                for s in chain_settings(len(counters.accepted_per_position))}
     profile = load_profile(settings.profile)
     check_pairing(settings.engine, profile.provenance.get("drafter") or "medusa")
     if profile.sequences is None:
@@ -73,6 +80,17 @@ def _rates(settings: EngineKnobSettings, takes: str) -> dict[BeamSetting, float]
     expansion = load_expansion(settings.profile, profile)
     grid = engine_settings(takes, expansion.d_max, expansion.k_max, settings.max_tokens)
     return beam_tokens_per_step(expansion, profile.sequences, grid)
+
+
+def _vllm_counters(name: str) -> Any:
+    """vLLM's Prometheus counters if ``name`` is such a text file, else None."""
+    from treeopt.files.prometheus import looks_like_vllm_metrics, parse_vllm_spec_counters
+
+    path = Path(name)
+    if not path.is_file() or path.suffix == ".json":
+        return None
+    text = path.read_text(errors="replace")
+    return parse_vllm_spec_counters(text, name) if looks_like_vllm_metrics(text) else None
 
 
 def tune_engine_knobs(settings: EngineKnobSettings) -> EngineKnobOutcome:
