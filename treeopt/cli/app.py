@@ -37,6 +37,7 @@ COMMAND_MODULES = (
 
 
 VERB_KEY = "treeopt.verb"
+ARGV_KEY = "treeopt.argv"  # the verb and its arguments as typed (ctx.meta)
 # Library parameters whose option is spelled otherwise.
 OPTION_OF_PARAMETER = {"holdout_fraction": "holdout"}
 
@@ -76,8 +77,9 @@ class TreeoptGroup(TyperGroup):
                 typer.echo(f"error: {exc.format_message()}{where}", err=True)
             sys.exit(getattr(exc, "exit_code", 2))
         except (typer.Abort, KeyboardInterrupt):
-            typer.echo("interrupted (profile and train-heads keep their partial work: rerun "
-                       "with --resume)", err=True)
+            from treeopt.cli.interrupted import interrupted_message
+
+            typer.echo(interrupted_message(getattr(self, "verb_argv", [])), err=True)
             sys.exit(130)
         # Without standalone mode click returns the exit code of --help and typer.Exit.
         sys.exit(result if isinstance(result, int) else 0)
@@ -85,6 +87,8 @@ class TreeoptGroup(TyperGroup):
     def resolve_command(self, ctx: typer.Context, args: list[str]) -> Any:
         name, command, rest = super().resolve_command(ctx, args)
         ctx.meta[VERB_KEY] = command  # so an error can name the verb's own options
+        self.verb_argv = list(args)  # so Ctrl-C can say the command that resumes
+        ctx.meta[ARGV_KEY] = self.verb_argv
         return name, command, rest
 
     def invoke(self, ctx: typer.Context) -> object:

@@ -9,6 +9,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 
 from treeopt.cli.options import AcceptanceChoice, QuietOption, output_folder, parse_int_list
@@ -21,6 +22,7 @@ from treeopt.workflows.autotune import (
 )
 
 AutotuneEngine = Enum("AutotuneEngine", {name: name for name in ENGINES}, type=str)
+AutotuneStage = Enum("AutotuneStage", {name: name for name in STAGES}, type=str)
 
 ModelOption = Annotated[str, typer.Option(
     "--model", "-m", help="Base model: registry name (vicuna-7b), folder or hub id.")]
@@ -29,8 +31,9 @@ DataOption = Annotated[str, typer.Option(
                          "share is held out unless --holdout-data is given.")]
 OutputOption = Annotated[Path, typer.Option(
     "-o", "--output", callback=output_folder,
-    help="Folder for every file of the run and report.md; rerunning the same command "
-         "continues after its last finished stage.")]
+    help="A new or empty folder (or one of an earlier run) for every file of the run "
+         "and report.md; rerunning the same command continues after its last finished "
+         "stage. Files autotune did not write are never overwritten.")]
 HeadsOption = Annotated[str | None, typer.Option(
     help="Medusa heads folder or hub id (default: the model's published heads).")]
 HoldoutDataOption = Annotated[str | None, typer.Option(
@@ -74,6 +77,9 @@ VerifyOption = Annotated[bool, typer.Option(
     help="Decode the held-out prompts to measure the speedup (measured runs only).")]
 RoundsOption = Annotated[int, typer.Option(
     min=1, help="Decoding rounds of the measured speedup (the fastest kept).")]
+RedoOption = Annotated[AutotuneStage | None, typer.Option(
+    help="Redo this stage and every later one of the run in -o (e.g. --redo verify); "
+         "a rerun changing only --rounds, --threads or --verify redoes what they affect.")]
 
 
 
@@ -102,6 +108,7 @@ def autotune(
     compile_step: CompileStepOption = False,
     verify: VerifyOption = True,
     rounds: RoundsOption = DEFAULT_DECODE_ROUNDS,
+    redo: RedoOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Profile, build, time, tune, export and report the best tree, in one command.
@@ -111,7 +118,10 @@ def autotune(
     Stages: profile -> build (with a held-out check) -> latency (measured here, or
     predicted for --gpu) -> tune (per batch size) -> export -> verify (decode the
     held-out prompts: measured speedup) -> report (OUTPUT/report.md and pictures).
-    Interrupt it any time: rerunning the same command continues.
+    Interrupt it any time: rerunning the same command continues. -o must be a
+    new or empty folder or an earlier run's; a rerun may change only --rounds,
+    --threads and --verify (the stages they affect are redone) or ask for
+    --redo STAGE. Paths are compared by content, not spelling.
 
     \b
     Examples:
@@ -133,7 +143,8 @@ def autotune(
         sizes=tuple(parse_int_list(sizes, "--sizes")), max_prompts=max_prompts,
         max_new_tokens=max_new_tokens, top_k=top_k, acceptance_model=acceptance_model.value,
         chat_template=chat_template, seed=seed, threads=threads, compile_step=compile_step,
-        verify=verify, decode_rounds=rounds, progress=not quiet)
+        verify=verify, decode_rounds=rounds, progress=not quiet,
+        redo=None if redo is None else redo.value)
     stage = {"name": STAGES[0]}
 
     def log(line: str) -> None:
@@ -145,8 +156,11 @@ def autotune(
     try:
         result = run_autotune(settings, log=log)
     except KeyboardInterrupt:
-        typer.echo(f"interrupted in stage {stage['name']}: rerun the same command to continue "
-                   "(finished stages are kept)", err=True)
+        from treeopt.cli.app import ARGV_KEY
+        from treeopt.cli.interrupted import interrupted_message
+
+        argv = click.get_current_context().meta.get(ARGV_KEY) or ["autotune", "-o", str(output)]
+        typer.echo(interrupted_message(argv, stage["name"]), err=True)
         raise typer.Exit(130) from None
     typer.echo(result.headline.replace("**", ""))
     typer.echo(f"report: {result.report}", err=True)

@@ -20,6 +20,8 @@ CURVE_PICTURE = "curve.png"
 HELD_OUT_PICTURE = "held-out.png"
 # Nodes drawn in the tree picture; larger trees fold the rest (readable on a page).
 MAX_DRAWN_NODES = 64
+# Every file the report may write (the tree picture falls back to .dot without graphviz).
+REPORT_FILES = (REPORT_FILE, TREE_PICTURE, "tree.dot", CURVE_PICTURE, HELD_OUT_PICTURE)
 
 
 def headline(stages: dict[str, Any], rows: list[dict[str, Any]]) -> str:
@@ -188,4 +190,4 @@ def _export_section(export: dict[str, Any]) -> list[str]:
             *[f"- `{name}`" for name in export["files"]], "", *warning]
 
 
-__all__ = ["REPORT_FILE", "headline", "write_report"]
+__all__ = ["REPORT_FILE", "REPORT_FILES", "headline", "write_report"]
