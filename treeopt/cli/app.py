@@ -76,10 +76,8 @@ class TreeoptGroup(TyperGroup):
                 where = f" (see '{context.command_path} --help')" if context is not None else ""
                 typer.echo(f"error: {exc.format_message()}{where}", err=True)
             sys.exit(getattr(exc, "exit_code", 2))
-        except (typer.Abort, KeyboardInterrupt):
-            from treeopt.cli.interrupted import interrupted_message
-
-            typer.echo(interrupted_message(getattr(self, "verb_argv", [])), err=True)
+        except (typer.Abort, KeyboardInterrupt):  # outside a verb (invoke says more inside)
+            typer.echo("interrupted: nothing was saved", err=True)
             sys.exit(130)
         # Without standalone mode click returns the exit code of --help and typer.Exit.
         sys.exit(result if isinstance(result, int) else 0)
@@ -87,8 +85,7 @@ class TreeoptGroup(TyperGroup):
     def resolve_command(self, ctx: typer.Context, args: list[str]) -> Any:
         name, command, rest = super().resolve_command(ctx, args)
         ctx.meta[VERB_KEY] = command  # so an error can name the verb's own options
-        self.verb_argv = list(args)  # so Ctrl-C can say the command that resumes
-        ctx.meta[ARGV_KEY] = self.verb_argv
+        ctx.meta[ARGV_KEY] = list(args)  # so Ctrl-C can say the command that resumes
         return name, command, rest
 
     def invoke(self, ctx: typer.Context) -> object:
@@ -101,6 +98,12 @@ class TreeoptGroup(TyperGroup):
         except TreeoptError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            # Here, before typer turns it into a silent exit 130: say what was saved.
+            from treeopt.cli.interrupted import interrupted_message
+
+            typer.echo(interrupted_message(ctx.meta.get(ARGV_KEY, [])), err=True)
+            raise typer.Exit(130) from None
 
     def list_commands(self, ctx: typer.Context) -> list[str]:
         return list(self.commands)  # registration order, not alphabetical

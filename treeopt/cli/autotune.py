@@ -9,7 +9,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 from treeopt.cli.options import AcceptanceChoice, QuietOption, output_folder, parse_int_list
@@ -84,6 +83,7 @@ RedoOption = Annotated[AutotuneStage | None, typer.Option(
 
 
 def autotune(
+    ctx: typer.Context,
     model: ModelOption,
     data: DataOption,
     output: OutputOption,
@@ -159,7 +159,7 @@ def autotune(
         from treeopt.cli.app import ARGV_KEY
         from treeopt.cli.interrupted import interrupted_message
 
-        argv = click.get_current_context().meta.get(ARGV_KEY) or ["autotune", "-o", str(output)]
+        argv = ctx.meta.get(ARGV_KEY) or ["autotune", "-o", str(output)]
         typer.echo(interrupted_message(argv, stage["name"]), err=True)
         raise typer.Exit(130) from None
     typer.echo(result.headline.replace("**", ""))

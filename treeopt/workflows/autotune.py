@@ -231,6 +231,9 @@ def read_state(directory: Path, settings: AutotuneSettings) -> dict[str, Any]:
     changed = compare(state.get("settings", {}), fresh["settings"], state.get("inputs", {}),
                       fresh["inputs"])
     first = first_stage_to_redo(changed, settings.redo, Path(directory))
+    # The recorded settings stay as first spelled; only the changes a rerun may make land.
+    fresh["settings"] = {**state["settings"], **{key: fresh["settings"][key] for key in changed}}
+    fresh["inputs"] = state.get("inputs", fresh["inputs"])
     fresh["stages"] = dict(state["stages"])
     if first is not None:
         fresh["stages"] = {stage: summary for stage, summary in state["stages"].items()
