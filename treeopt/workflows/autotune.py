@@ -482,7 +482,7 @@ class _Run:
         return summary
 
     def stage_build(self) -> dict[str, Any]:
-        from treeopt.files.shipped import shipped_tree_names
+        from treeopt.files.shipped import shipped_tree_names, shipped_tree_path
         from treeopt.files.tree_file import load_tree, write_tree
         from treeopt.optimize.build import build_tree
         from treeopt.optimize.replay import nested_tokens_per_step, tokens_per_step
@@ -509,6 +509,9 @@ class _Run:
                 continue
             published.append({
                 "name": name, "num_tokens": tree.num_tokens,
+                # Only FasterDecoding's trees (reference/) are published; tuned/ holds
+                # treeopt's own shipped tuned trees.
+                "published": shipped_tree_path(name).parent.name == "reference",
                 "held_out_tokens_per_step": round(tokens_per_step(tree, holdout), 4),
                 "built_same_size": round(held[tree.num_tokens - 1], 4),
             })
@@ -536,14 +539,12 @@ class _Run:
 
             model, _, heads = self.loaded()
             dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-            # A CPU is shared with other work (load only adds time): its fastest samples
-            # are the steps' own cost. A GPU's timings are steady: the median.
-            is_cuda = str(s.device).startswith("cuda")
+            # One statistic for every measured table (the fastest sample; see
+            # treeopt.core.latency.TIMING_STATISTIC), as `treeopt overhead` keeps.
             table = measure_latency(model, heads, s.model, list(s.batches), contexts, sizes,
                                     s.device, dtype, s.warmup, s.repeats,
                                     show_progress=s.progress, compile_step=s.compile_step,
-                                    threads=self.cpu_threads(),
-                                    statistic="median" if is_cuda else "min")
+                                    threads=self.cpu_threads())
         else:
             from treeopt.cost.arch import get_arch
             from treeopt.cost.gpus import resolve_gpu
@@ -657,7 +658,8 @@ class _Run:
         """Decode ``prompts`` with every tree, rounds interleaved; each tree's fastest round.
 
         Returns per tree: tokens/s (fastest round) and its median over rounds, tokens
-        per verification step, and the tokens decoded (the last round's).
+        per verification step, the tokens decoded (the last round's) and the fastest
+        round's new tokens and seconds per prompt (``per_prompt``, for intervals).
         """
         import torch
         from tqdm import tqdm
@@ -668,6 +670,7 @@ class _Run:
         model, tokenizer, heads = self.loaded()
         eos = getattr(tokenizer, "eos_token_id", None)
         rates: dict[str, list[float]] = {name: [] for name in trees}
+        per_prompt: dict[str, list[tuple[list[int], list[float]]]] = {name: [] for name in trees}
         per_step: dict[str, float] = {}
         outputs: dict[str, list[list[int]]] = {}
         threads = self.cpu_threads()
@@ -679,27 +682,30 @@ class _Run:
                       unit="prompt", disable=not s.progress) as bar:
                 for _ in range(s.decode_rounds):
                     for name, tree in trees.items():
-                        tokens = steps = 0
-                        seconds = 0.0
-                        texts = []
+                        steps = 0
+                        counts, seconds, texts = [], [], []
                         for prompt in prompts:
                             result = generate(model, None if tree.num_tokens == 1 else heads,
                                               tree, prompt, s.max_new_tokens, eos_token_id=eos,
                                               compile_step=s.compile_step)
-                            tokens += len(result.tokens) - 1
+                            counts.append(len(result.tokens) - 1)
                             steps += result.verification_steps
-                            seconds += result.wall_time_s - result.prefill_s
+                            seconds.append(result.wall_time_s - result.prefill_s)
                             texts.append(list(result.tokens))
                             bar.update()
-                        rates[name].append(tokens / seconds)
-                        per_step[name] = tokens / steps if steps else 1.0
+                        rates[name].append(sum(counts) / sum(seconds))
+                        per_prompt[name].append((counts, seconds))
+                        per_step[name] = sum(counts) / steps if steps else 1.0
                         outputs[name] = texts
         finally:
             torch.set_num_threads(previous)
         # The fastest round of each tree: load on a shared machine only slows a round.
-        return {name: {"tokens_per_s": max(rates[name]),
+        fastest = {name: max(range(len(rates[name])), key=rates[name].__getitem__)
+                   for name in trees}
+        return {name: {"tokens_per_s": rates[name][fastest[name]],
                        "tokens_per_s_median": statistics.median(rates[name]),
-                       "tokens_per_step": per_step[name], "tokens": outputs[name]}
+                       "tokens_per_step": per_step[name], "tokens": outputs[name],
+                       "per_prompt": per_prompt[name][fastest[name]]}
                 for name in trees}
 
     def _tune(self, profile: Any, table: Any, batch: int, context: int) -> Any:
@@ -746,23 +752,14 @@ class _Run:
         if compared.depth <= heads.num_heads:
             trees[COMPARED_TREE] = compared
         decoded = self._decode(trees, prompts, "decoding held-out prompts")
-        plain = decoded["plain"]
-        runs = {
-            name: {
-                "num_tokens": tree.num_tokens,
-                "tokens_per_s": round(decoded[name]["tokens_per_s"], 2),
-                "tokens_per_s_median": round(decoded[name]["tokens_per_s_median"], 2),
-                "tokens_per_step": round(decoded[name]["tokens_per_step"], 4),
-                "measured_speedup": round(decoded[name]["tokens_per_s"] / plain["tokens_per_s"],
-                                          4),
-                "same_tokens_as_plain": decoded[name]["tokens"] == plain["tokens"],
-            }
-            for name, tree in trees.items()
-        }
+        runs = {name: _verified_run(tree, decoded[name], decoded["plain"], s.seed)
+                for name, tree in trees.items()}
         for name, run in runs.items():
+            low, high = run["speedup_interval"]
             self.say(f"  {name}: {run['tokens_per_s']:.0f} tokens/s, "
                      f"{run['tokens_per_step']:.3f} tokens/step, "
-                     f"measured speedup {run['measured_speedup']:.3f}x")
+                     f"measured speedup {run['measured_speedup']:.3f}x "
+                     f"(95% interval {low:.3f}-{high:.3f})")
         threads = self.cpu_threads()
         device = str(s.device) if threads is None else (
             f"cpu, {threads} thread{'s' if threads > 1 else ''}")
@@ -777,6 +774,25 @@ class _Run:
 
         self.claim(*REPORT_FILES)
         return write_report(self.dir, self.settings.fingerprint(), self.state["stages"])
+
+
+def _verified_run(tree: Any, run: dict[str, Any], plain: dict[str, Any],
+                  seed: int) -> dict[str, Any]:
+    """One tree's row of ``verify.json``: its rates, the speedup over plain decoding and
+    that speedup's 95% interval (paired bootstrap over the held-out prompts, seeded)."""
+    from treeopt.core.bootstrap import DEFAULT_RESAMPLES, speedup_interval
+
+    low, high = speedup_interval(*run["per_prompt"], *plain["per_prompt"], seed=seed)
+    return {
+        "num_tokens": tree.num_tokens,
+        "tokens_per_s": round(run["tokens_per_s"], 2),
+        "tokens_per_s_median": round(run["tokens_per_s_median"], 2),
+        "tokens_per_step": round(run["tokens_per_step"], 4),
+        "measured_speedup": round(run["tokens_per_s"] / plain["tokens_per_s"], 4),
+        "speedup_interval": [round(low, 4), round(high, 4)],
+        "interval": f"95%, bootstrap over prompts ({DEFAULT_RESAMPLES} resamples, seed {seed})",
+        "same_tokens_as_plain": run["tokens"] == plain["tokens"],
+    }
 
 
 def _bucket_name(batches: Sequence[int]) -> str:
