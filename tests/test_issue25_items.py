@@ -161,3 +161,29 @@ def test_overhead_clips_default_contexts_to_the_model_and_checks_before_timing(
         "positions: use contexts <= 510")
     assert "timing verification steps" not in given.stderr
     assert not (tmp_path / "given.json").exists()
+
+
+def test_the_study_measures_plain_decoding_as_its_baseline(capsys) -> None:
+    """Issue 25 item 4: `tune --measure` reported tokens/s with nothing to compare to."""
+    torch = pytest.importorskip("torch")
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from medusa_runtime.heads import MedusaConfig, MedusaHeads
+    from treeopt.core.profile import Profile
+    from treeopt.model.study import StudyConfig, run_study
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, vocab_size=64, max_position_embeddings=256)).eval()
+    heads = MedusaHeads(MedusaConfig(3, 1, 32, 64)).eval()
+    profile = Profile.from_cumulative_accuracy([[0.6, 0.7, 0.75], [0.4, 0.5, 0.55]])
+    outcome = run_study(model, heads, [[1, 5, 9, 13], [2, 4, 6]], profile,
+                        StudyConfig(trials=1, seed=0, max_budget=4, max_new_tokens=4),
+                        show_progress=False)
+    assert outcome.plain_tokens_per_second > 0
+    assert outcome.measured_speedup == pytest.approx(
+        outcome.tokens_per_second / outcome.plain_tokens_per_second)
+    err = capsys.readouterr().err
+    assert "plain decoding: " in err and "tokens/s on the same 2 prompts" in err
+    assert f"measured speedup {outcome.measured_speedup:.3f}x" in err
