@@ -20,7 +20,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from treeopt.cli.options import output_file, output_file_or_stdout
+from treeopt.cli.options import STAGE_KEY, output_file, output_file_or_stdout
 from treeopt.errors import ParameterError, TreeoptError
 from treeopt.files.engines import FORMATS, TRTLLM_DEFAULT_MAX_DRAFT_LEN
 
@@ -102,7 +102,8 @@ class TreeoptGroup(TyperGroup):
             # Here, before typer turns it into a silent exit 130: say what was saved.
             from treeopt.cli.interrupted import interrupted_message
 
-            typer.echo(interrupted_message(ctx.meta.get(ARGV_KEY, [])), err=True)
+            typer.echo(interrupted_message(ctx.meta.get(ARGV_KEY, []), ctx.meta.get(STAGE_KEY)),
+                       err=True)
             raise typer.Exit(130) from None
 
     def list_commands(self, ctx: typer.Context) -> list[str]:

@@ -11,7 +11,13 @@ from typing import Annotated
 
 import typer
 
-from treeopt.cli.options import AcceptanceChoice, QuietOption, output_folder, parse_int_list
+from treeopt.cli.options import (
+    STAGE_KEY,
+    AcceptanceChoice,
+    QuietOption,
+    output_folder,
+    parse_int_list,
+)
 from treeopt.workflows.autotune import (
     DEFAULT_DECODE_ROUNDS,
     DEFAULT_HOLDOUT_FRACTION,
@@ -145,23 +151,15 @@ def autotune(
         chat_template=chat_template, seed=seed, threads=threads, compile_step=compile_step,
         verify=verify, decode_rounds=rounds, progress=not quiet,
         redo=None if redo is None else redo.value)
-    stage = {"name": STAGES[0]}
+    ctx.meta[STAGE_KEY] = STAGES[0]  # what Ctrl-C names (treeopt.cli.app says the rest)
 
     def log(line: str) -> None:
         if line.startswith("[") and "] " in line:
-            stage["name"] = line.split("] ", 1)[1].split(":")[0].split(" ")[0]
+            ctx.meta[STAGE_KEY] = line.split("] ", 1)[1].split(":")[0].split(" ")[0]
         if not quiet:
             typer.echo(line, err=True)
 
-    try:
-        result = run_autotune(settings, log=log)
-    except KeyboardInterrupt:
-        from treeopt.cli.app import ARGV_KEY
-        from treeopt.cli.interrupted import interrupted_message
-
-        argv = ctx.meta.get(ARGV_KEY) or ["autotune", "-o", str(output)]
-        typer.echo(interrupted_message(argv, stage["name"]), err=True)
-        raise typer.Exit(130) from None
+    result = run_autotune(settings, log=log)
     typer.echo(result.headline.replace("**", ""))
     typer.echo(f"report: {result.report}", err=True)
 
