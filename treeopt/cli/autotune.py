@@ -83,8 +83,10 @@ VerifyOption = Annotated[bool, typer.Option(
 RoundsOption = Annotated[int, typer.Option(
     min=1, help="Decoding rounds of the measured speedup (the fastest kept).")]
 RedoOption = Annotated[AutotuneStage | None, typer.Option(
-    help="Redo this stage and every later one of the run in -o (e.g. --redo verify); "
-         "a rerun changing only --rounds, --threads or --verify redoes what they affect.")]
+    metavar="STAGE",
+    help=f"Redo STAGE ({', '.join(STAGES)}) and every later one of the run in -o, e.g. "
+         "--redo verify (a rerun changing only --rounds, --threads or --verify redoes "
+         "what they affect by itself).")]
 
 
 

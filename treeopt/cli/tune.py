@@ -104,12 +104,13 @@ def overhead(
     The overhead of an n-token tree is latency(n) / latency(1); `treeopt tune`
     divides the expected accept length by it. Timing runs the runtime's real
     verification step (static KV cache, captured on GPU), after warm-up; the
-    fastest of the repeats (min) is kept, as autotune does: load only adds time.
-    Rounds of repeats go on until every size's spread ((q3 - q1) / median) is <= 5%,
-    up to 4; a warning says when that was not reached. A size that runs out of
-    GPU memory is recorded as the limit for that batch and context, and the sweep
-    goes on. On CPU it runs and labels the file "cpu". Default contexts the
-    model cannot hold are left out (said on stderr).
+    fastest of the repeats (min) is kept, as autotune does: load only adds
+    time. Rounds of repeats go on until every size's spread ((q3 - q1) /
+    median) is <= 5%, up to 4; a warning says when that was not reached. A
+    size that runs out of GPU memory is recorded as the limit for that batch
+    and context, and the sweep goes on. On CPU it runs and labels the file
+    "cpu". Default contexts the model cannot hold are left out (said on
+    stderr).
 
     \b
     Examples:
