@@ -158,7 +158,7 @@ def autotune(
     def log(line: str) -> None:
         if line.startswith("[") and "] " in line:
             ctx.meta[STAGE_KEY] = line.split("] ", 1)[1].split(":")[0].split(" ")[0]
-        if not quiet:
+        if not quiet or line.lstrip().startswith("warning:"):  # -q keeps the warnings
             typer.echo(line, err=True)
 
     result = run_autotune(settings, log=log)
