@@ -177,19 +177,20 @@ def test_alibi_bias_is_the_models_own_at_contiguous_positions(kind: str) -> None
 
     model = tiny_model(kind)
     decoder = model.get_decoder()
-    seen: list[torch.Tensor] = []
+    seen: list[dict] = []
     owner = decoder if kind == "bloom-alibi" else sys.modules[type(decoder).__module__]
     own = owner.build_alibi_tensor(torch.ones(2, 300, dtype=torch.long), 4, torch.float32)
     layer = decoder.h[0]
-    layer.register_forward_hook(lambda _, args, kwargs, out: seen.append(
-        kwargs.get("alibi", kwargs.get("attention_mask"))), with_kwargs=True)
+    layer.register_forward_hook(lambda _, args, kwargs, out: seen.append(kwargs),
+                                with_kwargs=True)
     positions = torch.arange(300).expand(2, 300)  # past 256: bfloat16 rounds the products
     decoder_call(model, 2)(positions, positions, input_ids=torch.ones(2, 300, dtype=torch.long),
                            attention_mask=torch.zeros(2, 1, 300, 300), use_cache=False)
     if kind == "bloom-alibi":
-        assert torch.equal(seen[0], own)
+        assert torch.equal(seen[0]["alibi"], own)
     else:  # Falcon folds the bias, over sqrt(head_dim), into the mask
-        assert torch.equal(seen[0][:, :, 0], own.reshape(2, 4, 1, 300)[:, :, 0] / 8 ** 0.5)
+        mask = seen[0]["attention_mask"]
+        assert torch.equal(mask[:, :, 0], own.reshape(2, 4, 1, 300)[:, :, 0] / 8 ** 0.5)
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2", "opt", "mpt-alibi"])
