@@ -184,19 +184,29 @@ class LogitTransform:
 DecoderCall = Callable[..., Any]
 
 
-@contextmanager
-def _replaced(owner: Any, name: str, value: Any) -> Iterator[None]:
-    """``owner.name = value`` for the duration (the model's own hook point, put back after)."""
-    had_own = name in vars(owner)
-    saved = vars(owner).get(name)
-    setattr(owner, name, value)
-    try:
-        yield
-    finally:
-        if had_own:
-            setattr(owner, name, saved)
-        else:
-            delattr(owner, name)  # back to the class's method
+class _BiasOverride:
+    """Stands in for a model's ALiBi builder: the runtime's bias while the runtime runs the
+    decoder, the builder's own result otherwise (so ``model.generate`` is unchanged).
+
+    Installed once per builder and left in place: swapping a module's attribute per call
+    would break torch.compile's trace; setting ``bias`` does not.
+    """
+
+    def __init__(self, builder: Callable[..., torch.Tensor]) -> None:
+        self.builder = builder
+        self.bias: torch.Tensor | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.bias if self.bias is not None else self.builder(*args, **kwargs)
+
+
+def _bias_override(owner: Any, name: str) -> _BiasOverride:
+    """The override of ``owner.name`` (installed on first use)."""
+    current = getattr(owner, name)
+    if not isinstance(current, _BiasOverride):
+        current = _BiasOverride(current)
+        setattr(owner, name, current)
+    return current
 
 
 def _key_alibi(builder: Callable[..., torch.Tensor], num_heads: int, slope_dtype: torch.dtype,
@@ -220,17 +230,23 @@ def _alibi_call(decoder: nn.Module, owner: Any, name: str,
                 bias_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> DecoderCall:
     """Run ``decoder`` with ``owner.name`` (its ALiBi builder) returning the bias of this
     call's positions: ``bias_of(positions, key_positions)``."""
+    override = _bias_override(owner, name)
 
     def call(positions: torch.Tensor, key_positions: torch.Tensor, **kwargs: Any) -> Any:
-        bias = bias_of(positions, key_positions)
-        with _replaced(owner, name, lambda *args, **options: bias):
+        override.bias = bias_of(positions, key_positions)
+        try:
             return decoder(position_ids=positions, **kwargs)
+        finally:
+            override.bias = None
 
     return call
 
 
-def _mpt_call(decoder: nn.Module, batch_size: int) -> DecoderCall:
+def _mpt_call(decoder: nn.Module, batch_size: int, compile_step: bool) -> DecoderCall:
     """MPT: its bias ``slope[h] * (key - query)`` (int32 offsets, as MPT builds them), per query."""
+    if compile_step:
+        raise TreeoptError("mpt cannot run a compiled step: MPT's attention reads the cache "
+                           "length on the host (a graph break); decode without compile_step")
     if batch_size > 1:
         raise TreeoptError(
             "mpt decodes one prompt at a time: MPT takes its ALiBi bias without a batch "
@@ -289,7 +305,7 @@ def needs_key_positions(model: nn.Module) -> bool:
     return model_type in ("bloom", "mpt", "gpt_neo") or alibi_falcon
 
 
-def decoder_call(model: nn.Module, batch_size: int) -> DecoderCall:
+def decoder_call(model: nn.Module, batch_size: int, compile_step: bool = False) -> DecoderCall:
     """How the runtime runs ``model``'s decoder at explicit token positions.
 
     ``call(positions, key_positions, **decoder_kwargs)``: ``positions [B, T]`` of this
@@ -297,7 +313,7 @@ def decoder_call(model: nn.Module, batch_size: int) -> DecoderCall:
     Most models take positions only through ``position_ids`` (learned tables, RoPE):
     the decoder itself. ALiBi models get their bias from ``key_positions``; GPT-Neo's
     local layers their window. Raises TreeoptError for what cannot be exact (MPT with
-    ``batch_size > 1``).
+    ``batch_size > 1``) or cannot compile (MPT with ``compile_step``).
     """
     decoder = model.get_decoder()
     model_type = getattr(model.config, "model_type", None)
@@ -310,7 +326,7 @@ def decoder_call(model: nn.Module, batch_size: int) -> DecoderCall:
         bias = _key_alibi(falcon.build_alibi_tensor, decoder.num_heads, torch.bfloat16, dtype)
         return _alibi_call(decoder, falcon, "build_alibi_tensor", lambda _, keys: bias(keys))
     if model_type == "mpt":
-        return _mpt_call(decoder, batch_size)
+        return _mpt_call(decoder, batch_size, compile_step)
     if model_type == "gpt_neo":
         return _gpt_neo_call(decoder)
 

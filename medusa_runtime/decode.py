@@ -164,7 +164,7 @@ class TreeDecoder:
         self.logit_transform = LogitTransform.of(model)
         self.cache_argument = cache_argument(self.decoder)
         # Runs the decoder at token positions (ALiBi and GPT-Neo also read key_positions).
-        self.call_decoder = decoder_call(model, batch_size)
+        self.call_decoder = decoder_call(model, batch_size, compile_step)
         self.windows = attention_windows(text_config(model))  # layer type -> window or None
         self.vocab_size = int(self.lm_head.weight.shape[0])
         if drafter is not None and heads is not None:

@@ -160,12 +160,15 @@ def test_unsupported_families_are_refused_in_one_line() -> None:
                         r"biogpt, .*, xglm\)$")
 
 
-def test_mpt_batches_are_refused_in_one_line() -> None:
+def test_mpt_batches_and_compiling_are_refused_in_one_line() -> None:
     model = tiny_model("mpt-alibi")
     calls = _forward_calls(model)
     with pytest.raises(TreeoptError, match=r"^mpt decodes one prompt at a time: MPT takes its "
                                            r"ALiBi bias without a batch dimension"):
         generate_batch(model, None, Tree.empty(), [[1, 2, 3], [4, 5]], 4)
+    with pytest.raises(TreeoptError, match=r"^mpt cannot run a compiled step: MPT's attention "
+                                           r"reads the cache length on the host"):
+        generate(model, None, Tree.empty(), [1, 2, 3], 4, compile_step=True)
     assert calls == []
 
 
