@@ -66,6 +66,17 @@ def test_every_supported_type_is_in_the_suite() -> None:
     assert covered == set(SUPPORTED_MODEL_TYPES)
 
 
+def test_the_docs_list_the_supported_types() -> None:
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).parents[1] / "docs" / "runtime.md").read_text()
+    listed = page.split("Supported model types (")[1].split(".\n")[0]
+    count, names = listed.split(")", 1)
+    assert int(count) == len(SUPPORTED_MODEL_TYPES)
+    assert re.findall(r"`([a-z0-9_]+)`", names) == list(SUPPORTED_MODEL_TYPES)
+
+
 @pytest.mark.parametrize("kind", sorted(ARCHITECTURES))
 def test_lossless(kind: str) -> None:
     model = tiny_model(kind, seed=1)
