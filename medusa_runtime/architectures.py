@@ -207,7 +207,7 @@ class LogitTransform:
 
 
 # ------------------------------------------------------------ positions beyond position_ids
-# decoder_call(model, batch_size) -> call(positions, key_positions, **decoder_kwargs): runs
+# decoder_call(model, batch_size, compile_step) -> call(positions, key_positions, **kwargs): runs
 # the decoder with position_ids=positions [B, T]; key_positions [B, S] is the token
 # position of every cache slot, this block's slots included (read only where visible).
 DecoderCall = Callable[..., Any]
@@ -239,17 +239,20 @@ def _bias_override(owner: Any, name: str) -> _BiasOverride:
 
 
 def _key_alibi(builder: Callable[..., torch.Tensor], num_heads: int, slope_dtype: torch.dtype,
-               dtype: torch.dtype) -> Callable[[torch.Tensor], torch.Tensor]:
+               weight: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """Bloom/Falcon: the model's ``build_alibi_tensor`` made to read key *positions*.
 
     Their bias is ``slope[h] * position(key)`` in ``slope_dtype`` arithmetic, shaped
     ``[B * heads, 1, S]`` (one per key: a query's own offset cancels in the softmax).
-    The slopes come from the model's own builder, so the products are its own.
+    The slopes come from the model's own builder, so the products are its own; they live
+    on the model's device (``weight``'s: no host copy inside a captured step).
     """
-    slopes = builder(torch.ones(1, 2, dtype=torch.long), num_heads, slope_dtype)[:, 0, 1]
+    probe = torch.ones(1, 2, dtype=torch.long, device=weight.device)
+    slopes = builder(probe, num_heads, slope_dtype)[:, 0, 1]
+    dtype = weight.dtype
 
     def bias(key_positions: torch.Tensor) -> torch.Tensor:
-        products = slopes.to(key_positions.device)[None, :, None] * key_positions[:, None, :]
+        products = slopes[None, :, None] * key_positions[:, None, :]
         return products.reshape(-1, 1, key_positions.shape[-1]).to(dtype)
 
     return bias
@@ -271,7 +274,8 @@ def _alibi_call(decoder: nn.Module, owner: Any, name: str,
     return call
 
 
-def _mpt_call(decoder: nn.Module, batch_size: int, compile_step: bool) -> DecoderCall:
+def _mpt_call(decoder: nn.Module, batch_size: int, compile_step: bool,
+              device: torch.device) -> DecoderCall:
     """MPT: its bias ``slope[h] * (key - query)`` (int32 offsets, as MPT builds them), per query."""
     if compile_step:
         raise TreeoptError("mpt cannot run a compiled step: MPT's attention reads the cache "
@@ -282,12 +286,12 @@ def _mpt_call(decoder: nn.Module, batch_size: int, compile_step: bool) -> Decode
             "dimension, so rows at different positions cannot each get theirs"
         )
     config = decoder.config
-    table = decoder.build_mpt_alibi_tensor(config.n_heads, 2, device=torch.device("cpu"))
+    table = decoder.build_mpt_alibi_tensor(config.n_heads, 2, device=device)
     slopes = -table[:, 0, 0]  # position -1 of the model's own table: the slopes
 
     def bias_of(positions: torch.Tensor, key_positions: torch.Tensor) -> torch.Tensor:
         offsets = (key_positions[0, None, :] - positions[0, :, None]).to(torch.int32)
-        return offsets[None] * slopes.to(positions.device)[:, None, None]  # [heads, T, S]
+        return offsets[None] * slopes[:, None, None]  # [heads, T, S]
 
     return _alibi_call(decoder, decoder, "build_mpt_alibi_tensor", bias_of)
 
@@ -346,16 +350,16 @@ def decoder_call(model: nn.Module, batch_size: int, compile_step: bool = False) 
     """
     decoder = model.get_decoder()
     model_type = getattr(model.config, "model_type", None)
-    dtype = next(model.parameters()).dtype
+    weight = next(model.parameters())
     if model_type == "bloom":
-        bias = _key_alibi(decoder.build_alibi_tensor, decoder.num_heads, torch.float32, dtype)
+        bias = _key_alibi(decoder.build_alibi_tensor, decoder.num_heads, torch.float32, weight)
         return _alibi_call(decoder, decoder, "build_alibi_tensor", lambda _, keys: bias(keys))
     if model_type == "falcon" and getattr(decoder.config, "alibi", False):
         falcon = sys.modules[type(decoder).__module__]  # builds its bias in a module function
-        bias = _key_alibi(falcon.build_alibi_tensor, decoder.num_heads, torch.bfloat16, dtype)
+        bias = _key_alibi(falcon.build_alibi_tensor, decoder.num_heads, torch.bfloat16, weight)
         return _alibi_call(decoder, falcon, "build_alibi_tensor", lambda _, keys: bias(keys))
     if model_type == "mpt":
-        return _mpt_call(decoder, batch_size, compile_step)
+        return _mpt_call(decoder, batch_size, compile_step, weight.device)
     if model_type == "gpt_neo":
         return _gpt_neo_call(decoder)
 
