@@ -224,7 +224,8 @@ def _levels(tree: Tree, device: torch.device) -> tuple[list[_Level], int]:
 class DraftModelDrafter(Drafter):
     """A small causal LM with the target's tokenizer as the drafter (see the module doc).
 
-    Any model the runtime supports (``architectures``) without sliding-window layers.
+    Any model the runtime supports (``architectures``) without sliding-window layers
+    and whose positions enter only through ``position_ids`` (not ALiBi, not GPT-Neo).
     It may have its own dtype; it must be on the target's device and have the
     target's vocabulary size.
     """

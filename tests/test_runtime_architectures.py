@@ -240,3 +240,17 @@ def test_a_multimodal_wrapper_is_not_its_text_decoder() -> None:
         image_size=28, patch_size=14), mm_tokens_per_image=4)
     model = AutoModelForImageTextToText.from_config(config).eval()
     _refused(model, r"^model type 'gemma3' is not supported by medusa_runtime")
+
+
+@pytest.mark.parametrize("kind", ["bloom-alibi", "gpt-neo-local-window"])
+def test_draft_models_with_positions_beyond_position_ids_are_refused(kind: str) -> None:
+    from medusa_runtime.drafter import DraftModelDrafter
+
+    target = tiny_model("llama")
+    tree = Tree.from_paths([[0], [0, 0]], num_heads=NUM_HEADS)
+    calls = _forward_calls(target)
+    with pytest.raises(TreeoptError, match=r"draft models are not supported: their positions "
+                                           r"enter beyond position_ids") as error:
+        generate(target, None, tree, [1, 2, 3], 4, drafter=DraftModelDrafter(tiny_model(kind)))
+    assert "\n" not in str(error.value)
+    assert calls == []
