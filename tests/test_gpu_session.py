@@ -164,6 +164,12 @@ def test_a_part_past_its_cap_is_killed_and_its_file_says_so(tmp_path, monkeypatc
     document = json.loads((tmp_path / session.FILES["profile"]).read_text())
     assert document["status"] == "stopped: stopped by its 1 s cap"
     assert document["rows"] == [1]  # what the part wrote before its cap stays
+    # What a killed part measured before its cap still counts.
+    (tmp_path / session.FILES["runtime"]).write_text(json.dumps(
+        {"status": "stopped", "failures": [{}],
+         "latency": {"captured": {"1": {"median_s": 1e-3}}, "compiled": {}}}))
+    rc, verdict = session.session_verdict(tmp_path, ("runtime", "profile"))
+    assert rc == 1 and verdict.startswith("== FAILED: profile measured nothing")
 
 
 def test_a_part_that_measures_nothing_fails_the_session(tmp_path):
