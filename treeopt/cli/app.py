@@ -113,6 +113,7 @@ app = typer.Typer(
         "Start with: treeopt build --budget 64 -o tree.json"
     ),
     no_args_is_help=True,
+    rich_markup_mode=None,
     pretty_exceptions_enable=False,
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},

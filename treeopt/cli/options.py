@@ -148,3 +148,25 @@ def parse_int_list(text: str, option: str) -> list[int]:
                 f"{option} takes comma-separated integers like 1,4,16, not {text!r}"
             ) from None
     return check_sizes(values, option)
+
+
+# --------------------------------------------------------------------- tables
+def print_table(table: object, *, err: bool = False) -> None:
+    """Print a rich table whole: the console is widened to the table's natural width, so
+    no cell is cut to "0.0…" at 80 columns or in a pipe (a wide table wraps in the
+    terminal instead of losing digits).
+    """
+    import sys
+
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    stream = sys.stderr if err else sys.stdout
+    console = Console(file=stream)
+    unbounded = console.options.update(max_width=10_000)
+    title, table.title = table.title, None  # type: ignore[attr-defined]  # a title wraps
+    needed = Measurement.get(console, unbounded, table).maximum  # type: ignore[arg-type]
+    table.title = title  # type: ignore[attr-defined]
+    if needed > console.width:
+        console = Console(file=stream, width=needed)
+    console.print(table)
