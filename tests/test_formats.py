@@ -307,4 +307,4 @@ def test_tune_engine_tunes_only_trees_the_engine_takes(tmp_path, tune_inputs, en
 
 def test_tune_engine_refuses_measure():
     result = runner.invoke(app, ["tune", "--measure", "--engine", "vllm"])
-    assert result.exit_code == 2 and "--engine applies to tuning by a latency file" in result.output
+    assert result.exit_code == 2 and "tune --measure is now its own verb" in result.output

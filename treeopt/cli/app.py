@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "treeopt.cli.runtime",
     "treeopt.cli.profile",
     "treeopt.cli.tune",
+    "treeopt.cli.study",
     "treeopt.cli.roofline",
     "treeopt.cli.render",
     "treeopt.cli.autotune",

@@ -63,6 +63,19 @@ QuietOption = Annotated[bool, typer.Option(
 SeedOption = Annotated[
     int, typer.Option("--seed", help="Seed of the prompt split (same seed = same split).")
 ]
+# One device rule for every verb that runs a model.
+DeviceOption = Annotated[str, typer.Option(
+    "--device",
+    help="Torch device: auto (cuda when a GPU is visible, else cpu), cpu, cuda, cuda:1, mps.")]
+# One dtype rule: the checkpoint's own unless asked.
+LoadDtypeOption = Annotated[str, typer.Option(
+    "--dtype", help="auto (the checkpoint's own dtype), bf16, fp16 or fp32.")]
+DATA_HELP = ("Calibration prompts: AlpacaEval alpaca_eval.json (instruction), FastChat "
+             "MT-Bench question.jsonl (turns), JSONL with prompt/text, plain text (one prompt "
+             "a line), or a cached Hugging Face dataset owner/name[:split] (needs `datasets`).")
+DataOption = Annotated[str, typer.Option("--data", "-d", help=DATA_HELP)]
+# For a verb that still takes an old name of -d/--data (hidden), so -d itself is optional.
+OptionalDataOption = Annotated[str | None, typer.Option("--data", "-d", help=DATA_HELP)]
 DraftModelOption = Annotated[
     str | None,
     typer.Option(

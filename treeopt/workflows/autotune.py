@@ -549,12 +549,13 @@ class _Run:
         """Decode ``prompts`` with every tree, rounds interleaved; each tree's fastest round.
 
         Returns per tree: tokens/s (fastest round) and its median over rounds, tokens
-        per verification step, and the tokens decoded (the last round's).
+        per verification step, and the tokens decoded (the last round's); tokens/s as
+        :func:`treeopt.model.speed.decode_speed` defines it (prefill excluded).
         """
         import torch
         from tqdm import tqdm
 
-        from medusa_runtime.decode import generate
+        from treeopt.model.speed import decode_speed
 
         s = self.settings
         model, tokenizer, heads = self.loaded()
@@ -571,21 +572,12 @@ class _Run:
                       unit="prompt", disable=not s.progress) as bar:
                 for _ in range(s.decode_rounds):
                     for name, tree in trees.items():
-                        tokens = steps = 0
-                        seconds = 0.0
-                        texts = []
-                        for prompt in prompts:
-                            result = generate(model, None if tree.num_tokens == 1 else heads,
-                                              tree, prompt, s.max_new_tokens, eos_token_id=eos,
-                                              compile_step=s.compile_step)
-                            tokens += len(result.tokens) - 1
-                            steps += result.verification_steps
-                            seconds += result.wall_time_s - result.prefill_s
-                            texts.append(list(result.tokens))
-                            bar.update()
-                        rates[name].append(tokens / seconds)
-                        per_step[name] = tokens / steps if steps else 1.0
-                        outputs[name] = texts
+                        speed = decode_speed(model, heads, tree, prompts, s.max_new_tokens,
+                                             eos_token_id=eos, compile_step=s.compile_step,
+                                             on_prompt=bar.update)
+                        rates[name].append(speed.tokens_per_second)
+                        per_step[name] = speed.tokens_per_step
+                        outputs[name] = speed.outputs
         finally:
             torch.set_num_threads(previous)
         # The fastest round of each tree: load on a shared machine only slows a round.
