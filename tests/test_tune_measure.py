@@ -118,5 +118,5 @@ def test_study_drops_prompts_too_long_for_the_context_before_any_trial(tiny, cap
                         show_progress=False)
     assert outcome.num_trials == 1 and outcome.tokens_per_second > 0
     assert "dropped 1 of 2 prompts too long" in capsys.readouterr().err
-    with pytest.raises(TreeoptError, match="no calibration prompt leaves room"):
+    with pytest.raises(TreeoptError, match="leave no calibration prompt room"):
         run_study(model, heads, [too_long], profile, config, show_progress=False)

@@ -146,9 +146,12 @@ def roofline(
     from treeopt.workflows.roofline import GpuChoice, RooflineSettings, roofline_rows
 
     outcome = roofline_rows(RooflineSettings(
-        arch, parse_int_list(batch, "--batch"), parse_int_list(context, "--context"),
-        parse_int_list(candidates, "--candidates"), GpuChoice(gpu, peak_tflops, bandwidth_gbs),
-        dtype, medusa_heads, measure, repeats, save_device_profile, device_profile, plot,
+        arch=arch, batches=parse_int_list(batch, "--batch"),
+        contexts=parse_int_list(context, "--context"),
+        candidates=parse_int_list(candidates, "--candidates"),
+        gpu=GpuChoice(name=gpu, peak_tflops=peak_tflops, bandwidth_gbs=bandwidth_gbs),
+        dtype=dtype, medusa_heads=medusa_heads, measure=measure, repeats=repeats,
+        save_device_profile=save_device_profile, device_profile=device_profile, plot=plot,
         say=_silent if as_json else _say, show_progress=not as_json))
     for path in outcome.written:
         typer.echo(f"wrote {path}", err=True)
@@ -259,9 +262,11 @@ def simulate(
     from treeopt.workflows.roofline import GpuChoice, SimulateSettings, simulate_speedups
 
     outcome = simulate_speedups(SimulateSettings(
-        parse_int_list(batch, "--batch"), parse_int_list(context, "--context"),
-        parse_int_list(candidates, "--candidates"), arch, profile, acceptance,
-        GpuChoice(gpu, peak_tflops, bandwidth_gbs), dtype, medusa_heads, device_profile, plot))
+        batches=parse_int_list(batch, "--batch"), contexts=parse_int_list(context, "--context"),
+        candidates=parse_int_list(candidates, "--candidates"), arch=arch, profile=profile,
+        acceptance=acceptance,
+        gpu=GpuChoice(name=gpu, peak_tflops=peak_tflops, bandwidth_gbs=bandwidth_gbs),
+        dtype=dtype, medusa_heads=medusa_heads, device_profile=device_profile, plot=plot))
     spec = outcome.gpu
     if outcome.left_out:
         typer.echo(f"left out {outcome.left_out} settings that do not fit in {spec.name}'s "

@@ -13,6 +13,7 @@ import typer
 
 from treeopt.cli.options import (
     AcceptanceChoice,
+    DeviceOption,
     EngineChoice,
     QuietOption,
     curve_file,
@@ -66,8 +67,9 @@ ContextsOption = Annotated[str, typer.Option(
     help="Context lengths (KV positions already cached), comma-separated.")]
 SizesOption = Annotated[str, typer.Option(
     help="Tree sizes (tokens per step, root included; 1 = plain decoding).")]
-TimedDeviceOption = Annotated[str, typer.Option(help="cuda, cuda:N or cpu (measured).")]
-TimedDtypeOption = Annotated[str, typer.Option(help="bf16, fp16 or fp32 (fp8 for --predict).")]
+TimedDtypeOption = Annotated[str, typer.Option(
+    help="auto (the checkpoint's own dtype; bf16 for --random-weights and --predict, which "
+         "have no checkpoint), bf16, fp16 or fp32 (fp8 for --predict).")]
 RandomHeadsOption = Annotated[int, typer.Option(
     min=0, help="Medusa heads to time with random weights (--random-weights or a model "
          "without published heads).")]
@@ -89,8 +91,8 @@ def overhead(
     batch: BatchesOption = DEFAULT_BATCHES,
     context: ContextsOption = DEFAULT_CONTEXTS,
     sizes: SizesOption = DEFAULT_SIZES,
-    device: TimedDeviceOption = "cuda",
-    dtype: TimedDtypeOption = "bf16",
+    device: DeviceOption = "auto",
+    dtype: TimedDtypeOption = "auto",
     heads: RandomHeadsOption = MEDUSA_NUM_HEADS,
     warmup: WarmupOption = DEFAULT_WARMUP,
     repeats: RepeatsOption = DEFAULT_REPEATS,
@@ -113,12 +115,15 @@ def overhead(
       treeopt overhead --predict --arch llama-7b --gpu a100-80gb-sxm \\
           -o lat-a100.json
     """
+    from treeopt.workflows.devices import device_choice
     from treeopt.workflows.latency import OverheadSettings, write_overhead
 
     table = write_overhead(OverheadSettings(
-        output, parse_int_list(batch, "--batch"), parse_int_list(context, "--context"),
-        parse_int_list(sizes, "--sizes"), model, random_weights, predict, arch, gpu, device,
-        dtype, heads, warmup, repeats, compile_step, show_progress=not quiet))
+        output=output, batches=parse_int_list(batch, "--batch"),
+        contexts=parse_int_list(context, "--context"), sizes=parse_int_list(sizes, "--sizes"),
+        model=model, random_weights=random_weights, predict=predict, arch=arch, gpu=gpu,
+        device=device if predict else device_choice(device), dtype=dtype, heads=heads,
+        warmup=warmup, repeats=repeats, compile_step=compile_step, show_progress=not quiet))
     typer.echo(f"wrote {output}: {len(table.measurements)} settings, {table.describe()}", err=True)
     for line in latency_warnings(table):
         typer.echo(f"warning: {line}", err=True)

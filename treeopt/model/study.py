@@ -219,13 +219,13 @@ def prompts_with_room(model: Any, prompts: Sequence[Sequence[int]], max_new_toke
     room = context - max_new_tokens - max_depth  # the runtime's last position stays < context
     kept = [prompt for prompt in prompts if len(prompt) <= room]
     if not kept:
-        raise TreeoptError(
-            f"no calibration prompt leaves room for --max-new-tokens {max_new_tokens} and a "
-            f"{max_depth}-deep tree in the model's {context}-token context (lower "
-            "--max-new-tokens or give shorter prompts)")
+        raise ParameterError(
+            "max_new_tokens", f"{max_new_tokens} and a {max_depth}-deep tree leave no "
+            f"calibration prompt room in the model's {context}-token context (lower it, or "
+            "give shorter prompts)")
     if len(kept) < len(prompts):
         print(f"note: dropped {len(prompts) - len(kept)} of {len(prompts)} prompts too long "
-              f"for --max-new-tokens {max_new_tokens} in the model's {context}-token context",
+              f"for {max_new_tokens} new tokens in the model's {context}-token context",
               file=sys.stderr)
     return kept
 

@@ -39,8 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from treeopt.core.atomic import atomic_write_text
+from treeopt.core.dtypes import loadable_dtype
 from treeopt.core.latency import DEFAULT_REPEATS, DEFAULT_WARMUP
-from treeopt.errors import TreeoptError
+from treeopt.errors import ParameterError, TreeoptError
 from treeopt.files.engines import FORMATS
 
 STATE_FILE = "autotune.state.json"
@@ -123,22 +124,22 @@ class AutotuneSettings:
     def check(self) -> None:
         """One-line TreeoptError for a bad setting (before anything loads)."""
         if self.engine not in ENGINES:
-            raise TreeoptError(f"--engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
+            raise ParameterError("engine", f"must be one of {', '.join(ENGINES)}, not "
+                                 f"{self.engine!r}")
         if self.holdout_data is None and not 0.0 < self.holdout_fraction < 1.0:
             raise TreeoptError("the held-out fraction must be strictly between 0 and 1, not "
                                f"{self.holdout_fraction}")
-        for name, option in (("batches", "--batch"), ("sizes", "--sizes"),
-                             ("contexts", "--context")):
+        for name in ("batches", "sizes", "contexts"):
             values = getattr(self, name)
             if values is not None and (not values or min(values) < 1):
-                raise TreeoptError(f"{option} takes positive integers, not {list(values)}")
+                raise ParameterError(name, f"takes positive integers, not {list(values)}")
         if 1 not in self.sizes or max(self.sizes) < 2:
-            raise TreeoptError("--sizes must include 1 (plain decoding) and a size >= 2")
+            raise ParameterError("sizes", "must include 1 (plain decoding) and a size >= 2")
         for name in ("max_new_tokens", "top_k", "repeats", "decode_rounds"):
             if getattr(self, name) < 1:
-                raise TreeoptError(f"{name} must be >= 1, not {getattr(self, name)}")
+                raise ParameterError(name, f"must be >= 1, not {getattr(self, name)}")
         if self.threads is not None and self.threads < 1:
-            raise TreeoptError(f"--threads must be >= 1, not {self.threads}")
+            raise ParameterError("threads", f"must be >= 1, not {self.threads}")
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings a run's results depend on, JSON-able (output and progress left out)."""
@@ -235,9 +236,8 @@ def autotune(settings: AutotuneSettings,
     if directory.exists() and not directory.is_dir():
         raise TreeoptError(f"cannot write into {directory}: it is a file, give a folder")
     state = read_state(directory, settings)  # before any loading: a mismatch fails fast
-    if settings.gpu is None and settings.dtype not in ("auto", "float32", "fp32", "float16",
-                                                       "fp16", "bfloat16", "bf16"):
-        raise TreeoptError(f"--dtype must be auto, fp32, fp16 or bf16, not {settings.dtype!r}")
+    if settings.gpu is None and settings.dtype != "auto":
+        loadable_dtype(settings.dtype)  # the one dtype check (a ParameterError)
     from treeopt.model.loading import require_heads, resolve_device
 
     if settings.heads is None:
@@ -326,7 +326,8 @@ class _Run:
     # -------------------------------------------------------------- stages
     def stage_profile(self) -> dict[str, Any]:
         from treeopt.model.calibration import encode_prompts, read_prompts, split_held_out
-        from treeopt.model.profiling import ProfileSettings, max_positions, profile_model
+        from treeopt.model.profiling import ProfileSettings, max_positions
+        from treeopt.workflows.profiling import profile_prompts
 
         s = self.settings
         texts = read_prompts(s.data, max_prompts=s.max_prompts, seed=s.seed)
@@ -335,8 +336,8 @@ class _Run:
         else:
             calibration, held_out = split_held_out(texts, s.holdout_fraction, s.seed)
         if not calibration or not held_out:
-            raise TreeoptError(f"{s.data} holds {len(texts)} prompt(s): too few to hold some "
-                               "out (give more, or --holdout-data)")
+            raise ParameterError("data", f"{s.data} holds {len(texts)} prompt(s): too few to "
+                                 "hold some out (give more, or held-out prompts of their own)")
         model, tokenizer, heads = self.loaded()
         # Room for the whole continuation and the largest tree in the model's context,
         # so the profile, the timing and the decoding all see the same new tokens.
@@ -349,17 +350,17 @@ class _Run:
 
         calibration_ids, held_ids = fitting(calibration), fitting(held_out)
         if not calibration_ids or not held_ids:
-            raise TreeoptError(
-                f"no prompt leaves room for --max-new-tokens {s.max_new_tokens} and a "
-                f"{max(s.sizes)}-token tree in the model's {context}-token context")
+            raise ParameterError(
+                "max_new_tokens", f"{s.max_new_tokens} and a {max(s.sizes)}-token tree leave no "
+                f"prompt room in the model's {context}-token context")
         profile_settings = ProfileSettings(top_k=s.top_k, max_new_tokens=s.max_new_tokens)
         heads_id = self.heads_id()
         summary: dict[str, Any] = {}
         for name, ids in (("profile.json", calibration_ids), ("holdout-profile.json", held_ids)):
             self.say(f"  profiling {len(ids)} prompts -> {name}")
-            profile = profile_model(model, tokenizer, heads, ids, self.path(name),
-                                    profile_settings, s.model, heads_id, resume=True,
-                                    progress=s.progress)
+            profile = profile_prompts(model, tokenizer, heads, ids, self.path(name),
+                                      profile_settings, model_id=s.model, heads_id=heads_id,
+                                      resume=True, progress=s.progress)
             summary[name] = {"prompts": len(ids), "positions": profile.num_positions}
         _write_json(self.path("holdout-prompts.json"), held_ids)
         _write_json(self.path("calibration-prompts.json"), calibration_ids)
