@@ -223,7 +223,7 @@ def train_heads(
     keeps the base frozen and saves the heads after every epoch in the layout
     `treeopt profile --heads` and the runtime load. Medusa-2 (--joint) fine-tunes
     the model through LoRA together with the heads and writes a merged checkpoint
-    that profile, generate, overhead and tune --measure load with no --heads. The
+    that profile, generate, overhead and study load with no --heads. The
     run reports per-head top-1/top-5 on held-out prompts and warns when they stay
     near chance. Interrupted? Rerun with --resume.
 
