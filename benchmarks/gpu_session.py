@@ -88,7 +88,7 @@ OPTIONAL_PACKAGES = ("jsonschema", "optuna", "graphviz")
 RUNTIME_SIZES = (1, 4, 16, 32, 64, 128)
 # Compiled sizes cost a compilation each: the ratio's two ends first.
 COMPILE_ORDER = (1, 64, 16, 128, 4, 32)
-# Part 1 times the runtime as decode_speed.py does (its target is defined there):
+# Part 1 times the runtime as decode_speed.py does (its targets are in common.py):
 # 4 heads ending in the shared lm_head. Parts 2 and 3 time Medusa-1 heads, each owning
 # its vocabulary projection, as the roofline models them.
 RUNTIME_HEADS, RUNTIME_HEAD_KIND = 4, "shared"
@@ -241,7 +241,7 @@ def new_result(plan: Plan, part: str, out: Path, command: str) -> Result:
 def build_model(arch: ArchShape, plan: Plan, heads: int, kind: str) -> tuple[Any, Any]:
     """A random-weight model of ``arch`` and ``heads`` random Medusa heads, on the device."""
     import torch
-    from decode_speed import synthetic_heads
+    from common import synthetic_heads
 
     from medusa_runtime.timing import random_weight_model
 
@@ -270,7 +270,7 @@ def shape_fields(arch: ArchShape, heads: int, kind: str) -> dict[str, Any]:
 def part_runtime(plan: Plan, result: Result, clock: Clock, compile_steps: bool) -> None:
     """Part 1: step latency vs tree size (captured, then compiled), plain decode vs roofline."""
     import torch
-    from decode_speed import measure_copy_gbs
+    from common import measure_copy_gbs
 
     from medusa_runtime.decode import generate
     from treeopt.core.tree import Tree
@@ -351,7 +351,7 @@ def part_runtime(plan: Plan, result: Result, clock: Clock, compile_steps: bool) 
 
 def summarize_runtime(doc: dict[str, Any]) -> None:
     """The two targets from what part 1 has so far (compiled figures win when present)."""
-    from decode_speed import LATENCY_RATIO_TARGET, ROOFLINE_FRACTION_TARGET
+    from common import LATENCY_RATIO_TARGET, ROOFLINE_FRACTION_TARGET
 
     latency, plain = doc["latency"], doc["plain_decode"]
     add_rooflines(plain, latency, plain["weight_bytes"])
@@ -540,10 +540,10 @@ def part_latency(plan: Plan, result: Result, clock: Clock, out: Path) -> None:
 def part_profile(plan: Plan, result: Result, clock: Clock) -> None:
     """Part 4: profiling throughput vs plain prefill, Llama-7B shape."""
     import torch
-    from profile_speed import LLAMA_7B, profile_vs_prefill, random_llama
+    from common import hf_config, profile_vs_prefill, random_llama
 
     arch = plan.archs["llama-7b"]
-    shape = LLAMA_7B if not plan.dry_run else {
+    shape = hf_config("llama-7b", 4096) if not plan.dry_run else {
         "hidden_size": arch.hidden_size, "intermediate_size": arch.intermediate_size,
         "num_attention_heads": arch.num_attention_heads,
         "num_key_value_heads": arch.num_key_value_heads, "head_dim": arch.head_dim,
@@ -640,8 +640,7 @@ def preload() -> None:
 
     Nothing touches CUDA here, so each forked part initialises it afresh.
     """
-    import decode_speed  # noqa: F401
-    import profile_speed  # noqa: F401
+    import common  # noqa: F401
     import transformers  # noqa: F401
     from transformers import LlamaForCausalLM  # noqa: F401
 
