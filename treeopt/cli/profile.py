@@ -75,6 +75,9 @@ ResumeOpt = Annotated[
     bool, typer.Option(help="Continue the partial results / checkpoint of an interrupted run.")
 ]
 QuietOpt = QuietOption
+OverwriteOpt = Annotated[bool, typer.Option(
+    "--overwrite", help="Write into a non-empty -o folder that holds no run to --resume "
+                        "(earlier heads, other files), replacing files of the same names.")]
 
 
 def profile(
@@ -126,14 +129,14 @@ def profile(
     from treeopt.files.ranks_file import ranks_path
     from treeopt.model.calibration import encode_prompts, read_prompts
     from treeopt.model.loading import load_medusa, require_heads
-    from treeopt.model.profiling import ProfileSettings, profile_model
+    from treeopt.model.profiling import ProfileSettings, check_resumable, profile_model
 
-    # Cheap checks first: heads and prompts before the model loads.
     if draft_model is not None and heads is not None:
         raise TreeoptError("--draft-model is profiled instead of Medusa heads: drop --heads")
     if draft_model is None:
         require_heads(model, heads)
     texts = read_prompts(data, max_prompts=max_prompts, seed=seed, turns=turns)
+    check_resumable(output, resume)  # a broken checkpoint or targets cache: before loading
     settings = ProfileSettings(top_k=top_k, max_new_tokens=max_new_tokens,
                                include_prompt=include_prompt, batch_size=batch_size)
     if draft_model is not None:
@@ -168,8 +171,8 @@ def _profile_draft(model: str, draft_model: str, data: str, output: Path, depth:
     from treeopt.model.draft_profiling import profile_draft_model
     from treeopt.model.loading import load_base_model, resolve_model
 
-    base, tokenizer = load_base_model(model, device=device, dtype=dtype)
-    draft, _ = load_base_model(draft_model, device=device, dtype=dtype)
+    base, tokenizer = load_base_model(model, device=device, dtype=dtype, quiet=quiet)
+    draft, _ = load_base_model(draft_model, device=device, dtype=dtype, quiet=quiet)
     prompt_ids = encode_prompts(tokenizer, texts, chat_template=chat_template)
     result = profile_draft_model(
         base, tokenizer, draft, prompt_ids, output, settings, model_id=resolve_model(model)[0],
@@ -249,6 +252,7 @@ def train_heads(
     dtype: DtypeOpt = "auto",
     device_map: DeviceMapOpt = None,
     resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Train Medusa heads by self-distillation: Medusa-1 (heads only) or Medusa-2 (--joint).
@@ -260,7 +264,8 @@ def train_heads(
     the model through LoRA together with the heads and writes a merged checkpoint
     that profile, generate, overhead and tune --measure load with no --heads. The
     run reports per-head top-1/top-5 on held-out prompts and warns when they stay
-    near chance. Interrupted? Rerun with --resume.
+    near chance. Interrupted? Rerun with --resume. A non-empty -o folder that is
+    not this run's own is refused (--overwrite replaces its files).
 
     \b
     Examples:
@@ -288,7 +293,7 @@ def train_heads(
     report = train_heads_from(
         model, data, output, settings, max_prompts=max_prompts, turns=turns,
         chat_template=chat_template, device=device, dtype=dtype, device_map=device_map,
-        resume=resume, progress=not quiet, targets_cache=targets_cache,
+        resume=resume, progress=not quiet, targets_cache=targets_cache, overwrite=overwrite,
     )
     _print_report(output, report, joint, num_heads)
 
