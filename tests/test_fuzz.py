@@ -114,7 +114,14 @@ PROFILE_MUTATIONS: dict[str, list[object]] = {
               [[[0], 4, 5]], 5, [[[0], True]]],
     "groups": [[], [{}], [{"num_positions": 4}], "x", [None],
                [{"num_positions": 4, "marginal_counts": [[2, 0], [0, 1]], "joint": [[[0], 4]]}],
-               [{"num_positions": 2, "marginal_counts": [[2, 0]], "joint": [[[0], 2]]}] * 2],
+               [{"num_positions": 2, "marginal_counts": [[2, 0]], "joint": [[[0], 2]]}] * 2,
+               # ragged group counts (numpy's "inhomogeneous shape" ValueError)
+               [{"num_positions": 2, "marginal_counts": [[2, 0], [0]],
+                 "joint": [[[0], 1], [[0, 1], 1]]},
+                {"num_positions": 2, "marginal_counts": [[0, 1], [2, 0]],
+                 "joint": [[[], 1], [[1, 0], 1]]}],
+               [{"num_positions": 2, "marginal_counts": [[2, 0], [0, 1], [1]],
+                 "joint": [[[0], 1], [[0, 1], 1]]}]],
     "provenance": [[], "x", 3],
     "rank_vectors_sha256": ["abc", 5, "Z" * 64],
 }
@@ -198,6 +205,13 @@ CSV_CASES: list[str] = [
     "model,head,top1,top2\nm,1.5,0.5,0.6\n", "model,head,top1,top2\nm,1,1e999,0.6\n",
     'model,head,top1,top2\n"m,1,0.5,0.6\n', "\x00\x00\x00",
     "model,head,top1,top2\nm,,0.5,0.6\n", "model,head,top0,top1\nm,1,0.5,0.6\n",
+    "head,model,top1\n1\n",
+    # one giant line: a field over the csv module's limit, a header of 50,000 columns,
+    # a whole table on one line
+    "model,head,top1,top2\nm,1,0.5," + "9" * 200_000 + "\n",
+    "model,head,top1,top2," + ",".join(["x"] * 50_000) + "\nm,1,0.5,0.6\n",
+    "model,head,top1,top2," + "m,1,0.5,0.6," * 20_000,
+    "model,head,top1,top2\n" + "m,1,0.5,0.6," * 20_000,
 ]
 CURVE_CSV_CASES: list[str] = [
     "", "num_tokens\n1\n", "num_tokens,expected_accept_length\n",
@@ -211,6 +225,9 @@ CURVE_CSV_CASES: list[str] = [
     "num_tokens,expected_accept_length,speedup\n1,1.0,-2\n",
     "num_tokens,expected_accept_length\n1,1e999\n", 'num_tokens,expected_accept_length\n"1,1\n',
     "num_tokens,expected_accept_length\n" + "9" * 5000 + ",1.0\n",
+    "num_tokens,expected_accept_length\n1," + "9" * 200_000 + "\n",
+    "num_tokens,expected_accept_length," + ",".join(["x"] * 50_000) + "\n1,1.0\n",
+    "# treeopt.curve/1 {}\nnum_tokens,expected_accept_length\n" + "1,1.0," * 20_000,
 ]
 IMPORT_CASES: dict[str, list[str]] = {
     "any": ["", "[", "[[0],[0]]", "[[0,0]]", "[[-1]]", "[1,2]", "{1: 2}", "'x'", "[[0.5]]",
@@ -379,6 +396,108 @@ def _ranks_cases() -> list[Case]:
             for i, (name, data) in enumerate(sidecars.items())]
 
 
+# The model verbs (profile, train-heads) refuse these before any model loads: "./model"
+# and "./heads" never need to exist, so the cases cost what the file verbs' do.
+PROMPTS = b"Once upon a time\nThe cat sat\n"
+PROMPT_VERBS = [["profile", "-m", "./model", "--heads", "./heads", "-d", "{f}", "-o", "{o}.json"],
+                ["train-heads", "-m", "./model", "-d", "{f}", "-o", "{o}"]]
+RERUN = ["profile", "-m", "./model", "--heads", "./heads", "-d", "prompts.txt", "-o", "out.json"]
+
+
+def _nested_objects(depth: int) -> str:
+    return '{"prompt": ' * depth + '"x"' + "}" * depth
+
+
+def _prompt_cases() -> list[Case]:
+    """Calibration prompt files (``-d``): deep nesting in every layout, and garbage."""
+    files = {
+        "deep-list.json": "[" * 5000 + "]" * 5000,
+        "deep-objects.json": "[" + _nested_objects(3000) + "]",
+        "deep-line.jsonl": '{"prompt": "a"}\n' + _nested_objects(3000) + "\n",
+        "deep-turns.jsonl": '{"turns": ' + "[" * 4000 + "]" * 4000 + "}\n",
+        "deep-guessed.data": "[" * 5000 + "]" * 5000,
+        "not-utf8.jsonl": "{\"prompt\": \"\u00e9t\u00e9\"}\n",
+        "truncated.json": '[{"prompt": "a"}, {"prompt": ',
+        "huge.jsonl": '{"prompt": "a"}\n' + "[" * 70 + "]" * 70 + "\n",
+    }
+    cases = []
+    for index, (name, text) in enumerate(files.items()):
+        data = text.encode("latin-1" if name.startswith("not-utf8") else "utf-8")
+        cases.append(Case(f"prompts-{name}", {name: data}, _rotate(PROMPT_VERBS, index)))
+    return cases
+
+
+PARTIAL_FORMAT = "treeopt.partial-profile/1"
+
+
+def _partial_cases() -> list[Case]:
+    """``profile --resume`` checkpoints (OUTPUT.partial.npz): cut short, the wrong type, shapes."""
+    good = {"format": np.array(PARTIAL_FORMAT), "fingerprint": np.array("f" * 40),
+            "ranks": np.zeros((6, 2), dtype=np.int16),
+            "groups": np.repeat(np.arange(2), 3).astype(np.int32), "done": np.array(2),
+            "mismatches": np.array(0)}
+
+    def with_(**changes: object) -> bytes:
+        return _npz(**{key: value for key, value in {**good, **changes}.items()
+                       if value is not None})
+
+    buffer_npy = __import__("io").BytesIO()
+    np.save(buffer_npy, good["ranks"])
+    valid = with_()
+    checkpoints = {
+        "empty": b"", "text": b"not a checkpoint", "zip-magic": b"PK\x03\x04 garbage",
+        "truncated-quarter": valid[: len(valid) // 4], "truncated-half": valid[: len(valid) // 2],
+        "truncated-tail": valid[:-20], "plain-npy": buffer_npy.getvalue(),
+        "no-ranks": with_(ranks=None), "no-format": with_(format=None),
+        "other-format": with_(format=np.array("treeopt.other/1")),
+        "format-number": with_(format=np.array(5)), "fingerprint-vector": with_(
+            fingerprint=np.array(["a", "b"])),
+        "float-ranks": with_(ranks=np.zeros((6, 2))), "one-d-ranks": with_(ranks=np.zeros(6)),
+        "groups-too-long": with_(groups=np.zeros(7, dtype=np.int32)),
+        "groups-past-done": with_(groups=np.full(6, 5, dtype=np.int32)),
+        "done-negative": with_(done=np.array(-1)), "done-float": with_(done=np.array(1.5)),
+        "probs-wrong-shape": with_(probs=np.zeros((6, 3), dtype=np.float16)),
+        "probs-integers": with_(probs=np.zeros((6, 2, 4), dtype=np.int64)),
+    }
+    cases = [Case(f"partial-{name}", {"out.json.partial.npz": data, "prompts.txt": PROMPTS},
+                  [*RERUN, "--resume"]) for name, data in checkpoints.items()]
+    # Without --resume a checkpoint (even a good one) is refused: it would be thrown away.
+    cases.append(Case("partial-without-resume", {"out.json.partial.npz": valid,
+                                                 "prompts.txt": PROMPTS}, RERUN))
+    return cases
+
+
+def _targets_cases() -> list[Case]:
+    """The greedy-targets cache beside a profile (OUTPUT.targets.json): garbage, wrong shapes."""
+    tag = '"format": "treeopt.targets/1"'
+    caches = [*GARBAGE, b"[[1, 2]]", b'["treeopt.targets/1"]',
+              f'{{{tag}, "continuations": []}}'.encode(),
+              f'{{{tag}, "continuations": [[1, 2]]}}'.encode(),
+              f'{{{tag}, "continuations": {{"k": "abc"}}}}'.encode(),
+              f'{{{tag}, "continuations": {{"k": 5}}}}'.encode(),
+              f'{{{tag}, "continuations": {{"k": [1.5]}}}}'.encode(),
+              f'{{{tag}, "continuations": {{"k": [-1]}}}}'.encode(),
+              f'{{{tag}, "continuations": {{"k": [true]}}}}'.encode(),
+              f'{{{tag}, "continuations": {{"k": [[1]]}}}}'.encode(),
+              f'{{{tag}, "continuations": {{"k": [{"9" * 25}]}}}}'.encode(),
+              f'{{{tag}, "continuations": null}}'.encode(),
+              b'{"format": "treeopt.targets/2", "continuations": {}}']
+    return [Case(f"targets-{index}", {"out.json.targets.json": data, "prompts.txt": PROMPTS},
+                 RERUN) for index, data in enumerate(caches)]
+
+
+# Usage errors: click's own messages, one line each (a missing choice option used to list
+# its choices one per line).
+USAGE_CASES = [
+    ["import", "choices.txt", "-o", "out.json"],  # no --from
+    ["export", "mc_sim_7b_63"],  # no --to
+    ["export", "mc_sim_7b_63", "--to", "nope"], ["import", "x.txt", "--from", "nope"],
+    ["build", "--no-such-option"], ["validate"], ["validate", "a.json", "b.json"],
+    ["build", "-b", "many"], ["generate", "-m", "./model"], ["profile"], ["nope"],
+    ["train-heads", "-m", "./model", "-d", "p.txt", "-o", "out", "--resume", "--overwrite"],
+]
+
+
 def build_corpus() -> list[Case]:
     """Every bad input, named by kind and mutation."""
     cases = _json_cases("tree", TREE, TREE_MUTATIONS, TREE_VERBS, "bad.json")
@@ -398,6 +517,8 @@ def build_corpus() -> list[Case]:
                        ["import", "{f}", "--from", fmt, "-o", "{o}.json"])
                   for i, text in enumerate(texts)]
     cases += _ranks_cases()
+    cases += _prompt_cases() + _partial_cases() + _targets_cases()
+    cases += [Case(f"usage-{i}", {}, args) for i, args in enumerate(USAGE_CASES)]
     cases += [Case("import-latin1", {"bad.txt": "[[0]] # \u00e9".encode("latin-1")},
                    ["import", "{f}", "--from", "medusa", "-o", "{o}.json"]),
               Case("folder-as-tree", {}, ["validate", "."]),
@@ -474,7 +595,7 @@ def test_the_corpus_is_wide() -> None:
     kinds = {case.name.split("-")[0] for case in CORPUS}
     assert len(CORPUS) >= 300
     assert kinds >= {"tree", "profile", "latency", "curve", "device", "config", "gpu",
-                     "accuracy", "import", "ranks"}
+                     "accuracy", "import", "ranks", "prompts", "partial", "targets", "usage"}
     verbs = {case.args[0] for case in CORPUS}
     assert verbs >= {"validate", "info", "export", "eval", "render", "build", "simulate",
                      "tune", "roofline", "overhead", "import-profile", "import"}
