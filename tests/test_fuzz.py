@@ -12,6 +12,7 @@ Hypothesis adds generated garbage on top.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import zipfile
 from collections.abc import Iterator
@@ -763,3 +764,189 @@ def test_python_profile_checks_are_at_least_as_strict_as_the_schema(
     except TreeoptError:
         return
     jsonschema.validate(document, profile_file.schema())
+
+
+# ------------------------------------------------------------------ runs that write
+STORIES = Path(__file__).resolve().parents[2] / "shared" / "models" / "stories260K"
+STORY_PROMPTS = Path(__file__).parent / "data" / "story_prompts.txt"
+needs_stories = pytest.mark.skipif(not STORIES.is_dir(),
+                                   reason="needs ../shared/models/stories260K")
+TINY_TRAINING = ["--max-prompts", "4", "--max-new-tokens", "8", "--epochs", "1",
+                 "--num-heads", "1", "-q"]
+EARLIER_RUN = {"training_state.json": b'{"format": "treeopt.training-state/1"}',
+               "config.json": b'{"medusa_num_heads": 1}',
+               "medusa_lm_head.safetensors": b"earlier heads"}
+
+
+@pytest.mark.parametrize("contents", [
+    EARLIER_RUN,
+    {"config.json": b'{"medusa_num_heads": 5}', "medusa_lm_head.safetensors": b"published"},
+    {"notes.txt": b"mine"},
+    {".hidden": b""},
+], ids=["earlier-run", "heads-without-state", "unrelated-file", "hidden-file"])
+def test_train_heads_refuses_a_folder_that_is_not_its_own(contents: dict[str, bytes],
+                                                          tmp_path: Path) -> None:
+    """Before the model loads (./no-model never does): one line naming --resume and
+    --overwrite, and the folder byte-identical."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    for name, data in contents.items():
+        (folder / name).write_bytes(data)
+    before = snapshot(folder)
+    result = run_in(tmp_path, ["train-heads", "-m", "./no-model", "-d", str(STORY_PROMPTS),
+                               "-o", "out"])
+    assert_refused(result, str(contents))
+    assert "--resume" in result.stderr and "--overwrite" in result.stderr, result.stderr
+    assert snapshot(folder) == before
+
+
+@needs_stories
+def test_train_heads_into_an_earlier_run_refuses_and_keeps_its_heads(tmp_path: Path) -> None:
+    """A real earlier run: refused without --resume (heads byte-identical); --overwrite
+    replaces it; every output, safetensors included, is 0644 under umask 022."""
+    common = ["train-heads", "-m", str(STORIES), "-d", str(STORY_PROMPTS), *TINY_TRAINING,
+              "--targets-cache", "cache", "-o", "heads"]
+    umask = os.umask(0o022)
+    try:
+        first = run_in(tmp_path, common)
+        assert first.exit_code == 0, first.output
+        heads = tmp_path / "heads"
+        modes = {path.name: oct(path.stat().st_mode & 0o777) for path in heads.iterdir()}
+        assert set(modes.values()) == {"0o644"}, modes
+        assert {"medusa_lm_head.safetensors", "trainable.safetensors",
+                "optimizer.safetensors"} <= set(modes)
+        before = snapshot(heads)
+        again = run_in(tmp_path, common)
+        assert_refused(again, "train-heads into an earlier run")
+        assert "--resume" in again.stderr and "--overwrite" in again.stderr
+        assert snapshot(heads) == before
+        replaced = run_in(tmp_path, [*common, "--overwrite", "--seed", "1"])
+        assert replaced.exit_code == 0, replaced.output
+        assert snapshot(heads) != before
+    finally:
+        os.umask(umask)
+
+
+def _disk_full(*args: object, **kwargs: object) -> None:
+    from safetensors import SafetensorError
+
+    raise SafetensorError("Error while serializing: I/O error: No space left on device "
+                          "(os error 28)")
+
+
+def test_the_training_checkpoint_on_a_full_disk_is_one_line_and_leaves_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """safetensors' disk-full is a SafetensorError, not an OSError: still one line, no file."""
+    import safetensors.torch
+    import torch
+
+    from treeopt.model.train_heads import TrainSettings, save_state
+
+    weight = torch.nn.Parameter(torch.ones(4, 3))
+    optimizer = torch.optim.AdamW([weight])
+    weight.sum().backward()
+    optimizer.step()
+    monkeypatch.setattr(safetensors.torch, "save_file", _disk_full)
+    with pytest.raises(TreeoptError) as info:
+        save_state(tmp_path, {"w": weight}, optimizer, 1, TrainSettings())
+    assert str(info.value) == (f"cannot write {tmp_path / 'trainable.safetensors'}: "
+                               "No space left on device")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    umask = os.umask(0o022)
+    try:
+        save_state(tmp_path, {"w": weight}, optimizer, 1, TrainSettings())
+    finally:
+        os.umask(umask)
+    assert sorted((path.name, oct(path.stat().st_mode & 0o777)) for path in tmp_path.iterdir()) \
+        == [("optimizer.safetensors", "0o644"), ("trainable.safetensors", "0o644"),
+            ("training_state.json", "0o644")]
+
+
+def _mount_tmpfs(folder: Path, size: int) -> bool:
+    import subprocess
+
+    folder.mkdir()
+    if os.geteuid() != 0:
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                          capture_output=True).returncode == 0
+
+
+@needs_stories
+def test_train_heads_on_a_full_disk_is_one_line_and_leaves_no_file(tmp_path: Path) -> None:
+    """A real 64 KiB tmpfs (root only, else skipped): the heads do not fit."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, 64 * 1024):
+        pytest.skip("cannot mount a tmpfs here (needs root and mount permission)")
+    try:
+        result = run_in(tmp_path, ["train-heads", "-m", str(STORIES), "-d", str(STORY_PROMPTS),
+                                   *TINY_TRAINING, "--targets-cache", "cache", "-o", "disk/h"])
+        assert_refused(result, "train-heads on a full disk")
+        assert "No space left on device" in result.stderr
+        assert [path for path in disk.rglob("*") if path.is_file()] == []
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+# ------------------------------------------------------------------ library noise
+def test_greedy_batches_never_run_past_the_context() -> None:
+    """A prompt the context clips is never batched with shorter ones: its row would run
+    past the model's positions (transformers' "exceeded the model's predefined maximum
+    length" reminder; an index error for learned positions)."""
+    from types import SimpleNamespace
+
+    from treeopt.model.profiling import _batches_by_limit
+
+    model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=64))
+    prompts = [[1] * length for length in (3, 5, 40, 41, 50, 60, 63, 64, 70)]
+    batches = _batches_by_limit(model, prompts, list(range(len(prompts))), 20, 2)
+    assert [(batch, limit) for batch, limit in batches] == [
+        ([0, 1], 20), ([2, 3], 20), ([4], 14), ([5], 4), ([6], 1), ([7, 8], 0)]
+    for batch, limit in batches:
+        assert max(len(prompts[i]) for i in batch) + limit <= 64 or limit == 0
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@needs_stories
+def test_model_verbs_are_quiet_in_a_pipe_and_generate_takes_q(tmp_path: Path) -> None:
+    """No "Loading weights" bar when stderr is not a terminal, no length reminder from a
+    prompt the context clips (480 of 512 positions, batched with short ones); generate -q
+    prints the text and its one-line summary only."""
+    from transformers.utils import logging as hf_logging
+
+    long_prompt = " ".join(["Once upon a time there was a cat."] * 48)  # ~480 tokens
+    (tmp_path / "prompts.txt").write_text(f"Hi\nThe dog ran\n{long_prompt}\nA frog\n")
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_warning()  # as a fresh process has them (-q elsewhere set them)
+    hf_logging.enable_progress_bar()
+    records = _Records()
+    hf_logging.get_logger("transformers").addHandler(records)
+    try:
+        result = run_in(tmp_path, ["train-heads", "-m", str(STORIES), "-d", "prompts.txt",
+                                   "--max-new-tokens", "40", "--epochs", "1",
+                                   "--num-heads", "1", "--targets-cache", "cache", "-o", "heads"])
+    finally:
+        hf_logging.get_logger("transformers").removeHandler(records)
+        hf_logging.set_verbosity(verbosity)
+        if not bars:
+            hf_logging.disable_progress_bar()
+    assert result.exit_code == 0, result.output
+    assert not [m for m in records.messages if "predefined maximum length" in m], records.messages
+    assert "Loading weights" not in result.output and "Traceback" not in result.output
+    generated = run_in(tmp_path, ["generate", "-m", str(STORIES), "--prompt", "Once upon a time",
+                                  "--max-new-tokens", "8", "-q"])
+    assert generated.exit_code == 0, generated.output
+    assert generated.stdout.startswith("Once upon a time, there was a little girl")
+    lines = [line for line in generated.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "tokens/step" in lines[0], lines
