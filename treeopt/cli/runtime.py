@@ -10,7 +10,13 @@ from typing import Annotated, Any
 
 import typer
 
-from treeopt.cli.options import DeviceOption, DraftModelOption, LoadDtypeOption, finite_number
+from treeopt.cli.options import (
+    DeviceOption,
+    DraftModelOption,
+    LoadDtypeOption,
+    QuietOption,
+    finite_number,
+)
 from treeopt.errors import TreeoptError
 
 # Draft tokens per step when --draft-model comes without --gamma or --tree: the Medusa
@@ -120,6 +126,7 @@ def generate_command(
     chat_template: ChatTemplateOption = True,
     draft_model: DraftModelOption = None,
     gamma: GammaOption = None,
+    quiet: QuietOption = False,
 ) -> None:
     """Generate text with Medusa tree decoding; print it and a one-line summary.
 
@@ -160,10 +167,11 @@ def generate_command(
     loaded = load_medusa(
         model, heads, device=device, dtype=dtype, need_heads=need_heads,
         random_num_heads=max(chosen.num_heads, chosen.depth, 1) if random_heads else None,
+        quiet=quiet,
     )
     base, tokenizer = loaded.model, loaded.tokenizer
     medusa = loaded.heads if need_heads else None
-    drafter = _drafter(draft_model, device, dtype) if draft_model is not None else None
+    drafter = _drafter(draft_model, device, dtype, quiet) if draft_model is not None else None
     rule = (TypicalAcceptance(posterior_threshold, posterior_alpha)
             if acceptance is AcceptanceRule.typical else "greedy")
     result = _decode(base, medusa, chosen, tokenizer, prompt, max_new_tokens, rule,
@@ -178,12 +186,13 @@ def generate_command(
     )
 
 
-def _drafter(draft_model: str, device: str, dtype: str) -> Any:
+def _drafter(draft_model: str, device: str, dtype: str, quiet: bool) -> Any:
     """A ``DraftModelDrafter`` for the draft model's folder, hub id or registry name."""
     from medusa_runtime.drafter import DraftModelDrafter
     from treeopt.model.loading import load_base_model
 
-    return DraftModelDrafter(load_base_model(draft_model, device=device, dtype=dtype)[0])
+    return DraftModelDrafter(load_base_model(draft_model, device=device, dtype=dtype,
+                                             quiet=quiet)[0])
 
 
 def _decode(base: Any, medusa: Any, tree: Any, tokenizer: Any, prompt: str,

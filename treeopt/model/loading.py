@@ -262,6 +262,12 @@ def resolve_device(device: str) -> Any:
     return resolved
 
 
+def _stderr_is_terminal() -> bool:
+    import sys
+
+    return bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
 def _load_model_from(directory: Path, name: str, dtype: str, device_map: str | None,
                      quiet: bool, four_bit: bool = False) -> tuple[Any, Any]:
     """(model, tokenizer) from a local checkpoint folder with transformers (one-line errors).
@@ -287,6 +293,7 @@ def _load_model_from(directory: Path, name: str, dtype: str, device_map: str | N
     bars = hf_logging.is_progress_bar_enabled()
     if quiet:
         hf_logging.set_verbosity_error()
+    if quiet or not _stderr_is_terminal():  # a "Loading weights" bar is noise in a pipe or log
         hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(directory))
@@ -316,13 +323,15 @@ def _place(model: Any, device: str, device_map: str | None) -> Any:
 
 
 def load_base_model(
-    model: str, device: str = "cpu", dtype: str = "auto", device_map: str | None = None
+    model: str, device: str = "cpu", dtype: str = "auto", device_map: str | None = None,
+    quiet: bool = False,
 ) -> tuple[Any, Any]:
     """(model in eval mode with frozen weights, tokenizer) for a name, folder or hub id.
 
     ``device_map="auto"`` hands placement to accelerate (multi-GPU sharding) and
     ignores ``device``. Raises TreeoptError if the model or tokenizer is missing.
     A Medusa-2 checkpoint loads as its fine-tuned base (heads: :func:`load_medusa`).
+    ``quiet``: no transformers warnings or loading bars.
     """
     base, _ = resolve_model(model)
     if device_map is not None and device_map not in DEVICE_MAPS:
@@ -331,7 +340,7 @@ def load_base_model(
     directory = checkpoint_dir(base, "model", MODEL_PATTERNS)
     kind = checkpoint_kind(directory) if (directory / "config.json").is_file() else "base"
     loaded, tokenizer = _load_model_from(directory, base, dtype, device_map,
-                                         quiet=kind == "medusa-2")
+                                         quiet=quiet or kind == "medusa-2")
     return _place(loaded, device, device_map), tokenizer
 
 
