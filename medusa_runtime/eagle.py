@@ -339,3 +339,39 @@ class _EagleSession(CachedDraftSession):
               visible: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         assert features is not None
         return self.forward((tokens, features), positions, write_at, visible)
+
+
+EAGLE_WEIGHTS_SAFETENSORS = "model.safetensors"
+EAGLE_WEIGHTS_PT = "pytorch_model.bin"
+
+
+def eagle_config_json(config: EagleConfig) -> dict[str, Any]:
+    """The config.json an EAGLE repo checkpoint carries (a one-layer Llama config;
+    EAGLE-3 adds ``draft_vocab_size``)."""
+    fields = {k: v for k, v in asdict(config).items() if k != "version" and v is not None}
+    fields.update(architectures=["LlamaForCausalLM"], model_type="llama", num_hidden_layers=1)
+    if config.version == 1:
+        fields.pop("draft_vocab_size")
+    return fields
+
+
+def save_eagle(model: EagleModel, directory: Any, embed_tokens: bool = False,
+               safetensors: bool = True) -> None:
+    """Write ``model`` in the EAGLE repo layout: config.json and ``model.safetensors``
+    (or ``pytorch_model.bin``); ``embed_tokens`` False leaves the embedding to the
+    target, as EAGLE's released checkpoints do."""
+    import json
+    from pathlib import Path
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    skip = ("rotary_emb.", "target_head.") + (() if embed_tokens else ("embed_tokens.",))
+    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
+             if not k.startswith(skip)}
+    if safetensors:
+        from safetensors.torch import save_file
+
+        save_file(state, str(directory / EAGLE_WEIGHTS_SAFETENSORS))
+    else:
+        torch.save(state, directory / EAGLE_WEIGHTS_PT)
+    (directory / "config.json").write_text(json.dumps(eagle_config_json(model.config), indent=2))
