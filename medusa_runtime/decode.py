@@ -43,6 +43,7 @@ from medusa_runtime.architectures import (
     cache_argument,
     check_positions,
     check_supported,
+    decoder_call,
     text_config,
 )
 from medusa_runtime.drafter import Drafter, MedusaHeadsDrafter
@@ -52,7 +53,7 @@ from medusa_runtime.static_forward import (
     CACHE_SLOT_ALIGNMENT,
     StaticCache,
     StaticForward,
-    decoder_call,
+    hf_decoder_call,
     prompt_block,
 )
 from treeopt.core.tree import Tree
@@ -193,7 +194,7 @@ class TreeDecoder:
         self.drafter = drafter if drafter is not None else MedusaHeadsDrafter(heads)
         self.drafter.check_tree(tree, self.vocab_size)
         self.heads, self.tree, self.acceptance = heads, tree, acceptance
-        self.batch_size = batch_size
+        self.batch_size, self.compile_step = batch_size, compile_step
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
         self.static = StaticCache(text_config(model).num_hidden_layers, max_cache_len,
@@ -213,9 +214,10 @@ class TreeDecoder:
     def _target_forward(self, model: nn.Module) -> StaticForward:
         """The target's forward: its decoder over the static cache, through one function
         taking ``position_ids`` and the 4D additive masks (``StaticForward.__call__``)."""
-        decoder = model.get_decoder()
         layers = self.drafter.feature_layers
-        call = decoder_call(decoder, cache_argument(decoder), tuple(layers or ()))
+        # Runs the decoder at token positions (ALiBi and GPT-Neo also read key_positions).
+        call = hf_decoder_call(decoder_call(model, self.batch_size, self.compile_step),
+                               cache_argument(model.get_decoder()), tuple(layers or ()))
         return StaticForward(self.static, call, self.dtype, attention_windows(text_config(model)))
 
     # The cache bookkeeping under the names the decoder has always had.

@@ -52,6 +52,8 @@ from medusa_runtime.architectures import (
     attention_windows,
     cache_argument,
     check_supported,
+    decoder_call,
+    needs_key_positions,
     text_config,
 )
 from medusa_runtime.beam import BeamTree, build_beam_tree
@@ -60,7 +62,7 @@ from medusa_runtime.heads import MedusaHeads
 from medusa_runtime.static_forward import (
     StaticCache,
     StaticForward,
-    decoder_call,
+    hf_decoder_call,
     prompt_block,
 )
 from treeopt.core.tree import Tree
@@ -517,7 +519,8 @@ class CachedDraftSession(DraftSession):
 class DraftModelDrafter(Drafter):
     """A small causal LM with the target's tokenizer as the drafter (see the module doc).
 
-    Any model the runtime supports (``architectures``) without sliding-window layers.
+    Any model the runtime supports (``architectures``) without sliding-window layers
+    and whose positions enter only through ``position_ids`` (not ALiBi, not GPT-Neo).
     It may have its own dtype; it must be on the target's device and have the
     target's vocabulary size.
     """
@@ -550,16 +553,19 @@ class _DraftModelSession(CachedDraftSession):
         check_supported(model)
         if any(window is not None for window in attention_windows(text_config(model)).values()):
             raise TreeoptError("draft models with sliding-window attention are not supported")
+        if needs_key_positions(model):
+            raise TreeoptError(f"{model.config.model_type} draft models are not supported: their "
+                               "positions enter beyond position_ids (ALiBi, local windows)")
         if next(model.parameters()).device != device:
             raise TreeoptError(f"the draft model is on {next(model.parameters()).device}, the "
                                f"target on {device}: put both on one device")
         super().__init__(tree, text_config(model).num_hidden_layers, batch_size,
                          committed_slots, device)
-        decoder = model.get_decoder()
         self.lm_head = model.get_output_embeddings()
         self.logit_transform = LogitTransform.of(model)
-        self.forward = StaticForward(self.static, decoder_call(decoder, cache_argument(decoder)),
-                                     next(model.parameters()).dtype)
+        call = hf_decoder_call(decoder_call(model, batch_size),
+                               cache_argument(model.get_decoder()))
+        self.forward = StaticForward(self.static, call, next(model.parameters()).dtype)
 
     def _pass(self, tokens: torch.Tensor, features: torch.Tensor | None,
               positions: torch.Tensor, write_at: torch.Tensor,

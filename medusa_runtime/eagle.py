@@ -325,9 +325,9 @@ class _EagleSession(CachedDraftSession):
             self.d2t = model.d2t.to(device)
 
     def _call(self, inputs: Any, mask: torch.Tensor, positions: torch.Tensor,
-              cache: Any) -> tuple[torch.Tensor, torch.Tensor]:
+              static: Any) -> tuple[torch.Tensor, torch.Tensor]:
         tokens, features = inputs
-        return self.model(tokens, features, positions, mask, cache)
+        return self.model(tokens, features, positions, mask, static.cache)
 
     def to_target(self, ids: torch.Tensor) -> torch.Tensor:
         if self.model.config.version == 3:

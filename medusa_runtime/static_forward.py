@@ -32,7 +32,7 @@ import torch
 CACHE_SLOT_ALIGNMENT = 64
 
 # (tokens [B, T], masks: one [B, 1, T, S] or {layer type: mask}, position_ids [B, T],
-#  cache) -> the model's outputs (whatever the caller's ``call`` returns).
+#  the StaticCache (its HF cache and key_positions)) -> the model's outputs.
 ModelCall = Callable[[torch.Tensor, Any, torch.Tensor, Any], Any]
 
 
@@ -162,19 +162,22 @@ class StaticForward:
         for layer in static.layers:  # StaticLayer writes at cumulative_length + arange(T)
             layer.cumulative_length.copy_(write_at)
         static.key_positions.index_copy_(1, static.slots[:length] + write_at, positions)
-        return self.call(tokens, self.masks(visible, positions), positions, static.cache)
+        return self.call(tokens, self.masks(visible, positions), positions, static)
 
 
-def decoder_call(decoder: torch.nn.Module, cache_argument: str,
-                 hidden_layers: tuple[int, ...] = ()) -> ModelCall:
-    """A :data:`ModelCall` for an HF decoder: its last hidden state ``[B, T, H]``, and with
-    ``hidden_layers`` also ``cat(hidden_states[i] for i) [B, T, len * H]`` (HF numbering:
-    ``hidden_states[i]`` is layer ``i``'s input)."""
+def hf_decoder_call(call_decoder: Callable[..., Any], cache_argument: str,
+                    hidden_layers: tuple[int, ...] = ()) -> ModelCall:
+    """A :data:`ModelCall` for an HF decoder run by ``call_decoder(positions,
+    key_positions, **kwargs)`` (``architectures.decoder_call``): its last hidden state
+    ``[B, T, H]``, and with ``hidden_layers`` also ``cat(hidden_states[i] for i)
+    [B, T, len * H]`` (HF numbering: ``hidden_states[i]`` is layer ``i``'s input)."""
 
-    def call(tokens: torch.Tensor, masks: Any, positions: torch.Tensor, cache: Any) -> Any:
-        outputs = decoder(input_ids=tokens, attention_mask=masks, position_ids=positions,
-                          use_cache=True, output_hidden_states=bool(hidden_layers),
-                          **{cache_argument: cache})
+    def call(tokens: torch.Tensor, masks: Any, positions: torch.Tensor,
+             static: StaticCache) -> Any:
+        extra = {"output_hidden_states": True} if hidden_layers else {}
+        outputs = call_decoder(positions, static.key_positions, input_ids=tokens,
+                               attention_mask=masks, use_cache=True,
+                               **{cache_argument: static.cache}, **extra)
         if not hidden_layers:
             return outputs.last_hidden_state
         states = outputs.hidden_states

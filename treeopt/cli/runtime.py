@@ -10,7 +10,13 @@ from typing import Annotated, Any
 
 import typer
 
-from treeopt.cli.options import DraftModelOption, finite_number
+from treeopt.cli.options import (
+    DeviceOption,
+    DraftModelOption,
+    LoadDtypeOption,
+    QuietOption,
+    finite_number,
+)
 from treeopt.errors import TreeoptError
 
 # Draft tokens per step when --draft-model comes without --gamma or --tree: the Medusa
@@ -55,9 +61,6 @@ ThresholdOption = Annotated[float, typer.Option(
 AlphaOption = Annotated[float, typer.Option(
     callback=lambda value: finite_number(value, "--posterior-alpha", 0.0),
     help="typical: delta, scale of exp(-entropy) in the threshold (>= 0).")]
-DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ...")]
-LoadDtypeOption = Annotated[str, typer.Option(
-    help="auto (the checkpoint's), bf16, fp16 or fp32 (or torch's names).")]
 CompileStepOption = Annotated[bool, typer.Option(
     "--compile", help="torch.compile the verification step first (same text, fewer "
                       "kernels; worth it for long outputs on a GPU).")]
@@ -134,13 +137,14 @@ def generate_command(
     acceptance: AcceptanceRuleOption = AcceptanceRule.greedy,
     posterior_threshold: ThresholdOption = 0.09,
     posterior_alpha: AlphaOption = 0.3,
-    device: DeviceOption = "cpu",
+    device: DeviceOption = "auto",
     dtype: LoadDtypeOption = "auto",
     compile_step: CompileStepOption = False,
     profile: CalibrationProfileOption = None,
     chat_template: ChatTemplateOption = True,
     draft_model: DraftModelOption = None,
     gamma: GammaOption = None,
+    quiet: QuietOption = False,
     eagle: EagleOption = None,
 ) -> None:
     """Generate text with Medusa tree decoding; print it and a one-line summary.
@@ -168,7 +172,10 @@ def generate_command(
     from treeopt.model.loading import load_medusa, require_heads
 
     # Cheap checks first: the tree, options and heads before the model loads.
+    from treeopt.workflows.devices import device_choice
+
     chosen = checked_tree(tree, profile, heads, random_heads, draft_model, gamma, eagle)
+    device = device_choice(device)
     need_heads = chosen.depth > 0 and draft_model is None and eagle is None
     if need_heads and not random_heads:
         try:
@@ -181,10 +188,11 @@ def generate_command(
     loaded = load_medusa(
         model, heads, device=device, dtype=dtype, need_heads=need_heads,
         random_num_heads=max(chosen.num_heads, chosen.depth, 1) if random_heads else None,
+        quiet=quiet,
     )
     base, tokenizer = loaded.model, loaded.tokenizer
     medusa = loaded.heads if need_heads else None
-    drafter = _drafter(draft_model, device, dtype) if draft_model is not None else None
+    drafter = _drafter(draft_model, device, dtype, quiet) if draft_model is not None else None
     if eagle is not None:
         from treeopt.model.loading import load_eagle
 
@@ -203,12 +211,13 @@ def generate_command(
     )
 
 
-def _drafter(draft_model: str, device: str, dtype: str) -> Any:
+def _drafter(draft_model: str, device: str, dtype: str, quiet: bool) -> Any:
     """A ``DraftModelDrafter`` for the draft model's folder, hub id or registry name."""
     from medusa_runtime.drafter import DraftModelDrafter
     from treeopt.model.loading import load_base_model
 
-    return DraftModelDrafter(load_base_model(draft_model, device=device, dtype=dtype)[0])
+    return DraftModelDrafter(load_base_model(draft_model, device=device, dtype=dtype,
+                                             quiet=quiet)[0])
 
 
 def _decode(base: Any, medusa: Any, tree: Any, tokenizer: Any, prompt: str,
