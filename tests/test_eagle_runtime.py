@@ -179,3 +179,56 @@ def test_bad_drafters_fail_in_one_line(target, checkpoints) -> None:
         assert run.exit_code == 2
         last = run.output.strip().splitlines()[-1]  # after transformers' loading bar
         assert last.startswith("error:") and "Traceback" not in run.output
+
+
+@pytest.mark.parametrize("version", [1, 3])
+def test_eagle_cache_follows_the_accepted_text(target, version, monkeypatch) -> None:
+    """The drafter's root logits each step equal EAGLE run from scratch over the text
+    so far (pairs of the target's feature at i and token i + 1), with accept lengths
+    forced to vary: the cached drafter sees exactly the committed text."""
+    from medusa_runtime.eagle import EagleDrafter, _EagleSession
+    from medusa_runtime.static_forward import StaticCache
+    from treeopt.core.tree import Tree
+
+    prompt, count = PROMPTS[0], 24
+    full = prompt + greedy(target, prompt, count + 6)
+    eagle = random_eagle(target, version, draft_vocab_size=200, seed=5)
+    drafter = EagleDrafter(eagle, target)
+    recorded, original = [], _EagleSession._commit
+    accept_plan = iter([4, 1, 2, 3, 1, 4, 2] * 10)
+
+    def record(self, root):
+        expansion = original(self, root)
+        rows = int(self.static.row_lengths[0])  # the root's pair sits at rows - 1
+        recorded.append((rows, expansion.logits[0].clone()))
+        return expansion
+
+    def oracle_tree(self, root, hidden):  # force the next accept length (test only)
+        original_next(self, root, hidden)
+        rows = int(self.static.row_lengths[0])
+        good = next(accept_plan) - 1
+        chain = torch.tensor(full[rows + 1: rows + 5])
+        chain[good:] = (chain[good:] + 1) % 512  # wrong from here on
+        self.tokens[0, 1:] = chain
+
+    original_next = _EagleSession.next_tree
+    monkeypatch.setattr(_EagleSession, "_commit", record)
+    monkeypatch.setattr(_EagleSession, "next_tree", oracle_tree)
+    result = generate(target, None, Tree.chain(4), prompt, count, drafter=drafter)
+    assert result.tokens == full[len(prompt): len(prompt) + count]
+    assert {1, 2, 3, 4} <= set(result.accept_lengths)
+    seq = full  # the drafter also drafts after the last step
+    with torch.no_grad():
+        out = target(torch.tensor([seq]), output_hidden_states=True)
+        states = out.hidden_states
+        features = (states[-1] if version == 1
+                    else torch.cat([states[i] for i in drafter.feature_layers], dim=-1))
+        n = len(seq) - 1
+        static = StaticCache(1, n, 1, torch.device("cpu"))
+        mask = torch.full((n, static.num_slots), float("-inf")).triu(1)[None, None]
+        mask[..., n:] = float("-inf")
+        logits, _ = eagle(torch.tensor([seq[1:]]), features[:, :n], torch.arange(n)[None],
+                          mask, static.cache)
+    assert len(recorded) > 5
+    for rows, root_logits in recorded:
+        assert torch.allclose(logits[0, rows - 1], root_logits, atol=1e-4)

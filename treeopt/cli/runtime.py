@@ -192,11 +192,7 @@ def generate_command(
     )
     base, tokenizer = loaded.model, loaded.tokenizer
     medusa = loaded.heads if need_heads else None
-    drafter = _drafter(draft_model, device, dtype, quiet) if draft_model is not None else None
-    if eagle is not None:
-        from treeopt.model.loading import load_eagle
-
-        drafter = load_eagle(eagle, base)
+    drafter = _drafter(draft_model, eagle, base, device, dtype, quiet)
     rule = (TypicalAcceptance(posterior_threshold, posterior_alpha)
             if acceptance is AcceptanceRule.typical else "greedy")
     result = _decode(base, medusa, chosen, tokenizer, prompt, max_new_tokens, rule,
@@ -211,11 +207,17 @@ def generate_command(
     )
 
 
-def _drafter(draft_model: str, device: str, dtype: str, quiet: bool) -> Any:
-    """A ``DraftModelDrafter`` for the draft model's folder, hub id or registry name."""
+def _drafter(draft_model: str | None, eagle: str | None, base: Any, device: str, dtype: str,
+             quiet: bool) -> Any:
+    """The drafter asked for: a ``DraftModelDrafter`` for the draft model's folder, hub id
+    or registry name, an EAGLE drafter for ``base`` from its folder, or None (heads)."""
     from medusa_runtime.drafter import DraftModelDrafter
-    from treeopt.model.loading import load_base_model
+    from treeopt.model.loading import load_base_model, load_eagle
 
+    if eagle is not None:
+        return load_eagle(eagle, base)
+    if draft_model is None:
+        return None
     return DraftModelDrafter(load_base_model(draft_model, device=device, dtype=dtype,
                                              quiet=quiet)[0])
 
