@@ -47,11 +47,13 @@ class BeamTree:
     tokens: int
 
     def __post_init__(self) -> None:
-        most = 1 + self.top_k + (self.steps - 1) * self.top_k ** 2 if self.top_k >= 1 else 0
-        if self.steps < 1 or self.top_k < 1 or not 2 <= self.tokens <= most:
-            raise TreeoptError(
-                f"dynamic:{self.steps},{self.top_k},{self.tokens} needs STEPS >= 1, TOPK >= 1 and "
-                f"2 <= TOKENS <= 1 + TOPK + (STEPS-1)*TOPK^2 (= {max(most, 2)} here)")
+        name = f"dynamic:{self.steps},{self.top_k},{self.tokens}"
+        if self.steps < 1 or self.top_k < 1:
+            raise TreeoptError(f"{name} needs STEPS >= 1 and TOPK >= 1")
+        most = 1 + self.top_k + (self.steps - 1) * self.top_k ** 2
+        if not 2 <= self.tokens <= most:
+            raise TreeoptError(f"{name} needs 2 <= TOKENS <= 1 + TOPK + (STEPS-1)*TOPK^2 "
+                               f"(= {most} here)")
 
     @classmethod
     def parse(cls, text: str) -> BeamTree | None:

@@ -175,6 +175,7 @@ def generate_command(
     from treeopt.workflows.devices import device_choice
 
     chosen = checked_tree(tree, profile, heads, random_heads, draft_model, gamma, eagle)
+    eagle_model = _eagle_files(eagle)
     device = device_choice(device)
     need_heads = chosen.depth > 0 and draft_model is None and eagle is None
     if need_heads and not random_heads:
@@ -192,7 +193,7 @@ def generate_command(
     )
     base, tokenizer = loaded.model, loaded.tokenizer
     medusa = loaded.heads if need_heads else None
-    drafter = _drafter(draft_model, eagle, base, device, dtype, quiet)
+    drafter = _drafter(draft_model, eagle_model, base, device, dtype, quiet)
     rule = (TypicalAcceptance(posterior_threshold, posterior_alpha)
             if acceptance is AcceptanceRule.typical else "greedy")
     result = _decode(base, medusa, chosen, tokenizer, prompt, max_new_tokens, rule,
@@ -207,10 +208,18 @@ def generate_command(
     )
 
 
-def _drafter(draft_model: str | None, eagle: str | None, base: Any, device: str, dtype: str,
+def _eagle_files(eagle: str | None) -> Any:
+    """The EAGLE drafter's weights read and checked (None without --eagle), before the
+    target loads."""
+    from treeopt.model.loading import read_eagle
+
+    return read_eagle(eagle) if eagle is not None else None
+
+
+def _drafter(draft_model: str | None, eagle: Any, base: Any, device: str, dtype: str,
              quiet: bool) -> Any:
     """The drafter asked for: a ``DraftModelDrafter`` for the draft model's folder, hub id
-    or registry name, an EAGLE drafter for ``base`` from its folder, or None (heads)."""
+    or registry name, an EAGLE drafter for ``base`` from the ``EagleModel`` read, or None."""
     from medusa_runtime.drafter import DraftModelDrafter
     from treeopt.model.loading import load_base_model, load_eagle
 

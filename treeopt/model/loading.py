@@ -567,16 +567,12 @@ def _eagle_config(config: dict[str, Any], layout: str, version: int,
         raise TreeoptError(f"the EAGLE config lacks or mistypes {first_line(exc)}") from None
 
 
-def load_eagle(directory: str, target: Any) -> Any:
-    """An ``EagleDrafter`` for ``target`` from an EAGLE repo checkpoint or a speculators one.
-
-    The kind is told from the files (:func:`eagle_kind`). A drafter of another hidden
-    size or vocabulary, missing or corrupt files: a one-line TreeoptError, before any
-    decoding. ``embed_tokens`` absent: the target's embedding.
-    """
-    import torch
-
-    from medusa_runtime.eagle import EagleDrafter, EagleModel
+def read_eagle(directory: str) -> Any:
+    """An EAGLE drafter's ``EagleModel`` (on the CPU, not yet fitted to a target) from an
+    EAGLE repo checkpoint or a speculators one; the kind is told from the files
+    (:func:`eagle_kind`). Missing or corrupt files, unknown keys or shapes that do not
+    fit its config: a one-line TreeoptError. Cheap: call it before loading the target."""
+    from medusa_runtime.eagle import EagleModel
 
     path = Path(directory)
     if not path.is_dir():
@@ -589,7 +585,6 @@ def load_eagle(directory: str, target: Any) -> Any:
                    for k, v in weights.items()}
     model = EagleModel(_eagle_config(config, layout, version, weights),
                        fc_bias="fc.bias" in weights)
-    from_target = "embed_tokens.weight" not in weights
     try:
         missing, unexpected = model.load_state_dict(weights, strict=False)
     except RuntimeError as exc:
@@ -598,7 +593,20 @@ def load_eagle(directory: str, target: Any) -> Any:
     if missing or unexpected:
         raise TreeoptError(f"EAGLE drafter {directory}: missing {missing[:3]}, unexpected "
                            f"{unexpected[:3]} weights")
-    model.embedding_from_target = from_target
+    model.embedding_from_target = "embed_tokens.weight" not in weights
+    return model.eval()
+
+
+def load_eagle(directory: str | Any, target: Any) -> Any:
+    """An ``EagleDrafter`` for ``target`` from a checkpoint folder (:func:`read_eagle`) or
+    an ``EagleModel`` it read. A drafter of another hidden size or vocabulary: a
+    one-line TreeoptError, before any decoding. ``embed_tokens`` absent: the target's.
+    """
+    import torch
+
+    from medusa_runtime.eagle import EagleDrafter
+
+    model = read_eagle(directory) if isinstance(directory, str) else directory
     parameter = next(target.parameters())
     model = model.to(device=parameter.device, dtype=torch.float32 if parameter.dtype ==
                      torch.float32 else parameter.dtype).eval()
