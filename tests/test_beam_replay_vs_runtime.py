@@ -82,3 +82,12 @@ def test_replayed_static_tree_equals_runtime_decoding(stories_and_draft) -> None
     for tree in (Tree.chain(3), Tree.from_paths([(0,), (1,), (0, 0), (0, 1), (0, 0, 0)])):
         measured, _ = _measured(target, draft, tree)
         assert measured == pytest.approx(tokens_per_step(tree, profile), rel=AGREEMENT)
+
+
+def test_a_dynamic_step_is_timed_with_its_drafter(stories_and_draft) -> None:
+    from medusa_runtime.timing import time_verification_step
+
+    target, draft, _, _ = stories_and_draft
+    timed = time_verification_step(target, None, 6, batch=2, context=16, warmup=0, repeats=2,
+                                   tree=BeamTree(3, 2, 6), drafter=DraftModelDrafter(draft))
+    assert timed["tree_paths"] == "dynamic:3,2,6" and len(timed["samples_s"]) == 2
