@@ -14,7 +14,7 @@ BENCHMARKS = ROOT / "benchmarks"
 # common.py is what the benchmarks share, not a benchmark.
 SCRIPTS = sorted(path.name for path in BENCHMARKS.glob("*.py") if path.name != "common.py")
 # Benchmarks that must be told where to write (-o / --out) and start no work without it.
-CHEAP_REQUIRED_OUTPUT = ("build_speed.py", "cpu_loop.py", "gpu_session.py",
+CHEAP_REQUIRED_OUTPUT = ("build_speed.py", "cpu_loop.py", "gpu_session.py", "knobs_vs_grid.py",
                          "roofline_vs_measured.py", "seed_chart.py")
 
 
