@@ -8,8 +8,9 @@ search is, on this CPU with the bundled runtime:
 2. prediction (``prediction_time_s``): ``profile --expand`` of the draft on
    calibration prompts, the replayed tokens/step of every grid setting, the runtime's
    measured step latency of every setting (``time_verification_step`` with the
-   drafter; fastest of 30) and of plain decoding at each batch size, plus the decode
-   loop's host overhead a step (one plain decode of calibration prompts), and
+   drafter; fastest of 3 interleaved rounds of 10) and of plain decoding at each
+   batch size, plus the decode loop's host overhead a step (plain decodes of
+   calibration prompts), and
    ``choose_per_batch``
    (treeopt's ``tune --engine`` rule) -> the predicted best per batch size;
 3. grid search (``grid_time_s``): decode the held-out prompts with every setting (and
@@ -64,7 +65,7 @@ GRID = [BeamSetting(1, 1, 2), BeamSetting(2, 1, 3), BeamSetting(3, 1, 4), BeamSe
 PLAIN = "plain"
 EXPAND = (3, 4)  # (K_MAX, D_MAX): covers the grid
 CONTEXT = 96  # cached tokens while timing a step: the decoded prompts' scale
-WARMUP, REPEATS = 3, 30
+WARMUP, REPEATS, TIMING_ROUNDS = 2, 10, 3
 # A busy shared machine only ever slows a step: the fastest of many repeats is the
 # least noisy estimate of a step's own cost.
 STATISTIC = "min_s"
@@ -132,18 +133,9 @@ def predict(model: Any, tokenizer: Any, draft: Any, calibration: list[list[int]]
                             progress=False, expand=EXPAND)
         profile = load_profile(output)
         rates = beam_tokens_per_step(load_expansion(output, profile), profile.sequences, GRID)
-    step_s: dict[tuple[BeamSetting | str, int], float] = {}
-    overhead_s: dict[int, float] = {}
-    for batch in args.batch_sizes:
-        step_s[PLAIN, batch] = time_verification_step(
-            model, None, 1, batch=batch, context=CONTEXT, warmup=WARMUP,
-            repeats=REPEATS)[STATISTIC]
-        overhead_s[batch] = host_overhead_s(model, calibration, batch, step_s[PLAIN, batch],
-                                            args)
-        for setting in GRID:
-            step_s[setting, batch] = time_verification_step(
-                model, None, setting.num_tokens, batch=batch, context=CONTEXT, warmup=WARMUP,
-                repeats=REPEATS, tree=tree_of(setting), drafter=drafter)[STATISTIC]
+    step_s = step_latencies(model, drafter, args.batch_sizes)
+    overhead_s = {batch: host_overhead_s(model, calibration, batch, step_s[PLAIN, batch], args)
+                  for batch in args.batch_sizes}
     choices = choose_per_batch(rates, args.batch_sizes,
                                lambda s, b: step_s[s, b] + overhead_s[b],
                                lambda b: step_s[PLAIN, b] + overhead_s[b])
@@ -155,6 +147,25 @@ def predict(model: Any, tokenizer: Any, draft: Any, calibration: list[list[int]]
     return {choice.batch: choice for choice in choices}, figures
 
 
+def step_latencies(model: Any, drafter: Any, batches: list[int]
+                   ) -> dict[tuple[BeamSetting | str, int], float]:
+    """{(setting or PLAIN, batch): seconds a step}, the runtime's own timing of the step
+    (drafting included), fastest sample over interleaved rounds: a burst of load on
+    the shared machine then slows one round of every setting, not all of one."""
+    step_s: dict[tuple[BeamSetting | str, int], float] = {}
+    for _ in range(TIMING_ROUNDS):
+        for batch in batches:
+            for setting in [PLAIN, *GRID]:
+                tree = None if setting == PLAIN else tree_of(setting)
+                size = 1 if setting == PLAIN else setting.num_tokens  # type: ignore[union-attr]
+                seconds = time_verification_step(
+                    model, None, size, batch=batch, context=CONTEXT, warmup=WARMUP,
+                    repeats=REPEATS, tree=tree,
+                    drafter=None if setting == PLAIN else drafter)[STATISTIC]
+                step_s[setting, batch] = min(seconds, step_s.get((setting, batch), seconds))
+    return step_s
+
+
 def host_overhead_s(model: Any, calibration: list[list[int]], batch: int, plain_step_s: float,
                     args: argparse.Namespace) -> float:
     """The decode loop's own cost a step (the host readback and bookkeeping that
@@ -162,9 +173,11 @@ def host_overhead_s(model: Any, calibration: list[list[int]], batch: int, plain_
     (not the held-out ones) at ``batch``, its seconds a step less the timed plain step.
     The same for every setting, it is what makes a short step worth less."""
     rows = (calibration * batch)[:batch]
-    result = generate_batch(model, None, Tree.chain(0), rows, args.max_new_tokens)
-    per_step = (result.wall_time_s - result.prefill_s) / max(result.steps - 1, 1)
-    return max(per_step - plain_step_s, 0.0)
+    per_step = []
+    for _ in range(TIMING_ROUNDS):
+        result = generate_batch(model, None, Tree.chain(0), rows, args.max_new_tokens)
+        per_step.append((result.wall_time_s - result.prefill_s) / max(result.steps - 1, 1))
+    return max(min(per_step) - plain_step_s, 0.0)
 
 
 def name_of(setting: str | BeamSetting | None) -> str:
