@@ -73,6 +73,9 @@ ResumeOpt = Annotated[
     bool, typer.Option(help="Continue the partial results / checkpoint of an interrupted run.")
 ]
 QuietOpt = QuietOption
+OverwriteOpt = Annotated[bool, typer.Option(
+    "--overwrite", help="Write into a non-empty -o folder that holds no run to --resume "
+                        "(earlier heads, other files), replacing files of the same names.")]
 
 
 def profile(
@@ -229,6 +232,7 @@ def train_heads(
     dtype: DtypeOpt = "auto",
     device_map: DeviceMapOpt = None,
     resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Train Medusa heads by self-distillation: Medusa-1 (heads only) or Medusa-2 (--joint).
@@ -240,7 +244,8 @@ def train_heads(
     the model through LoRA together with the heads and writes a merged checkpoint
     that profile, generate, overhead and study load with no --heads. The
     run reports per-head top-1/top-5 on held-out prompts and warns when they stay
-    near chance. Interrupted? Rerun with --resume.
+    near chance. Interrupted? Rerun with --resume. A non-empty -o folder that is
+    not this run's own is refused (--overwrite replaces its files).
 
     --eagle-version 1|3 trains an EAGLE drafter instead (docs/eagle.md).
 
@@ -255,10 +260,9 @@ def train_heads(
     """
     from treeopt.model.train_heads import train_heads_from
     from treeopt.workflows.devices import device_choice
-
     run = dict(max_prompts=max_prompts, turns=turns, chat_template=chat_template,
                device=device_choice(device), dtype=dtype, resume=resume,
-               progress=not quiet, targets_cache=targets_cache)
+               progress=not quiet, targets_cache=targets_cache, overwrite=overwrite)
     if eagle_version is not None:
         return _train_eagle(model, data, output, eagle_version, joint, num_heads, num_layers,
                             dict(epochs=epochs, learning_rate=learning_rate, ttt_steps=ttt_steps,

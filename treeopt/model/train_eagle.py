@@ -394,7 +394,8 @@ def near_chance_warning(accuracy: dict[str, Any]) -> str | None:
 
 def train_eagle(model: Any, tokenizer: Any, prompts: Sequence[list[int]], output_dir: str | Path,
                 settings: EagleSettings, model_id: str, resume: bool = False,
-                progress: bool = True, targets_file: Path | None = None) -> dict[str, Any]:
+                progress: bool = True, targets_file: Path | None = None,
+                overwrite: bool = False) -> dict[str, Any]:
     """Train an EAGLE drafter for ``model``; write it and ``train_report.json`` in ``output_dir``.
 
     Prompts are split by prompt into train and held-out parts (seeded); targets are
@@ -412,7 +413,7 @@ def train_eagle(model: Any, tokenizer: Any, prompts: Sequence[list[int]], output
         load_state,
     )
 
-    output_dir = check_output_folder(output_dir, settings, resume)
+    output_dir = check_output_folder(output_dir, settings, resume, overwrite)
     try:
         output_dir.mkdir(exist_ok=True)
     except OSError as exc:
@@ -451,7 +452,8 @@ def train_eagle_from(model: str, data: str, output_dir: Path, settings: EagleSet
                      max_prompts: int | None = None, turns: str = "first",
                      chat_template: bool = True, device: str = "cpu", dtype: str = "auto",
                      resume: bool = False, progress: bool = True,
-                     targets_cache: Path | None = None) -> dict[str, Any]:
+                     targets_cache: Path | None = None,
+                     overwrite: bool = False) -> dict[str, Any]:
     """``treeopt train-heads --eagle-version``: checks, prompts, model, then :func:`train_eagle`."""
     from treeopt.model.calibration import encode_prompts, read_prompts
     from treeopt.model.loading import load_medusa
@@ -461,7 +463,7 @@ def train_eagle_from(model: str, data: str, output_dir: Path, settings: EagleSet
         shared_targets_file,
     )
 
-    check_output_folder(output_dir, settings, resume)
+    check_output_folder(output_dir, settings, resume, overwrite)
     texts = read_prompts(data, max_prompts=max_prompts, seed=settings.seed, turns=turns)
     if len(texts) < 2:
         raise TreeoptError(f"{data}: train-heads needs at least 2 prompts (train and held out), "
@@ -473,4 +475,4 @@ def train_eagle_from(model: str, data: str, output_dir: Path, settings: EagleSet
                                   targets_cache or default_cache_dir())
     return train_eagle(loaded.model, loaded.tokenizer, prompt_ids, output_dir, settings,
                        model_id=loaded.model_id, resume=resume, progress=progress,
-                       targets_file=targets)
+                       targets_file=targets, overwrite=overwrite)

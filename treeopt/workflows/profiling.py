@@ -66,6 +66,7 @@ def profile_to_file(request: ProfileRequest) -> Any:
     """The whole ``treeopt profile``: check, load, encode, profile; the profile written."""
     from treeopt.model.calibration import encode_prompts, read_prompts
     from treeopt.model.loading import load_medusa, require_heads
+    from treeopt.model.profiling import check_resumable
 
     # Cheap checks first: heads and prompts before the model loads.
     if request.draft_model is not None and request.heads is not None:
@@ -75,6 +76,7 @@ def profile_to_file(request: ProfileRequest) -> Any:
         require_heads(request.model, request.heads)
     texts = read_prompts(request.data, max_prompts=request.max_prompts, seed=request.seed,
                          turns=request.turns)
+    check_resumable(request.output, request.resume)  # a broken checkpoint: before loading
     facts = {"dataset": str(request.data), "dtype": request.dtype,
              "chat_template": request.chat_template, **request.provenance}
     if request.draft_model is not None:
