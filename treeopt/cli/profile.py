@@ -68,6 +68,11 @@ MaxNewOpt = Annotated[
 ]
 DepthOpt = Annotated[int, typer.Option(
     min=1, help="--draft-model: tree depths recorded per position.")]
+ExpandOpt = Annotated[str | None, typer.Option(
+    metavar="K_MAX,D_MAX",
+    help="--draft-model: also record the drafter's beam expansion (OUTPUT.expansion.npz) "
+         "so eval/tune score every dynamic:S,K,N with S <= D_MAX, K <= K_MAX. Costs at "
+         "most (D_MAX-1)*K_MAX*(K_MAX+1)/2 extra draft tokens a position.")]
 BatchOpt = Annotated[int, typer.Option(min=1, help="Sequences per forward pass.")]
 ResumeOpt = Annotated[
     bool, typer.Option(help="Continue the partial results / checkpoint of an interrupted run.")
@@ -107,6 +112,7 @@ def profile(
     quiet: QuietOpt = False,
     draft_model: DraftModelOption = None,
     depth: DepthOpt = DEFAULT_DRAFT_DEPTH,
+    expand: ExpandOpt = None,
 ) -> None:
     """Measure how well a model's Medusa heads predict its own greedy output.
 
@@ -123,19 +129,21 @@ def profile(
     Examples:
       treeopt profile -m vicuna-7b -d q.jsonl --device cuda -o vicuna7b.json
       treeopt profile -m vicuna-7b --draft-model ./llama-68m -d q.jsonl -o d.json
+      treeopt profile -m vicuna-7b --draft-model D --expand 4,6 -d q.jsonl -o e
     """
     from treeopt.files.ranks_file import ranks_path
     from treeopt.model.profiling import ProfileSettings
     from treeopt.workflows.devices import device_choice
     from treeopt.workflows.profiling import ProfileRequest, profile_to_file
 
+    expand_to = _expand_setting(expand, draft_model, depth)
     result = profile_to_file(ProfileRequest(
         model=model, data=data, output=output, heads=heads,
         settings=ProfileSettings(top_k=top_k, max_new_tokens=max_new_tokens,
                                  include_prompt=include_prompt, batch_size=batch_size),
         max_prompts=max_prompts, seed=seed, turns=turns, chat_template=chat_template,
         device=device_choice(device), dtype=dtype, device_map=device_map, resume=resume,
-        quiet=quiet, draft_model=draft_model, depth=depth))
+        quiet=quiet, draft_model=draft_model, depth=depth, expand=expand_to))
     info = result.provenance
     what = (f"draft depth {result.num_heads}" if draft_model is not None
             else f"{result.num_heads} heads")
@@ -147,6 +155,16 @@ def profile(
         + f"; rank vectors in {ranks_path(output)}",
         err=True,
     )
+
+
+def _expand_setting(expand: str | None, draft_model: str | None, depth: int
+                    ) -> tuple[int, int] | None:
+    """``--expand K_MAX,D_MAX`` checked against the other options (before loading)."""
+    from treeopt.core.expansion import parse_expand
+
+    if expand is not None and draft_model is None:
+        raise TreeoptError("--expand records a drafter's beam: it needs --draft-model")
+    return None if expand is None else parse_expand(expand, depth)
 
 
 class BackboneLoss(str, Enum):

@@ -42,6 +42,7 @@ class ProfileRequest:
     quiet: bool = False
     draft_model: str | None = None
     depth: int = 0
+    expand: tuple[int, int] | None = None  # (k_max, d_max): also record the beam expansion
     provenance: dict[str, Any] = field(default_factory=dict)
 
 
@@ -106,4 +107,4 @@ def _profile_draft(request: ProfileRequest, texts: list[str], facts: dict[str, A
         base, tokenizer, draft, prompt_ids, request.output, request.settings,
         model_id=resolve_model(request.model)[0], draft_id=str(request.draft_model),
         depth=request.depth, resume=request.resume, progress=not request.quiet,
-        provenance=facts)
+        provenance=facts, expand=request.expand)
