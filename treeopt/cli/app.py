@@ -95,7 +95,8 @@ class TreeoptGroup(TyperGroup):
             typer.echo(f"error: {flag or exc.parameter} {exc.reason}", err=True)
             raise typer.Exit(2) from None
         except TreeoptError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            if not getattr(exc, "quiet", False):  # quiet: another rank of the run reports it
+                typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
 
     def list_commands(self, ctx: typer.Context) -> list[str]:

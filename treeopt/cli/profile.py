@@ -125,6 +125,8 @@ def profile(
     """
     from treeopt.files.ranks_file import ranks_path
     from treeopt.model.calibration import encode_prompts, read_prompts
+    from treeopt.model.digests import digests_provenance
+    from treeopt.model.distributed import rank_device
     from treeopt.model.loading import load_medusa, require_heads
     from treeopt.model.profiling import ProfileSettings, profile_model
 
@@ -139,15 +141,18 @@ def profile(
     if draft_model is not None:
         return _profile_draft(model, draft_model, data, output, depth, texts, settings,
                               chat_template, device, dtype, resume, quiet)
-    loaded = load_medusa(model, heads, device=device, dtype=dtype, device_map=device_map,
-                         quiet=quiet)
+    loaded = load_medusa(model, heads, device=rank_device(device), dtype=dtype,
+                         device_map=device_map, quiet=quiet)
     prompt_ids = encode_prompts(loaded.tokenizer, texts, chat_template=chat_template)
     result = profile_model(
         loaded.model, loaded.tokenizer, loaded.heads, prompt_ids, output, settings,
         model_id=loaded.model_id, heads_id=str(loaded.heads_id), resume=resume,
         progress=not quiet,
-        provenance={"dataset": str(data), "dtype": dtype, "chat_template": chat_template},
+        provenance={"dataset": str(data), "dtype": dtype, "chat_template": chat_template,
+                    **digests_provenance(loaded.model_id, loaded.heads_id)},
     )
+    if result is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return
     info = result.provenance
     typer.echo(
         f"wrote {output}: {result.num_positions} positions from {info['prompts']} prompts, "
@@ -165,17 +170,23 @@ def _profile_draft(model: str, draft_model: str, data: str, output: Path, depth:
     """``profile --draft-model``: load target and draft, profile, print one line."""
     from treeopt.files.ranks_file import ranks_path
     from treeopt.model.calibration import encode_prompts
+    from treeopt.model.digests import digests_provenance
+    from treeopt.model.distributed import rank_device
     from treeopt.model.draft_profiling import profile_draft_model
     from treeopt.model.loading import load_base_model, resolve_model
 
-    base, tokenizer = load_base_model(model, device=device, dtype=dtype)
-    draft, _ = load_base_model(draft_model, device=device, dtype=dtype)
+    base, tokenizer = load_base_model(model, device=rank_device(device), dtype=dtype)
+    draft, _ = load_base_model(draft_model, device=rank_device(device), dtype=dtype)
     prompt_ids = encode_prompts(tokenizer, texts, chat_template=chat_template)
+    model_id = resolve_model(model)[0]
     result = profile_draft_model(
-        base, tokenizer, draft, prompt_ids, output, settings, model_id=resolve_model(model)[0],
+        base, tokenizer, draft, prompt_ids, output, settings, model_id=model_id,
         draft_id=draft_model, depth=depth, resume=resume, progress=not quiet,
-        provenance={"dataset": str(data), "dtype": dtype, "chat_template": chat_template},
+        provenance={"dataset": str(data), "dtype": dtype, "chat_template": chat_template,
+                    **digests_provenance(model_id, draft_model)},
     )
+    if result is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return
     typer.echo(f"wrote {output}: {result.num_positions} positions from "
                f"{result.provenance['prompts']} prompts, draft depth {result.num_heads}, "
                f"top-{result.top_k}; rank vectors in {ranks_path(output)}", err=True)

@@ -425,8 +425,12 @@ def profile_model(
     Returns the :class:`treeopt.core.profile.Profile` written. Greedy targets are cached
     beside ``output``; the partial checkpoint is removed once the profile is
     written. Prompts that leave no room for a new token in the context are skipped.
+
+    Under a launcher (``torchrun``, ``accelerate launch``: see
+    :mod:`treeopt.model.distributed`) every rank profiles its share of the prompts
+    (with its own checkpoints, so ``resume`` is per rank) and rank 0 writes the
+    merged profile, identical to a one-process run's; the other ranks return None.
     """
-    from treeopt.core.profile import Profile
     from treeopt.files.profile_file import write_profile
 
     output = check_output_path(output)  # before any work, as the CLI checks it
@@ -438,39 +442,95 @@ def profile_model(
     if settings.top_k > vocab_size:
         raise TreeoptError(f"--top-k {settings.top_k} exceeds the heads' vocabulary of "
                            f"{vocab_size} tokens")
+    from treeopt.model.distributed import current_world
+
+    world = current_world()
+    progress = progress and world.is_main
     eos = getattr(tokenizer, "eos_token_id", None)
     pad = pad_token_id_of(tokenizer, eos)
     kept = [list(p) for p in prompts if new_token_limit(model, len(p), settings.max_new_tokens)]
     if not kept:
         raise TreeoptError("every prompt fills the model's context: nothing left to profile")
-    continuations = greedy_continuations(
-        model, kept, settings.max_new_tokens, eos, targets_path(output), model_id,
-        batch_size=settings.batch_size, pad_token_id=pad, progress=progress,
-    )
-    sequences = [Sequence_(p, c) for p, c in zip(kept, continuations, strict=True)]
-    checkpoint = partial_path(output)
-    fingerprint = fingerprint_of(model_id, heads_id, kept, settings)
-    results = measure_ranks(model, heads, sequences, settings, checkpoint, fingerprint,
-                            resume=resume, progress=progress, rank_vectors=rank_vectors)
-    num_heads = heads.config.medusa_num_heads
-    ranks, groups = results.stacked(num_heads)
-    if len(ranks) == 0:
-        raise TreeoptError("no positions measured: every continuation was empty")
+    job = ProfileJob(model, heads, kept, settings, Path(output), model_id, heads_id, eos, pad,
+                     resume, progress, rank_vectors)
+    if world.distributed:
+        from treeopt.model.sharded_profiling import measure_sharded
+
+        sequences, results = measure_sharded(job)
+    else:
+        sequences, results = _measure_here(job)
+    if results is None:  # a rank other than 0: rank 0 writes the merged profile
+        from treeopt.model.sharded_profiling import finish_sharded
+
+        finish_sharded(job, lambda: None)
+        return None
     info = {
         "model": model_id,
         "heads": heads_id,
         "prompts": len(kept),
         "skipped_prompts": len(prompts) - len(kept),
-        "positions": len(ranks),
-        "generated_tokens": sum(len(c) for c in continuations),
+        "positions": sum(len(r) for r in results.ranks),
+        "generated_tokens": sum(len(s.continuation) for s in sequences),
         "greedy_mismatches": results.mismatches,
         **{key: value for key, value in asdict(settings).items() if key != "batch_size"},
+        "world_size": world.size,
         **(provenance or {}),
     }
-    first = [len(s.prompt) - 1 if settings.include_prompt else 0 for s in sequences]
-    profile = Profile.from_rank_vectors(ranks.astype(np.int64), settings.top_k, groups=groups,
-                                        provenance=info, first_decode_index=first,
-                                        probs=results.stacked_probs())
-    write_profile(output, profile)  # and its rank vectors, for treeopt.optimize.replay
-    checkpoint.unlink(missing_ok=True)
+    profile = _profile_of(results, sequences, settings, heads.config.medusa_num_heads, info)
+    if not world.distributed:
+        write_profile(output, profile)  # and its rank vectors, for treeopt.optimize.replay
+        partial_path(output).unlink(missing_ok=True)
+        return profile
+    from treeopt.model.sharded_profiling import finish_sharded
+
+    finish_sharded(job, lambda: write_profile(output, profile))
     return profile
+
+
+@dataclass(frozen=True)
+class ProfileJob:
+    """What :func:`profile_model` measures, as the one- and many-process paths share it."""
+
+    model: Any
+    heads: Any
+    prompts: list[list[int]]
+    settings: ProfileSettings
+    output: Path
+    model_id: str
+    heads_id: str
+    eos: int | None
+    pad: int
+    resume: bool
+    progress: bool
+    rank_vectors: Callable[..., tuple[list[np.ndarray], int, list[np.ndarray]]] | None
+
+    def fingerprint(self) -> str:
+        return fingerprint_of(self.model_id, self.heads_id, self.prompts, self.settings)
+
+
+def _measure_here(job: ProfileJob) -> tuple[list[Sequence_], RankResults]:
+    """One process: greedy targets, then the rank vectors of every prompt."""
+    continuations = greedy_continuations(
+        job.model, job.prompts, job.settings.max_new_tokens, job.eos, targets_path(job.output),
+        job.model_id, batch_size=job.settings.batch_size, pad_token_id=job.pad,
+        progress=job.progress,
+    )
+    sequences = [Sequence_(p, c) for p, c in zip(job.prompts, continuations, strict=True)]
+    results = measure_ranks(job.model, job.heads, sequences, job.settings,
+                            partial_path(job.output), job.fingerprint(), resume=job.resume,
+                            progress=job.progress, rank_vectors=job.rank_vectors)
+    return sequences, results
+
+
+def _profile_of(results: RankResults, sequences: Sequence[Sequence_], settings: ProfileSettings,
+                num_heads: int, info: dict[str, Any]) -> Any:
+    """The :class:`treeopt.core.profile.Profile` of measured rank vectors (prompt order)."""
+    from treeopt.core.profile import Profile
+
+    ranks, groups = results.stacked(num_heads)
+    if len(ranks) == 0:
+        raise TreeoptError("no positions measured: every continuation was empty")
+    first = [len(s.prompt) - 1 if settings.include_prompt else 0 for s in sequences]
+    return Profile.from_rank_vectors(ranks.astype(np.int64), settings.top_k, groups=groups,
+                                     provenance=info, first_decode_index=first,
+                                     probs=results.stacked_probs())
