@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "treeopt.cli.build",
     "treeopt.cli.runtime",
     "treeopt.cli.profile",
+    "treeopt.cli.merge",
     "treeopt.cli.tune",
     "treeopt.cli.roofline",
     "treeopt.cli.render",

@@ -48,6 +48,14 @@ class PeerFailure(TreeoptError):
     quiet = True
 
 
+class LauncherStop(TreeoptError):
+    """The launcher stopped this rank (SIGTERM: another rank failed); quiet off rank 0."""
+
+    def __init__(self, message: str, quiet: bool) -> None:
+        super().__init__(message)
+        self.quiet = quiet
+
+
 @dataclass(frozen=True)
 class World:
     """This process's place in the run: ``rank`` of ``size``, and its node-local rank."""
@@ -103,8 +111,8 @@ def current_world() -> World:
 def _stop_on_sigterm(signum: int, frame: Any) -> None:
     """The launcher stops the survivors of a failed rank with SIGTERM: unwind (saving
     partial work) and report it instead of vanishing."""
-    raise current_world().failure(
-        f"stopped by the launcher (signal {signum}): another rank failed; {RESUME_HINT}")
+    raise LauncherStop(f"stopped by the launcher (signal {signum}): another rank failed or "
+                       f"was killed; {RESUME_HINT}", quiet=not current_world().is_main)
 
 
 def rank_device(device: str) -> str:
@@ -217,7 +225,7 @@ def run_on_every_rank(work: Callable[[], T]) -> T:
     error: str | None = None
     try:
         result = work()
-    except PeerFailure:
+    except (PeerFailure, LauncherStop):
         raise
     except Exception as exc:  # reported by rank 0 in one line, not as a traceback
         error = str(exc) if isinstance(exc, TreeoptError) else \
