@@ -12,7 +12,7 @@ from treeopt.cli.options import output_file
 
 def merge(
     profiles: Annotated[list[str], typer.Argument(
-        metavar="PROFILE...",
+        metavar="PROFILE",
         help="Profile JSON files written by treeopt profile (their .ranks.npz beside them), "
              "in the order their prompts go in.")],
     output: Annotated[Path, typer.Option("-o", "--output", callback=output_file,

@@ -301,7 +301,8 @@ def train_heads(
         chat_template=chat_template, device=device, dtype=dtype, device_map=device_map,
         resume=resume, progress=not quiet, targets_cache=targets_cache,
     )
-    _print_report(output, report, joint, num_heads)
+    if report is not None:  # None: a rank other than 0 under torchrun (rank 0 reports)
+        _print_report(output, report, joint, num_heads)
 
 
 def _print_report(output: Path, report: dict[str, Any], joint: bool, num_heads: int) -> None:

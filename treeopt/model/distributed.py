@@ -232,3 +232,61 @@ def run_on_every_rank(work: Callable[[], T]) -> T:
             f"{type(exc).__name__}: {first_line(exc)}"
     agree(error)
     return result  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------ data-parallel training
+def local_share(items: Sequence[Any], length: Callable[[Any], int]) -> list[Any]:
+    """This rank's part of a global batch, balanced by ``length`` (all of it in one process)."""
+    world = current_world()
+    if not world.distributed:
+        return list(items)
+    shard = shard_by_length([length(item) for item in items], world.size)[world.rank]
+    return [items[i] for i in shard]
+
+
+def summed_counts(counts: Sequence[int]) -> list[int]:
+    """``counts`` summed element-wise over the ranks."""
+    import torch
+
+    total = all_reduce_sum(torch.tensor(list(counts), dtype=torch.float64))
+    return [round(float(value)) for value in total]
+
+
+def broadcast_tensors(tensors: Sequence[Any]) -> None:
+    """Overwrite every rank's ``tensors`` (in place) with rank 0's: one starting point."""
+    if not current_world().distributed:
+        return
+    import torch
+    import torch.distributed as dist
+
+    with torch.no_grad():
+        for tensor in tensors:
+            _collective(lambda t=tensor: dist.broadcast(t.data, src=0))
+
+
+def sync_gradients(parameters: Sequence[Any]) -> bool:
+    """Sum the parameters' gradients over the ranks, in place; whether any has one.
+
+    What DDP's all-reduce does, with a sum instead of a mean because each rank's
+    loss is already divided by the whole batch's counts
+    (:class:`treeopt.model.training.LossTotals`). A gradient that some ranks lack
+    (no positions there) counts as zeros; one that every rank lacks stays None, as
+    in one process, so the optimizer leaves that parameter alone there too. One
+    flat all-reduce per device and dtype.
+    """
+    import torch
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    have = summed_counts([p.grad is not None for p in parameters])
+    used = [p for p, count in zip(parameters, have, strict=True) if count]
+    buckets: dict[tuple[Any, Any], list[Any]] = {}
+    for parameter in used:
+        if parameter.grad is None:
+            parameter.grad = torch.zeros_like(parameter)
+        buckets.setdefault((parameter.grad.device, parameter.grad.dtype), []).append(parameter)
+    for members in buckets.values():
+        grads = [p.grad for p in members]
+        flat = all_reduce_sum(_flatten_dense_tensors(grads))
+        for grad, synced in zip(grads, _unflatten_dense_tensors(flat, grads), strict=True):
+            grad.copy_(synced)
+    return bool(used)

@@ -1,0 +1,169 @@
+"""Scale-out: profiles over 2 gloo processes (torchrun), exact merges, content digests.
+
+The two-process runs go through ``python -m torch.distributed.run`` exactly as a
+user launches them; the merged profile must be byte-identical (after canonical
+serialization, provenance aside) to the one-process run's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from treeopt.cli.app import app
+from treeopt.errors import TreeoptError
+from treeopt.model.digests import file_sha256, files_digest
+from treeopt.model.distributed import shard_by_length
+
+STORIES = Path(__file__).resolve().parents[2] / "shared" / "models" / "stories260K"
+QUESTIONS = STORIES.parents[1] / "data" / "mt_bench_questions.jsonl"
+needs_stories = pytest.mark.skipif(not STORIES.is_dir(),
+                                   reason="needs ../shared/models/stories260K")
+COMMON = ["--max-new-tokens", "12", "--top-k", "5", "--batch-size", "2", "-q"]
+
+
+def test_shards_balance_token_counts_deterministically() -> None:
+    lengths = [9, 1, 7, 3, 5, 5]
+    shards = shard_by_length(lengths, 2)
+    assert shards == [[0, 1, 5], [2, 3, 4]]  # 15 and 15 tokens; indices in order
+    assert shard_by_length(lengths, 2) == shards
+    assert shard_by_length([4], 3) == [[0], [], []]
+    assert sorted(i for s in shard_by_length(lengths, 4) for i in s) == list(range(6))
+    with pytest.raises(TreeoptError):
+        shard_by_length(lengths, 0)
+
+
+def test_digests_hash_content_and_use_hub_blob_names(tmp_path: Path) -> None:
+    (tmp_path / "a.safetensors").write_bytes(b"weights")
+    assert file_sha256(tmp_path / "a.safetensors") == hashlib.sha256(b"weights").hexdigest()
+    blobs = tmp_path / "blobs"
+    blobs.mkdir()
+    name = "ab" * 32  # a hub blob is named by its content's SHA-256: not read again
+    (blobs / name).write_bytes(b"anything")
+    (tmp_path / "b.safetensors").symlink_to(blobs / name)
+    assert file_sha256(tmp_path / "b.safetensors") == name
+    before = files_digest(tmp_path, ["a.safetensors"])
+    (tmp_path / "a.safetensors").write_bytes(b"weightz")
+    assert files_digest(tmp_path, ["a.safetensors"]) != before
+    assert files_digest(tmp_path, []) is None
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Random heads for stories260K and 6 MT-Bench prompts of different lengths."""
+    import torch
+
+    from medusa_runtime.heads import MedusaConfig, MedusaHeads
+
+    folder = tmp_path_factory.mktemp("scale")
+    torch.manual_seed(0)
+    heads = MedusaHeads(MedusaConfig(medusa_num_heads=3, medusa_num_layers=1, hidden_size=64,
+                                     vocab_size=512, base_model_name_or_path=str(STORIES)))
+    for parameter in heads.parameters():
+        torch.nn.init.normal_(parameter, std=0.05)
+    heads.save_pretrained(folder / "heads")
+    torch.manual_seed(1)
+    for parameter in heads.parameters():
+        torch.nn.init.normal_(parameter, std=0.05)
+    heads.save_pretrained(folder / "other-heads")
+    lines = QUESTIONS.read_text().splitlines()
+    (folder / "q.jsonl").write_text("\n".join(lines[:6]) + "\n")
+    (folder / "qa.jsonl").write_text("\n".join(lines[:2]) + "\n")
+    (folder / "qb.jsonl").write_text("\n".join(lines[2:6]) + "\n")
+    return folder
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _profile_args(folder: Path, data: str, output: Path, *extra: str,
+                  heads: str = "heads") -> list[str]:
+    return ["-m", "treeopt", "profile", "-m", str(STORIES), "--heads", str(folder / heads),
+            "-d", str(folder / data), "-o", str(output), *COMMON, *extra]
+
+
+def _torchrun(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc-per-node", "2", *args], capture_output=True, text=True,
+                          env=_env(), timeout=180)
+
+
+def canonical(path: Path) -> str:
+    """The profile JSON without provenance, canonically serialized."""
+    data = json.loads(path.read_text())
+    data.pop("provenance")
+    return json.dumps(data, sort_keys=True)
+
+
+def assert_same_profile(one: Path, other: Path) -> None:
+    assert canonical(one) == canonical(other)
+    with np.load(f"{one}.ranks.npz") as a, np.load(f"{other}.ranks.npz") as b:
+        assert sorted(a.files) == sorted(b.files) and "probs" in a.files
+        for name in a.files:
+            assert np.array_equal(a[name], b[name]), name
+    targets = [json.loads(Path(f"{p}.targets.json").read_text())["continuations"]
+               for p in (one, other)]
+    assert targets[0] == targets[1]
+
+
+@needs_stories
+def test_two_ranks_profile_equals_one_process_and_a_failed_rank_resumes(workdir: Path) -> None:
+    one, two = workdir / "one" / "p.json", workdir / "two" / "p.json"
+    one.parent.mkdir()
+    two.parent.mkdir()
+    single = subprocess.run([sys.executable, *_profile_args(workdir, "q.jsonl", one)],
+                            capture_output=True, text=True, env=_env(), timeout=120)
+    assert single.returncode == 0, single.stderr
+    # Rank 1 fails (an unreadable checkpoint of its own): the run fails in one line.
+    broken = Path(f"{two}.rank1-of-2.partial.npz")
+    broken.write_bytes(b"not a checkpoint")
+    failed = _torchrun(*_profile_args(workdir, "q.jsonl", two, "--resume")[1:])
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("error:")]
+    assert failed.returncode != 0 and len(errors) == 1, failed.stderr
+    assert "rank 1 of 2 failed" in errors[0] and str(broken) in errors[0]
+    assert not two.exists() and Path(f"{two}.rank0-of-2.partial.npz").exists()
+    broken.unlink()
+    resumed = _torchrun(*_profile_args(workdir, "q.jsonl", two, "--resume")[1:])
+    assert resumed.returncode == 0, resumed.stderr
+    assert_same_profile(one, two)
+    provenance = json.loads(two.read_text())["provenance"]
+    assert provenance["world_size"] == 2 and provenance["prompts"] == 6
+    assert len(provenance["digests"]["model"]) == 64
+    assert not list(two.parent.glob("*.rank?-of-2.*"))  # per-rank files gone once merged
+
+
+@needs_stories
+def test_merge_equals_profiling_the_union_and_refuses_other_heads(workdir: Path) -> None:
+    out = workdir / "merge"
+    out.mkdir()
+
+    def profile(data: str, name: str, heads: str = "heads") -> Path:
+        path = out / name
+        args = _profile_args(workdir, data, path, "--batch-size", "1", heads=heads)
+        result = subprocess.run([sys.executable, *args],
+                                capture_output=True, text=True, env=_env(), timeout=120)
+        assert result.returncode == 0, result.stderr
+        return path
+
+    # Batches of one: the union run's batches then hold the same prompts as the parts'.
+    union = profile("q.jsonl", "union.json")
+    a, b = profile("qa.jsonl", "a.json"), profile("qb.jsonl", "b.json")
+    merged = out / "ab.json"
+    result = CliRunner().invoke(app, ["merge", str(a), str(b), "-o", str(merged)])
+    assert result.exit_code == 0, result.output
+    assert_same_profile(union, merged)
+    provenance = json.loads(merged.read_text())["provenance"]
+    assert provenance["prompts"] == 6 and provenance["merged_from"] == [str(a), str(b)]
+    other = profile("qb.jsonl", "other.json", heads="other-heads")
+    refused = CliRunner().invoke(app, ["merge", str(a), str(other), "-o", str(out / "x.json")])
+    assert refused.exit_code == 2 and "heads (content digest)" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and not (out / "x.json").exists()
