@@ -97,6 +97,24 @@ def _torchrun(*args: str) -> subprocess.CompletedProcess[str]:
                           env=_env(), timeout=180)
 
 
+def profile_here(folder: Path, data: str, output: Path, heads: str = "heads",
+                 batch_size: int = 2) -> Path:
+    """What `treeopt profile` with COMMON writes, made in this process (no start-up)."""
+    from treeopt.model.calibration import encode_prompts, read_prompts
+    from treeopt.model.digests import digests_provenance
+    from treeopt.model.loading import load_medusa
+    from treeopt.model.profiling import ProfileSettings, profile_model
+
+    loaded = load_medusa(str(STORIES), str(folder / heads), quiet=True)
+    prompts = encode_prompts(loaded.tokenizer, read_prompts(str(folder / data)),
+                             chat_template=True)
+    profile_model(loaded.model, loaded.tokenizer, loaded.heads, prompts, output,
+                  ProfileSettings(top_k=5, max_new_tokens=12, batch_size=batch_size),
+                  loaded.model_id, str(loaded.heads_id), progress=False,
+                  provenance=digests_provenance(loaded.model_id, loaded.heads_id))
+    return output
+
+
 def canonical(path: Path) -> str:
     """The profile JSON without provenance, canonically serialized."""
     data = json.loads(path.read_text())
@@ -120,9 +138,7 @@ def test_two_ranks_profile_equals_one_process_and_a_failed_rank_resumes(workdir:
     one, two = workdir / "one" / "p.json", workdir / "two" / "p.json"
     one.parent.mkdir()
     two.parent.mkdir()
-    single = subprocess.run([sys.executable, *_profile_args(workdir, "q.jsonl", one)],
-                            capture_output=True, text=True, env=_env(), timeout=120)
-    assert single.returncode == 0, single.stderr
+    profile_here(workdir, "q.jsonl", one)
     # Rank 1 fails (an unreadable checkpoint of its own): the run fails in one line.
     broken = Path(f"{two}.rank1-of-2.partial.npz")
     broken.write_bytes(b"not a checkpoint")
@@ -147,12 +163,7 @@ def test_merge_equals_profiling_the_union_and_refuses_other_heads(workdir: Path)
     out.mkdir()
 
     def profile(data: str, name: str, heads: str = "heads") -> Path:
-        path = out / name
-        args = _profile_args(workdir, data, path, "--batch-size", "1", heads=heads)
-        result = subprocess.run([sys.executable, *args],
-                                capture_output=True, text=True, env=_env(), timeout=120)
-        assert result.returncode == 0, result.stderr
-        return path
+        return profile_here(workdir, data, out / name, heads=heads, batch_size=1)
 
     # Batches of one: the union run's batches then hold the same prompts as the parts'.
     union = profile("q.jsonl", "union.json")
@@ -167,3 +178,27 @@ def test_merge_equals_profiling_the_union_and_refuses_other_heads(workdir: Path)
     refused = CliRunner().invoke(app, ["merge", str(a), str(other), "-o", str(out / "x.json")])
     assert refused.exit_code == 2 and "heads (content digest)" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1 and not (out / "x.json").exists()
+
+
+@needs_stories
+def test_data_parallel_training_follows_the_one_process_loss_curve(workdir: Path) -> None:
+    from data_parallel_training import train_both
+
+    data = workdir / "train.jsonl"
+    data.write_text("\n".join(QUESTIONS.read_text().splitlines()[:10]) + "\n")
+    one, two = workdir / "train1", workdir / "train2"
+    train_both(data, one)
+    script = Path(__file__).with_name("data_parallel_training.py")
+    result = _torchrun(str(script), str(data), str(two))
+    assert result.returncode == 0, result.stderr
+    for kind in ("medusa1", "medusa2"):
+        reports = [json.loads((run / kind / "train_report.json").read_text())
+                   for run in (one, two)]
+        curves = [report["train_loss_per_step"] for report in reports]
+        assert len(curves[0]) >= 2 and reports[1]["world_size"] == 2
+        np.testing.assert_allclose(curves[1], curves[0], rtol=1e-4)
+    # The targets were generated once (in shards) and cached by rank 0, in one file.
+    assert [p.name for p in (two / "cache").iterdir()] == \
+        [p.name for p in (one / "cache").iterdir()]
+    assert (two / "medusa1" / "medusa_lm_head.safetensors").is_file()
+    assert (two / "medusa2" / "model.safetensors").is_file()
