@@ -123,9 +123,7 @@ def profile(
       treeopt profile -m vicuna-7b -d q.jsonl --device cuda -o vicuna7b.json
       treeopt profile -m vicuna-7b --draft-model ./llama-68m -d q.jsonl -o d.json
     """
-    from treeopt.files.ranks_file import ranks_path
     from treeopt.model.calibration import encode_prompts, read_prompts
-    from treeopt.model.digests import digests_provenance
     from treeopt.model.distributed import rank_device
     from treeopt.model.loading import load_medusa, require_heads
     from treeopt.model.profiling import ProfileSettings, profile_model
@@ -148,10 +146,16 @@ def profile(
         loaded.model, loaded.tokenizer, loaded.heads, prompt_ids, output, settings,
         model_id=loaded.model_id, heads_id=str(loaded.heads_id), resume=resume,
         progress=not quiet,
-        provenance={"dataset": str(data), "dtype": dtype, "chat_template": chat_template,
-                    **digests_provenance(loaded.model_id, loaded.heads_id)},
+        provenance=_provenance(data, dtype, chat_template, loaded.model_id, loaded.heads_id),
     )
-    if result is None:  # a rank other than 0 under torchrun: rank 0 reports
+    _print_profile(output, result)
+
+
+def _print_profile(output: Path, result: Any) -> None:
+    """The one line a heads profile ends with (None: a rank other than 0, rank 0 prints)."""
+    from treeopt.files.ranks_file import ranks_path
+
+    if result is None:
         return
     info = result.provenance
     typer.echo(
@@ -164,13 +168,21 @@ def profile(
     )
 
 
+def _provenance(data: str, dtype: str, chat_template: bool, model_id: str,
+                heads_id: str | None) -> dict[str, Any]:
+    """What a profile records about its run, content digests included (rank 0 only)."""
+    from treeopt.model.digests import digests_provenance
+
+    return {"dataset": str(data), "dtype": dtype, "chat_template": chat_template,
+            **digests_provenance(model_id, heads_id)}
+
+
 def _profile_draft(model: str, draft_model: str, data: str, output: Path, depth: int,
                    texts: list[str], settings: Any, chat_template: bool, device: str,
                    dtype: str, resume: bool, quiet: bool) -> None:
     """``profile --draft-model``: load target and draft, profile, print one line."""
     from treeopt.files.ranks_file import ranks_path
     from treeopt.model.calibration import encode_prompts
-    from treeopt.model.digests import digests_provenance
     from treeopt.model.distributed import rank_device
     from treeopt.model.draft_profiling import profile_draft_model
     from treeopt.model.loading import load_base_model, resolve_model
@@ -182,8 +194,7 @@ def _profile_draft(model: str, draft_model: str, data: str, output: Path, depth:
     result = profile_draft_model(
         base, tokenizer, draft, prompt_ids, output, settings, model_id=model_id,
         draft_id=draft_model, depth=depth, resume=resume, progress=not quiet,
-        provenance={"dataset": str(data), "dtype": dtype, "chat_template": chat_template,
-                    **digests_provenance(model_id, draft_model)},
+        provenance=_provenance(data, dtype, chat_template, model_id, draft_model),
     )
     if result is None:  # a rank other than 0 under torchrun: rank 0 reports
         return

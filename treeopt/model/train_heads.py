@@ -397,7 +397,7 @@ def _training_data(model: Any, tokenizer: Any, prompts: Sequence[list[int]],
         raise TreeoptError("train-heads needs at least 2 prompts that fit the model's context")
     generate = greedy_continuations
     if current_world().distributed:  # each rank generates a shard; rank 0 caches them all
-        from treeopt.model.sharded_profiling import sharded_continuations as generate
+        from treeopt.model.profiling import sharded_continuations as generate
     continuations = generate(
         model, kept, settings.max_new_tokens, eos, targets_file, model_id,
         batch_size=settings.batch_size, pad_token_id=pad, progress=progress,
