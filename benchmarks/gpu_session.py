@@ -583,10 +583,43 @@ def run_part(part: str, plan: Plan, out: Path, deadline: float, command: str,
     except Exception as exc:  # the file says what failed; the session goes on
         result.doc["status"] = f"failed: {first_line(exc)}"
         result.fail(part, exc)
+    result.doc["measured"] = measured_count(part, result.doc)
     result.save()
     print(f"{part}: {result.doc['status']} in {result.doc['seconds']:.0f} s "
           f"-> {result.path}", flush=True)
     return 0
+
+
+def measured_count(part: str, doc: dict[str, Any]) -> int:
+    """How many figures ``part`` measured (0: the part brought nothing back)."""
+    if part == "runtime":
+        timed = [entry for mode in doc.get("latency", {}).values() for entry in mode.values()]
+        plain = "decode_tokens_per_s" in doc.get("plain_decode", {})
+        return sum("median_s" in entry for entry in timed) + int(plain)
+    if part == "roofline":
+        return len(doc.get("rows", []))
+    if part == "latency":
+        return sum(entry.get("status") == "complete" for entry in doc.get("tables", []))
+    return int("profiling_over_prefill" in doc)
+
+
+def session_verdict(out: Path, parts: tuple[str, ...]) -> tuple[int, str]:
+    """Exit status and last line: non-zero when any part measured nothing."""
+    empty, failures, measured = [], 0, 0
+    for part in parts:
+        try:
+            document = json.loads((out / FILES[part]).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            document = {}
+        count = measured_count(part, document)  # a part killed at its cap stored no count
+        measured += count
+        failures += len(document.get("failures", [])) if document else 1
+        if count == 0:
+            empty.append(part)
+    if empty:
+        return 1, (f"== FAILED: {', '.join(empty)} measured nothing ({failures} failures "
+                   f"recorded; see {', '.join(FILES[part] for part in empty)})")
+    return 0, f"== ok: every part measured ({measured} figures, {failures} failures recorded)"
 
 
 def mark_stopped(part: str, out: Path, cap: int, rc: int) -> None:
@@ -651,7 +684,9 @@ def run_session(plan: Plan, out: Path, parts: tuple[str, ...], compile_steps: bo
             mark_stopped(part, out, round(cap), rc)
         summary.append(f"{part}: rc {rc}, {time.time() - begin:.0f} s")
     print("== session: " + "; ".join(summary), flush=True)
-    return 0
+    rc, verdict = session_verdict(out, parts)
+    print(verdict, flush=True)
+    return rc
 
 
 def part_process(part: str, plan: Plan, out: Path, deadline: float, command: str,

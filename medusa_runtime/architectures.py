@@ -92,20 +92,49 @@ def check_supported(model: nn.Module) -> None:
     attention_windows(config)
 
 
+def _layer_types(config: Any) -> list[str]:
+    """The attention kind of every decoder layer, from the config's public fields.
+
+    ``layer_types`` when the config states it; otherwise each layer's (or the
+    config's) ``sliding_window`` / ``attention_chunk_size``, as transformers
+    infers it. Read here rather than through transformers' private
+    ``cache_utils.get_layer_types_and_kwargs``, whose return shape changed
+    between 5.17 and 5.24.
+    """
+    declared = getattr(config, "layer_types", None)
+    if declared is not None:
+        return [str(kind) for kind in declared]
+    layer_configs = getattr(config, "per_layer_config", None) or (
+        [config] * int(config.num_hidden_layers))
+    kinds = []
+    for layer_config in layer_configs:
+        if getattr(layer_config, "sliding_window", None) is not None:
+            kinds.append(SLIDING_ATTENTION)
+        elif getattr(layer_config, "attention_chunk_size", None) is not None:
+            kinds.append("chunked_attention")
+        else:
+            kinds.append(FULL_ATTENTION)
+    return kinds
+
+
 def attention_windows(config: Any) -> dict[str, int | None]:
     """Each attention layer type the decoder uses -> its sliding window (None: full).
 
     Raises TreeoptError for layer kinds the static tree cache cannot hold
-    (linear attention, chunked attention, shared KV).
+    (linear attention, chunked attention, shared KV, attention-free layers).
     """
-    from transformers.cache_utils import get_layer_types_and_kwargs
-
-    layer_types, layer_kwargs = get_layer_types_and_kwargs(config)
+    if getattr(config, "num_kv_shared_layers", None) or getattr(config, "kv_sharing_modes", None):
+        raise TreeoptError("models whose layers share one KV cache are not supported")
+    layer_configs = getattr(config, "per_layer_config", None)
     windows: dict[str, int | None] = {}
-    for layer_type, kwargs in zip(layer_types, layer_kwargs, strict=True):
+    for index, layer_type in enumerate(_layer_types(config)):
         if layer_type not in (FULL_ATTENTION, SLIDING_ATTENTION):
             raise TreeoptError(f"attention layers of type {layer_type!r} are not supported")
-        window = kwargs.get("sliding_window") if layer_type == SLIDING_ATTENTION else None
+        layer_config = layer_configs[index] if layer_configs else config
+        window = getattr(layer_config, "sliding_window", None) if (
+            layer_type == SLIDING_ATTENTION) else None
+        if layer_type == SLIDING_ATTENTION and not isinstance(window, int):
+            raise TreeoptError(f"sliding-window layer {index} states no sliding_window")
         if windows.setdefault(layer_type, window) != window:
             raise TreeoptError("sliding-window layers with different windows are not supported")
     return windows
