@@ -36,7 +36,7 @@ COLLECTIVE_TIMEOUT = timedelta(hours=2)
 # A rank other than 0 that must fail waits this long before exiting, so that rank 0
 # prints the run's one error line before the launcher tears the job down.
 QUIET_EXIT_DELAY_SECONDS = 1.0
-RESUME_HINT = "nothing merged; rerun the same command with --resume to continue"
+RESUME_HINT = "rerun the same command with --resume to continue"
 
 
 class PeerFailure(TreeoptError):
