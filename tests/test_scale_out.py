@@ -202,3 +202,12 @@ def test_data_parallel_training_follows_the_one_process_loss_curve(workdir: Path
         [p.name for p in (one / "cache").iterdir()]
     assert (two / "medusa1" / "medusa_lm_head.safetensors").is_file()
     assert (two / "medusa2" / "model.safetensors").is_file()
+
+
+def test_merge_needs_two_profiles_and_an_output_that_is_not_an_input(tmp_path: Path) -> None:
+    lonely = CliRunner().invoke(app, ["merge", "a.json", "-o", str(tmp_path / "m.json")])
+    assert lonely.exit_code == 2 and "at least 2 profiles" in lonely.stderr
+    (tmp_path / "a.json").write_text("{}")
+    clash = CliRunner().invoke(app, ["merge", str(tmp_path / "a.json"), "b.json", "-o",
+                                     str(tmp_path / "a.json")])
+    assert clash.exit_code == 2 and "is one of the inputs" in clash.stderr
