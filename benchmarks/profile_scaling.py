@@ -6,7 +6,9 @@ torch.distributed.run --standalone --nproc-per-node 2``, alternating, ``--repeat
 times each, and reports the wall time of every run (start-up and model load
 included: what a user waits for) with the median speed-up, and whether the
 two-process profile is identical to the one-process one (profile JSON without
-provenance, rank vectors, greedy targets). Each process runs one thread
+provenance, rank vectors, greedy targets). Start-up (imports, process group,
+model load) is timed on its own by the same commands on one prompt and one new
+token; the "work" speed-up is the one of wall time minus that. Each process runs one thread
 (OMP_NUM_THREADS=1), so two processes can use two cores.
 
 On a shared CPU the figures are noisy: the load average at start and end is
@@ -43,8 +45,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("-o", "--output", required=True, help="result JSON to write")
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="model folder")
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="prompts (MT-Bench JSONL)")
-    parser.add_argument("--prompts", type=int, default=40, help="prompts profiled")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--prompts", type=int, default=80, help="prompts profiled")
+    parser.add_argument("--max-new-tokens", type=int, default=192)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3, help="runs of each, alternating")
     return parser.parse_args()
@@ -114,17 +116,25 @@ def main() -> None:
             2: [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 "--nproc-per-node", "2", *verb],
         }
+        (work / "one.jsonl").write_text(lines[0] + "\n")
+        startup_args = ["-d", str(work / "one.jsonl"), "--max-new-tokens", "1"]
         load_before = os.getloadavg()
         seconds: dict[int, list[float]] = {1: [], 2: []}
+        startup: dict[int, list[float]] = {1: [], 2: []}
         outputs: dict[int, dict] = {}
         for repeat in range(args.repeats):
             for processes, command in commands.items():
                 output = work / f"p{processes}-{repeat}.json"
                 seconds[processes].append(round(run([*command, "-o", str(output)]), 2))
                 outputs.setdefault(processes, canonical(output))
+                startup[processes].append(round(run(
+                    [*command, *startup_args, "-o", str(work / f"s{processes}-{repeat}.json")]),
+                    2))
         identical = outputs[1] == outputs[2]
         load_after = os.getloadavg()
-    one, two = statistics.median(seconds[1]), statistics.median(seconds[2])
+    median = {n: statistics.median(seconds[n]) for n in seconds}
+    median_startup = {n: statistics.median(startup[n]) for n in startup}
+    work_seconds = {n: max(median[n] - median_startup[n], 1e-9) for n in median}
     result = {
         "benchmark": "profile_scaling",
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
@@ -135,12 +145,17 @@ def main() -> None:
         "max_new_tokens": args.max_new_tokens,
         "batch_size": args.batch_size,
         "wall_seconds": {"1_process": seconds[1], "2_processes": seconds[2]},
-        "median_wall_seconds": {"1_process": one, "2_processes": two},
-        "median_speedup": round(one / two, 3),
+        "startup_seconds": {"1_process": startup[1], "2_processes": startup[2]},
+        "median_wall_seconds": {"1_process": median[1], "2_processes": median[2]},
+        "median_wall_speedup": round(median[1] / median[2], 3),
+        "median_work_seconds": {"1_process": round(work_seconds[1], 2),
+                                "2_processes": round(work_seconds[2], 2)},
+        "median_work_speedup": round(work_seconds[1] / work_seconds[2], 3),
         "outputs_identical": identical,
         "load_average_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
-        "note": "wall time includes process start-up and model load; a shared CPU makes "
-                "single runs noisy",
+        "note": "wall time includes process start-up and model load (startup_seconds: the "
+                "same commands on one prompt and one token); a shared CPU makes single runs "
+                "noisy",
     }
     text = json.dumps(result, indent=2) + "\n"
     from treeopt.core.atomic import atomic_write_text
