@@ -103,6 +103,8 @@ def current_world() -> World:
     if not dist.is_initialized():
         # gloo carries the objects we gather (CPU); NCCL the gradients of CUDA models.
         backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
+        if torch.cuda.is_available() and world.local_rank < torch.cuda.device_count():
+            torch.cuda.set_device(world.local_rank)  # else every rank's context lands on GPU 0
         dist.init_process_group(backend=backend, timeout=COLLECTIVE_TIMEOUT)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     return world
