@@ -118,10 +118,15 @@ def profile(
     together). Interrupted? Rerun with --resume (OUTPUT.partial.npz).
 
     --draft-model D ranks the true tokens in a draft model's top-k instead (draft trees).
+    Under torchrun or accelerate launch the ranks share the prompts and rank 0
+    writes the profile one process would (docs/scale-out.md).
 
+    \b
     Examples:
       treeopt profile -m vicuna-7b -d q.jsonl --device cuda -o vicuna7b.json
       treeopt profile -m vicuna-7b --draft-model ./llama-68m -d q.jsonl -o d.json
+      torchrun --nproc-per-node 8 -m treeopt profile -m vicuna-7b -d q.jsonl \\
+          --device cuda -o vicuna7b.json
     """
     from treeopt.model.calibration import encode_prompts, read_prompts
     from treeopt.model.distributed import rank_device
@@ -282,7 +287,9 @@ def train_heads(
     the model through LoRA together with the heads and writes a merged checkpoint
     that profile, generate, overhead and tune --measure load with no --heads. The
     run reports per-head top-1/top-5 on held-out prompts and warns when they stay
-    near chance. Interrupted? Rerun with --resume.
+    near chance. Interrupted? Rerun with --resume. Under torchrun or accelerate
+    launch the ranks split every batch (--batch-size stays the global batch) and
+    rank 0 writes (docs/scale-out.md).
 
     \b
     Examples:
@@ -291,6 +298,8 @@ def train_heads(
           --backbone-loss distill -o m2/
       treeopt train-heads -m ./my-model -d prompts.txt --joint \\
           --init-heads heads/ -o m2/
+      torchrun --nproc-per-node 8 -m treeopt train-heads -m ./my-model \\
+          -d prompts.txt --device cuda -o heads/
     """
     from treeopt.model.train_heads import TrainSettings, train_heads_from
 
