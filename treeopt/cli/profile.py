@@ -118,10 +118,10 @@ def profile(
     together). Interrupted? Rerun with --resume (OUTPUT.partial.npz).
 
     --draft-model D ranks the true tokens in a draft model's top-k instead (draft trees).
-    Under torchrun or accelerate launch the ranks share the prompts and rank 0
-    writes the profile one process would (docs/scale-out.md).
 
-    \b
+    Under torchrun or accelerate launch the ranks share the prompts; rank 0 writes
+    the profile one process would (docs/scale-out.md).
+
     Examples:
       treeopt profile -m vicuna-7b -d q.jsonl --device cuda -o vicuna7b.json
       treeopt profile -m vicuna-7b --draft-model ./llama-68m -d q.jsonl -o d.json
@@ -287,9 +287,8 @@ def train_heads(
     the model through LoRA together with the heads and writes a merged checkpoint
     that profile, generate, overhead and tune --measure load with no --heads. The
     run reports per-head top-1/top-5 on held-out prompts and warns when they stay
-    near chance. Interrupted? Rerun with --resume. Under torchrun or accelerate
-    launch the ranks split every batch (--batch-size stays the global batch) and
-    rank 0 writes (docs/scale-out.md).
+    near chance. Interrupted? Rerun with --resume. Under torchrun/accelerate the
+    ranks split each (global) batch; rank 0 writes (docs/scale-out.md).
 
     \b
     Examples:
