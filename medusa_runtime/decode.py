@@ -44,6 +44,7 @@ from medusa_runtime.architectures import (
     cache_argument,
     check_positions,
     check_supported,
+    decoder_call,
     text_config,
 )
 from medusa_runtime.buffers import tree_buffers
@@ -162,6 +163,8 @@ class TreeDecoder:
         self.lm_head = model.get_output_embeddings()
         self.logit_transform = LogitTransform.of(model)
         self.cache_argument = cache_argument(self.decoder)
+        # Runs the decoder at token positions (ALiBi and GPT-Neo also read key_positions).
+        self.call_decoder = decoder_call(model, batch_size, compile_step)
         self.windows = attention_windows(text_config(model))  # layer type -> window or None
         self.vocab_size = int(self.lm_head.weight.shape[0])
         if drafter is not None and heads is not None:
@@ -277,10 +280,11 @@ class TreeDecoder:
                 distance = positions[:, :, None] - self.key_positions[:, None, :]  # [B, T, S]
                 allowed = visible & (distance < window)
             masks[layer_type] = self._additive(allowed)
-        outputs = self.decoder(
+        outputs = self.call_decoder(
+            positions,
+            self.key_positions,
             input_ids=tokens,
             attention_mask=masks if len(masks) > 1 else next(iter(masks.values())),
-            position_ids=positions,
             use_cache=True,
             **{self.cache_argument: self.cache},
         )

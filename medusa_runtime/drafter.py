@@ -43,6 +43,7 @@ from medusa_runtime.architectures import (
     attention_windows,
     cache_argument,
     check_supported,
+    needs_key_positions,
     text_config,
 )
 from medusa_runtime.buffers import TreeBuffers, tree_buffers
@@ -223,7 +224,8 @@ def _levels(tree: Tree, device: torch.device) -> tuple[list[_Level], int]:
 class DraftModelDrafter(Drafter):
     """A small causal LM with the target's tokenizer as the drafter (see the module doc).
 
-    Any model the runtime supports (``architectures``) without sliding-window layers.
+    Any model the runtime supports (``architectures``) without sliding-window layers
+    and whose positions enter only through ``position_ids`` (not ALiBi, not GPT-Neo).
     It may have its own dtype; it must be on the target's device and have the
     target's vocabulary size.
     """
@@ -261,6 +263,9 @@ class _DraftModelSession(DraftSession):
         check_supported(model)
         if any(window is not None for window in attention_windows(text_config(model)).values()):
             raise TreeoptError("draft models with sliding-window attention are not supported")
+        if needs_key_positions(model):
+            raise TreeoptError(f"{model.config.model_type} draft models are not supported: their "
+                               "positions enter beyond position_ids (ALiBi, local windows)")
         if next(model.parameters()).device != device:
             raise TreeoptError(f"the draft model is on {next(model.parameters()).device}, the "
                                f"target on {device}: put both on one device")

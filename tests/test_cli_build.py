@@ -140,7 +140,9 @@ def test_holdout_build_eval_and_oracle(measured_profile: Path, tmp_path: Path) -
         (str(tree_path), "blend"), ("in-sample-16", "blend"),
     ]
     for contender, oracle in zip(rows[::2], rows[1::2], strict=True):
-        assert oracle["expected_accept_length"] >= contender["expected_accept_length"] - 1e-12
+        if oracle["acceptance_model"] == oracle["built_with"]:  # its ceiling is there
+            assert oracle["expected_accept_length"] >= \
+                contender["expected_accept_length"] - 1e-12
     _, heldout = load_profile(str(measured_profile)).split(0.25, 1)
     assert heldout.num_positions == 250  # 10 of 40 prompts x 25 positions
 

@@ -62,7 +62,8 @@ def dry_run(tmp_path_factory) -> Path:
 def measurement_failures(document: dict) -> list[dict]:
     """Failures other than compiled sizes a busy CPU ran out of cap for (compile on)."""
     return [item for item in document["failures"]
-            if not (COMPILE and item["error"] == "time cap" and item["what"].startswith("compiled"))]
+            if not (COMPILE and item["error"] == "time cap"
+                    and item["what"].startswith("compiled"))]
 
 
 def test_every_result_file_is_written_and_names_its_provenance(dry_run):

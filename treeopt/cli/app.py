@@ -20,7 +20,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from treeopt.cli.options import output_file, output_file_or_stdout
+from treeopt.cli.options import STAGE_KEY, output_file, output_file_or_stdout
 from treeopt.errors import ParameterError, TreeoptError
 from treeopt.files.engines import FORMATS, TRTLLM_DEFAULT_MAX_DRAFT_LEN
 
@@ -38,6 +38,7 @@ COMMAND_MODULES = (
 
 
 VERB_KEY = "treeopt.verb"
+ARGV_KEY = "treeopt.argv"  # the verb and its arguments as typed (ctx.meta)
 # Library parameters whose option is spelled otherwise.
 OPTION_OF_PARAMETER = {"holdout_fraction": "holdout"}
 
@@ -76,9 +77,8 @@ class TreeoptGroup(TyperGroup):
                 where = f" (see '{context.command_path} --help')" if context is not None else ""
                 typer.echo(f"error: {exc.format_message()}{where}", err=True)
             sys.exit(getattr(exc, "exit_code", 2))
-        except (typer.Abort, KeyboardInterrupt):
-            typer.echo("interrupted (profile and train-heads keep their partial work: rerun "
-                       "with --resume)", err=True)
+        except (typer.Abort, KeyboardInterrupt):  # outside a verb (invoke says more inside)
+            typer.echo("interrupted: nothing was saved", err=True)
             sys.exit(130)
         # Without standalone mode click returns the exit code of --help and typer.Exit.
         sys.exit(result if isinstance(result, int) else 0)
@@ -86,6 +86,7 @@ class TreeoptGroup(TyperGroup):
     def resolve_command(self, ctx: typer.Context, args: list[str]) -> Any:
         name, command, rest = super().resolve_command(ctx, args)
         ctx.meta[VERB_KEY] = command  # so an error can name the verb's own options
+        ctx.meta[ARGV_KEY] = list(args)  # so Ctrl-C can say the command that resumes
         return name, command, rest
 
     def invoke(self, ctx: typer.Context) -> object:
@@ -99,6 +100,13 @@ class TreeoptGroup(TyperGroup):
             if not getattr(exc, "quiet", False):  # quiet: another rank of the run reports it
                 typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            # Here, before typer turns it into a silent exit 130: say what was saved.
+            from treeopt.cli.interrupted import interrupted_message
+
+            typer.echo(interrupted_message(ctx.meta.get(ARGV_KEY, []), ctx.meta.get(STAGE_KEY)),
+                       err=True)
+            raise typer.Exit(130) from None
 
     def list_commands(self, ctx: typer.Context) -> list[str]:
         return list(self.commands)  # registration order, not alphabetical

@@ -21,6 +21,9 @@ from treeopt.files.curve_file import curve_suffix
 from treeopt.optimize.acceptance_models import ACCEPTANCE_MODELS
 from treeopt.optimize.build import ENGINES, WEIGHTINGS
 
+# ctx.meta key: the stage a long verb is in, for the line Ctrl-C prints (treeopt.cli.app).
+STAGE_KEY = "treeopt.stage"
+
 # typer choices, made from the API's own tuples so the two never drift apart.
 AcceptanceChoice = Enum("AcceptanceChoice", {name: name for name in ACCEPTANCE_MODELS}, type=str)
 WeightingChoice = Enum("WeightingChoice", {name: name for name in WEIGHTINGS}, type=str)

@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     from treeopt.workflows.tuning import DraftTuneOutcome, DraftTuneSettings, TuneOutcome
 
 DEFAULT_BATCHES = "1,4,16,64"
-DEFAULT_CONTEXTS = "128,1024,4096"
 # Dense where the optimum usually is (16..96 tokens), sparse out to 256.
 DEFAULT_SIZES = "1,2,4,8,16,24,32,48,64,80,96,128,160,192,256"
 # A curve this long or shorter is printed in full; longer ones show a summary.
@@ -62,8 +61,9 @@ OverheadGpuOption = Annotated[str | None, typer.Option(
          "h100-sxm, a10g, ...), auto, or a GPU JSON file {\"peak_tflops\": dense bf16 "
          "TFLOP/s, \"bandwidth_gbs\": GB/s, \"memory_gb\": GB} for any other GPU.")]
 BatchesOption = Annotated[str, typer.Option(help="Batch sizes, comma-separated.")]
-ContextsOption = Annotated[str, typer.Option(
-    help="Context lengths (KV positions already cached), comma-separated.")]
+ContextsOption = Annotated[str | None, typer.Option(
+    help="Context lengths (KV positions already cached), comma-separated (default: "
+         "128,1024,4096, those the model holds with the largest size).")]
 SizesOption = Annotated[str, typer.Option(
     help="Tree sizes (tokens per step, root included; 1 = plain decoding).")]
 TimedDeviceOption = Annotated[str, typer.Option(help="cuda, cuda:N or cpu (measured).")]
@@ -73,7 +73,9 @@ RandomHeadsOption = Annotated[int, typer.Option(
          "without published heads).")]
 WarmupOption = Annotated[int, typer.Option(min=0, help="Untimed steps before timing each size.")]
 RepeatsOption = Annotated[int, typer.Option(
-    min=1, help="Timed steps per size; the median is kept.")]
+    min=1, help="Timed steps per size and round; the fastest sample (min) is kept. "
+                "Rounds repeat until every size's spread is <= 5% (4 at most); a "
+                "warning says when it was not reached.")]
 CompileOption = Annotated[bool, typer.Option(
     "--compile", help="Time the torch.compile'd step (fuses small kernels; compiles once "
                       "per setting, tens of seconds each for a 7B model).")]
@@ -87,7 +89,7 @@ def overhead(
     arch: OverheadArchOption = None,
     gpu: OverheadGpuOption = None,
     batch: BatchesOption = DEFAULT_BATCHES,
-    context: ContextsOption = DEFAULT_CONTEXTS,
+    context: ContextsOption = None,
     sizes: SizesOption = DEFAULT_SIZES,
     device: TimedDeviceOption = "cuda",
     dtype: TimedDtypeOption = "bf16",
@@ -101,10 +103,14 @@ def overhead(
 
     The overhead of an n-token tree is latency(n) / latency(1); `treeopt tune`
     divides the expected accept length by it. Timing runs the runtime's real
-    verification step (static KV cache, captured on GPU), after warm-up, median of
-    repeats. A size that runs out of GPU memory is recorded as the limit for that
-    batch and context, and the sweep goes on. On CPU it runs and labels the file
-    "cpu".
+    verification step (static KV cache, captured on GPU), after warm-up; the
+    fastest of the repeats (min) is kept, as autotune does: load only adds
+    time. Rounds of repeats go on until every size's spread ((q3 - q1) /
+    median) is <= 5%, up to 4; a warning says when that was not reached. A
+    size that runs out of GPU memory is recorded as the limit for that batch
+    and context, and the sweep goes on. On CPU it runs and labels the file
+    "cpu". Default contexts the model cannot hold are left out (said on
+    stderr).
 
     \b
     Examples:
@@ -116,7 +122,8 @@ def overhead(
     from treeopt.workflows.latency import OverheadSettings, write_overhead
 
     table = write_overhead(OverheadSettings(
-        output, parse_int_list(batch, "--batch"), parse_int_list(context, "--context"),
+        output, parse_int_list(batch, "--batch"),
+        parse_int_list(context, "--context") if context else None,
         parse_int_list(sizes, "--sizes"), model, random_weights, predict, arch, gpu, device,
         dtype, heads, warmup, repeats, compile_step, show_progress=not quiet))
     typer.echo(f"wrote {output}: {len(table.measurements)} settings, {table.describe()}", err=True)

@@ -49,8 +49,15 @@ DEFAULT_REPEATS = 10
 # repeats a setting until its spread is at most this (steady timings on a quiet
 # device are within a few percent; a busy CPU is not) ...
 MAX_SPREAD = 0.05
-# ... up to this many rounds of ``repeats`` samples, then keeps what it has.
+# ... up to this many rounds of ``repeats`` samples, then keeps what it has (and
+# :func:`latency_warnings` says the spread was not reached).
 MAX_TIMING_ROUNDS = 4
+# The one statistic every measured table keeps of a setting's samples: the fastest.
+# Load from other work only ever adds time to a fixed-shape step (on a shared CPU
+# most of all), so the minimum is the step's own cost, for plain decoding and every
+# tree alike; on a quiet GPU it is within the spread of the median.
+TIMING_STATISTIC = "min"
+TIMING_STATISTIC_TEXT = "the fastest sample (min) of each size is kept"
 # A larger tree's step may look faster than a smaller one's by timing noise; only a
 # drop beyond this fraction (or the recorded spread, when larger) is flagged.
 MONOTONE_TOLERANCE = 0.05
@@ -257,7 +264,27 @@ def latency_warnings(table: LatencyTable, tolerance: float = MONOTONE_TOLERANCE)
             else:
                 continue
             break
-    return problems
+    return problems + spread_warnings(table)
+
+
+def spread_warnings(table: LatencyTable) -> list[str]:
+    """One line per (batch, context) whose timings never got within the table's target
+    spread (``method["max_spread"]``, e.g. 5 %) in the rounds it had: the repeats did not
+    reach it, and the figures are that noisy."""
+    target = table.method.get("max_spread") if table.method else None
+    if not target:
+        return []
+    rounds = table.method.get("rounds")
+    lines = []
+    for batch, context in table.settings():
+        wide = {n: spread for (b, s, n), spread in sorted(table.spreads.items())
+                if b == batch and s == context and spread > target}
+        if wide:
+            shown = ", ".join(f"n={n}: {spread:.0%}" for n, spread in wide.items())
+            lines.append(f"batch {batch}, context {context}: timing spread above the "
+                         f"{target:.0%} target after {rounds} round(s) ({shown}): not reached, "
+                         "the latencies are that noisy (a busy machine?)")
+    return lines
 
 
 def _check_setting(setting: Setting) -> None:

@@ -18,6 +18,7 @@ from treeopt.core.latency import (
     DEFAULT_WARMUP,
     MAX_SPREAD,
     MAX_TIMING_ROUNDS,
+    TIMING_STATISTIC,
     LatencyTable,
     Setting,
 )
@@ -34,7 +35,7 @@ from treeopt.cost.roofline import (
     row_operator,
     short_dtype,
 )
-from treeopt.errors import TreeoptError
+from treeopt.errors import ParameterError, TreeoptError
 
 # Threads for CPU timing when none are asked for: torch's default (every core) lets
 # other processes' load into each step, so a busy machine gave a non-monotone table
@@ -60,7 +61,7 @@ def measure_latency(
     threads: int | None = None,
     max_spread: float = MAX_SPREAD,
     max_rounds: int = MAX_TIMING_ROUNDS,
-    statistic: str = "median",
+    statistic: str = TIMING_STATISTIC,
 ) -> LatencyTable:
     """Time the runtime's verification step for every setting on ``device``.
 
@@ -68,7 +69,7 @@ def measure_latency(
     ``repeats`` samples per setting). The sweep over every setting is one round;
     while some setting's samples spread more than ``max_spread`` ((q3 - q1) /
     median), another round times every setting again, up to ``max_rounds``, and each
-    setting keeps the median of all its samples. Rounds interleave the sizes, so a
+    setting keeps ``statistic`` of all its samples. Rounds interleave the sizes, so a
     burst of load on a shared machine lands on all of them rather than on a few (a
     non-monotone table). Size 1 is timed without heads, as plain decoding runs.
     Each setting's final spread is recorded in the table. On
@@ -78,9 +79,11 @@ def measure_latency(
     :func:`sweep`). ``compile_step`` times the ``torch.compile``d step. The table
     names the device (``"cpu"`` on CPU), dtype and library versions.
 
-    ``statistic``: ``median`` of the samples, or ``min`` for a machine shared with
-    other work, where load only ever adds time: the fastest sample is the step's own
-    cost, and plain decoding's and the tree's alike.
+    ``statistic``: :data:`treeopt.core.latency.TIMING_STATISTIC` (``min``: load only
+    ever adds time, so the fastest sample is the step's own cost, plain decoding's and
+    the tree's alike), or ``median``. A spread still above ``max_spread`` after
+    ``max_rounds`` is kept and recorded; :func:`treeopt.core.latency.latency_warnings`
+    says so.
     """
     import torch
     import transformers
@@ -94,6 +97,7 @@ def measure_latency(
     summary = TIMING_STATISTICS[statistic]
     if max_rounds < 1:
         raise TreeoptError(f"max_rounds must be >= 1, not {max_rounds}")
+    check_contexts_fit(model, contexts, sizes)  # before any timing
     is_cuda = str(device).startswith("cuda")
     cpu_threads = None if is_cuda else (threads or CPU_TIMING_THREADS)
     samples: dict[Setting, list[float]] = {}
@@ -150,6 +154,42 @@ def measure_latency(
                 "cpu_threads": cpu_threads, "compiled_step": compile_step},
         spreads=spreads,
     )
+
+
+def context_room(model: Any, sizes: Sequence[int]) -> int | None:
+    """The longest context a step of ``max(sizes)`` tokens fits after (None: no limit)."""
+    from medusa_runtime.architectures import position_limit
+
+    limit = position_limit(model)
+    return None if limit is None else limit - max(sizes)
+
+
+def check_contexts_fit(model: Any, contexts: Sequence[int], sizes: Sequence[int]) -> None:
+    """ParameterError naming ``context`` when a context leaves no room for the largest size
+    in the model's positions (so it fails before timing, not after some of it)."""
+    room = context_room(model, sizes)
+    too_long = [context for context in contexts if room is not None and context > room]
+    if too_long:
+        from medusa_runtime.architectures import position_limit
+
+        raise ParameterError("context", f"{', '.join(map(str, too_long))} leave(s) no room "
+                             f"for a {max(sizes)}-token step in the model's "
+                             f"{position_limit(model)} positions: use contexts <= {room}")
+
+
+def fitting_contexts(model: Any, contexts: Sequence[int], sizes: Sequence[int]
+                     ) -> tuple[list[int], list[int]]:
+    """``(kept, dropped)``: default contexts clipped to what the model holds with the
+    largest size; when none fits, the longest that does (``kept`` is never empty unless
+    even the largest size alone does not fit)."""
+    room = context_room(model, sizes)
+    if room is None:
+        return list(contexts), []
+    kept = [context for context in contexts if context <= room]
+    dropped = [context for context in contexts if context > room]
+    if not kept and room >= 1:
+        kept = [room]
+    return kept, dropped
 
 
 def relative_spread(samples: Sequence[float]) -> float:

@@ -52,6 +52,14 @@ class StudyOutcome:
     num_trials: int
     pruned_trials: int = 0
     profile: str = ""  # the profile the trees were built from (run_study_cli sets it)
+    plain_tokens_per_second: float | None = None  # plain decoding of the same prompts
+
+    @property
+    def measured_speedup(self) -> float | None:
+        """The best trial's tokens/s over plain decoding's, on the same prompts."""
+        if not self.plain_tokens_per_second:
+            return None
+        return self.tokens_per_second / self.plain_tokens_per_second
 
 
 def run_study(model: Any, heads: Any, prompts: Sequence[Sequence[int]], profile: Any,
@@ -60,7 +68,9 @@ def run_study(model: Any, heads: Any, prompts: Sequence[Sequence[int]], profile:
     """Run ``config.trials`` more trials and return the best of the whole study.
 
     Objective: total new tokens / total wall time over ``prompts`` (token ids),
-    maximized. Guarantees the returned tree is the one the best trial measured.
+    maximized; plain decoding of the same prompts, timed the same way, is the baseline
+    (``plain_tokens_per_second``, said on stderr with the measured speedup).
+    Guarantees the returned tree is the one the best trial measured.
     Parameters the profile cannot build a tree for are pruned, never an error; a
     study with no feasible trial is a one-line TreeoptError. Prompts that leave no
     room in the model's context for ``max_new_tokens`` and the deepest tree are
@@ -70,7 +80,7 @@ def run_study(model: Any, heads: Any, prompts: Sequence[Sequence[int]], profile:
     import torch
 
     from medusa_runtime.acceptance import TypicalAcceptance
-    from medusa_runtime.decode import generate
+    from treeopt.core.tree import Tree
     from treeopt.optimize.build import build_tree
 
     if config.trials < 1:
@@ -105,21 +115,17 @@ def run_study(model: Any, heads: Any, prompts: Sequence[Sequence[int]], profile:
             raise optuna.TrialPruned(str(exc)) from None
         acceptance = TypicalAcceptance(params["posterior_threshold"], params["posterior_alpha"])
         torch.manual_seed(config.seed)
-        generate(model, heads, tree, prompts[0], WARMUP_NEW_TOKENS, acceptance=acceptance,
-                 eos_token_id=eos_token_id)
-        tokens = steps = 0
-        seconds = 0.0
-        for prompt in prompts:
-            result = generate(model, heads, tree, prompt, config.max_new_tokens,
-                              acceptance=acceptance, eos_token_id=eos_token_id)
-            tokens += len(result.tokens)
-            steps += result.steps
-            seconds += result.wall_time_s
-        trial.set_user_attr("acceleration_rate", tokens / steps if steps else 0.0)
-        return tokens / seconds if seconds > 0 else 0.0
+        rate, per_step = decode_rate(model, heads, tree, prompts, config.max_new_tokens,
+                                     acceptance, eos_token_id)
+        trial.set_user_attr("acceleration_rate", per_step)
+        return rate
 
     study = open_study(config)
     study.optimize(objective, n_trials=config.trials, show_progress_bar=show_progress)
+    # The baseline every trial is compared with: plain decoding of the same prompts,
+    # timed the same way (once per run: the machine may differ from a resumed study's).
+    plain, _ = decode_rate(model, None, Tree.empty(heads.num_heads), prompts,
+                           config.max_new_tokens, None, eos_token_id)
     pruned = sum(trial.state == optuna.trial.TrialState.PRUNED for trial in study.trials)
     completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not completed:
@@ -128,12 +134,38 @@ def run_study(model: Any, heads: Any, prompts: Sequence[Sequence[int]], profile:
             f"(top-k {profile.top_k}, {profile.num_heads} heads): lower --max-budget")
     best = study.best_trial
     built = tree_for(best.params)
+    print(f"plain decoding: {plain:.1f} tokens/s on the same {len(prompts)} prompts; best "
+          f"trial {float(best.value):.1f} tokens/s: measured speedup "
+          f"{float(best.value) / plain:.3f}x", file=sys.stderr)
     return StudyOutcome(
         params=dict(best.params), tokens_per_second=float(best.value),
         acceleration_rate=float(best.user_attrs.get("acceleration_rate", 0.0)),
         tree=built.tree, expected_accept_length=built.expected_accept_length,
-        num_trials=len(study.trials), pruned_trials=pruned,
+        num_trials=len(study.trials), pruned_trials=pruned, plain_tokens_per_second=plain,
     )
+
+
+def decode_rate(model: Any, heads: Any, tree: Any, prompts: Sequence[Sequence[int]],
+                max_new_tokens: int, acceptance: Any, eos_token_id: int | None
+                ) -> tuple[float, float]:
+    """(tokens/s, tokens/step) decoding ``prompts`` with ``tree`` after one untimed warm-up
+    call; tokens/s counts every token returned over wall time, prefill included, the
+    study's one definition for trials and the plain-decoding baseline alike."""
+    from medusa_runtime.decode import generate
+
+    step_heads = None if tree.num_tokens == 1 else heads
+    options = {} if acceptance is None else {"acceptance": acceptance}
+    generate(model, step_heads, tree, prompts[0], WARMUP_NEW_TOKENS, eos_token_id=eos_token_id,
+             **options)
+    tokens = steps = 0
+    seconds = 0.0
+    for prompt in prompts:
+        result = generate(model, step_heads, tree, prompt, max_new_tokens,
+                          eos_token_id=eos_token_id, **options)
+        tokens += len(result.tokens)
+        steps += result.steps
+        seconds += result.wall_time_s
+    return (tokens / seconds if seconds > 0 else 0.0), (tokens / steps if steps else 0.0)
 
 
 def prompts_with_room(model: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int,

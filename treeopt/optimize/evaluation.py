@@ -80,10 +80,12 @@ def evaluate_trees(
     profile has rank vectors, + ``split`` with ``holdout``). With ``holdout`` the
     trees are scored on the held-out prompts and an ``in-sample-N`` row per tree size
     (``dynamic:N`` included) gives the tree built on those very prompts by position
-    average: the ceiling of E[accept] for any N-token tree there under that model,
-    and only of that (replayed tokens per step has no builder with a guarantee, so a
-    tree built on other prompts by decoding steps can replay better; it is not called
-    an oracle).
+    average under the most faithful model scored (:func:`most_faithful`, named in
+    the row's ``built_with``), scored under every model like the other trees: the
+    ceiling of E[accept] for any N-token tree there under that model, and only of
+    that (replayed tokens per step has no builder with a guarantee, so a tree built
+    on other prompts by decoding steps can replay better; it is not called an
+    oracle).
     ``models`` defaults to :func:`default_models` of the scored profile. A tree named
     ``dynamic:N`` is the per-step policy of :mod:`treeopt.optimize.dynamic` at N
     tokens: calibrated on the training part (the whole profile without ``holdout``)
@@ -105,40 +107,49 @@ def evaluate_trees(
     replayed: dict[str, float] = {}
     if scored.sequences is not None:
         replayed = {name: tokens_per_step(tree, scored.sequences) for name, tree in loaded}
+    models = list(models or default_models(scored))
+    weights = {model: AcceptanceModel(scored, model).blend_weight for model in models}
+    if heldout is not None:
+        # One in-sample tree per size (dynamic:N sizes too: the static tree built on the
+        # held-out prompts at N is what a per-step policy has to beat), built under the
+        # most faithful model scored and scored like every other tree: one tree per row,
+        # so the row and the lead figure are the same number.
+        builder = most_faithful(models)
+        sizes = {tree.num_tokens for _, tree in loaded if len(tree) > 0}
+        for size in sorted(sizes | {size for _, size in dynamic}):
+            built = build_tree(heldout, size, builder, blend_weight=weights[builder],
+                               weighting="positions").tree
+            name = f"{IN_SAMPLE}-{size}"
+            loaded.append((name, built))
+            beyond[name] = 0
+            if scored.sequences is not None:
+                replayed[name] = tokens_per_step(built, scored.sequences)
     rows: list[dict[str, Any]] = []
-    for model in models or default_models(scored):
-        weight = AcceptanceModel(scored, model).blend_weight  # choose the blend weight once
+    for model in models:
         for name, tree in loaded:
             rows.append({
                 "tree": name, "nodes": len(tree), "num_tokens": tree.num_tokens,
                 "acceptance_model": model,
-                "expected_accept_length": expected_accept_length(tree, scored, model, weight),
+                "expected_accept_length": expected_accept_length(tree, scored, model,
+                                                                 weights[model]),
                 "nodes_beyond_top_k": beyond[name],
             })
+            if name.startswith(f"{IN_SAMPLE}-"):
+                rows[-1]["built_with"] = builder
             if replayed:
                 rows[-1]["tokens_per_step_replayed"] = replayed[name]
-        if heldout is not None:
-            # dynamic:N sizes too: the static tree built on the held-out prompts at N is
-            # the comparison a per-step policy has to beat.
-            sizes = {tree.num_tokens for _, tree in loaded if len(tree) > 0}
-            for size in sorted(sizes | {size for _, size in dynamic}):
-                in_sample = build_tree(heldout, size, model, blend_weight=weight,
-                                       weighting="positions")
-                rows.append({
-                    "tree": f"{IN_SAMPLE}-{size}", "nodes": size - 1, "num_tokens": size,
-                    "acceptance_model": model,
-                    "expected_accept_length": in_sample.expected_accept_length,
-                    "nodes_beyond_top_k": 0,
-                })
-                if replayed:
-                    rows[-1]["tokens_per_step_replayed"] = tokens_per_step(
-                        in_sample.tree, scored.sequences)
     rows += _dynamic_rows(dynamic, fitted, scored)
     for row in rows:
         row["profile"] = profile_name
         if holdout is not None:
             row["split"] = {"part": "heldout", "holdout_fraction": holdout, "seed": seed}
     return rows
+
+
+def most_faithful(models: Sequence[str] | set[str]) -> str:
+    """Of ``models``, the one that models most of how heads' misses correlate (blend,
+    then joint, then independent)."""
+    return next(m for m in ("blend", "joint", "independent", *sorted(models)) if m in models)
 
 
 def lead_figures(rows: Sequence[dict[str, Any]]) -> tuple[str, dict[str, float]]:
@@ -153,8 +164,7 @@ def lead_figures(rows: Sequence[dict[str, Any]]) -> tuple[str, dict[str, float]]
     if replayed:
         return ("replayed tokens per step (what the runtime measures on these prompts)",
                 {row["tree"]: row["tokens_per_step_replayed"] for row in replayed})
-    models = {row["acceptance_model"] for row in rows}
-    model = next(m for m in ("blend", "joint", "independent", *sorted(models)) if m in models)
+    model = most_faithful({row["acceptance_model"] for row in rows})
     return (f"E[accept], {model} model of acceptance",
             {row["tree"]: row["expected_accept_length"] for row in rows
              if row["acceptance_model"] == model and row["expected_accept_length"] is not None})

@@ -7,12 +7,17 @@ uses the roofline model and never imports torch.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from treeopt.core.latency import DEFAULT_REPEATS, DEFAULT_WARMUP, LatencyTable
 from treeopt.cost.roofline import MEDUSA_NUM_HEADS
 from treeopt.errors import ParameterError, TreeoptError
+
+# Contexts timed when none are given: short, the Medusa appendix's 1024, and long;
+# a measured model keeps those it can hold with the largest tree.
+DEFAULT_CONTEXTS = (128, 1024, 4096)
 
 
 @dataclass(frozen=True)
@@ -26,7 +31,7 @@ class OverheadSettings:
 
     output: Path
     batches: list[int]
-    contexts: list[int]
+    contexts: list[int] | None  # None: DEFAULT_CONTEXTS, those the model holds
     sizes: list[int]
     model: str | None = None
     random_weights: bool = False
@@ -83,7 +88,8 @@ def write_overhead(settings: OverheadSettings) -> LatencyTable:
 
         assert settings.arch is not None
         table = predict_latency(get_arch(settings.arch), gpu_spec(settings.gpu), settings.batches,
-                                settings.contexts, settings.sizes, dtype)
+                                list(settings.contexts or DEFAULT_CONTEXTS), settings.sizes,
+                                dtype)
     else:
         table = measure_overhead(settings, dtype)
     if all(seconds is None for seconds in table.measurements.values()):
@@ -121,7 +127,16 @@ def measure_overhead(settings: OverheadSettings, dtype: str) -> LatencyTable:
         net, medusa, name = loaded.model, loaded.heads, str(settings.model)
     if medusa is None:  # the step time depends on the heads' shapes, not their weights
         medusa = random_heads(net, settings.heads)
-    return measure_latency(net, medusa, name, settings.batches, settings.contexts,
+    contexts = settings.contexts
+    if contexts is None:  # the defaults, clipped to the model's positions before timing
+        from treeopt.model.measure import fitting_contexts
+
+        contexts, dropped = fitting_contexts(net, DEFAULT_CONTEXTS, settings.sizes)
+        if dropped:
+            print(f"note: default contexts {', '.join(map(str, dropped))} do not fit a "
+                  f"{max(settings.sizes)}-token step in {name}'s positions: timing "
+                  f"{', '.join(map(str, contexts))}", file=sys.stderr)
+    return measure_latency(net, medusa, name, settings.batches, contexts,
                            settings.sizes, device, dtype, settings.warmup, settings.repeats,
                            show_progress=settings.show_progress,
                            compile_step=settings.compile_step)

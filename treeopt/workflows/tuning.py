@@ -193,6 +193,10 @@ def tune_by_measurement(settings: MeasuredTuneSettings) -> StudyOutcome:
             prompts=str(settings.prompts), device=settings.device, **outcome.params,
             measured_tokens_per_second=round(outcome.tokens_per_second, 3),
             measured_acceleration_rate=round(outcome.acceleration_rate, 4),
+            plain_tokens_per_second=None if outcome.plain_tokens_per_second is None
+            else round(outcome.plain_tokens_per_second, 3),
+            measured_speedup=None if outcome.measured_speedup is None
+            else round(outcome.measured_speedup, 4),
             trials=outcome.num_trials, storage=settings.storage))
     return outcome
 
