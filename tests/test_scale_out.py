@@ -98,7 +98,7 @@ def _torchrun(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def profile_here(folder: Path, data: str, output: Path, heads: str = "heads",
-                 batch_size: int = 2) -> Path:
+                 batch_size: int = 2, max_new_tokens: int = 12) -> Path:
     """What `treeopt profile` with COMMON writes, made in this process (no start-up)."""
     from treeopt.model.calibration import encode_prompts, read_prompts
     from treeopt.model.digests import digests_provenance
@@ -109,7 +109,8 @@ def profile_here(folder: Path, data: str, output: Path, heads: str = "heads",
     prompts = encode_prompts(loaded.tokenizer, read_prompts(str(folder / data)),
                              chat_template=True)
     profile_model(loaded.model, loaded.tokenizer, loaded.heads, prompts, output,
-                  ProfileSettings(top_k=5, max_new_tokens=12, batch_size=batch_size),
+                  ProfileSettings(top_k=5, max_new_tokens=max_new_tokens,
+                                  batch_size=batch_size),
                   loaded.model_id, str(loaded.heads_id), progress=False,
                   provenance=digests_provenance(loaded.model_id, loaded.heads_id))
     return output
@@ -211,3 +212,52 @@ def test_merge_needs_two_profiles_and_an_output_that_is_not_an_input(tmp_path: P
     clash = CliRunner().invoke(app, ["merge", str(tmp_path / "a.json"), "b.json", "-o",
                                      str(tmp_path / "a.json")])
     assert clash.exit_code == 2 and "is one of the inputs" in clash.stderr
+
+
+def _rank_one_of(launcher: subprocess.Popen[str]) -> int | None:
+    """The pid of the launcher's worker with RANK=1, once it has started."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == launcher.pid and b"RANK=1" in environ:
+            return int(entry.name)
+    return None
+
+
+@needs_stories
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs Linux /proc")
+def test_a_killed_rank_fails_the_run_in_one_line_and_resume_finishes_it(workdir: Path) -> None:
+    import signal
+    import time
+
+    one, two = workdir / "k1" / "p.json", workdir / "k2" / "p.json"
+    one.parent.mkdir()
+    two.parent.mkdir()
+    # Batches of one prompt: a resumed rank re-forms the same batches, so the result
+    # is still the one-process profile; 120 new tokens each leave time to kill rank 1
+    # after its first prompt.
+    extra = ["--batch-size", "1", "--max-new-tokens", "120"]
+    args = _profile_args(workdir, "q.jsonl", two, *extra)[1:]
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+         "2", *args], env=_env(), text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    progress = Path(f"{two}.targets.json.rank1-of-2.json")
+    deadline = time.monotonic() + 120
+    while not progress.exists() and launcher.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    victim = _rank_one_of(launcher)
+    assert victim is not None, "rank 1 finished or never started"
+    os.kill(victim, signal.SIGKILL)
+    _, stderr = launcher.communicate(timeout=120)
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert launcher.returncode != 0 and len(errors) == 1, stderr
+    assert "--resume" in errors[0] and not two.exists() and progress.exists()
+    resumed = _torchrun(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    profile_here(workdir, "q.jsonl", one, batch_size=1, max_new_tokens=120)
+    assert_same_profile(one, two)
