@@ -261,3 +261,29 @@ def test_a_killed_rank_fails_the_run_in_one_line_and_resume_finishes_it(workdir:
     assert resumed.returncode == 0, resumed.stderr
     profile_here(workdir, "q.jsonl", one, batch_size=1, max_new_tokens=120)
     assert_same_profile(one, two)
+
+
+def test_merge_compares_names_without_digests_and_takes_new_kinds_by_one_function(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from treeopt.core.profile import Profile
+    from treeopt.files.profile_file import write_profile
+    from treeopt.workflows import merge as merging
+
+    def made(name: str, provenance: dict) -> str:
+        ranks = np.array([[0, 1], [1, -1], [0, 0]])
+        profile = Profile.from_rank_vectors(ranks, 3, groups=[0, 0, 1], provenance=provenance,
+                                            first_decode_index=[0, 0])
+        write_profile(tmp_path / name, profile)
+        return str(tmp_path / name)
+
+    a = made("a.json", {"model": "m", "heads": "h", "prompts": 2})
+    b = made("b.json", {"model": "m", "heads": "h2", "prompts": 2})
+    with pytest.raises(TreeoptError, match=r"another heads \('h2' vs 'h'\)"):
+        merging.merge_profile_files([a, b], tmp_path / "ab.json")
+    seen = []
+    monkeypatch.setitem(merging.MERGERS, "expansion",
+                        lambda profiles, info: seen.append(len(profiles)) or profiles[0])
+    c = made("c.json", {"drafter": "expansion"})
+    d = made("d.json", {"drafter": "expansion"})
+    merging.merge_profile_files([c, d], tmp_path / "cd.json")
+    assert seen == [2] and (tmp_path / "cd.json").is_file()
