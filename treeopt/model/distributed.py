@@ -105,7 +105,11 @@ def current_world() -> World:
         backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
         if torch.cuda.is_available() and world.local_rank < torch.cuda.device_count():
             torch.cuda.set_device(world.local_rank)  # else every rank's context lands on GPU 0
-        dist.init_process_group(backend=backend, timeout=COLLECTIVE_TIMEOUT)
+        try:
+            dist.init_process_group(backend=backend, timeout=COLLECTIVE_TIMEOUT)
+        except (RuntimeError, ValueError) as exc:  # no rendezvous: address, port, peers
+            raise TreeoptError(f"rank {world.rank} of {world.size} cannot join the run: "
+                               f"{first_line(exc)}") from None
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     return world
 
