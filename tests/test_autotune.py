@@ -36,9 +36,9 @@ def settings(tmp_path: Path, **changes: object) -> AutotuneSettings:
 
 # ------------------------------------------------------------ settings, state
 @pytest.mark.parametrize(("changes", "message"), [
-    ({"engine": "sglang"}, "--engine must be one of"),
-    ({"sizes": (2, 4)}, "--sizes must include 1"),
-    ({"batches": (0,)}, "--batch takes positive integers"),
+    ({"engine": "sglang"}, "engine must be one of"),
+    ({"sizes": (2, 4)}, "sizes must include 1"),
+    ({"batches": (0,)}, "batches takes positive integers"),
     ({"holdout_fraction": 1.0}, "strictly between 0 and 1"),
 ])
 def test_bad_settings_fail_in_one_line_before_loading(tmp_path: Path, changes: dict[str, object],

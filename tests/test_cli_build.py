@@ -232,9 +232,10 @@ def test_unwritable_output_is_one_line_error(tmp_path: Path) -> None:
         (["overhead", "--random-weights", "--arch", "llama-7b", "--device", "foo",
           "-o", "{tmp}/o.json"],
          "error: --device 'foo' is not a torch device (cpu, cuda, cuda:1, mps)"),
-        (["tune", "--measure", "--model", "x", "--heads", "h", "--prompts", "{prompts}",
+        (["study", "--model", "x", "--heads", "h", "-d", "{prompts}",
           "--profile", "vicuna-7b", "--storage", "foo://x"],
-         "error: cannot open --storage foo://x: Can't load plugin: sqlalchemy.dialects:foo"),
+         "error: --storage cannot be opened (foo://x): Can't load plugin: "
+         "sqlalchemy.dialects:foo"),
     ],
 )
 def test_model_verbs_refuse_bad_options_before_loading(args: list[str], message: str,

@@ -116,6 +116,13 @@ def test_roofline_part_compares_prediction_with_measurement(dry_run):
     fitted = document["summary"]["fitted"]
     assert 0 <= fitted["median_abs_rel_error"] <= fitted["max_abs_rel_error"]
     assert document["device_profile"]["format"] == "treeopt.device/1"
+    # The cost side of engine knobs: draft-model steps, measured and predicted.
+    drafts = document["draft_steps"]
+    assert drafts["draft"]["name"] == "tiny-68m" and drafts["target"]["name"] == "tiny-7b"
+    assert [(row["batch"], row["gamma"]) for row in drafts["rows"]] == [
+        (batch, gamma) for batch in (1, 4, 16) for gamma in (0, 1, 2, 4, 8)]
+    assert all(row["measured_s"] > 0 and row["fitted_s"] > 0 for row in drafts["rows"])
+    assert drafts["summary"]["fitted"]["settings"] == 15
 
 
 def test_latency_tables_load_as_treeopt_latency_files(dry_run):

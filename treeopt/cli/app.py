@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "treeopt.cli.profile",
     "treeopt.cli.merge",
     "treeopt.cli.tune",
+    "treeopt.cli.study",
     "treeopt.cli.roofline",
     "treeopt.cli.render",
     "treeopt.cli.autotune",
@@ -39,8 +40,9 @@ COMMAND_MODULES = (
 
 VERB_KEY = "treeopt.verb"
 ARGV_KEY = "treeopt.argv"  # the verb and its arguments as typed (ctx.meta)
-# Library parameters whose option is spelled otherwise.
-OPTION_OF_PARAMETER = {"holdout_fraction": "holdout"}
+# Library parameters whose option is spelled otherwise (tried after the parameter's own).
+OPTION_OF_PARAMETER = {"holdout_fraction": "holdout", "batches": "batch", "contexts": "context",
+                       "decode_rounds": "rounds", "prompts": "data"}
 
 
 def option_for(command: Any, parameter: str) -> str | None:
@@ -49,12 +51,12 @@ def option_for(command: Any, parameter: str) -> str | None:
     Matched by the option's Python name or by its spelling; None when the verb has
     no such option (the message then keeps the parameter's name).
     """
-    parameter = OPTION_OF_PARAMETER.get(parameter, parameter)
-    spelled = "--" + parameter.replace("_", "-")
-    for option in getattr(command, "params", ()):
-        names = [name for name in option.opts if name.startswith("--")]
-        if (option.name == parameter and names) or spelled in names:
-            return spelled if spelled in names else names[0]
+    for name in dict.fromkeys((parameter, OPTION_OF_PARAMETER.get(parameter, parameter))):
+        spelled = "--" + name.replace("_", "-")
+        for option in getattr(command, "params", ()):
+            names = [flag for flag in option.opts if flag.startswith("--")]
+            if (option.name == name and names) or spelled in names:
+                return spelled if spelled in names else names[0]
     return None
 
 
@@ -123,6 +125,7 @@ app = typer.Typer(
         "Start with: treeopt build --budget 64 -o tree.json"
     ),
     no_args_is_help=True,
+    rich_markup_mode=None,
     pretty_exceptions_enable=False,
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},

@@ -14,6 +14,8 @@ import typer
 from treeopt.cli.options import (
     STAGE_KEY,
     AcceptanceChoice,
+    DeviceOption,
+    LoadDtypeOption,
     QuietOption,
     output_folder,
     parse_int_list,
@@ -53,8 +55,6 @@ GpuOption = Annotated[str | None, typer.Option(
          "of measuring here; predicted figures are labelled so.")]
 ArchOption = Annotated[str | None, typer.Option(
     help="Model shape for --gpu (default: the model's config).")]
-DeviceOption = Annotated[str, typer.Option(help="cuda, cuda:N or cpu.")]
-DtypeOption = Annotated[str, typer.Option(help="auto, bf16, fp16 or fp32.")]
 BatchOption = Annotated[str, typer.Option(
     help="Batch sizes to tune for, comma-separated (one tree per bucket sharing one).")]
 ContextOption = Annotated[str | None, typer.Option(
@@ -101,8 +101,8 @@ def autotune(
     engine: EngineOption = AutotuneEngine.bundled,
     gpu: GpuOption = None,
     arch: ArchOption = None,
-    device: DeviceOption = "cuda",
-    dtype: DtypeOption = "auto",
+    device: DeviceOption = "auto",
+    dtype: LoadDtypeOption = "auto",
     batch: BatchOption = "1",
     context: ContextOption = None,
     sizes: SizesOption = ",".join(map(str, DEFAULT_SIZES)),
@@ -142,11 +142,12 @@ def autotune(
     """
     from treeopt.workflows.autotune import autotune as run_autotune
     from treeopt.workflows.autotune import settings_from
+    from treeopt.workflows.devices import device_choice
 
     settings = settings_from(
         model=model, data=data, output=output, heads=heads, holdout_data=holdout_data,
         holdout_fraction=holdout_fraction, engine=engine.value, gpu=gpu, arch=arch,
-        device=device, dtype=dtype, batches=tuple(parse_int_list(batch, "--batch")),
+        device=device_choice(device), dtype=dtype, batches=tuple(parse_int_list(batch, "--batch")),
         contexts=tuple(parse_int_list(context, "--context")) if context else None,
         sizes=tuple(parse_int_list(sizes, "--sizes")), max_prompts=max_prompts,
         max_new_tokens=max_new_tokens, top_k=top_k, acceptance_model=acceptance_model.value,

@@ -11,7 +11,15 @@ from typing import Annotated, Any
 
 import typer
 
-from treeopt.cli.options import DraftModelOption, QuietOption, output_file, output_folder
+from treeopt.cli.options import (
+    DataOption,
+    DeviceOption,
+    DraftModelOption,
+    LoadDtypeOption,
+    QuietOption,
+    output_file,
+    output_folder,
+)
 from treeopt.errors import TreeoptError
 from treeopt.optimize.draft_tune import DEFAULT_DRAFT_DEPTH
 
@@ -32,19 +40,9 @@ ModelOpt = Annotated[
         "load from the normal cache; with HF_HUB_OFFLINE=1 only what is already downloaded.",
     ),
 ]
-DataOpt = Annotated[
-    str,
-    typer.Option(
-        "--data", "-d",
-        help="Calibration prompts: AlpacaEval alpaca_eval.json (instruction), FastChat "
-        "MT-Bench question.jsonl (turns), JSONL with prompt/text, plain text (one prompt a "
-        "line), or a cached Hugging Face dataset owner/name[:split] (needs `datasets`).",
-    ),
-]
-DeviceOpt = Annotated[str, typer.Option(help="Torch device: cpu, cuda, cuda:1, mps.")]
-DtypeOpt = Annotated[
-    str, typer.Option(help="auto (the checkpoint's), bf16, fp16 or fp32 (or torch's names).")
-]
+DataOpt = DataOption
+DeviceOpt = DeviceOption
+DtypeOpt = LoadDtypeOption
 DeviceMapOpt = Annotated[
     str | None,
     typer.Option(help="'auto': let accelerate shard a model too big for one GPU (ignores "
@@ -99,7 +97,7 @@ def profile(
     turns: TurnsOpt = "first",
     chat_template: ChatOpt = True,
     batch_size: BatchOpt = 8,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     device_map: DeviceMapOpt = None,
     resume: ResumeOpt = False,
@@ -128,84 +126,31 @@ def profile(
       torchrun --nproc-per-node 8 -m treeopt profile -m vicuna-7b -d q.jsonl \\
           --device cuda -o vicuna7b.json
     """
-    from treeopt.model.calibration import encode_prompts, read_prompts
-    from treeopt.model.distributed import rank_device
-    from treeopt.model.loading import load_medusa, require_heads
-    from treeopt.model.profiling import ProfileSettings, profile_model
-
-    # Cheap checks first: heads and prompts before the model loads.
-    if draft_model is not None and heads is not None:
-        raise TreeoptError("--draft-model is profiled instead of Medusa heads: drop --heads")
-    if draft_model is None:
-        require_heads(model, heads)
-    texts = read_prompts(data, max_prompts=max_prompts, seed=seed, turns=turns)
-    settings = ProfileSettings(top_k=top_k, max_new_tokens=max_new_tokens,
-                               include_prompt=include_prompt, batch_size=batch_size)
-    if draft_model is not None:
-        return _profile_draft(model, draft_model, data, output, depth, texts, settings,
-                              chat_template, device, dtype, resume, quiet)
-    loaded = load_medusa(model, heads, device=rank_device(device), dtype=dtype,
-                         device_map=device_map, quiet=quiet)
-    prompt_ids = encode_prompts(loaded.tokenizer, texts, chat_template=chat_template)
-    result = profile_model(
-        loaded.model, loaded.tokenizer, loaded.heads, prompt_ids, output, settings,
-        model_id=loaded.model_id, heads_id=str(loaded.heads_id), resume=resume,
-        progress=not quiet,
-        provenance=_provenance(data, dtype, chat_template, loaded.model_id, loaded.heads_id),
-    )
-    _print_profile(output, result)
-
-
-def _print_profile(output: Path, result: Any) -> None:
-    """The one line a heads profile ends with (None: a rank other than 0, rank 0 prints)."""
     from treeopt.files.ranks_file import ranks_path
+    from treeopt.model.profiling import ProfileSettings
+    from treeopt.workflows.devices import device_choice
+    from treeopt.workflows.profiling import ProfileRequest, profile_to_file
 
-    if result is None:
+    result = profile_to_file(ProfileRequest(
+        model=model, data=data, output=output, heads=heads,
+        settings=ProfileSettings(top_k=top_k, max_new_tokens=max_new_tokens,
+                                 include_prompt=include_prompt, batch_size=batch_size),
+        max_prompts=max_prompts, seed=seed, turns=turns, chat_template=chat_template,
+        device=device_choice(device), dtype=dtype, device_map=device_map, resume=resume,
+        quiet=quiet, draft_model=draft_model, depth=depth))
+    if result is None:  # a rank other than 0 under torchrun: rank 0 reports
         return
     info = result.provenance
+    what = (f"draft depth {result.num_heads}" if draft_model is not None
+            else f"{result.num_heads} heads")
+    skipped = info.get("skipped_prompts")
     typer.echo(
         f"wrote {output}: {result.num_positions} positions from {info['prompts']} prompts, "
-        f"{result.num_heads} heads, top-{result.top_k}"
-        + (f" (skipped {info['skipped_prompts']} that fill the context)"
-           if info["skipped_prompts"] else "")
+        f"{what}, top-{result.top_k}"
+        + (f" (skipped {skipped} that fill the context)" if skipped else "")
         + f"; rank vectors in {ranks_path(output)}",
         err=True,
     )
-
-
-def _provenance(data: str, dtype: str, chat_template: bool, model_id: str,
-                heads_id: str | None) -> dict[str, Any]:
-    """What a profile records about its run, content digests included (rank 0 only)."""
-    from treeopt.model.digests import digests_provenance
-
-    return {"dataset": str(data), "dtype": dtype, "chat_template": chat_template,
-            **digests_provenance(model_id, heads_id)}
-
-
-def _profile_draft(model: str, draft_model: str, data: str, output: Path, depth: int,
-                   texts: list[str], settings: Any, chat_template: bool, device: str,
-                   dtype: str, resume: bool, quiet: bool) -> None:
-    """``profile --draft-model``: load target and draft, profile, print one line."""
-    from treeopt.files.ranks_file import ranks_path
-    from treeopt.model.calibration import encode_prompts
-    from treeopt.model.distributed import rank_device
-    from treeopt.model.draft_profiling import profile_draft_model
-    from treeopt.model.loading import load_base_model, resolve_model
-
-    base, tokenizer = load_base_model(model, device=rank_device(device), dtype=dtype)
-    draft, _ = load_base_model(draft_model, device=rank_device(device), dtype=dtype)
-    prompt_ids = encode_prompts(tokenizer, texts, chat_template=chat_template)
-    model_id = resolve_model(model)[0]
-    result = profile_draft_model(
-        base, tokenizer, draft, prompt_ids, output, settings, model_id=model_id,
-        draft_id=draft_model, depth=depth, resume=resume, progress=not quiet,
-        provenance=_provenance(data, dtype, chat_template, model_id, draft_model),
-    )
-    if result is None:  # a rank other than 0 under torchrun: rank 0 reports
-        return
-    typer.echo(f"wrote {output}: {result.num_positions} positions from "
-               f"{result.provenance['prompts']} prompts, draft depth {result.num_heads}, "
-               f"top-{result.top_k}; rank vectors in {ranks_path(output)}", err=True)
 
 
 class BackboneLoss(str, Enum):
@@ -272,7 +217,7 @@ def train_heads(
     turns: TurnsOpt = "first",
     chat_template: ChatOpt = True,
     batch_size: BatchOpt = 8,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     device_map: DeviceMapOpt = None,
     resume: ResumeOpt = False,
@@ -285,10 +230,9 @@ def train_heads(
     keeps the base frozen and saves the heads after every epoch in the layout
     `treeopt profile --heads` and the runtime load. Medusa-2 (--joint) fine-tunes
     the model through LoRA together with the heads and writes a merged checkpoint
-    that profile, generate, overhead and tune --measure load with no --heads. The
+    that profile, generate, overhead and study load with no --heads. The
     run reports per-head top-1/top-5 on held-out prompts and warns when they stay
-    near chance. Interrupted? Rerun with --resume. Under torchrun/accelerate the
-    ranks split each (global) batch; rank 0 writes (docs/scale-out.md).
+    near chance. Interrupted? Rerun with --resume. Data parallel under torchrun.
 
     \b
     Examples:
@@ -301,6 +245,7 @@ def train_heads(
           -d prompts.txt --device cuda -o heads/
     """
     from treeopt.model.train_heads import TrainSettings, train_heads_from
+    from treeopt.workflows.devices import device_choice
 
     if joint and learning_rate is not None:
         raise TreeoptError("--joint sets the heads' learning rate to 4x --backbone-lr: "
@@ -317,8 +262,8 @@ def train_heads(
     )
     report = train_heads_from(
         model, data, output, settings, max_prompts=max_prompts, turns=turns,
-        chat_template=chat_template, device=device, dtype=dtype, device_map=device_map,
-        resume=resume, progress=not quiet, targets_cache=targets_cache,
+        chat_template=chat_template, device=device_choice(device), dtype=dtype,
+        device_map=device_map, resume=resume, progress=not quiet, targets_cache=targets_cache,
     )
     if report is not None:  # None: a rank other than 0 under torchrun (rank 0 reports)
         _print_report(output, report, joint, num_heads)

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
-from treeopt.cli.options import DraftModelOption, finite_number
+from treeopt.cli.options import DeviceOption, DraftModelOption, LoadDtypeOption, finite_number
 from treeopt.errors import TreeoptError
 
 # Draft tokens per step when --draft-model comes without --gamma or --tree: the Medusa
@@ -51,9 +51,6 @@ ThresholdOption = Annotated[float, typer.Option(
 AlphaOption = Annotated[float, typer.Option(
     callback=lambda value: finite_number(value, "--posterior-alpha", 0.0),
     help="typical: delta, scale of exp(-entropy) in the threshold (>= 0).")]
-DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ...")]
-LoadDtypeOption = Annotated[str, typer.Option(
-    help="auto (the checkpoint's), bf16, fp16 or fp32 (or torch's names).")]
 CompileStepOption = Annotated[bool, typer.Option(
     "--compile", help="torch.compile the verification step first (same text, fewer "
                       "kernels; worth it for long outputs on a GPU).")]
@@ -116,7 +113,7 @@ def generate_command(
     acceptance: AcceptanceRuleOption = AcceptanceRule.greedy,
     posterior_threshold: ThresholdOption = 0.09,
     posterior_alpha: AlphaOption = 0.3,
-    device: DeviceOption = "cpu",
+    device: DeviceOption = "auto",
     dtype: LoadDtypeOption = "auto",
     compile_step: CompileStepOption = False,
     profile: CalibrationProfileOption = None,
@@ -147,7 +144,10 @@ def generate_command(
     from treeopt.model.loading import load_medusa, require_heads
 
     # Cheap checks first: the tree, options and heads before the model loads.
+    from treeopt.workflows.devices import device_choice
+
     chosen = checked_tree(tree, profile, heads, random_heads, draft_model, gamma)
+    device = device_choice(device)
     need_heads = chosen.depth > 0 and draft_model is None
     if need_heads and not random_heads:
         try:

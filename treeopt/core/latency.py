@@ -224,6 +224,26 @@ class LatencyTable:
         return min(self.contexts, key=lambda s: (abs(s - context), -s))
 
 
+# A predicted step faster than this is below what launching the kernels of one forward
+# pass costs (several kernels a layer, a few microseconds each): launch-bound.
+LAUNCH_BOUND_SECONDS = 20e-6
+
+
+def launch_bound_warning(table: LatencyTable) -> str | None:
+    """One line when a roofline prediction's fastest step is under LAUNCH_BOUND_SECONDS:
+    the model is so small that kernel launches, not FLOPs or bytes, set its step time,
+    so the datasheet figures are only a lower bound. None otherwise (and for measurements).
+    """
+    if table.source != "roofline-model":
+        return None
+    known = [seconds for seconds in table.measurements.values() if seconds is not None]
+    if not known or min(known) >= LAUNCH_BOUND_SECONDS:
+        return None
+    return (f"predicted step of {min(known) * 1e6:.3g} us: a model this small is launch-bound "
+            "(each kernel launch costs microseconds), so the roofline's datasheet numbers are "
+            "a lower bound, not a forecast; measure it (treeopt overhead --model)")
+
+
 def latency_warnings(table: LatencyTable, tolerance: float = MONOTONE_TOLERANCE) -> list[str]:
     """Reasons not to trust ``table``, one line each; empty when it looks sane.
 
@@ -235,7 +255,8 @@ def latency_warnings(table: LatencyTable, tolerance: float = MONOTONE_TOLERANCE)
     speedup meaningless: typically a busy machine, or CPU threads left at torch's
     default while timing.
     """
-    problems = []
+    launch_bound = launch_bound_warning(table)
+    problems = [] if launch_bound is None else [launch_bound]
     for batch, context in table.settings():
         try:
             curve = {n: table.measurements[(batch, context, n)]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from treeopt.errors import TreeoptError, first_line, not_downloaded
+from treeopt.errors import ParameterError, TreeoptError, first_line, not_downloaded
 
 
 @dataclass(frozen=True)
@@ -103,13 +103,12 @@ def require_heads(model: str, heads: str | None) -> str:
     A local or cached Medusa-2 checkpoint carries its own heads (its id is returned).
     """
     _, resolved = resolve_model(model, heads)
-    if resolved is None and _is_medusa2(model):
-        return model
+    if resolved is None and (_is_medusa2(model) or _is_heads_folder(model)):
+        return model  # its own heads: inside a Medusa-2 checkpoint, or the folder itself
     if resolved is None:
-        raise TreeoptError(
-            f"{model} has no registered Medusa heads: pass --heads DIR_OR_HUB_ID "
-            "(train some with `treeopt train-heads`), or use a Medusa-2 checkpoint"
-        )
+        raise ParameterError(
+            "heads", f"is needed: {model} has no registered Medusa heads (give a folder or hub "
+            "id; train some with `treeopt train-heads`), or use a Medusa-2 checkpoint")
     return resolved
 
 
@@ -118,7 +117,12 @@ def _offline() -> bool:
 
 
 def _looks_like_path(name: str) -> bool:
-    return Path(name).is_absolute() or name.startswith(".") or name.count("/") > 1
+    """Whether ``name`` is meant as a local path, not a hub id (``owner/name``): absolute,
+    relative to ``.`` or ``~``, ending in a separator (``heads/``), or deeper than
+    ``owner/name``. Such a name that does not exist is a missing folder, never a download.
+    """
+    return (Path(name).is_absolute() or name.startswith((".", "~")) or name.endswith(("/", os.sep))
+            or name.count("/") > 1 or "\\" in name)
 
 
 def _not_available(what: str, name: str, exc: BaseException) -> TreeoptError:
@@ -162,10 +166,10 @@ def checkpoint_dir(name: str, what: str, patterns: list[str] | None = None) -> P
     downloaded only when not offline and the hub answers within HUB_PROBE_SECONDS,
     so "no network" is a one-line error in seconds, not after a minute of retries.
     """
-    local = Path(name)
+    local = Path(name).expanduser()
     if local.is_dir():
         return local
-    if local.exists() or _looks_like_path(name) or name.count("/") > 1:
+    if local.exists() or _looks_like_path(name):
         raise TreeoptError(f"{what} folder {name} does not exist")
     cached = _cached_snapshot(name)
     if cached is not None:
@@ -225,34 +229,36 @@ def _is_medusa2(model: str) -> bool:
         checkpoint_kind(local) == "medusa-2"
 
 
+def _is_heads_folder(model: str) -> bool:
+    """Whether ``model`` is a local Medusa-1 heads folder (loaded on the base its
+    ``config.json`` names as ``base_model_name_or_path``)."""
+    local = Path(model).expanduser()
+    return local.is_dir() and (local / "config.json").is_file() and \
+        checkpoint_kind(local) == "medusa-1"
+
+
 def resolve_dtype(dtype: str) -> Any:
-    """The torch dtype for a ``--dtype`` value ("auto": the checkpoint's own)."""
+    """The torch dtype for a dtype name ("auto": the checkpoint's own)."""
     import torch
 
-    from treeopt.core.dtypes import canonical_dtype
+    from treeopt.core.dtypes import loadable_dtype
 
     if dtype == "auto":
         return "auto"
-    name = canonical_dtype(dtype)
-    if name not in LOADABLE_DTYPES:
-        raise TreeoptError(
-            f"--dtype must be auto, {', '.join(LOADABLE_DTYPES)} (or bf16, fp16, fp32), "
-            f"not {dtype!r}"
-        )
-    return getattr(torch, name)
+    return getattr(torch, loadable_dtype(dtype))  # the one dtype check (a ParameterError)
 
 
 def resolve_device(device: str) -> Any:
-    """The torch device for a ``--device`` value; one-line error if invalid or absent."""
+    """The torch device for a device name; one-line ParameterError if invalid or absent."""
     import torch
 
     try:
         resolved = torch.device(device)
     except RuntimeError:
-        raise TreeoptError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, mps)")\
-            from None
+        raise ParameterError("device", f"{device!r} is not a torch device (cpu, cuda, cuda:1, "
+                             "mps)") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise TreeoptError(f"--device {device}: no CUDA device is visible (use --device cpu)")
+        raise ParameterError("device", f"{device}: no CUDA device is visible (use cpu)")
     return resolved
 
 
@@ -320,7 +326,7 @@ def load_base_model(
     """
     base, _ = resolve_model(model)
     if device_map is not None and device_map not in DEVICE_MAPS:
-        raise TreeoptError(f"--device-map must be one of {', '.join(DEVICE_MAPS)}")
+        raise ParameterError("device_map", f"must be one of {', '.join(DEVICE_MAPS)}")
     resolve_dtype(dtype)
     directory = checkpoint_dir(base, "model", MODEL_PATTERNS)
     kind = checkpoint_kind(directory) if (directory / "config.json").is_file() else "base"
@@ -428,7 +434,7 @@ def load_medusa(
     if random_num_heads is not None and heads is not None:
         raise TreeoptError("give heads or random heads, not both")
     if device_map is not None and device_map not in DEVICE_MAPS:
-        raise TreeoptError(f"--device-map must be one of {', '.join(DEVICE_MAPS)}")
+        raise ParameterError("device_map", f"must be one of {', '.join(DEVICE_MAPS)}")
     resolve_dtype(dtype)
     if device_map is None:
         resolve_device(device)
@@ -439,8 +445,9 @@ def load_medusa(
         heads_id = heads_id or str(directory)
         base = str(_read_config(directory).get("base_model_name_or_path") or "")
         if not base:
-            raise TreeoptError(f"{directory} holds Medusa heads without base_model_name_or_path:"
-                               " pass the base as --model and these as --heads")
+            raise ParameterError("heads", f"are needed apart: {directory} holds Medusa heads "
+                                 "without base_model_name_or_path (give the base as the "
+                                 "model and these as the heads)")
         directory = checkpoint_dir(base, "model", MODEL_PATTERNS)
         kind = checkpoint_kind(directory) if (directory / "config.json").is_file() else "base"
     if heads_id is None and random_num_heads is None and kind == "medusa-2":

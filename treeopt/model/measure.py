@@ -87,20 +87,60 @@ def measure_latency(
     """
     import torch
     import transformers
-    from tqdm import tqdm
 
-    from medusa_runtime.timing import time_verification_step
-
-    if statistic not in TIMING_STATISTICS:
-        raise TreeoptError(f"statistic must be one of {', '.join(TIMING_STATISTICS)}, "
-                           f"not {statistic!r}")
-    summary = TIMING_STATISTICS[statistic]
-    if max_rounds < 1:
-        raise TreeoptError(f"max_rounds must be >= 1, not {max_rounds}")
-    check_contexts_fit(model, contexts, sizes)  # before any timing
+    summary = _checked_timing(model, contexts, sizes, statistic, max_rounds)
     is_cuda = str(device).startswith("cuda")
     cpu_threads = None if is_cuda else (threads or CPU_TIMING_THREADS)
     samples: dict[Setting, list[float]] = {}
+
+    time_step = _step_timer(model, heads, samples, summary, warmup, repeats, device,
+                            compile_step)
+
+    def free_memory() -> None:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    previous_threads = torch.get_num_threads()
+    if cpu_threads is not None:
+        torch.set_num_threads(cpu_threads)
+    try:
+        measurements, notes, spreads, rounds = _timing_rounds(
+            time_step, samples, batches, contexts, sizes, max_rounds, max_spread,
+            show_progress, free_memory)
+    finally:
+        torch.set_num_threads(previous_threads)
+    device_name = torch.cuda.get_device_name(torch.device(device)) if is_cuda else "cpu"
+    return LatencyTable(
+        measurements=measurements, notes=notes, source="measured",
+        device=device_name, dtype=canonical_dtype(dtype), arch=arch_name,
+        versions={"torch": torch.__version__, "transformers": transformers.__version__,
+                  "cuda": torch.version.cuda if is_cuda else None},
+        method={"timer": "medusa_runtime.timing.time_verification_step",
+                "statistic": statistic, "warmup": warmup, "repeats": repeats,
+                "rounds": rounds, "max_rounds": max_rounds, "max_spread": max_spread,
+                "spread": "(q3 - q1) / median of the samples",
+                "cpu_threads": cpu_threads, "compiled_step": compile_step},
+        spreads=spreads,
+    )
+
+
+def _checked_timing(model: Any, contexts: Sequence[int], sizes: Sequence[int], statistic: str,
+                    max_rounds: int) -> Any:
+    """The statistic's function, once the settings are checked (before any timing)."""
+    if statistic not in TIMING_STATISTICS:
+        raise ParameterError("statistic", f"must be one of {', '.join(TIMING_STATISTICS)}, "
+                             f"not {statistic!r}")
+    if max_rounds < 1:
+        raise ParameterError("max_rounds", f"must be >= 1, not {max_rounds}")
+    check_contexts_fit(model, contexts, sizes)
+    return TIMING_STATISTICS[statistic]
+
+
+def _step_timer(model: Any, heads: Any, samples: dict[Setting, list[float]], summary: Any,
+                warmup: int, repeats: int, device: str, compile_step: bool) -> Any:
+    """``time_step(batch, context, num_tokens)``: one more timing of a setting, pooled into
+    ``samples``; the statistic of all its samples so far."""
+    from medusa_runtime.timing import time_verification_step
 
     def time_step(batch: int, context: int, num_tokens: int) -> float:
         # n = 1 is plain decoding, which runs no heads (generate without a tree): timed
@@ -113,47 +153,37 @@ def measure_latency(
         pooled += [float(value) for value in result["samples_s"]]
         return summary(pooled)
 
-    def free_memory() -> None:
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+    return time_step
+
+
+def _timing_rounds(time_step: Any, samples: dict[Setting, list[float]],
+                   batches: Sequence[int], contexts: Sequence[int], sizes: Sequence[int],
+                   max_rounds: int, max_spread: float, show_progress: bool,
+                   free_memory: Any) -> tuple[Any, Any, dict[Setting, float], int]:
+    """Sweep every setting, round after round, until every spread is within ``max_spread``
+    or ``max_rounds`` ran; (measurements, notes, spreads, rounds run). A bar with an ETA
+    grows by one round each time another is needed."""
+    from tqdm import tqdm
 
     per_round = len(batches) * len(contexts) * len(sizes)
-    previous_threads = torch.get_num_threads()
-    if cpu_threads is not None:
-        torch.set_num_threads(cpu_threads)
-    try:
-        with tqdm(total=per_round, desc="timing verification steps", unit="step",
-                  disable=not show_progress) as bar:
-            for round_index in range(max_rounds):
-                def advance(setting: Setting, round_index: int = round_index) -> None:
-                    bar.set_postfix_str(f"round {round_index + 1} b={setting[0]} "
-                                        f"s={setting[1]} n={setting[2]}")
-                    bar.update()
+    with tqdm(total=per_round, desc="timing verification steps", unit="step",
+              disable=not show_progress) as bar:
+        for round_index in range(max_rounds):
+            def advance(setting: Setting, round_index: int = round_index) -> None:
+                bar.set_postfix_str(f"round {round_index + 1} b={setting[0]} "
+                                    f"s={setting[1]} n={setting[2]}")
+                bar.update()
 
-                measurements, notes = sweep(time_step, batches, contexts, sizes,
-                                            on_oom=free_memory, progress=advance)
-                spreads = {setting: relative_spread(samples[setting])
-                           for setting, seconds in measurements.items() if seconds is not None}
-                if all(spread <= max_spread for spread in spreads.values()):
-                    break
-                if round_index + 1 < max_rounds:  # another round: the bar grows by one
-                    bar.total += per_round
-                    bar.refresh()
-    finally:
-        torch.set_num_threads(previous_threads)
-    device_name = torch.cuda.get_device_name(torch.device(device)) if is_cuda else "cpu"
-    return LatencyTable(
-        measurements=measurements, notes=notes, source="measured",
-        device=device_name, dtype=canonical_dtype(dtype), arch=arch_name,
-        versions={"torch": torch.__version__, "transformers": transformers.__version__,
-                  "cuda": torch.version.cuda if is_cuda else None},
-        method={"timer": "medusa_runtime.timing.time_verification_step",
-                "statistic": statistic, "warmup": warmup, "repeats": repeats,
-                "rounds": round_index + 1, "max_rounds": max_rounds, "max_spread": max_spread,
-                "spread": "(q3 - q1) / median of the samples",
-                "cpu_threads": cpu_threads, "compiled_step": compile_step},
-        spreads=spreads,
-    )
+            measurements, notes = sweep(time_step, batches, contexts, sizes,
+                                        on_oom=free_memory, progress=advance)
+            spreads = {setting: relative_spread(samples[setting])
+                       for setting, seconds in measurements.items() if seconds is not None}
+            if all(spread <= max_spread for spread in spreads.values()):
+                break
+            if round_index + 1 < max_rounds:  # another round: the bar grows by one
+                bar.total += per_round
+                bar.refresh()
+    return measurements, notes, spreads, round_index + 1
 
 
 def context_room(model: Any, sizes: Sequence[int]) -> int | None:

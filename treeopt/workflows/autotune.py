@@ -41,8 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from treeopt.core.atomic import atomic_write_text
+from treeopt.core.dtypes import loadable_dtype
 from treeopt.core.latency import DEFAULT_REPEATS, DEFAULT_WARMUP
-from treeopt.errors import TreeoptError
+from treeopt.errors import ParameterError, TreeoptError
 from treeopt.files.engines import FORMATS
 from treeopt.workflows.autotune_state import (
     INPUT_SETTINGS,
@@ -136,27 +137,27 @@ class AutotuneSettings:
     def check(self) -> None:
         """One-line TreeoptError for a bad setting (before anything loads)."""
         if self.engine not in ENGINES:
-            raise TreeoptError(f"--engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
+            raise ParameterError("engine", f"must be one of {', '.join(ENGINES)}, not "
+                                 f"{self.engine!r}")
         if self.holdout_data is None and not 0.0 < self.holdout_fraction < 1.0:
             raise TreeoptError("the held-out fraction must be strictly between 0 and 1, not "
                                f"{self.holdout_fraction}")
-        for name, option in (("batches", "--batch"), ("sizes", "--sizes"),
-                             ("contexts", "--context")):
+        for name in ("batches", "sizes", "contexts"):
             values = getattr(self, name)
             if values is not None and (not values or min(values) < 1):
-                raise TreeoptError(f"{option} takes positive integers, not {list(values)}")
+                raise ParameterError(name, f"takes positive integers, not {list(values)}")
         if 1 not in self.sizes or max(self.sizes) < 2:
-            raise TreeoptError("--sizes must include 1 (plain decoding) and a size >= 2")
+            raise ParameterError("sizes", "must include 1 (plain decoding) and a size >= 2")
         for name in ("max_new_tokens", "top_k", "repeats", "decode_rounds"):
             if getattr(self, name) < 1:
-                raise TreeoptError(f"{name} must be >= 1, not {getattr(self, name)}")
+                raise ParameterError(name, f"must be >= 1, not {getattr(self, name)}")
         if self.threads is not None and self.threads < 1:
-            raise TreeoptError(f"--threads must be >= 1, not {self.threads}")
+            raise ParameterError("threads", f"must be >= 1, not {self.threads}")
         if self.redo is not None and self.redo not in STAGES:
-            raise TreeoptError(f"--redo must be one of {', '.join(STAGES)}, not {self.redo!r}")
+            raise ParameterError("redo", f"must be one of {', '.join(STAGES)}, not {self.redo!r}")
         if self.redo == "verify" and not (self.measured and self.verify):
-            raise TreeoptError("--redo verify needs a measured run with --verify (no --gpu, "
-                               "no --no-verify)")
+            raise ParameterError("redo", "verify needs a measured run that verifies (no GPU "
+                                 "prediction, verification on)")
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings a run's results depend on, JSON-able (output and progress left out)."""
@@ -291,7 +292,7 @@ def autotune(settings: AutotuneSettings,
         (directory / name).unlink(missing_ok=True)
     if "redo" in state:
         changed = state["redo"]["changed"]
-        why = f"{', '.join(changed)} changed" if changed else f"--redo {settings.redo}"
+        why = f"{', '.join(changed)} changed" if changed else f"{settings.redo} asked to be redone"
         say(f"{why}: redoing {state['redo']['from']} and every later stage")
     run = _Run(settings, directory, state, say)
     result = AutotuneResult(directory, directory / "report.md", state["stages"])
@@ -318,18 +319,17 @@ def check_inputs(settings: AutotuneSettings) -> None:
     the dtype, the device, a local -m/--heads/-d/--holdout-data/--arch that does not
     exist (a path-looking name is never taken for a hub id), a model without heads,
     and local prompt files with too few prompts to hold some out."""
-    if settings.gpu is None and settings.dtype not in ("auto", "float32", "fp32", "float16",
-                                                       "fp16", "bfloat16", "bf16"):
-        raise TreeoptError(f"--dtype must be auto, fp32, fp16 or bf16, not {settings.dtype!r}")
+    if settings.gpu is None and settings.dtype != "auto":
+        loadable_dtype(settings.dtype)  # the one dtype check (a ParameterError)
     for name, what in (("model", "model folder"), ("heads", "Medusa heads folder"),
-                       ("arch", "--arch file or folder")):
+                       ("arch", "architecture file or folder")):
         value = getattr(settings, name)
         if value is not None and not Path(value).exists() and _looks_like_path(value):
-            raise TreeoptError(f"{flag_of(name)}: {what} {value} does not exist")
+            raise ParameterError(name, f"{what} {value} does not exist")
         if name != "arch" and value is not None and Path(value).is_dir() and \
                 not (Path(value) / "config.json").is_file():
-            raise TreeoptError(f"{flag_of(name)}: {value} holds no config.json: not a "
-                               f"{'model' if name == 'model' else 'Medusa heads'} folder")
+            raise ParameterError(name, f"{value} holds no config.json: not a "
+                                 f"{'model' if name == 'model' else 'Medusa heads'} folder")
     from treeopt.model.calibration import read_prompts
     from treeopt.model.loading import require_heads, resolve_device
 
@@ -342,8 +342,8 @@ def check_inputs(settings: AutotuneSettings) -> None:
             prompts = read_prompts(value, max_prompts=settings.max_prompts if name == "data"
                                    else None, seed=settings.seed)
             if name == "data" and settings.holdout_data is None and len(prompts) < 2:
-                raise TreeoptError(f"{value} holds {len(prompts)} prompt: too few to hold "
-                                   "some out (give more, or --holdout-data)")
+                raise ParameterError("data", f"{value} holds {len(prompts)} prompt: too few to "
+                                     "hold some out (give more, or separate held-out prompts)")
 
 
 def _stable_id(name: str) -> str:
@@ -431,7 +431,8 @@ class _Run:
     # -------------------------------------------------------------- stages
     def stage_profile(self) -> dict[str, Any]:
         from treeopt.model.calibration import encode_prompts, read_prompts, split_held_out
-        from treeopt.model.profiling import ProfileSettings, max_positions, profile_model
+        from treeopt.model.profiling import ProfileSettings, max_positions
+        from treeopt.workflows.profiling import profile_prompts
 
         s = self.settings
         texts = read_prompts(s.data, max_prompts=s.max_prompts, seed=s.seed)
@@ -440,8 +441,8 @@ class _Run:
         else:
             calibration, held_out = split_held_out(texts, s.holdout_fraction, s.seed)
         if not calibration or not held_out:
-            raise TreeoptError(f"{s.data} holds {len(texts)} prompt(s): too few to hold some "
-                               "out (give more, or --holdout-data)")
+            raise ParameterError("data", f"{s.data} holds {len(texts)} prompt(s): too few to "
+                                 "hold some out (give more, or held-out prompts of their own)")
         model, tokenizer, heads = self.loaded()
         # Room for the whole continuation and the largest tree in the model's context,
         # so the profile, the timing and the decoding all see the same new tokens.
@@ -454,9 +455,9 @@ class _Run:
 
         calibration_ids, held_ids = fitting(calibration), fitting(held_out)
         if not calibration_ids or not held_ids:
-            raise TreeoptError(
-                f"no prompt leaves room for --max-new-tokens {s.max_new_tokens} and a "
-                f"{max(s.sizes)}-token tree in the model's {context}-token context")
+            raise ParameterError(
+                "max_new_tokens", f"{s.max_new_tokens} and a {max(s.sizes)}-token tree leave no "
+                f"prompt room in the model's {context}-token context")
         profile_settings = ProfileSettings(top_k=s.top_k, max_new_tokens=s.max_new_tokens)
         heads_id = self.heads_id()
         summary: dict[str, Any] = {}
@@ -464,10 +465,10 @@ class _Run:
             self.say(f"  profiling {len(ids)} prompts -> {name}")
             self.claim(name, *(f"{name}.{end}" for end in ("ranks.npz", "targets.json",
                                                            "partial.npz")))
-            profile = profile_model(model, tokenizer, heads, ids, self.path(name),
-                                    profile_settings, _stable_id(s.model),
-                                    _stable_id(heads_id), resume=True,
-                                    progress=s.progress)
+            profile = profile_prompts(model, tokenizer, heads, ids, self.path(name),
+                                      profile_settings, model_id=_stable_id(s.model),
+                                      heads_id=_stable_id(heads_id), resume=True,
+                                      progress=s.progress)
             summary[name] = {"prompts": len(ids), "positions": profile.num_positions}
         _write_json(self.out("holdout-prompts.json"), held_ids)
         _write_json(self.out("calibration-prompts.json"), calibration_ids)
@@ -659,12 +660,13 @@ class _Run:
 
         Returns per tree: tokens/s (fastest round) and its median over rounds, tokens
         per verification step, the tokens decoded (the last round's) and the fastest
-        round's new tokens and seconds per prompt (``per_prompt``, for intervals).
+        round's new tokens and seconds per prompt (``per_prompt``, for intervals);
+        tokens/s as :func:`treeopt.model.speed.decode_speed` defines it (prefill excluded).
         """
         import torch
         from tqdm import tqdm
 
-        from medusa_runtime.decode import generate
+        from treeopt.model.speed import decode_speed
 
         s = self.settings
         model, tokenizer, heads = self.loaded()
@@ -682,21 +684,14 @@ class _Run:
                       unit="prompt", disable=not s.progress) as bar:
                 for _ in range(s.decode_rounds):
                     for name, tree in trees.items():
-                        steps = 0
-                        counts, seconds, texts = [], [], []
-                        for prompt in prompts:
-                            result = generate(model, None if tree.num_tokens == 1 else heads,
-                                              tree, prompt, s.max_new_tokens, eos_token_id=eos,
-                                              compile_step=s.compile_step)
-                            counts.append(len(result.tokens) - 1)
-                            steps += result.verification_steps
-                            seconds.append(result.wall_time_s - result.prefill_s)
-                            texts.append(list(result.tokens))
-                            bar.update()
-                        rates[name].append(sum(counts) / sum(seconds))
-                        per_prompt[name].append((counts, seconds))
-                        per_step[name] = sum(counts) / steps if steps else 1.0
-                        outputs[name] = texts
+                        speed = decode_speed(model, heads, tree, prompts, s.max_new_tokens,
+                                             eos_token_id=eos, compile_step=s.compile_step,
+                                             on_prompt=bar.update)
+                        rates[name].append(speed.tokens_per_second)
+                        per_prompt[name].append(([p[0] for p in speed.per_prompt],
+                                                 [p[2] for p in speed.per_prompt]))
+                        per_step[name] = speed.tokens_per_step
+                        outputs[name] = speed.outputs
         finally:
             torch.set_num_threads(previous)
         # The fastest round of each tree: load on a shared machine only slows a round.

@@ -18,6 +18,8 @@ from treeopt.errors import ParameterError, TreeoptError
 # Contexts timed when none are given: short, the Medusa appendix's 1024, and long;
 # a measured model keeps those it can hold with the largest tree.
 DEFAULT_CONTEXTS = (128, 1024, 4096)
+# The dtype of --random-weights and --predict (no checkpoint to take it from).
+NO_CHECKPOINT_DTYPE = "bf16"
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ class OverheadSettings:
     arch: str | None = None
     gpu: str | None = None
     device: str = "cuda"
-    dtype: str = "bf16"
+    dtype: str = "auto"  # the checkpoint's own; NO_CHECKPOINT_DTYPE without a checkpoint
     heads: int = MEDUSA_NUM_HEADS
     warmup: int = DEFAULT_WARMUP
     repeats: int = DEFAULT_REPEATS
@@ -79,8 +81,10 @@ def write_overhead(settings: OverheadSettings) -> LatencyTable:
     from treeopt.cost.roofline import canonical_dtype
     from treeopt.files.latency_file import write_latency
 
-    dtype = canonical_dtype(settings.dtype)
     check_overhead_settings(settings)
+    # One dtype rule, as every model verb: a checkpoint's own unless asked; random
+    # weights and predictions have no checkpoint and take the usual serving dtype.
+    dtype = canonical_dtype(NO_CHECKPOINT_DTYPE if settings.dtype == "auto" else settings.dtype)
     if settings.predict:
         from treeopt.cost.arch import get_arch
         from treeopt.cost.predict import predict_latency
@@ -91,7 +95,7 @@ def write_overhead(settings: OverheadSettings) -> LatencyTable:
                                 list(settings.contexts or DEFAULT_CONTEXTS), settings.sizes,
                                 dtype)
     else:
-        table = measure_overhead(settings, dtype)
+        table = measure_overhead(settings, dtype if settings.model is None else settings.dtype)
     if all(seconds is None for seconds in table.measurements.values()):
         raise TreeoptError("every setting is out of memory: nothing to write (smaller --batch "
                            "or --context?)")
@@ -108,9 +112,9 @@ def measure_overhead(settings: OverheadSettings, dtype: str) -> LatencyTable:
     from treeopt.model.measure import measure_latency
 
     resolve_device(settings.device)
-    torch_dtype = getattr(torch, loadable_dtype(dtype))
     device, medusa = settings.device, None
     if settings.random_weights:
+        torch_dtype = getattr(torch, loadable_dtype(dtype))
         from medusa_runtime.timing import random_weight_model
         from treeopt.cost.arch import get_arch
         from treeopt.model.progress import working
@@ -125,6 +129,7 @@ def measure_overhead(settings: OverheadSettings, dtype: str) -> LatencyTable:
         loaded = load_medusa(str(settings.model), device=device, dtype=dtype, need_heads=False,
                              quiet=not settings.show_progress)
         net, medusa, name = loaded.model, loaded.heads, str(settings.model)
+        dtype = str(next(net.parameters()).dtype).removeprefix("torch.")  # "auto" resolved
     if medusa is None:  # the step time depends on the heads' shapes, not their weights
         medusa = random_heads(net, settings.heads)
     contexts = settings.contexts
