@@ -254,6 +254,8 @@ def test_a_killed_rank_fails_the_run_in_one_line_and_resume_finishes_it(workdir:
     assert victim is not None, "rank 1 finished or never started"
     os.kill(victim, signal.SIGKILL)
     _, stderr = launcher.communicate(timeout=120)
+    if two.exists():  # rank 1 was done before the kill landed: a machine too busy to test
+        pytest.skip("rank 1 finished before it could be killed (a very busy machine)")
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert launcher.returncode != 0 and len(errors) == 1, stderr
     assert "--resume" in errors[0] and not two.exists() and progress.exists()

@@ -18,6 +18,8 @@ SIGTERM becomes an exception too, so partial work is checkpointed on the way out
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
 import signal
 import time
@@ -74,8 +76,14 @@ class World:
         return self.size > 1
 
     def failure(self, message: str) -> TreeoptError:
-        """The error every rank raises for a failed run: loud on rank 0 only."""
+        """The error every rank raises for a failed run: loud on rank 0 only.
+
+        Rank 0 is on its way out and must print this line: a launcher's SIGTERM (sent
+        when another rank exits first) no longer interrupts it.
+        """
         if self.is_main:
+            if self.distributed:
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
             return TreeoptError(message)
         time.sleep(QUIET_EXIT_DELAY_SECONDS)
         return PeerFailure(message)
@@ -111,7 +119,36 @@ def current_world() -> World:
             raise TreeoptError(f"rank {world.rank} of {world.size} cannot join the run: "
                                f"{first_line(exc)}") from None
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    atexit.register(_leave)
     return world
+
+
+# Whether the last thing the ranks did together was finish a run (see leave_together).
+_ENDED_TOGETHER = {"value": False}
+
+
+def _leave() -> None:
+    """At exit: tear the process group down before the interpreter does. Left to exit,
+    gloo's transport threads can abort the process ("terminate called without an
+    active exception") even after a run that succeeded. After a run that ended on
+    every rank the ranks first meet, so none closes a connection another still reads;
+    after a failure they do not (a peer may be gone, or busy elsewhere)."""
+    import gc
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        with contextlib.suppress(Exception):  # on the way out: a dead peer adds no noise
+            if _ENDED_TOGETHER["value"]:
+                dist.barrier()
+            dist.destroy_process_group()
+    gc.collect()  # the transport's threads joined now, not by static destructors
+
+
+def leave_together() -> None:
+    """Mark the end of a run that succeeded on every rank (after a collective that says
+    so): at exit the ranks then meet once more before closing their connections."""
+    _ENDED_TOGETHER["value"] = current_world().distributed
 
 
 def _stop_on_sigterm(signum: int, frame: Any) -> None:
@@ -149,6 +186,7 @@ def shard_by_length(lengths: Sequence[int], parts: int) -> list[list[int]]:
 
 def _collective(call: Callable[[], T]) -> T:
     """Run a collective; a peer that died (closed connection, timeout) is one line."""
+    _ENDED_TOGETHER["value"] = False  # a new exchange: the ranks are no longer done
     try:
         return call()
     except RuntimeError as exc:

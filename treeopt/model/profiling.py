@@ -45,6 +45,7 @@ from treeopt.model.distributed import (
     broadcast_from_main,
     current_world,
     gather_to_main,
+    leave_together,
     run_on_every_rank,
     shard_by_length,
 )
@@ -660,4 +661,5 @@ def finish_sharded(job: ProfileJob, write: Callable[[], None]) -> None:
     world = current_world()
     run_on_every_rank(lambda: write() if world.is_main else None)
     rank_file(job.output, world, ".partial.npz").unlink(missing_ok=True)
-    agree(None)  # nobody exits (and tears the job down) before everyone is done
+    agree(None)
+    leave_together()  # nobody exits (and tears the job down) before everyone is done

@@ -38,6 +38,7 @@ from treeopt.model.distributed import (
     all_reduce_sum,
     broadcast_tensors,
     current_world,
+    leave_together,
     local_share,
     rank_device,
     run_on_every_rank,
@@ -473,9 +474,11 @@ def train_heads(
     losses = _run_epochs(trainee, train_set, settings, output_dir, start_epoch, pad, progress)
     seconds = time.perf_counter() - started
     # Rank 0 evaluates and writes; the others wait, so a failure there fails them all.
-    return run_on_every_rank(lambda: _finish(trainee, tokenizer, output_dir, settings, model_id,
-                                             (train_set, held_set, pad), losses, seconds)
-                             if world.is_main else None)
+    report = run_on_every_rank(lambda: _finish(trainee, tokenizer, output_dir, settings,
+                                               model_id, (train_set, held_set, pad), losses,
+                                               seconds) if world.is_main else None)
+    leave_together()
+    return report
 
 
 def _finish(trainee: Trainee, tokenizer: Any, output_dir: Path, settings: TrainSettings,
