@@ -60,6 +60,16 @@ def option_for(command: Any, parameter: str) -> str | None:
     return None
 
 
+def one_line(message: str) -> str:
+    """click's multi-line usage messages on one line.
+
+    A missing choice option lists its choices one per line ("Choose from:\n\tmedusa,
+    \n\ttrtllm"), a library's message may quote a multi-line one; every ``error:`` is
+    one line, so the lines are joined with spaces.
+    """
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
+
+
 class TreeoptGroup(TyperGroup):
     """Turns a TreeoptError anywhere in a verb, or a usage error, into one ``error: ...`` line.
 
@@ -77,7 +87,7 @@ class TreeoptGroup(TyperGroup):
                 typer.echo(exc.format_message(), err=True)
             else:
                 where = f" (see '{context.command_path} --help')" if context is not None else ""
-                typer.echo(f"error: {exc.format_message()}{where}", err=True)
+                typer.echo(f"error: {one_line(exc.format_message())}{where}", err=True)
             sys.exit(getattr(exc, "exit_code", 2))
         except (typer.Abort, KeyboardInterrupt):  # outside a verb (invoke says more inside)
             typer.echo("interrupted: nothing was saved", err=True)
@@ -96,11 +106,11 @@ class TreeoptGroup(TyperGroup):
             return super().invoke(ctx)
         except ParameterError as exc:
             flag = option_for(ctx.meta.get(VERB_KEY), exc.parameter)
-            typer.echo(f"error: {flag or exc.parameter} {exc.reason}", err=True)
+            typer.echo(f"error: {flag or exc.parameter} {one_line(exc.reason)}", err=True)
             raise typer.Exit(2) from None
         except TreeoptError as exc:
             if not getattr(exc, "quiet", False):  # quiet: another rank of the run reports it
-                typer.echo(f"error: {exc}", err=True)
+                typer.echo(f"error: {one_line(str(exc))}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             # Here, before typer turns it into a silent exit 130: say what was saved.

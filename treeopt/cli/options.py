@@ -28,6 +28,9 @@ STAGE_KEY = "treeopt.stage"
 AcceptanceChoice = Enum("AcceptanceChoice", {name: name for name in ACCEPTANCE_MODELS}, type=str)
 WeightingChoice = Enum("WeightingChoice", {name: name for name in WEIGHTINGS}, type=str)
 EngineChoice = Enum("EngineChoice", {name: name for name in ENGINES}, type=str)
+# tune --engine also takes the knob targets (treeopt.files.engines.KNOB_TARGETS).
+TuneEngineChoice = Enum("TuneEngineChoice", {name: name for name in (
+    *ENGINES, "sglang", "vllm-spec", "trtllm-pytorch")}, type=str)
 
 
 ProfileOption = Annotated[

@@ -68,11 +68,19 @@ MaxNewOpt = Annotated[
 ]
 DepthOpt = Annotated[int, typer.Option(
     min=1, help="--draft-model: tree depths recorded per position.")]
+ExpandOpt = Annotated[str | None, typer.Option(
+    metavar="K_MAX,D_MAX",
+    help="--draft-model: also record the drafter's beam expansion (OUTPUT.expansion.npz) "
+         "so eval/tune score every dynamic:S,K,N with S <= D_MAX, K <= K_MAX. Costs at "
+         "most (D_MAX-1)*K_MAX*(K_MAX+1)/2 extra draft tokens a position.")]
 BatchOpt = Annotated[int, typer.Option(min=1, help="Sequences per forward pass.")]
 ResumeOpt = Annotated[
     bool, typer.Option(help="Continue the partial results / checkpoint of an interrupted run.")
 ]
 QuietOpt = QuietOption
+OverwriteOpt = Annotated[bool, typer.Option(
+    "--overwrite", help="Write into a non-empty -o folder that holds no run to --resume "
+                        "(earlier heads, other files), replacing files of the same names.")]
 
 
 def profile(
@@ -104,6 +112,7 @@ def profile(
     quiet: QuietOpt = False,
     draft_model: DraftModelOption = None,
     depth: DepthOpt = DEFAULT_DRAFT_DEPTH,
+    expand: ExpandOpt = None,
 ) -> None:
     """Measure how well a model's Medusa heads predict its own greedy output.
 
@@ -123,6 +132,7 @@ def profile(
     Examples:
       treeopt profile -m vicuna-7b -d q.jsonl --device cuda -o vicuna7b.json
       treeopt profile -m vicuna-7b --draft-model ./llama-68m -d q.jsonl -o d.json
+      treeopt profile -m vicuna-7b --draft-model D --expand 4,6 -d q.jsonl -o e
       torchrun --nproc-per-node 8 -m treeopt profile -m vicuna-7b -d q.jsonl \\
           --device cuda -o vicuna7b.json
     """
@@ -131,13 +141,14 @@ def profile(
     from treeopt.workflows.devices import device_choice
     from treeopt.workflows.profiling import ProfileRequest, profile_to_file
 
+    expand_to = _expand_setting(expand, draft_model, depth)
     result = profile_to_file(ProfileRequest(
         model=model, data=data, output=output, heads=heads,
         settings=ProfileSettings(top_k=top_k, max_new_tokens=max_new_tokens,
                                  include_prompt=include_prompt, batch_size=batch_size),
         max_prompts=max_prompts, seed=seed, turns=turns, chat_template=chat_template,
         device=device_choice(device), dtype=dtype, device_map=device_map, resume=resume,
-        quiet=quiet, draft_model=draft_model, depth=depth))
+        quiet=quiet, draft_model=draft_model, depth=depth, expand=expand_to))
     if result is None:  # a rank other than 0 under torchrun: rank 0 reports
         return
     info = result.provenance
@@ -151,6 +162,16 @@ def profile(
         + f"; rank vectors in {ranks_path(output)}",
         err=True,
     )
+
+
+def _expand_setting(expand: str | None, draft_model: str | None, depth: int
+                    ) -> tuple[int, int] | None:
+    """``--expand K_MAX,D_MAX`` checked against the other options (before loading)."""
+    from treeopt.core.expansion import parse_expand
+
+    if expand is not None and draft_model is None:
+        raise TreeoptError("--expand records a drafter's beam: it needs --draft-model")
+    return None if expand is None else parse_expand(expand, depth)
 
 
 class BackboneLoss(str, Enum):
@@ -221,6 +242,7 @@ def train_heads(
     dtype: DtypeOpt = "auto",
     device_map: DeviceMapOpt = None,
     resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Train Medusa heads by self-distillation: Medusa-1 (heads only) or Medusa-2 (--joint).
@@ -232,7 +254,8 @@ def train_heads(
     the model through LoRA together with the heads and writes a merged checkpoint
     that profile, generate, overhead and study load with no --heads. The
     run reports per-head top-1/top-5 on held-out prompts and warns when they stay
-    near chance. Interrupted? Rerun with --resume. Data parallel under torchrun.
+    near chance. Interrupted? Rerun with --resume. A non-empty -o folder that is
+    not this run's own is refused (--overwrite replaces its files).
 
     \b
     Examples:
@@ -241,8 +264,6 @@ def train_heads(
           --backbone-loss distill -o m2/
       treeopt train-heads -m ./my-model -d prompts.txt --joint \\
           --init-heads heads/ -o m2/
-      torchrun --nproc-per-node 8 -m treeopt train-heads -m ./my-model \\
-          -d prompts.txt --device cuda -o heads/
     """
     from treeopt.model.train_heads import TrainSettings, train_heads_from
     from treeopt.workflows.devices import device_choice
@@ -264,12 +285,15 @@ def train_heads(
         model, data, output, settings, max_prompts=max_prompts, turns=turns,
         chat_template=chat_template, device=device_choice(device), dtype=dtype,
         device_map=device_map, resume=resume, progress=not quiet, targets_cache=targets_cache,
+        overwrite=overwrite,
     )
-    if report is not None:  # None: a rank other than 0 under torchrun (rank 0 reports)
-        _print_report(output, report, joint, num_heads)
+    _print_report(output, report, joint, num_heads)
 
 
-def _print_report(output: Path, report: dict[str, Any], joint: bool, num_heads: int) -> None:
+def _print_report(output: Path, report: dict[str, Any] | None, joint: bool,
+                  num_heads: int) -> None:
+    if report is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return
     accuracy = report["held_out_accuracy"]
     what = "a Medusa-2 checkpoint" if joint else f"{num_heads} heads"
     typer.echo(f"wrote {output}: {what} after {report['epochs']} epochs; held-out accuracy "

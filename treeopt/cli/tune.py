@@ -14,8 +14,8 @@ import typer
 from treeopt.cli.options import (
     AcceptanceChoice,
     DeviceOption,
-    EngineChoice,
     QuietOption,
+    TuneEngineChoice,
     curve_file,
     output_file,
     parse_int_list,
@@ -144,9 +144,9 @@ LatencyFilesOption = Annotated[list[Path] | None, typer.Option(
 TuneProfileOption = Annotated[str | None, typer.Option(
     "--profile", "-p", help=f"Acceptance profile: file or shipped name (default "
                             f"{DEFAULT_PROFILE}; --measure needs the model's own).")]
-TuneBatchOption = Annotated[int | None, typer.Option(
+TuneBatchOption = Annotated[str | None, typer.Option(
     help="Batch size to tune for (default: the smallest in the latency file; "
-         "--draft-arch: 1).")]
+         "--draft-arch: 1). --engine sglang|vllm-spec|trtllm-pytorch: a list, e.g. 1,4,16.")]
 TuneContextOption = Annotated[int | None, typer.Option(
     help=f"Context length to tune for (default: the file's nearest to {DEFAULT_CONTEXT}).")]
 MaxBudgetOption = Annotated[int | None, typer.Option(
@@ -156,11 +156,13 @@ MaxBudgetOption = Annotated[int | None, typer.Option(
 TuneAcceptanceOption = Annotated[AcceptanceChoice, typer.Option(
     "--acceptance-model", "-a", "--model-of-acceptance",
     help="Builder's acceptance model (see `treeopt build --help`).")]
-TuneEngineOption = Annotated[EngineChoice | None, typer.Option(
+TuneEngineOption = Annotated[TuneEngineChoice | None, typer.Option(
     "--engine",
     help="Tune only trees this engine takes (limits as in `treeopt build --engine`). "
          "vllm-medusa also prints vLLM's --speculative-config with the best chain "
-         "length per batch size.")]
+         "length per batch size. sglang, vllm-spec, trtllm-pytorch: the engine's own "
+         "knobs per --batch for a draft model (-p: its profile, --expand for sglang; "
+         "--draft-arch, --arch, --gpu; -o: the config; --plot: heatmap).")]
 TunedTreeOption = Annotated[Path | None, typer.Option(
     "-o", "--output", callback=output_file, help="Write the best tree here (treeopt.tree/1).")]
 TuneCurveOption = Annotated[Path | None, typer.Option(
@@ -236,6 +238,10 @@ def tune(
     from treeopt.workflows.tuning import DraftTuneOutcome, TuneRequest
     from treeopt.workflows.tuning import tune as run_tune
 
+    if engine is not None and engine.value in ("sglang", "vllm-spec", "trtllm-pytorch"):
+        return _tune_knobs(engine.value, profile, draft_arch, arch, gpu, batch, context,
+                           max_budget, output, plot)
+    batch = None if batch is None else _one_batch(batch)
     if measure:
         raise TreeoptError("tune --measure is now its own verb: treeopt study -m MODEL -d DATA "
                            "... (see 'treeopt study --help')")
@@ -251,6 +257,42 @@ def tune(
         _print_draft(outcome, output)
     else:
         _print_tuned(outcome, curve, plot, output)
+
+
+def _one_batch(text: str) -> int:
+    """``--batch`` outside the knob engines: one size."""
+    if text.strip().lstrip("-").isdigit():  # its range is checked where it is used
+        return int(text)
+    values = parse_int_list(text, "--batch")
+    if len(values) != 1:
+        raise TreeoptError("--batch takes one size here (a list only with --engine sglang, "
+                           "vllm-spec or trtllm-pytorch)")
+    return values[0]
+
+
+def _tune_knobs(engine: str, profile: str | None, draft_arch: str | None, arch: str | None,
+                gpu: str | None, batch: str | None, context: int | None,
+                max_budget: int | None, output: Path | None, plot: Path | None) -> None:
+    """``tune --engine sglang|vllm-spec|trtllm-pytorch``: print the table, what was written."""
+    from treeopt.files.engines import check_pairing
+    from treeopt.workflows.engine_knobs import EngineKnobSettings, tune_engine_knobs
+
+    check_pairing(engine, "draft_model")
+    if None in (profile, draft_arch, arch, gpu):
+        raise TreeoptError(f"--engine {engine} needs -p (a draft-model profile), --draft-arch, "
+                           "--arch and --gpu")
+    outcome = tune_engine_knobs(EngineKnobSettings(
+        engine, str(profile), str(draft_arch), str(arch), str(gpu),
+        tuple(parse_int_list(batch or "1,4,16", "--batch")), context or DEFAULT_CONTEXT,
+        max_budget or 16, None, output, plot))
+    typer.echo(f"{engine} knobs per batch size ({outcome.cost_label}):")
+    for row in outcome.table:
+        typer.echo(f"  batch {row['batch']:>4}: {row['best'] or 'off':<16} "
+                   f"{row['predicted_tokens_per_s']:>10.1f} tok/s vs plain "
+                   f"{row['plain_tokens_per_s']:.1f} ({row['predicted_speedup']:.2f}x)"
+                   + ("" if row["best"] else ": switch speculation off"))
+    for name, config in outcome.configs.items():
+        typer.echo(f"{'wrote' if output else 'config'} {name}: {config}")
 
 
 def _print_tuned(outcome: TuneOutcome, curve: Path | None, plot: Path | None,

@@ -262,6 +262,12 @@ def resolve_device(device: str) -> Any:
     return resolved
 
 
+def _stderr_is_terminal() -> bool:
+    import sys
+
+    return bool(getattr(sys.stderr, "isatty", lambda: False)())
+
+
 def _load_model_from(directory: Path, name: str, dtype: str, device_map: str | None,
                      quiet: bool, four_bit: bool = False) -> tuple[Any, Any]:
     """(model, tokenizer) from a local checkpoint folder with transformers (one-line errors).
@@ -287,6 +293,7 @@ def _load_model_from(directory: Path, name: str, dtype: str, device_map: str | N
     bars = hf_logging.is_progress_bar_enabled()
     if quiet:
         hf_logging.set_verbosity_error()
+    if quiet or not _stderr_is_terminal():  # a "Loading weights" bar is noise in a pipe or log
         hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(directory))
@@ -316,13 +323,15 @@ def _place(model: Any, device: str, device_map: str | None) -> Any:
 
 
 def load_base_model(
-    model: str, device: str = "cpu", dtype: str = "auto", device_map: str | None = None
+    model: str, device: str = "cpu", dtype: str = "auto", device_map: str | None = None,
+    quiet: bool = False,
 ) -> tuple[Any, Any]:
     """(model in eval mode with frozen weights, tokenizer) for a name, folder or hub id.
 
     ``device_map="auto"`` hands placement to accelerate (multi-GPU sharding) and
     ignores ``device``. Raises TreeoptError if the model or tokenizer is missing.
     A Medusa-2 checkpoint loads as its fine-tuned base (heads: :func:`load_medusa`).
+    ``quiet``: no transformers warnings or loading bars.
     """
     base, _ = resolve_model(model)
     if device_map is not None and device_map not in DEVICE_MAPS:
@@ -331,7 +340,7 @@ def load_base_model(
     directory = checkpoint_dir(base, "model", MODEL_PATTERNS)
     kind = checkpoint_kind(directory) if (directory / "config.json").is_file() else "base"
     loaded, tokenizer = _load_model_from(directory, base, dtype, device_map,
-                                         quiet=kind == "medusa-2")
+                                         quiet=quiet or kind == "medusa-2")
     return _place(loaded, device, device_map), tokenizer
 
 
@@ -500,3 +509,105 @@ def decoder_of(model: Any) -> Any:
 def input_device(model: Any) -> Any:
     """Where the model's input ids must live (the embedding's device when sharded)."""
     return model.get_input_embeddings().weight.device
+
+
+# ------------------------------------------------------------------ EAGLE drafters
+EAGLE_CONFIG_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads",
+                       "num_key_value_heads", "vocab_size", "head_dim", "rms_norm_eps",
+                       "max_position_embeddings")
+
+
+def _eagle_weights(directory: Path) -> dict[str, Any]:
+    """The drafter's tensors: ``model.safetensors`` or ``pytorch_model.bin`` (one line when
+    neither is there or it is corrupt)."""
+    from medusa_runtime.eagle import EAGLE_WEIGHTS_PT, EAGLE_WEIGHTS_SAFETENSORS
+    from medusa_runtime.heads import read_weights
+
+    for name in (EAGLE_WEIGHTS_SAFETENSORS, EAGLE_WEIGHTS_PT):
+        if (directory / name).is_file():
+            return read_weights(directory / name)
+    raise TreeoptError(f"{directory} has no {EAGLE_WEIGHTS_SAFETENSORS} or {EAGLE_WEIGHTS_PT}")
+
+
+def eagle_kind(config: dict[str, Any], weights: dict[str, Any]) -> tuple[str, int]:
+    """``(layout, version)`` told from the files: ``("eagle", 1 | 3)`` for the EAGLE repo
+    layout (EAGLE-3 has ``midlayer.*``), ``("speculators", 3)`` for vLLM's speculators
+    format (config ``speculators_model_type``)."""
+    kind = config.get("speculators_model_type")
+    if kind is not None:
+        if kind != "eagle3":
+            raise TreeoptError(f"speculators drafters of type {kind!r} are not supported "
+                               "(eagle3 is)")
+        for flag in ("norm_before_fc", "norm_before_residual"):
+            if config.get(flag):
+                raise TreeoptError(f"speculators EAGLE-3 with {flag}=true is not supported")
+        return "speculators", 3
+    if any(k.startswith("midlayer.") for k in weights):
+        return "eagle", 3
+    if any(k.startswith("layers.0.") for k in weights) and "fc.weight" in weights:
+        return "eagle", 1
+    raise TreeoptError("not an EAGLE drafter: no midlayer.* (EAGLE-3) or layers.0.* and fc.weight "
+                       "(EAGLE-1/2) weights")
+
+
+def _eagle_config(config: dict[str, Any], layout: str, version: int,
+                  weights: dict[str, Any]) -> Any:
+    from medusa_runtime.eagle import EagleConfig
+
+    layer = config.get("transformer_layer_config", {}) if layout == "speculators" else config
+    try:
+        fields = {name: layer[name] for name in EAGLE_CONFIG_FIELDS if layer.get(name) is not None}
+        rope = layer.get("rope_parameters") or {}
+        fields["rope_theta"] = float(rope.get("rope_theta", layer.get("rope_theta", 10000.0)))
+        draft_vocab = config.get("draft_vocab_size") or fields["vocab_size"]
+        if version == 3 and "lm_head.weight" in weights:
+            draft_vocab = int(weights["lm_head.weight"].shape[0])
+        return EagleConfig(version=version, draft_vocab_size=int(draft_vocab), **fields)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TreeoptError(f"the EAGLE config lacks or mistypes {first_line(exc)}") from None
+
+
+def read_eagle(directory: str) -> Any:
+    """An EAGLE drafter's ``EagleModel`` (on the CPU, not yet fitted to a target) from an
+    EAGLE repo checkpoint or a speculators one; the kind is told from the files
+    (:func:`eagle_kind`). Missing or corrupt files, unknown keys or shapes that do not
+    fit its config: a one-line TreeoptError. Cheap: call it before loading the target."""
+    from medusa_runtime.eagle import EagleModel
+
+    path = Path(directory)
+    if not path.is_dir():
+        raise TreeoptError(f"EAGLE drafter folder {directory} does not exist")
+    config = _read_config(path)
+    weights = _eagle_weights(path)
+    layout, version = eagle_kind(config, weights)
+    if layout == "speculators":
+        weights = {("midlayer." + k[len("layers.0."):] if k.startswith("layers.0.") else k): v
+                   for k, v in weights.items()}
+    model = EagleModel(_eagle_config(config, layout, version, weights),
+                       fc_bias="fc.bias" in weights)
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as exc:
+        raise TreeoptError(f"EAGLE drafter {directory}: {first_line(exc).strip()}") from None
+    missing = [k for k in missing if not k.startswith(("embed_tokens.", "rotary_emb."))]
+    if missing or unexpected:
+        raise TreeoptError(f"EAGLE drafter {directory}: missing {missing[:3]}, unexpected "
+                           f"{unexpected[:3]} weights")
+    model.embedding_from_target = "embed_tokens.weight" not in weights
+    return model.eval()
+
+
+def load_eagle(directory: str | Any, target: Any) -> Any:
+    """An ``EagleDrafter`` for ``target`` from a checkpoint folder (:func:`read_eagle`) or
+    an ``EagleModel`` it read. A drafter of another hidden size or vocabulary: a
+    one-line TreeoptError, before any decoding. ``embed_tokens`` absent: the target's.
+    """
+    import torch
+
+    from medusa_runtime.eagle import EagleDrafter
+
+    model = read_eagle(directory) if isinstance(directory, str) else directory
+    parameter = next(target.parameters())
+    model = model.to(device=parameter.device, dtype=torch.float32 if parameter.dtype ==
+                     torch.float32 else parameter.dtype).eval()
+    return EagleDrafter(model, target)

@@ -38,6 +38,7 @@ from medusa_runtime.padding import pad_rows
 from treeopt.core.atomic import atomic_path, atomic_write_text, check_output_path
 from treeopt.errors import TreeoptError
 from treeopt.files.jsondoc import read_json
+from treeopt.files.npzdoc import read_npz
 from treeopt.model.distributed import (
     World,
     agree,
@@ -53,6 +54,8 @@ from treeopt.model.distributed import (
 TARGETS_FORMAT = "treeopt.targets/1"
 PARTIAL_FORMAT = "treeopt.partial-profile/1"
 MISS = -1
+# Token ids are vocabulary indices; beyond this a cached one is corrupt.
+MAX_TOKEN_ID = 2**31
 # Upper bound on head logits materialized at once (K x positions x vocab floats):
 # keeps a 32k-vocab, 5-head model under ~1 GiB of activations per chunk.
 LOGITS_PER_CHUNK = 1 << 28
@@ -101,12 +104,25 @@ def _target_key(model_id: str, max_new_tokens: int, eos: int | None, prompt: lis
 
 
 def _load_target_cache(path: Path) -> dict[str, list[int]]:
-    if not path.exists():
+    """The continuations cached in ``path`` (none if it does not exist), every one checked.
+
+    One-line TreeoptError naming the file for anything but a ``treeopt.targets/1``
+    object whose ``continuations`` map keys to lists of token ids.
+    """
+    if not (path.exists() or path.is_symlink()):
         return {}
     data = read_json(path, "targets cache")
+    hint = "delete it (the targets are generated again)"
     if not isinstance(data, dict) or data.get("format") != TARGETS_FORMAT:
-        raise TreeoptError(f"{path} is not a {TARGETS_FORMAT} targets cache: delete it")
-    return {str(k): [int(t) for t in v] for k, v in data.get("continuations", {}).items()}
+        raise TreeoptError(f"{path} is not a {TARGETS_FORMAT} targets cache: {hint}")
+    continuations = data.get("continuations", {})
+    if not isinstance(continuations, dict) or not all(
+            isinstance(tokens, list) and all(type(t) is int and 0 <= t < MAX_TOKEN_ID
+                                             for t in tokens)
+            for tokens in continuations.values()):
+        raise TreeoptError(f"{path}: \"continuations\" must map prompts to lists of token "
+                           f"ids: {hint}")
+    return continuations
 
 
 def _write_target_cache(path: Path, cache: dict[str, list[int]]) -> None:
@@ -134,6 +150,25 @@ def pad_token_id_of(tokenizer: Any, eos: int | None) -> int:
     return int(eos) if eos is not None else 0
 
 
+def _batches_by_limit(model: Any, prompts: Sequence[list[int]], todo: list[int],
+                      max_new_tokens: int, batch_size: int) -> list[tuple[list[int], int]]:
+    """``todo`` (sorted by prompt length) in batches of prompts with the same token limit.
+
+    A batch generates as many tokens for every row as its limit: mixing a prompt that
+    the context clips with shorter ones would run it past the model's positions (an
+    index error for learned positions, transformers' "exceeded the model's predefined
+    maximum length" reminder for the rest).
+    """
+    batches: list[tuple[list[int], int]] = []
+    for i in todo:
+        limit = new_token_limit(model, len(prompts[i]), max_new_tokens)
+        if batches and batches[-1][1] == limit and len(batches[-1][0]) < batch_size:
+            batches[-1][0].append(i)
+        else:
+            batches.append(([i], limit))
+    return batches
+
+
 def greedy_continuations(
     model: Any,
     prompts: Sequence[list[int]],
@@ -159,6 +194,10 @@ def greedy_continuations(
 
     cache = _load_target_cache(cache_file) if cache_file is not None else {}
     keys = [_target_key(model_id, max_new_tokens, eos_token_id, list(p)) for p in prompts]
+    vocab_size = model.get_input_embeddings().weight.shape[0]
+    if any(token >= vocab_size for key in keys for token in cache.get(key, ())):
+        raise TreeoptError(f"{cache_file} holds token ids beyond the model's vocabulary of "
+                           f"{vocab_size}: delete it (the targets are generated again)")
     todo = [i for i, key in enumerate(keys) if key not in cache]
     device = input_device(model)
     # Similar lengths in one batch waste less padding.
@@ -167,12 +206,8 @@ def greedy_continuations(
                leave=False)
     generated_tokens = 0
     started = time.perf_counter()
-    for begin in range(0, len(todo), batch_size):
-        batch = todo[begin:begin + batch_size]
+    for batch, limit in _batches_by_limit(model, prompts, todo, max_new_tokens, batch_size):
         width = max(len(prompts[i]) for i in batch)
-        # Each prompt gets its own clip to the context; the batch runs to the longest.
-        limits = {i: new_token_limit(model, len(prompts[i]), max_new_tokens) for i in batch}
-        limit = max(limits.values())
         if limit <= 0:
             for i in batch:
                 cache[keys[i]] = []
@@ -188,7 +223,7 @@ def greedy_continuations(
                 temperature=None, top_p=None, top_k=None,
             )
         for row, i in enumerate(batch):
-            tokens = out[row, width:width + limits[i]].tolist()
+            tokens = out[row, width:width + limit].tolist()
             if eos_token_id is not None and eos_token_id in tokens:
                 tokens = tokens[: tokens.index(eos_token_id) + 1]
             cache[keys[i]] = tokens
@@ -331,20 +366,71 @@ def _save_partial(path: Path, fingerprint: str, results: RankResults, num_heads:
                  groups=groups, done=results.done, mismatches=results.mismatches, **extra)
 
 
-def _load_partial(path: Path, fingerprint: str) -> RankResults:
+def _scalar(data: dict[str, Any], name: str, kind: str, where: str) -> Any:
+    """Array ``name`` of a checkpoint as one value of numpy kind ``kind`` ("U", "i")."""
+    value = data[name]
+    if value.shape != () or value.dtype.kind not in kind:
+        raise TreeoptError(f"{where}: {name} must be one {'string' if kind == 'U' else 'integer'}")
+    return value.item()
+
+
+def read_partial(path: Path, num_heads: int | None = None) -> tuple[str, RankResults]:
+    """(fingerprint, results) of a partial-results checkpoint, every array checked.
+
+    One-line TreeoptError naming ``path`` (and saying to delete it) for anything
+    that is not such a checkpoint: truncated, a plain ``.npy``, wrong shapes or types.
+    """
+    where = f"checkpoint {path}"
+    hint = "; delete it to start over"
     try:
-        data = np.load(path, allow_pickle=False)
-        if str(data["format"]) != PARTIAL_FORMAT:
+        data = read_npz(path, where, ("format", "fingerprint", "ranks", "groups", "done",
+                                      "mismatches"))
+        if _scalar(data, "format", "U", where) != PARTIAL_FORMAT:
             raise TreeoptError(f"{path} is not a {PARTIAL_FORMAT} checkpoint")
-        if str(data["fingerprint"]) != fingerprint:
+        fingerprint = _scalar(data, "fingerprint", "U", where)
+        done, mismatches = (_scalar(data, name, "iu", where) for name in ("done", "mismatches"))
+        ranks, groups, probs = data["ranks"], data["groups"], data.get("probs")
+        rows = len(ranks) if ranks.ndim == 2 else -1
+        if ranks.dtype.kind not in "iu" or rows < 0 or (
+                num_heads is not None and ranks.shape[1] != num_heads):
+            raise TreeoptError(f"{where}: ranks must be positions x heads integers"
+                               + (f" ({num_heads} heads)" if num_heads is not None else ""))
+        if groups.dtype.kind not in "iu" or groups.shape != (rows,) or done < 0 or \
+                mismatches < 0 or (rows and not 0 <= groups.min() <= groups.max() < done):
+            raise TreeoptError(f"{where}: groups, done and mismatches do not fit the ranks")
+        if probs is not None and (probs.dtype.kind != "f" or probs.ndim != 3
+                                  or probs.shape[:2] != ranks.shape):
+            raise TreeoptError(f"{where}: probs must be positions x heads x top-k floats")
+    except TreeoptError as exc:
+        raise TreeoptError(f"{exc}{hint}") from None
+    return fingerprint, RankResults([ranks], [groups], int(done), int(mismatches),
+                                    [probs] if probs is not None else [])
+
+
+def _load_partial(path: Path, fingerprint: str, num_heads: int) -> RankResults:
+    saved, results = read_partial(path, num_heads)
+    if saved != fingerprint:
+        raise TreeoptError(
+            f"{path} was made with other settings, model or prompts: delete it to start over"
+        )
+    return results
+
+
+def check_resumable(output: str | Path, resume: bool) -> None:
+    """Refuse, before any model loads, what ``profile`` would refuse after loading it.
+
+    A checkpoint without ``resume`` (it would be thrown away), a checkpoint that is
+    broken, and a greedy-targets cache that is broken: one line each.
+    """
+    checkpoint = partial_path(output)
+    if checkpoint.exists() or checkpoint.is_symlink():
+        if not resume:
             raise TreeoptError(
-                f"{path} was made with other settings, model or prompts: delete it to start over"
+                f"partial results exist in {checkpoint}: pass --resume to continue them "
+                "or delete the file to start over"
             )
-        return RankResults([data["ranks"]], [data["groups"]], int(data["done"]),
-                           int(data["mismatches"]),
-                           [data["probs"]] if "probs" in data else [])
-    except (OSError, ValueError, KeyError) as exc:
-        raise TreeoptError(f"cannot read checkpoint {path}: {exc}; delete it") from None
+        read_partial(checkpoint)
+    _load_target_cache(targets_path(output))
 
 
 def measure_ranks(
@@ -377,7 +463,10 @@ def measure_ranks(
                 f"partial results exist in {checkpoint}: pass --resume to continue them "
                 "or delete the file to start over"
             )
-        results = _load_partial(checkpoint, fingerprint)
+        results = _load_partial(checkpoint, fingerprint, num_heads)
+        if results.done > len(sequences):
+            raise TreeoptError(f"{checkpoint} holds more prompts than this run has: delete it "
+                               "to start over")
     total_tokens = sum(len(s.ids) for s in sequences[results.done:])
     bar = tqdm(total=total_tokens, unit="tok", unit_scale=True, desc="profiling",
                disable=not progress, leave=False)

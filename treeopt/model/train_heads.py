@@ -32,8 +32,9 @@ from typing import Any
 
 import numpy as np
 
-from treeopt.core.atomic import atomic_path, atomic_write_text
+from treeopt.core.atomic import atomic_path, atomic_write_text, output_set
 from treeopt.errors import TreeoptError, first_line
+from treeopt.files.jsondoc import parse_json, read_text
 from treeopt.model.distributed import (
     all_reduce_sum,
     broadcast_tensors,
@@ -178,31 +179,49 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
 
 
 # ------------------------------------------------------------------ checks and state
-def check_output_folder(output_dir: str | Path, settings: TrainSettings, resume: bool) -> Path:
+def check_output_folder(output_dir: str | Path, settings: TrainSettings, resume: bool,
+                        overwrite: bool = False) -> Path:
     """The output folder, refused in one line before anything loads.
 
-    Without ``resume`` it must hold no run; with it, a run made with the same settings
-    (read from ``training_state.json``, validated like any input).
+    Guarantees no earlier file is lost by accident: a folder that exists and is not
+    empty is written into only when it holds this run's own saved state and
+    ``resume`` continues it (same settings, read from ``training_state.json`` and
+    validated like any input), or when ``overwrite`` says its files may be replaced.
+    Published or copied heads, an earlier run and unrelated files are refused.
     """
     import os
 
     output_dir = Path(output_dir)
+    if resume and overwrite:
+        raise TreeoptError("give --resume (continue the run in the folder) or --overwrite "
+                           "(replace its files), not both")
     if output_dir.exists() and not output_dir.is_dir():
         raise TreeoptError(f"cannot write into {output_dir}: it is a file, give a folder")
     nearest = output_dir if output_dir.exists() else output_dir.parent
     if not nearest.is_dir() or not os.access(nearest, os.W_OK | os.X_OK):
         raise TreeoptError(f"cannot write into {output_dir}: {nearest} is not a writable folder")
+    try:
+        entries = sorted(entry.name for entry in os.scandir(output_dir)) \
+            if output_dir.is_dir() else []
+    except OSError as exc:
+        raise TreeoptError(f"cannot read folder {output_dir}: {exc.strerror or exc}") from None
     state_file = output_dir / STATE_FILE
-    if not state_file.exists():
+    if not entries or overwrite:
         return output_dir
+    if STATE_FILE not in entries:
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise TreeoptError(
+            f"{output_dir} is not empty ({shown}) and holds no train-heads run to "
+            f"--resume: pass --overwrite to replace its files, or choose a new folder")
     if not resume:
         raise TreeoptError(
             f"{output_dir} holds an unfinished or finished run ({STATE_FILE}): pass --resume "
-            "to continue it or choose another output folder"
+            "to continue it, --overwrite to start over in it, or choose another folder"
         )
     saved = read_state(output_dir)
     if saved["settings"] != settings.to_json():
-        raise TreeoptError(f"{state_file} was made with other settings: use another folder")
+        raise TreeoptError(f"{state_file} was made with other settings: use another folder "
+                           "(or --overwrite to start over in this one)")
     return output_dir
 
 
@@ -211,9 +230,9 @@ def read_state(output_dir: Path) -> dict[str, Any]:
     path = output_dir / STATE_FILE
     hint = f"delete {output_dir} (or choose another folder) to start over"
     try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:
-        raise TreeoptError(f"cannot read {path}: {first_line(exc)}; {hint}") from None
+        state = parse_json(read_text(path, "training state"), "it")
+    except TreeoptError as exc:
+        raise TreeoptError(f"cannot read {path}: {exc}; {hint}") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise TreeoptError(f"{path} is not a {STATE_FORMAT} file; {hint}")
     epoch = state.get("epoch")
@@ -376,7 +395,9 @@ def _run_epochs(trainee: Trainee, train_set: list[Sequence_], settings: TrainSet
             bar.update(sum(len(s.ids) for s in chosen))
             bar.set_postfix(epoch=f"{epoch + 1}/{epochs}",
                             loss=f"{losses[-1] if losses else float('nan'):.3f}")
-        if current_world().is_main:  # the ranks hold the same weights: one writer
+        if not current_world().is_main:  # the ranks hold the same weights: one writer
+            continue
+        with output_set():  # state and heads of one epoch: all written, or none
             save_state(output_dir, trainee.trainable, trainee.optimizer, epoch + 1, settings)
             if trainee.joint is None:  # Medusa-1 heads usable after every epoch
                 trainee.heads.save_pretrained(output_dir)
@@ -429,6 +450,7 @@ def train_heads(
     resume: bool = False,
     progress: bool = True,
     targets_file: Path | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any] | None:
     """Train Medusa heads on ``model`` and save them in ``output_dir``.
 
@@ -451,7 +473,7 @@ def train_heads(
 
     world = current_world()
     progress = progress and world.is_main
-    output_dir = check_output_folder(output_dir, settings, resume)
+    output_dir = check_output_folder(output_dir, settings, resume, overwrite)
     try:
         output_dir.mkdir(exist_ok=True)
     except OSError as exc:
@@ -546,6 +568,7 @@ def train_heads_from(
     max_prompts: int | None = None, turns: str = "first", chat_template: bool = True,
     device: str = "cpu", dtype: str = "auto", device_map: str | None = None,
     resume: bool = False, progress: bool = True, targets_cache: Path | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any] | None:
     """``treeopt train-heads``: checks, prompts, model, shared targets, then :func:`train_heads`.
 
@@ -555,7 +578,7 @@ def train_heads_from(
     from treeopt.model.calibration import encode_prompts, read_prompts
     from treeopt.model.loading import load_medusa
 
-    check_output_folder(output_dir, settings, resume)
+    check_output_folder(output_dir, settings, resume, overwrite)
     if settings.joint is not None:
         from treeopt.model.train_joint import check_init_heads, check_joint_available
 
@@ -574,4 +597,4 @@ def train_heads_from(
                                   targets_cache or default_cache_dir())
     return train_heads(loaded.model, loaded.tokenizer, prompt_ids, output_dir, settings,
                        model_id=loaded.model_id, resume=resume, progress=progress,
-                       targets_file=targets)
+                       targets_file=targets, overwrite=overwrite)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from treeopt.core.atomic import new_file_mode, os_error_in
 from treeopt.errors import TreeoptError, first_line
 from treeopt.model.profiling import hidden_at
 from treeopt.model.training import (
@@ -149,11 +150,17 @@ class JointTraining:
             if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
                 tokenizer.save_pretrained(str(staging))
             trainee.heads.save_into_model(staging)
+            mode = new_file_mode()
             for item in staging.iterdir():
+                if item.is_file():  # safetensors writes 0600; outputs follow the umask
+                    os.chmod(item, mode)
                 os.replace(item, output_dir / item.name)
-        except OSError as exc:
+        except Exception as exc:  # safetensors' disk-full is not an OSError: os_error_in
+            system = os_error_in(exc)
+            if system is None:
+                raise
             raise TreeoptError(f"cannot write the checkpoint into {output_dir}: "
-                               f"{exc.strerror or exc}") from None
+                               f"{system.strerror or system}") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 

@@ -47,6 +47,7 @@ from treeopt.core.profile import Profile
 from treeopt.core.tree import ROOT, Path, Tree
 from treeopt.errors import ParameterError, TreeoptError
 from treeopt.files.engines import (
+    ENGINE_TARGETS,
     TRTLLM_DEFAULT_MAX_DRAFT_LEN,
     TRTLLM_MAX_DEPTH,
     TRTLLM_MAX_TOP_K,
@@ -57,7 +58,9 @@ from treeopt.files.engines import (
 from treeopt.optimize.acceptance_models import AcceptanceModel
 from treeopt.optimize.replay import nested_tokens_per_step, replay, tokens_per_step
 
-ENGINES = ("trtllm", "vllm", "vllm-medusa")
+# The engines whose limits the builder knows (one record per target: treeopt.files.engines).
+ENGINES = tuple(dict.fromkeys(target.builder for target in ENGINE_TARGETS.values()
+                              if target.builder is not None))
 WEIGHTINGS = ("steps", "positions")
 MIN_BUDGET = 2  # budget 1 is the root alone: plain decoding, nothing to build
 # Most trees built when weighting by steps, and how many rounds in a row may fail

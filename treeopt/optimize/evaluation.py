@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from treeopt.core.expansion import BeamSetting, parse_beam_setting
 from treeopt.core.profile import Profile
 from treeopt.errors import ParameterError
 
@@ -69,6 +70,29 @@ def _dynamic_rows(policies: Sequence[tuple[str, int]], fitted: Profile, scored: 
             for name, size in policies]
 
 
+def _beam_rows(beams: Sequence[tuple[str, BeamSetting]], profile_name: str, full: Profile,
+               scored: Profile) -> list[dict[str, Any]]:
+    """Replayed tokens per step of each engine-style ``dynamic:S,K,N``, from the drafter
+    expansion beside the profile (restricted to the scored prompts)."""
+    import numpy as np
+
+    from treeopt.files.expansion_file import load_expansion
+    from treeopt.optimize.beam_replay import beam_tokens_per_step
+
+    if not beams:
+        return []
+    expansion = load_expansion(profile_name, full)
+    assert full.sequences is not None and scored.sequences is not None
+    if scored is not full:
+        expansion = expansion.rows(np.isin(full.sequences.groups,
+                                           np.unique(scored.sequences.groups)))
+    rates = beam_tokens_per_step(expansion, scored.sequences, [s for _, s in beams])
+    return [{"tree": name, "nodes": s.num_tokens - 1, "num_tokens": s.num_tokens,
+             "acceptance_model": "engine beam", "expected_accept_length": None,
+             "nodes_beyond_top_k": 0, "tokens_per_step_replayed": rates[s]}
+            for name, s in beams]
+
+
 def evaluate_trees(
     trees: Sequence[str], profile_name: str, models: Sequence[str] | None = None,
     holdout: float | None = None, seed: int = 0,
@@ -100,8 +124,11 @@ def evaluate_trees(
     full = load_profile(profile_name)
     fitted, heldout = split_profile(full, holdout, seed)
     scored = full if heldout is None else heldout
-    dynamic = [(name, size) for name in trees if (size := dynamic_size(name)) is not None]
-    loaded = [(name, load_tree(name)) for name in trees if dynamic_size(name) is None]
+    beams = [(name, setting) for name in trees
+             if (setting := parse_beam_setting(name)) is not None]
+    others = [name for name in trees if name not in dict(beams)]
+    dynamic = [(name, size) for name in others if (size := dynamic_size(name)) is not None]
+    loaded = [(name, load_tree(name)) for name in others if dynamic_size(name) is None]
     beyond = {name: sum(1 for path in tree.paths if max(path) >= scored.top_k)
               for name, tree in loaded}
     replayed: dict[str, float] = {}
@@ -139,6 +166,7 @@ def evaluate_trees(
             if replayed:
                 rows[-1]["tokens_per_step_replayed"] = replayed[name]
     rows += _dynamic_rows(dynamic, fitted, scored)
+    rows += _beam_rows(beams, profile_name, full, scored)
     for row in rows:
         row["profile"] = profile_name
         if holdout is not None:

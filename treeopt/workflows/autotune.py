@@ -44,7 +44,7 @@ from treeopt.core.atomic import atomic_write_text
 from treeopt.core.dtypes import loadable_dtype
 from treeopt.core.latency import DEFAULT_REPEATS, DEFAULT_WARMUP
 from treeopt.errors import ParameterError, TreeoptError
-from treeopt.files.engines import FORMATS
+from treeopt.files.engines import ENGINE_TARGETS, FORMATS
 from treeopt.workflows.autotune_state import (
     INPUT_SETTINGS,
     STAGES,
@@ -60,11 +60,11 @@ from treeopt.workflows.autotune_state import (
 
 # Where the tree goes: the bundled runtime (treeopt's own tree file) or an export format.
 ENGINES = ("bundled", *FORMATS)
-# The builder's limits for each engine that has some (the others take any tree).
-BUILDER_ENGINE = {"trtllm": "trtllm", "trtllm-triton": "trtllm", "vllm": "vllm",
-                  "vllm-medusa": "vllm-medusa"}
-EXPORT_SUFFIX = {"medusa": ".py", "eagle": ".py", "trtllm": ".json", "trtllm-triton": ".txt",
-                 "vllm": ".txt", "vllm-medusa": ".json"}
+# The builder's limits for each engine that has some (the others take any tree), and
+# each format's file suffix: from the one record per target (treeopt.files.engines).
+BUILDER_ENGINE = {name: ENGINE_TARGETS[name].builder for name in FORMATS
+                  if ENGINE_TARGETS[name].builder is not None}
+EXPORT_SUFFIX = {name: ENGINE_TARGETS[name].suffix for name in FORMATS}
 # Tree sizes timed: dense where small trees win (a small model or a CPU), sparse to 64,
 # the size of the published trees the held-out check compares against.
 DEFAULT_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)

@@ -42,6 +42,7 @@ class ProfileRequest:
     quiet: bool = False
     draft_model: str | None = None
     depth: int = 0
+    expand: tuple[int, int] | None = None  # (k_max, d_max): also record the beam expansion
     provenance: dict[str, Any] = field(default_factory=dict)
 
 
@@ -72,6 +73,7 @@ def profile_to_file(request: ProfileRequest) -> Any:
     from treeopt.model.digests import digests_provenance
     from treeopt.model.distributed import rank_device
     from treeopt.model.loading import load_medusa, require_heads
+    from treeopt.model.profiling import check_resumable
 
     # Cheap checks first: heads and prompts before the model loads.
     if request.draft_model is not None and request.heads is not None:
@@ -81,6 +83,7 @@ def profile_to_file(request: ProfileRequest) -> Any:
         require_heads(request.model, request.heads)
     texts = read_prompts(request.data, max_prompts=request.max_prompts, seed=request.seed,
                          turns=request.turns)
+    check_resumable(request.output, request.resume)  # a broken checkpoint: before loading
     facts = {"dataset": str(request.data), "dtype": request.dtype,
              "chat_template": request.chat_template, **request.provenance}
     if request.draft_model is not None:
@@ -114,4 +117,5 @@ def _profile_draft(request: ProfileRequest, texts: list[str], facts: dict[str, A
         base, tokenizer, draft, prompt_ids, request.output, request.settings,
         model_id=model_id, draft_id=str(request.draft_model),
         depth=request.depth, resume=request.resume, progress=not request.quiet,
-        provenance={**facts, **digests_provenance(model_id, str(request.draft_model))})
+        provenance={**facts, **digests_provenance(model_id, str(request.draft_model))},
+        expand=request.expand)
