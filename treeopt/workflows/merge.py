@@ -126,6 +126,11 @@ def merged_provenance(paths: Sequence[str], profiles: Sequence[Profile]) -> dict
         merged["dataset"] = datasets
     merged["merged_from"] = [str(path) for path in paths]
     merged.pop("world_size", None)  # each input's own; not the merge's
+    # A drafter expansion (profile --expand) lives in its own file beside each input;
+    # the merge does not combine those yet, so it claims none.
+    from treeopt.files.expansion_file import PROVENANCE_KEY
+
+    merged.pop(PROVENANCE_KEY, None)
     return merged
 
 
