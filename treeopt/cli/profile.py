@@ -126,10 +126,15 @@ def profile(
 
     --draft-model D ranks the true tokens in a draft model's top-k instead (draft trees).
 
+    Under torchrun or accelerate launch the ranks share the prompts; rank 0 writes
+    the profile one process would (docs/scale-out.md).
+
     Examples:
       treeopt profile -m vicuna-7b -d q.jsonl --device cuda -o vicuna7b.json
       treeopt profile -m vicuna-7b --draft-model ./llama-68m -d q.jsonl -o d.json
       treeopt profile -m vicuna-7b --draft-model D --expand 4,6 -d q.jsonl -o e
+      torchrun --nproc-per-node 8 -m treeopt profile -m vicuna-7b -d q.jsonl \\
+          --device cuda -o vicuna7b.json
     """
     from treeopt.files.ranks_file import ranks_path
     from treeopt.model.profiling import ProfileSettings
@@ -144,6 +149,8 @@ def profile(
         max_prompts=max_prompts, seed=seed, turns=turns, chat_template=chat_template,
         device=device_choice(device), dtype=dtype, device_map=device_map, resume=resume,
         quiet=quiet, draft_model=draft_model, depth=depth, expand=expand_to))
+    if result is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return
     info = result.provenance
     what = (f"draft depth {result.num_heads}" if draft_model is not None
             else f"{result.num_heads} heads")
@@ -333,7 +340,10 @@ def _train_eagle(model: str, data: str, output: Path, version: int, joint: bool,
         typer.echo(f"warning: {report['warning']}", err=True)
 
 
-def _print_report(output: Path, report: dict[str, Any], joint: bool, num_heads: int) -> None:
+def _print_report(output: Path, report: dict[str, Any] | None, joint: bool,
+                  num_heads: int) -> None:
+    if report is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return
     accuracy = report["held_out_accuracy"]
     what = "a Medusa-2 checkpoint" if joint else f"{num_heads} heads"
     typer.echo(f"wrote {output}: {what} after {report['epochs']} epochs; held-out accuracy "
