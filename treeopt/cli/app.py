@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "treeopt.cli.build",
     "treeopt.cli.runtime",
     "treeopt.cli.profile",
+    "treeopt.cli.merge",
     "treeopt.cli.tune",
     "treeopt.cli.study",
     "treeopt.cli.roofline",
@@ -108,7 +109,8 @@ class TreeoptGroup(TyperGroup):
             typer.echo(f"error: {flag or exc.parameter} {one_line(exc.reason)}", err=True)
             raise typer.Exit(2) from None
         except TreeoptError as exc:
-            typer.echo(f"error: {one_line(str(exc))}", err=True)
+            if not getattr(exc, "quiet", False):  # quiet: another rank of the run reports it
+                typer.echo(f"error: {one_line(str(exc))}", err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             # Here, before typer turns it into a silent exit 130: say what was saved.

@@ -126,10 +126,15 @@ def profile(
 
     --draft-model D ranks the true tokens in a draft model's top-k instead (draft trees).
 
+    Under torchrun or accelerate launch the ranks share the prompts; rank 0 writes
+    the profile one process would (docs/scale-out.md).
+
     Examples:
       treeopt profile -m vicuna-7b -d q.jsonl --device cuda -o vicuna7b.json
       treeopt profile -m vicuna-7b --draft-model ./llama-68m -d q.jsonl -o d.json
       treeopt profile -m vicuna-7b --draft-model D --expand 4,6 -d q.jsonl -o e
+      torchrun --nproc-per-node 8 -m treeopt profile -m vicuna-7b -d q.jsonl \\
+          --device cuda -o vicuna7b.json
     """
     from treeopt.files.ranks_file import ranks_path
     from treeopt.model.profiling import ProfileSettings
@@ -144,6 +149,8 @@ def profile(
         max_prompts=max_prompts, seed=seed, turns=turns, chat_template=chat_template,
         device=device_choice(device), dtype=dtype, device_map=device_map, resume=resume,
         quiet=quiet, draft_model=draft_model, depth=depth, expand=expand_to))
+    if result is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return
     info = result.provenance
     what = (f"draft depth {result.num_heads}" if draft_model is not None
             else f"{result.num_heads} heads")
@@ -201,6 +208,18 @@ TargetsCacheOpt = Annotated[Path | None, typer.Option(
          "--max-new-tokens never generate twice.")]
 
 
+EagleVersionOpt = Annotated[int | None, typer.Option(
+    "--eagle-version", min=1, max=3,
+    help="Train an EAGLE drafter instead of Medusa heads: 1 (EAGLE-1/2) or 3 (EAGLE-3); "
+         "written in the EAGLE repo layout that generate --eagle loads.")]
+TttStepsOpt = Annotated[int, typer.Option(
+    min=1, help="--eagle-version 3: training-time-test steps (the drafter reads its own "
+                "outputs; EAGLE's repo uses 7).")]
+DraftVocabOpt = Annotated[int | None, typer.Option(
+    min=2, help="--eagle-version 3: draft vocabulary size, the most frequent tokens of the "
+                "continuations (default: half the target's, at most 32000).")]
+
+
 def train_heads(
     model: ModelOpt,
     data: DataOpt,
@@ -222,6 +241,9 @@ def train_heads(
     init_heads: InitHeadsOpt = None,
     qlora: QloraOpt = False,
     targets_cache: TargetsCacheOpt = None,
+    eagle_version: EagleVersionOpt = None,
+    ttt_steps: TttStepsOpt = 3,
+    draft_vocab: DraftVocabOpt = None,
     held_out: Annotated[
         float, typer.Option(help="Fraction of prompts held out for the accuracy report.")
     ] = 0.1,
@@ -250,6 +272,8 @@ def train_heads(
     near chance. Interrupted? Rerun with --resume. A non-empty -o folder that is
     not this run's own is refused (--overwrite replaces its files).
 
+    --eagle-version 1|3 trains an EAGLE drafter instead (docs/eagle.md).
+
     \b
     Examples:
       treeopt train-heads -m ./my-model -d prompts.txt -o heads/
@@ -257,9 +281,31 @@ def train_heads(
           --backbone-loss distill -o m2/
       treeopt train-heads -m ./my-model -d prompts.txt --joint \\
           --init-heads heads/ -o m2/
+      treeopt train-heads -m ./my-model -d prompts.txt --eagle-version 3 -o e3/
     """
-    from treeopt.model.train_heads import TrainSettings, train_heads_from
+    from treeopt.model.train_heads import train_heads_from
     from treeopt.workflows.devices import device_choice
+    run = dict(max_prompts=max_prompts, turns=turns, chat_template=chat_template,
+               device=device_choice(device), dtype=dtype, resume=resume,
+               progress=not quiet, targets_cache=targets_cache, overwrite=overwrite)
+    if eagle_version is not None:
+        return _train_eagle(model, data, output, eagle_version, joint, num_heads, num_layers,
+                            dict(epochs=epochs, learning_rate=learning_rate, ttt_steps=ttt_steps,
+                                 draft_vocab_size=draft_vocab, held_out_fraction=held_out,
+                                 max_new_tokens=max_new_tokens, seed=seed,
+                                 batch_size=batch_size), run)
+    settings = _medusa_settings(joint, learning_rate, init_heads, qlora, dict(
+        num_heads=num_heads, num_layers=num_layers, epochs=epochs, batch_size=batch_size,
+        held_out_fraction=held_out, max_new_tokens=max_new_tokens, seed=seed),
+        (backbone_loss.value, backbone_lr, warmup_steps))
+    report = train_heads_from(model, data, output, settings, device_map=device_map, **run)
+    _print_report(output, report, joint, num_heads)
+
+
+def _medusa_settings(joint: bool, learning_rate: float | None, init_heads: str | None,
+                     qlora: bool, fields: dict[str, Any], backbone: tuple) -> Any:
+    """The Medusa-1/2 ``TrainSettings`` after the checks of options that do not mix."""
+    from treeopt.model.train_heads import TrainSettings
 
     if joint and learning_rate is not None:
         raise TreeoptError("--joint sets the heads' learning rate to 4x --backbone-lr: "
@@ -267,23 +313,37 @@ def train_heads(
     if not joint and (init_heads is not None or qlora):
         raise TreeoptError("--init-heads and --qlora are for --joint (Medusa-2)")
     optional = {} if learning_rate is None else {"learning_rate": learning_rate}
-    settings = TrainSettings(
-        num_heads=num_heads, num_layers=num_layers, epochs=epochs, **optional,
-        batch_size=batch_size,
-        held_out_fraction=held_out, max_new_tokens=max_new_tokens, seed=seed,
-        joint=_joint_settings(joint, backbone_loss.value, backbone_lr, warmup_steps,
-                              init_heads, qlora),
-    )
-    report = train_heads_from(
-        model, data, output, settings, max_prompts=max_prompts, turns=turns,
-        chat_template=chat_template, device=device_choice(device), dtype=dtype,
-        device_map=device_map, resume=resume, progress=not quiet, targets_cache=targets_cache,
-        overwrite=overwrite,
-    )
-    _print_report(output, report, joint, num_heads)
+    return TrainSettings(**fields, **optional,
+                         joint=_joint_settings(joint, *backbone, init_heads, qlora))
 
 
-def _print_report(output: Path, report: dict[str, Any], joint: bool, num_heads: int) -> None:
+def _train_eagle(model: str, data: str, output: Path, version: int, joint: bool,
+                 num_heads: int, num_layers: int, settings: dict[str, Any],
+                 run: dict[str, Any]) -> None:
+    """``train-heads --eagle-version``: refuse Medusa-only options, train, print."""
+    from treeopt.model.train_eagle import EagleSettings, train_eagle_from
+
+    if version not in (1, 3):
+        raise TreeoptError(f"--eagle-version must be 1 or 3, not {version}")
+    if joint or num_heads != 5 or num_layers != 1:
+        raise TreeoptError("--joint, --num-heads and --num-layers are for Medusa heads, "
+                           "not --eagle-version")
+    if settings["learning_rate"] is None:
+        del settings["learning_rate"]
+    report = train_eagle_from(model, data, output, EagleSettings(eagle_version=version,
+                                                                 **settings), **run)
+    accuracy = report["held_out_accuracy"]
+    steps = " ".join(f"{x:.3f}" for x in accuracy["top1"])
+    typer.echo(f"wrote {output}: an EAGLE-{version} drafter after {report['epochs']} epochs; "
+               f"held-out top-1 per drafting step: {steps}", err=True)
+    if report["warning"]:
+        typer.echo(f"warning: {report['warning']}", err=True)
+
+
+def _print_report(output: Path, report: dict[str, Any] | None, joint: bool,
+                  num_heads: int) -> None:
+    if report is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return
     accuracy = report["held_out_accuracy"]
     what = "a Medusa-2 checkpoint" if joint else f"{num_heads} heads"
     typer.echo(f"wrote {output}: {what} after {report['epochs']} epochs; held-out accuracy "

@@ -7,7 +7,11 @@ each later one the nodes of one level that have children. Then the target verifi
 the tree's ``num_tokens`` tokens in one pass, with no Medusa heads. Each pass is
 predicted by :func:`treeopt.cost.roofline.predict_step_latency` from its model's
 shape; ``pass_overhead_s`` adds a fixed cost per draft pass (framework and launch
-time that the roofline leaves out, which dominates for a tiny draft).
+time that the roofline leaves out, which dominates for a tiny draft). A device profile
+with fitted host terms (``layer_overhead_us``, ``pass_overhead_us``,
+``token_layer_overhead_us``; see :func:`treeopt.cost.roofline.fit_pass_overheads`)
+already charges them to every pass, the draft's and the verification's, so leave
+``pass_overhead_s`` at 0 with such a profile.
 """
 
 from __future__ import annotations

@@ -158,7 +158,7 @@ def profile_draft_model(
                     "depth": depth},
         rank_vectors=draft_rank_vectors,
     )
-    if expand is not None:
+    if expand is not None and profile is not None:  # None: not rank 0 of a launched run
         profile = _add_expansion(model, tokenizer, draft, prompts, output, settings, model_id,
                                  profile, expand, progress)
     return profile

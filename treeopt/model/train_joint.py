@@ -29,6 +29,7 @@ from treeopt.model.training import (
     HEADS_LR_RATIO,
     Batch,
     JointSettings,
+    LossTotals,
     Trainee,
     TrainSettings,
     init_heads,
@@ -105,8 +106,11 @@ class JointTraining:
     source: str
 
     def loss(self, trainee: Trainee, batch: Batch, weights: list[float], step: int,
-             total: int) -> Any:
-        """``lambda_0(step) x backbone loss + sum_k 0.8^k x head-k loss`` of one batch."""
+             total: int, totals: LossTotals | None = None) -> Any:
+        """``lambda_0(step) x backbone loss + sum_k 0.8^k x head-k loss`` of one batch.
+
+        ``totals`` (data parallel): sums divided by every rank's positions, not means.
+        """
         import torch
         import torch.nn.functional as F
 
@@ -115,16 +119,21 @@ class JointTraining:
         hidden = hidden_at(model, batch.input_ids, batch.mask, batch.rows, batch.cols)
         heads_dtype = next(trainee.heads.parameters()).dtype
         head_logits = trainee.heads(hidden.unsqueeze(0).to(heads_dtype))[:, 0]
-        loss = medusa_loss(head_logits, batch.targets.to(head_logits.device), weights)
+        loss = medusa_loss(head_logits, batch.targets.to(head_logits.device), weights, totals)
         logits = model.get_output_embeddings()(hidden).float()
+        reduction = "mean" if totals is None else "sum"
         if self.joint.backbone_loss == "ce":
-            backbone = F.cross_entropy(logits, batch.next_tokens.to(logits.device))
+            backbone = F.cross_entropy(logits, batch.next_tokens.to(logits.device),
+                                       reduction=reduction)
         else:
             with torch.no_grad(), model.disable_adapter():
                 original = hidden_at(model, batch.input_ids, batch.mask, batch.rows, batch.cols)
                 teacher = model.get_output_embeddings()(original).float()
             backbone = F.kl_div(F.log_softmax(logits, dim=-1), F.log_softmax(teacher, dim=-1),
-                                log_target=True, reduction="batchmean")
+                                log_target=True,
+                                reduction="batchmean" if totals is None else "sum")
+        if totals is not None:
+            backbone = backbone / totals.rows
         return self.joint.lambda0(step, total) * backbone + loss
 
     def write_checkpoint(self, trainee: Trainee, tokenizer: Any, output_dir: Path) -> None:

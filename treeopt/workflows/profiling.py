@@ -64,8 +64,14 @@ def profile_prompts(model: Any, tokenizer: Any, heads: Any, prompt_ids: Sequence
 
 
 def profile_to_file(request: ProfileRequest) -> Any:
-    """The whole ``treeopt profile``: check, load, encode, profile; the profile written."""
+    """The whole ``treeopt profile``: check, load, encode, profile; the profile written.
+
+    Under ``torchrun``/``accelerate launch`` each rank runs this on its own device
+    (``cuda`` -> ``cuda:LOCAL_RANK``); rank 0 returns the merged profile, the others
+    None. The provenance records content digests of model, heads and tokenizer."""
     from treeopt.model.calibration import encode_prompts, read_prompts
+    from treeopt.model.digests import digests_provenance
+    from treeopt.model.distributed import rank_device
     from treeopt.model.loading import load_medusa, require_heads
     from treeopt.model.profiling import check_resumable
 
@@ -82,29 +88,34 @@ def profile_to_file(request: ProfileRequest) -> Any:
              "chat_template": request.chat_template, **request.provenance}
     if request.draft_model is not None:
         return _profile_draft(request, texts, facts)
-    loaded = load_medusa(request.model, request.heads, device=request.device,
+    loaded = load_medusa(request.model, request.heads, device=rank_device(request.device),
                          dtype=request.dtype, device_map=request.device_map,
                          quiet=request.quiet)
     prompt_ids = encode_prompts(loaded.tokenizer, texts, chat_template=request.chat_template)
     return profile_prompts(loaded.model, loaded.tokenizer, loaded.heads, prompt_ids,
                            request.output, request.settings, model_id=loaded.model_id,
                            heads_id=str(loaded.heads_id), resume=request.resume,
-                           progress=not request.quiet, provenance=facts)
+                           progress=not request.quiet,
+                           provenance={**facts, **digests_provenance(loaded.model_id,
+                                                                     loaded.heads_id)})
 
 
 def _profile_draft(request: ProfileRequest, texts: list[str], facts: dict[str, Any]) -> Any:
     """A draft model's profile: target and draft loaded, the draft's ranks recorded."""
     from treeopt.model.calibration import encode_prompts
+    from treeopt.model.digests import digests_provenance
+    from treeopt.model.distributed import rank_device
     from treeopt.model.draft_profiling import profile_draft_model
     from treeopt.model.loading import load_base_model, resolve_model
 
-    base, tokenizer = load_base_model(request.model, device=request.device,
-                                      dtype=request.dtype)
-    draft, _ = load_base_model(str(request.draft_model), device=request.device,
-                               dtype=request.dtype)
+    device = rank_device(request.device)
+    base, tokenizer = load_base_model(request.model, device=device, dtype=request.dtype)
+    draft, _ = load_base_model(str(request.draft_model), device=device, dtype=request.dtype)
     prompt_ids = encode_prompts(tokenizer, texts, chat_template=request.chat_template)
+    model_id = resolve_model(request.model)[0]
     return profile_draft_model(
         base, tokenizer, draft, prompt_ids, request.output, request.settings,
-        model_id=resolve_model(request.model)[0], draft_id=str(request.draft_model),
+        model_id=model_id, draft_id=str(request.draft_model),
         depth=request.depth, resume=request.resume, progress=not request.quiet,
-        provenance=facts, expand=request.expand)
+        provenance={**facts, **digests_provenance(model_id, str(request.draft_model))},
+        expand=request.expand)
