@@ -16,6 +16,8 @@ checkout.
 
 from __future__ import annotations
 
+import copy
+import random
 import sys
 from pathlib import Path
 from typing import Any
@@ -57,7 +59,9 @@ __all__ = [
     "TOP_K",
     "DecodeSpeed",
     "decode_speed",
+    "distill",
     "hf_config",
+    "make_draft",
     "measure_copy_gbs",
     "profile_vs_prefill",
     "prompt_ids",
@@ -232,3 +236,62 @@ def synthetic_heads(model: Any, num_heads: int, kind: str = "own") -> Any:
     for weight in heads.parameters():
         torch.nn.init.normal_(weight, std=HEAD_INIT_STD)
     return heads.eval()
+
+
+# ------------------------------------ draft models (draft_stories, knobs_vs_grid)
+# Distillation: full-batch-ish AdamW on ~30k tokens; enough for the loss to settle.
+DISTILL_BATCH, LEARNING_RATE, TEMPERATURE = 16, 3e-3, 1.0
+
+
+def make_draft(target: Any, layers: int) -> Any:
+    """A ``layers``-layer copy of the target's shape, from its first layers and embeddings."""
+    from transformers import AutoModelForCausalLM
+
+    config = copy.deepcopy(target.config)
+    config.num_hidden_layers = layers
+    if hasattr(config, "layer_types") and config.layer_types is not None:
+        config.layer_types = config.layer_types[:layers]
+    draft = AutoModelForCausalLM.from_config(config)
+    state = {key: value for key, value in target.state_dict().items()
+             if not key.startswith("model.layers.")
+             or int(key.split(".")[2]) < layers}
+    draft.load_state_dict(state, strict=True)
+    return draft
+
+
+def distill(target: Any, draft: Any, sequences: list[list[int]], epochs: int,
+            seed: int) -> list[float]:
+    """Train ``draft`` to the target's next-token distributions; mean loss per epoch."""
+    import torch
+    import torch.nn.functional as F
+
+    generator = random.Random(seed)
+    draft.train()
+    optimizer = torch.optim.AdamW(draft.parameters(), lr=LEARNING_RATE)
+    losses = []
+    for _ in range(epochs):
+        order = generator.sample(range(len(sequences)), len(sequences))
+        total = count = 0.0
+        for begin in range(0, len(order), DISTILL_BATCH):
+            rows = [sequences[i] for i in order[begin:begin + DISTILL_BATCH]]
+            width = max(len(row) for row in rows)
+            ids = torch.zeros(len(rows), width, dtype=torch.long)
+            mask = torch.zeros(len(rows), width, dtype=torch.long)
+            for r, row in enumerate(rows):
+                ids[r, :len(row)] = torch.tensor(row)
+                mask[r, :len(row)] = 1
+            with torch.no_grad():
+                teacher = target(input_ids=ids, attention_mask=mask).logits / TEMPERATURE
+            student = draft(input_ids=ids, attention_mask=mask).logits / TEMPERATURE
+            per_token = F.kl_div(F.log_softmax(student, -1), F.log_softmax(teacher, -1),
+                                 log_target=True, reduction="none").sum(-1)
+            loss = (per_token * mask).sum() / mask.sum()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(rows)
+            count += len(rows)
+        losses.append(total / count)
+    draft.eval()
+    draft.requires_grad_(False)
+    return losses

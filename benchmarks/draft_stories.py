@@ -29,7 +29,6 @@ tokenizer, loadable by ``treeopt generate --draft-model``); nothing else.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
 import random
@@ -41,7 +40,7 @@ from typing import Any
 
 import common as e2e  # the stories260K end-to-end settings and prompt split
 import torch
-from common import decode_speed
+from common import decode_speed, distill, make_draft
 
 from medusa_runtime.drafter import DraftModelDrafter
 from medusa_runtime.timing import time_verification_step
@@ -57,63 +56,6 @@ CONTEXT = 128  # cached tokens while timing a step: the decoded prompts' scale
 WARMUP, REPEATS = 5, 40  # CPU timings are noisy: many repeats, median
 PROFILE_DEPTH = 6
 MEDUSA_MAX_BUDGET = 8  # cpu_loop.py tuned n* = 4 on these heads; 8 leaves room either side
-# Distillation: full-batch-ish AdamW on ~30k tokens; enough for the loss to settle.
-BATCH, LEARNING_RATE, TEMPERATURE = 16, 3e-3, 1.0
-
-
-def make_draft(target: Any, layers: int) -> Any:
-    """A ``layers``-layer copy of the target's shape, from its first layers and embeddings."""
-    from transformers import AutoModelForCausalLM
-
-    config = copy.deepcopy(target.config)
-    config.num_hidden_layers = layers
-    if hasattr(config, "layer_types") and config.layer_types is not None:
-        config.layer_types = config.layer_types[:layers]
-    draft = AutoModelForCausalLM.from_config(config)
-    state = {key: value for key, value in target.state_dict().items()
-             if not key.startswith("model.layers.")
-             or int(key.split(".")[2]) < layers}
-    draft.load_state_dict(state, strict=True)
-    return draft
-
-
-def distill(target: Any, draft: Any, sequences: list[list[int]], epochs: int,
-            seed: int) -> list[float]:
-    """Train ``draft`` to the target's next-token distributions; mean loss per epoch."""
-    import torch.nn.functional as F
-
-    generator = random.Random(seed)
-    draft.train()
-    optimizer = torch.optim.AdamW(draft.parameters(), lr=LEARNING_RATE)
-    losses = []
-    for _ in range(epochs):
-        order = generator.sample(range(len(sequences)), len(sequences))
-        total = count = 0.0
-        for begin in range(0, len(order), BATCH):
-            rows = [sequences[i] for i in order[begin:begin + BATCH]]
-            width = max(len(row) for row in rows)
-            ids = torch.zeros(len(rows), width, dtype=torch.long)
-            mask = torch.zeros(len(rows), width, dtype=torch.long)
-            for r, row in enumerate(rows):
-                ids[r, :len(row)] = torch.tensor(row)
-                mask[r, :len(row)] = 1
-            with torch.no_grad():
-                teacher = target(input_ids=ids, attention_mask=mask).logits / TEMPERATURE
-            student = draft(input_ids=ids, attention_mask=mask).logits / TEMPERATURE
-            per_token = F.kl_div(F.log_softmax(student, -1), F.log_softmax(teacher, -1),
-                                 log_target=True, reduction="none").sum(-1)
-            loss = (per_token * mask).sum() / mask.sum()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(rows)
-            count += len(rows)
-        losses.append(total / count)
-    draft.eval()
-    draft.requires_grad_(False)
-    return losses
-
-
 def decode_rates(model: Any, runs: dict[str, tuple[Tree, Any, Any]],
                  prompts: list[list[int]], eos: int | None) -> dict[str, dict[str, float]]:
     """Decode every prompt with every setting (compiled step), interleaved prompt by prompt

@@ -41,7 +41,7 @@ from typing import Any
 
 import common as e2e  # the stories260K settings and prompt split
 import torch
-from draft_stories import distill, make_draft
+from common import distill, make_draft
 
 from medusa_runtime.beam import BeamTree
 from medusa_runtime.decode import generate_batch
