@@ -275,16 +275,21 @@ def _tune_knobs(engine: str, profile: str | None, draft_arch: str | None, arch: 
                 max_budget: int | None, output: Path | None, plot: Path | None) -> None:
     """``tune --engine sglang|vllm-spec|trtllm-pytorch``: print the table, what was written."""
     from treeopt.files.engines import check_pairing
-    from treeopt.workflows.engine_knobs import EngineKnobSettings, tune_engine_knobs
+    from treeopt.workflows.engine_knobs import (
+        DEFAULT_MAX_KNOB_TOKENS,
+        EngineKnobSettings,
+        tune_engine_knobs,
+    )
 
     check_pairing(engine, "draft_model")
     if None in (profile, draft_arch, arch, gpu):
         raise TreeoptError(f"--engine {engine} needs -p (a draft-model profile), --draft-arch, "
                            "--arch and --gpu")
     outcome = tune_engine_knobs(EngineKnobSettings(
-        engine, str(profile), str(draft_arch), str(arch), str(gpu),
-        tuple(parse_int_list(batch or "1,4,16", "--batch")), context or DEFAULT_CONTEXT,
-        max_budget or 16, None, output, plot))
+        engine=engine, profile=str(profile), draft_arch=str(draft_arch), target_arch=str(arch),
+        gpu=str(gpu), batches=tuple(parse_int_list(batch or "1,4,16", "--batch")),
+        context=context or DEFAULT_CONTEXT, max_tokens=max_budget or DEFAULT_MAX_KNOB_TOKENS,
+        output=output, plot=plot))
     typer.echo(f"{engine} knobs per batch size ({outcome.cost_label}):")
     for row in outcome.table:
         typer.echo(f"  batch {row['batch']:>4}: {row['best'] or 'off':<16} "

@@ -176,10 +176,12 @@ def _count(study: Any, states: tuple[Any, ...], below: int | None = None) -> int
                for trial in study.get_trials(deepcopy=False, states=states))
 
 
-def _take_trials(study: Any, objective: Any, total: int, show_progress: bool) -> list[int]:
+def _take_trials(study: Any, objective: Any, total: int,
+                 show_progress: bool) -> list[int] | None:
     """Run trials until the study holds ``total`` finished or running ones; this worker's
-    trial numbers. A trial numbered past the total (two workers claimed the last one
-    together) stops this worker and is dropped as a failed "surplus" trial."""
+    trial numbers (None: the study had its total before this worker came, a rerun).
+    A trial numbered past the total (two workers claimed the last one together)
+    stops this worker and is dropped as a failed "surplus" trial."""
     import optuna
 
     state = optuna.trial.TrialState
@@ -199,13 +201,15 @@ def _take_trials(study: Any, objective: Any, total: int, show_progress: bool) ->
             study.stop()
 
     left = total - _count(study, claimed)
-    if left > 0:
-        study.optimize(claim_then_run, n_trials=left, callbacks=[stop_when_done],
-                       catch=(_SurplusTrial,), show_progress_bar=show_progress)
+    if left <= 0:
+        return None
+    study.optimize(claim_then_run, n_trials=left, callbacks=[stop_when_done],
+                   catch=(_SurplusTrial,), show_progress_bar=show_progress)
     return mine
 
 
-def _best_of(study: Any, profile: Any, config: StudyConfig, mine: list[int]) -> StudyOutcome:
+def _best_of(study: Any, profile: Any, config: StudyConfig,
+             mine: list[int] | None) -> StudyOutcome:
     """The study's best trial rebuilt, and whether this worker is the one to write it."""
     import optuna
 
@@ -225,8 +229,10 @@ def _best_of(study: Any, profile: Any, config: StudyConfig, mine: list[int]) -> 
         acceleration_rate=float(best.user_attrs.get("acceleration_rate", 0.0)),
         tree=built.tree, expected_accept_length=built.expected_accept_length,
         num_trials=len(finished), pruned_trials=len(finished) - len(completed),
-        own_trials=len(mine), best_trial=best.number,
-        writes_best=running == 0 and (last.number in mine or not mine),
+        own_trials=len(mine or ()), best_trial=best.number,
+        # The worker that finished the last trial writes; on a rerun of a finished study,
+        # the rerun does. A worker whose trials all went to others writes nothing.
+        writes_best=running == 0 and (mine is None or last.number in mine),
     )
 
 
