@@ -25,45 +25,35 @@ replay (or a test) calls with its own ``expand``.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from medusa_runtime.buffers import PAD
-from treeopt.errors import TreeoptError
-
-BEAM_SYNTAX = re.compile(r"^dynamic:(\d+),(\d+),(\d+)$")
+from treeopt.core.expansion import BeamSetting, parse_beam_setting
 
 
-@dataclass(frozen=True)
-class BeamTree:
-    """``dynamic:S,K,N``: ``steps`` drafter passes, beam width and children ``top_k``,
-    ``tokens`` verified a step including the root (see the module doc)."""
-
-    steps: int
-    top_k: int
-    tokens: int
-
-    def __post_init__(self) -> None:
-        name = f"dynamic:{self.steps},{self.top_k},{self.tokens}"
-        if self.steps < 1 or self.top_k < 1:
-            raise TreeoptError(f"{name} needs STEPS >= 1 and TOPK >= 1")
-        most = 1 + self.top_k + (self.steps - 1) * self.top_k ** 2
-        if not 2 <= self.tokens <= most:
-            raise TreeoptError(f"{name} needs 2 <= TOKENS <= 1 + TOPK + (STEPS-1)*TOPK^2 "
-                               f"(= {most} here)")
+class BeamTree(BeamSetting):
+    """``dynamic:S,K,N`` as the runtime decodes it: ``steps`` drafter passes, beam width
+    and children ``top_k``, ``tokens`` verified a step including the root (see the module
+    doc). One concept with the replay's :class:`treeopt.core.expansion.BeamSetting`: the
+    same syntax, bounds and errors."""
 
     @classmethod
     def parse(cls, text: str) -> BeamTree | None:
-        """``dynamic:S,K,N`` -> a BeamTree; None for any other text."""
-        match = BEAM_SYNTAX.match(text.strip())
-        return cls(*map(int, match.groups())) if match else None
+        """``dynamic:S,K,N`` -> a BeamTree; None for any other text (``dynamic:N`` too)."""
+        setting = parse_beam_setting(text.strip())
+        return None if setting is None else cls(setting.steps, setting.topk,
+                                                setting.num_tokens)
 
     @property
-    def num_tokens(self) -> int:
-        return self.tokens
+    def top_k(self) -> int:
+        return self.topk
+
+    @property
+    def tokens(self) -> int:
+        return self.num_tokens
 
     @property
     def depth(self) -> int:
@@ -79,7 +69,7 @@ class BeamTree:
         return self.top_k + (self.steps - 1) * self.top_k ** 2
 
     def __str__(self) -> str:
-        return f"dynamic:{self.steps},{self.top_k},{self.tokens}"
+        return self.name
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,8 @@ VERB_KEY = "treeopt.verb"
 ARGV_KEY = "treeopt.argv"  # the verb and its arguments as typed (ctx.meta)
 # Library parameters whose option is spelled otherwise (tried after the parameter's own).
 OPTION_OF_PARAMETER = {"holdout_fraction": "holdout", "batches": "batch", "contexts": "context",
-                       "decode_rounds": "rounds", "prompts": "data"}
+                       "decode_rounds": "rounds", "prompts": "data",
+                       "trees": "tree"}
 
 
 def option_for(command: Any, parameter: str) -> str | None:

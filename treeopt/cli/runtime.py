@@ -77,18 +77,19 @@ ChatTemplateOption = Annotated[bool, typer.Option(
 def decode_tree(tree: str, profile: str | None) -> Any:
     """The tree ``--tree`` names: a file or shipped name, ``root``, or ``dynamic:N`` (a
     per-step policy calibrated on ``--profile``)."""
-    from medusa_runtime.beam import BEAM_SYNTAX, BeamTree
+    from medusa_runtime.beam import BeamTree
     from treeopt.core.tree import Tree
     from treeopt.files.profile_file import load_profile
     from treeopt.files.tree_file import load_tree
     from treeopt.model.dynamic_trees import dynamic_tree
     from treeopt.optimize.evaluation import dynamic_size
 
-    if BEAM_SYNTAX.match(tree.strip()):
+    beam = BeamTree.parse(tree)
+    if beam is not None:
         if profile is not None:
             raise TreeoptError("--tree dynamic:S,K,N ranks nodes by the drafter's own "
                                "probabilities: drop --profile")
-        return BeamTree.parse(tree)
+        return beam
     size = dynamic_size(tree)
     if (size is None) != (profile is None):
         raise TreeoptError("--tree dynamic:N and --profile go together")

@@ -53,11 +53,11 @@ class BeamSetting:
 
     def __post_init__(self) -> None:
         if min(self.steps, self.topk) < 1:
-            raise ParameterError("trees", f"dynamic:{self}: STEPS and TOPK must be >= 1")
+            raise ParameterError("trees", f"{self.name}: STEPS and TOPK must be >= 1")
         if not 2 <= self.num_tokens <= self.max_tokens(self.steps, self.topk):
             most = self.max_tokens(self.steps, self.topk)
             raise ParameterError(
-                "trees", f"dynamic:{self}: TOKENS must be in 2..{most} "
+                "trees", f"{self.name}: TOKENS must be in 2..{most} "
                 "(1 + TOPK + (STEPS - 1) * TOPK^2 candidates, the root included)")
 
     @staticmethod
@@ -70,7 +70,7 @@ class BeamSetting:
 
     @property
     def name(self) -> str:
-        return f"{DYNAMIC_PREFIX}{self}"
+        return f"{DYNAMIC_PREFIX}{self.steps},{self.topk},{self.num_tokens}"
 
 
 def parse_beam_setting(name: str) -> BeamSetting | None:
