@@ -26,37 +26,32 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 from pathlib import Path
 from typing import Any
 
+import common
 import torch
+from common import (
+    LATENCY_RATIO_TARGET,
+    MT_BENCH,
+    ROOFLINE_FRACTION_TARGET,
+    decode_speed,
+    hf_config,
+    measure_copy_gbs,
+    synthetic_heads,
+)
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))  # a bare box runs this from a checkout, not an install
+from medusa_runtime.decode import generate
+from medusa_runtime.heads import MedusaHeads
+from medusa_runtime.timing import random_weight_model, time_verification_step
+from treeopt.core.tree import Tree
+from treeopt.cost.arch import ArchShape
 
-from medusa_runtime.decode import generate  # noqa: E402
-from medusa_runtime.heads import MedusaConfig, MedusaHeads  # noqa: E402
-from medusa_runtime.timing import random_weight_model, time_verification_step  # noqa: E402
-from treeopt.core.tree import Tree  # noqa: E402
-
-LATENCY_RATIO_TARGET = 1.10
-ROOFLINE_FRACTION_TARGET = 0.75
 DEFAULT_SIZES = "1,8,16,32,64,128,256"
-LLAMA_7B = {
-    "model_type": "llama", "vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008,
-    "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32,
-    "max_position_embeddings": 4096,
-}
-TINY = {
-    "model_type": "llama", "vocab_size": 512, "hidden_size": 64, "intermediate_size": 172,
-    "num_hidden_layers": 5, "num_attention_heads": 8, "num_key_value_heads": 4,
-    "max_position_embeddings": 4096,
-}
-HEAD_INIT_STD = 0.02  # random, non-zero head weights: zeros can time faster than real data
-BANDWIDTH_PROBE_BYTES = 1 << 30
-MT_BENCH = REPO.parent / "shared" / "data" / "mt_bench_questions.jsonl"
+# The package's own shapes: llama-7b from treeopt.cost.arch.ARCHS, and stories260K's.
+LLAMA_7B = hf_config("llama-7b", max_position_embeddings=4096)
+TINY = ArchShape("stories260K", 64, 172, 5, 8, 4, 8, 512).to_hf_config_dict()
 
 
 def parse_args() -> argparse.Namespace:
@@ -91,32 +86,6 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def measure_copy_gbs(device: torch.device | str, probe_bytes: int = BANDWIDTH_PROBE_BYTES) -> float:
-    """Device-to-device copy rate, bytes read + written, median of 10 (GB/s).
-
-    Timed by treeopt's one timer (CUDA events on a GPU, perf_counter on the host).
-    """
-    from medusa_runtime.timing import time_samples
-
-    source = torch.randn(probe_bytes // 4, device=device)
-    target = torch.empty_like(source)
-    samples = time_samples(lambda: target.copy_(source), device, warmup=2, repeats=10)
-    return 2 * probe_bytes / statistics.median(samples) / 1e9
-
-
-def synthetic_heads(model: torch.nn.Module, num_heads: int, kind: str) -> MedusaHeads:
-    hidden = model.config.hidden_size
-    vocab = model.get_output_embeddings().weight.shape[0]
-    config = MedusaConfig(num_heads, 1, hidden, vocab, share_lm_head=kind == "shared")
-    parameter = next(model.parameters())
-    with torch.device(parameter.device):
-        heads = MedusaHeads(config, base_lm_head=model.get_output_embeddings())
-    heads.to(dtype=parameter.dtype)
-    for weight in heads.parameters():
-        torch.nn.init.normal_(weight, std=HEAD_INIT_STD)
-    return heads.eval()
-
-
 def medusa_section(args: argparse.Namespace, device: torch.device, dtype: torch.dtype,
                    use_graph: bool) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -131,22 +100,58 @@ def medusa_section(args: argparse.Namespace, device: torch.device, dtype: torch.
     tree = load_tree(args.tree) if args.tree else Tree.empty(heads.num_heads)
     lines = Path(args.prompts).read_text(encoding="utf-8").splitlines()
     prompts = [json.loads(line)["turns"][0] for line in lines[: args.num_prompts]]
+    ids = [tokenizer(prompt).input_ids for prompt in prompts]
     runs = {}
     for name, run_tree in (("medusa", tree), ("plain", Tree.empty(heads.num_heads))):
-        tokens = steps = 0
-        seconds = 0.0
-        for prompt in prompts:
-            ids = tokenizer(prompt, return_tensors="pt").input_ids
-            result = generate(model, heads, run_tree, ids, args.max_new_tokens,
-                              eos_token_id=tokenizer.eos_token_id, cuda_graph=use_graph,
-                              compile_step=args.compile)
-            tokens, steps, seconds = tokens + len(result.tokens), steps + result.steps, \
-                seconds + result.wall_time_s
-        runs[name] = {"tokens": tokens, "steps": steps, "seconds": seconds,
-                      "tokens_per_s": tokens / seconds, "acceleration_rate": tokens / steps}
+        speed = decode_speed(model, heads, run_tree, ids, args.max_new_tokens,
+                             eos_token_id=tokenizer.eos_token_id, compile_step=args.compile)
+        runs[name] = {"tokens": speed.tokens, "steps": speed.steps, "seconds": speed.seconds,
+                      "tokens_per_s": speed.tokens_per_second,
+                      "acceleration_rate": speed.tokens_per_step}
     return {"model": args.model, "heads": args.medusa_heads, "tree": args.tree,
-            "tree_tokens": tree.num_tokens, "prompts": len(prompts), **runs,
+            "tree_tokens": tree.num_tokens, "prompts": len(prompts),
+            "speed_definition": common.SPEED_DEFINITION, **runs,
             "speedup_vs_plain": runs["medusa"]["tokens_per_s"] / runs["plain"]["tokens_per_s"]}
+
+
+def latency_section(model: Any, heads: Any, sizes: list[int], args: argparse.Namespace,
+                    use_graph: bool | None) -> dict[str, Any]:
+    """Median, min and max seconds of one verification step per tree size q."""
+    latency: dict[str, Any] = {}
+    for q in sizes:
+        timing = time_verification_step(
+            model, heads, q, context=args.context, warmup=args.warmup, repeats=args.repeats,
+            cuda_graph=use_graph, compile_step=args.compile,
+        )
+        latency[str(q)] = {key: timing[key] for key in
+                           ("median_s", "min_s", "max_s", "cuda_graph", "capture_error")
+                           if key in timing}
+        print(f"q={q:4d}  step {timing['median_s'] * 1e3:8.3f} ms", flush=True)
+    return latency
+
+
+def bandwidth_of(args: argparse.Namespace, device: torch.device) -> tuple[float | None, Any]:
+    """(HBM bandwidth GB/s for the roofline, the GPU datasheet it came from or None)."""
+    datasheet = None
+    if device.type == "cuda" and not args.bandwidth_gbs:
+        from treeopt.cost.gpus import gpu_for_device_name
+
+        datasheet = gpu_for_device_name(torch.cuda.get_device_name(device))
+    bandwidth = (measure_copy_gbs(device) if args.measure_bandwidth
+                 else args.bandwidth_gbs or (datasheet.bandwidth_gbs if datasheet else None))
+    return bandwidth, datasheet
+
+
+def targets(ratio: float | None, fraction: float | None) -> dict[str, Any]:
+    """The two speed targets, their values and whether each was met."""
+    return {
+        "latency_ratio_64_over_1": {"target": LATENCY_RATIO_TARGET, "value": ratio,
+                                    "met": ratio is not None and ratio <= LATENCY_RATIO_TARGET},
+        "plain_decode_fraction_of_roofline": {"target": ROOFLINE_FRACTION_TARGET,
+                                              "value": fraction,
+                                              "met": fraction is not None
+                                              and fraction >= ROOFLINE_FRACTION_TARGET},
+    }
 
 
 def main() -> None:
@@ -164,27 +169,12 @@ def main() -> None:
     heads = synthetic_heads(model, args.num_heads, args.head_kind)
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
 
-    latency: dict[str, Any] = {}
-    for q in sizes:
-        timing = time_verification_step(
-            model, heads, q, context=args.context, warmup=args.warmup, repeats=args.repeats,
-            cuda_graph=use_graph, compile_step=args.compile,
-        )
-        latency[str(q)] = {key: timing[key] for key in
-                           ("median_s", "min_s", "max_s", "cuda_graph", "capture_error")
-                           if key in timing}
-        print(f"q={q:4d}  step {timing['median_s'] * 1e3:8.3f} ms", flush=True)
+    latency = latency_section(model, heads, sizes, args, use_graph)
     ratio = (latency["64"]["median_s"] / latency["1"]["median_s"]
              if "64" in latency and "1" in latency else None)
 
     on_gpu = device.type == "cuda"
-    datasheet = None
-    if on_gpu and not args.bandwidth_gbs:
-        from treeopt.cost.gpus import gpu_for_device_name
-
-        datasheet = gpu_for_device_name(torch.cuda.get_device_name(device))
-    bandwidth = (measure_copy_gbs(device) if args.measure_bandwidth
-                 else args.bandwidth_gbs or (datasheet.bandwidth_gbs if datasheet else None))
+    bandwidth, datasheet = bandwidth_of(args, device)
     # An HBM roofline means nothing for a CPU run unless a bandwidth is given for it.
     roofline_tokens_per_s = bandwidth * 1e9 / weight_bytes if bandwidth else None
     prompt = torch.randint(0, shape["vocab_size"], (1, args.context))
@@ -222,14 +212,7 @@ def main() -> None:
             "fraction_of_roofline": fraction,
             "new_tokens": len(plain.tokens),
         },
-        "targets": {
-            "latency_ratio_64_over_1": {"target": LATENCY_RATIO_TARGET, "value": ratio,
-                                        "met": ratio is not None and ratio <= LATENCY_RATIO_TARGET},
-            "plain_decode_fraction_of_roofline": {"target": ROOFLINE_FRACTION_TARGET,
-                                                  "value": fraction,
-                                                  "met": fraction is not None
-                                                  and fraction >= ROOFLINE_FRACTION_TARGET},
-        },
+        "targets": targets(ratio, fraction),
     }
     if args.model:
         del model, heads

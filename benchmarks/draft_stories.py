@@ -29,7 +29,6 @@ tokenizer, loadable by ``treeopt generate --draft-model``); nothing else.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import platform
 import random
@@ -39,85 +38,24 @@ import time
 from pathlib import Path
 from typing import Any
 
+import common as e2e  # the stories260K end-to-end settings and prompt split
 import torch
+from common import decode_speed, distill, make_draft
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-import test_e2e as e2e  # noqa: E402  (the e2e test's prompts, split and settings)
-
-from medusa_runtime import generate  # noqa: E402
-from medusa_runtime.drafter import DraftModelDrafter  # noqa: E402
-from medusa_runtime.timing import time_verification_step  # noqa: E402
-from treeopt.core.atomic import atomic_write_text  # noqa: E402
-from treeopt.core.tree import Tree  # noqa: E402
-from treeopt.model.draft_profiling import profile_draft_model  # noqa: E402
-from treeopt.model.loading import load_base_model  # noqa: E402
-from treeopt.model.profiling import ProfileSettings, greedy_continuations  # noqa: E402
-from treeopt.optimize.build import build_tree  # noqa: E402
-from treeopt.optimize.draft_tune import DraftPoint, best_draft_point, tune_draft  # noqa: E402
+from medusa_runtime.drafter import DraftModelDrafter
+from medusa_runtime.timing import time_verification_step
+from treeopt.core.atomic import atomic_write_text
+from treeopt.core.tree import Tree
+from treeopt.model.draft_profiling import profile_draft_model
+from treeopt.model.loading import load_base_model
+from treeopt.model.profiling import ProfileSettings, greedy_continuations
+from treeopt.optimize.build import build_tree
+from treeopt.optimize.draft_tune import DraftPoint, best_draft_point, tune_draft
 
 CONTEXT = 128  # cached tokens while timing a step: the decoded prompts' scale
 WARMUP, REPEATS = 5, 40  # CPU timings are noisy: many repeats, median
 PROFILE_DEPTH = 6
 MEDUSA_MAX_BUDGET = 8  # cpu_loop.py tuned n* = 4 on these heads; 8 leaves room either side
-# Distillation: full-batch-ish AdamW on ~30k tokens; enough for the loss to settle.
-BATCH, LEARNING_RATE, TEMPERATURE = 16, 3e-3, 1.0
-
-
-def make_draft(target: Any, layers: int) -> Any:
-    """A ``layers``-layer copy of the target's shape, from its first layers and embeddings."""
-    from transformers import AutoModelForCausalLM
-
-    config = copy.deepcopy(target.config)
-    config.num_hidden_layers = layers
-    if hasattr(config, "layer_types") and config.layer_types is not None:
-        config.layer_types = config.layer_types[:layers]
-    draft = AutoModelForCausalLM.from_config(config)
-    state = {key: value for key, value in target.state_dict().items()
-             if not key.startswith("model.layers.")
-             or int(key.split(".")[2]) < layers}
-    draft.load_state_dict(state, strict=True)
-    return draft
-
-
-def distill(target: Any, draft: Any, sequences: list[list[int]], epochs: int,
-            seed: int) -> list[float]:
-    """Train ``draft`` to the target's next-token distributions; mean loss per epoch."""
-    import torch.nn.functional as F
-
-    generator = random.Random(seed)
-    draft.train()
-    optimizer = torch.optim.AdamW(draft.parameters(), lr=LEARNING_RATE)
-    losses = []
-    for _ in range(epochs):
-        order = generator.sample(range(len(sequences)), len(sequences))
-        total = count = 0.0
-        for begin in range(0, len(order), BATCH):
-            rows = [sequences[i] for i in order[begin:begin + BATCH]]
-            width = max(len(row) for row in rows)
-            ids = torch.zeros(len(rows), width, dtype=torch.long)
-            mask = torch.zeros(len(rows), width, dtype=torch.long)
-            for r, row in enumerate(rows):
-                ids[r, :len(row)] = torch.tensor(row)
-                mask[r, :len(row)] = 1
-            with torch.no_grad():
-                teacher = target(input_ids=ids, attention_mask=mask).logits / TEMPERATURE
-            student = draft(input_ids=ids, attention_mask=mask).logits / TEMPERATURE
-            per_token = F.kl_div(F.log_softmax(student, -1), F.log_softmax(teacher, -1),
-                                 log_target=True, reduction="none").sum(-1)
-            loss = (per_token * mask).sum() / mask.sum()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(rows)
-            count += len(rows)
-        losses.append(total / count)
-    draft.eval()
-    draft.requires_grad_(False)
-    return losses
-
-
 def decode_rates(model: Any, runs: dict[str, tuple[Tree, Any, Any]],
                  prompts: list[list[int]], eos: int | None) -> dict[str, dict[str, float]]:
     """Decode every prompt with every setting (compiled step), interleaved prompt by prompt
@@ -128,11 +66,11 @@ def decode_rates(model: Any, runs: dict[str, tuple[Tree, Any, Any]],
     totals = {name: [0, 0, 0.0] for name in runs}  # tokens, steps, seconds
     for prompt in prompts:
         for name, (tree, heads, drafter) in runs.items():
-            result = generate(model, heads, tree, prompt, e2e.MAX_NEW_TOKENS, eos_token_id=eos,
-                              compile_step=True, drafter=drafter)
-            totals[name][0] += len(result.tokens) - 1
-            totals[name][1] += result.verification_steps
-            totals[name][2] += result.wall_time_s - result.prefill_s
+            speed = decode_speed(model, heads, tree, [prompt], e2e.MAX_NEW_TOKENS,
+                                 eos_token_id=eos, compile_step=True, drafter=drafter)
+            totals[name][0] += speed.tokens
+            totals[name][1] += speed.steps
+            totals[name][2] += speed.seconds
     return {name: {"tokens_per_s": tokens / seconds, "tokens_per_step": tokens / steps}
             for name, (tokens, steps, seconds) in totals.items()}
 
@@ -145,7 +83,7 @@ def point_json(point: DraftPoint) -> dict[str, Any]:
             "predicted_speedup": round(point.speedup, 4)}
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split("\n\n", 1)[1])
@@ -159,7 +97,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heads", type=Path, help="Trained Medusa heads to compare with "
                         "(default: train them as cpu_loop.py does, on the draft's prompts).")
     parser.add_argument("--no-heads", action="store_true", help="Leave Medusa heads out.")
-    args = parser.parse_args(argv)
+    return parser, parser.parse_args(argv)
+
+
+def tuned_draft(model: Any, profile: Any, drafter: Any, args: argparse.Namespace) -> tuple:
+    """(every chain and tree scored on this machine's measured step times, plain step s)."""
+    candidates = [Tree.chain(gamma) for gamma in range(args.max_gamma + 1)]
+    if args.max_budget >= 2:
+        built = build_tree(profile, args.max_budget, acceptance_model="joint")
+        candidates += [built.tree_at(size) for size in range(2, args.max_budget + 1)]
+    step_s = timed_steps(model, candidates, drafter=drafter)
+    plain_s = step_s[()]
+    tuned = tune_draft(profile, lambda tree: step_s[tree.paths], plain_s, args.max_gamma,
+                       args.max_budget, acceptance_model="joint")
+    return tuned, plain_s
+
+
+def draft_settings(tuned: Any, drafter: Any) -> tuple[dict[str, tuple[Tree, Any, Any]],
+                                                      dict[str, Any]]:
+    """(what to decode: name -> (tree, heads, drafter), the predicted figures of each)."""
+    settings: dict[str, tuple[Tree, Any, Any]] = {
+        "plain": (Tree.chain(0), None, None),
+        "draft chain (tuned gamma)": (tuned.best_chain.tree, None, drafter),
+        "draft tree (tuned)": (tuned.best_tree.tree, None, drafter),
+    }
+    predicted = {"draft chain (tuned gamma)": point_json(tuned.best_chain),
+                 "draft tree (tuned)": point_json(tuned.best_tree)}
+    # When the tuned tree is a chain, also decode the best tree that branches (rank > 0).
+    branching = [p for p in tuned.trees if any(path[-1] for path in p.tree.paths)]
+    if branching and not any(path[-1] for path in tuned.best_tree.tree.paths):
+        best_branching = best_draft_point(branching)
+        settings["draft tree (best branching)"] = (best_branching.tree, None, drafter)
+        predicted["draft tree (best branching)"] = point_json(best_branching)
+    return settings, predicted
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, args = parse_args(argv)
     if not e2e.STORIES.is_dir():
         parser.error(f"needs {e2e.STORIES}")
     torch.set_num_threads(1)
@@ -193,29 +167,9 @@ def main(argv: list[str] | None = None) -> int:
 
     drafter = DraftModelDrafter(draft)
     started = time.perf_counter()
-    candidates = [Tree.chain(gamma) for gamma in range(args.max_gamma + 1)]
-    if args.max_budget >= 2:
-        built = build_tree(profile, args.max_budget, acceptance_model="joint")
-        candidates += [built.tree_at(size) for size in range(2, args.max_budget + 1)]
-    step_s = timed_steps(model, candidates, drafter=drafter)
-    plain_s = step_s[()]
-    tuned = tune_draft(profile, lambda tree: step_s[tree.paths], plain_s, args.max_gamma,
-                       args.max_budget, acceptance_model="joint")
+    tuned, plain_s = tuned_draft(model, profile, drafter, args)
     timings["step_timing_s"] = time.perf_counter() - started
-
-    settings: dict[str, tuple[Tree, Any, Any]] = {
-        "plain": (Tree.chain(0), None, None),
-        "draft chain (tuned gamma)": (tuned.best_chain.tree, None, drafter),
-        "draft tree (tuned)": (tuned.best_tree.tree, None, drafter),
-    }
-    predicted = {"draft chain (tuned gamma)": point_json(tuned.best_chain),
-                 "draft tree (tuned)": point_json(tuned.best_tree)}
-    # When the tuned tree is a chain, also decode the best tree that branches (rank > 0).
-    branching = [p for p in tuned.trees if any(path[-1] for path in p.tree.paths)]
-    if branching and not any(path[-1] for path in tuned.best_tree.tree.paths):
-        best_branching = best_draft_point(branching)
-        settings["draft tree (best branching)"] = (best_branching.tree, None, drafter)
-        predicted["draft tree (best branching)"] = point_json(best_branching)
+    settings, predicted = draft_settings(tuned, drafter)
     if not args.no_heads:
         started = time.perf_counter()
         heads, tree, figures = medusa_setting(model, tokenizer, args.heads, draft_training_ids,

@@ -33,13 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-STORIES = SHARED / "models" / "stories260K"
-MT_BENCH = SHARED / "data" / "mt_bench_questions.jsonl"
-STORY_PROMPTS = ROOT / "tests" / "data" / "story_prompts.txt"
+from common import MT_BENCH, SEED, SPEED_DEFINITION, STORIES, STORY_PROMPTS, decode_speed
 
-SEED = 0
 SIZES = (4, 8, 16, 32, 64)
 TOP_K = 64  # the policy at size N needs each head's top N - 1
 MAX_NEW_TOKENS = 128
@@ -103,24 +98,46 @@ def step_ms(decoders: dict[str, Any], prompt: list[int]) -> dict[str, float]:
 
 def decode(model: Any, heads: Any, tree: Any, prompts: list[list[int]], eos: int | None
            ) -> dict[str, float]:
-    from medusa_runtime import generate
+    """Tokens per step and tokens/s as ``common.decode_speed`` defines them (prefill out)."""
+    speed = decode_speed(model, heads, tree, prompts, MAX_NEW_TOKENS, eos_token_id=eos)
+    return {"tokens_per_step": speed.tokens_per_step, "tokens_per_s": speed.tokens_per_second}
 
-    tokens = steps = 0
-    seconds = 0.0
-    for prompt in prompts:
-        result = generate(model, heads, tree, prompt, MAX_NEW_TOKENS, eos_token_id=eos)
-        tokens += len(result.tokens) - 1
-        steps += result.verification_steps
-        seconds += result.wall_time_s - result.prefill_s
-    return {"tokens_per_step": tokens / steps, "tokens_per_s": tokens / seconds}
+
+def replayed_rows(model: Any, heads: Any, calibration_profile: Any, held_profile: Any,
+                  calibration: Any, first_prompt: list[int]) -> list[dict[str, Any]]:
+    """Per size N: held-out tokens/step replayed (dynamic, static, static oracle) and one
+    step's latency, static vs dynamic."""
+    from medusa_runtime import TreeDecoder
+    from medusa_runtime.dynamic import DynamicTreeDecoder
+    from treeopt.model.dynamic_trees import dynamic_tree
+    from treeopt.optimize.build import build_tree
+    from treeopt.optimize.dynamic import dynamic_tokens_per_step
+    from treeopt.optimize.replay import tokens_per_step
+
+    held = held_profile.sequences
+    rows = []
+    for size in SIZES:
+        static = build_tree(calibration_profile, size, "joint").tree
+        oracle = build_tree(held_profile, size, "joint").tree
+        rows.append({
+            "size": size,
+            "dynamic": dynamic_tokens_per_step(held, calibration, size),
+            "static": tokens_per_step(static, held),
+            "static_oracle": tokens_per_step(oracle, held),
+            **{f"step_ms_{name}": ms for name, ms in step_ms({
+                "static": TreeDecoder(model, heads, static, 512),
+                "dynamic": DynamicTreeDecoder(
+                    model, heads, dynamic_tree(calibration_profile, size), 512),
+            }, first_prompt).items()},
+        })
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def main() -> None:
     args = parse_args()
     import torch
 
-    from medusa_runtime import TreeDecoder
-    from medusa_runtime.dynamic import DynamicTreeDecoder
     from treeopt.core.atomic import atomic_write_text
     from treeopt.core.tree import Tree
     from treeopt.model.dynamic_trees import dynamic_tree
@@ -128,12 +145,7 @@ def main() -> None:
     from treeopt.model.profiling import ProfileSettings, profile_model
     from treeopt.model.train_heads import TrainSettings, train_heads
     from treeopt.optimize.build import build_tree
-    from treeopt.optimize.dynamic import (
-        calibration_report,
-        dynamic_tokens_per_step,
-        fit_calibration,
-    )
-    from treeopt.optimize.replay import tokens_per_step
+    from treeopt.optimize.dynamic import calibration_report, fit_calibration
 
     torch.set_num_threads(1)
     torch.manual_seed(SEED)
@@ -162,22 +174,8 @@ def main() -> None:
 
         calibration = fit_calibration(calibration_profile.sequences)
         held = held_profile.sequences
-        rows = []
-        for size in SIZES:
-            static = build_tree(calibration_profile, size, "joint").tree
-            oracle = build_tree(held_profile, size, "joint").tree
-            rows.append({
-                "size": size,
-                "dynamic": dynamic_tokens_per_step(held, calibration, size),
-                "static": tokens_per_step(static, held),
-                "static_oracle": tokens_per_step(oracle, held),
-                **{f"step_ms_{name}": ms for name, ms in step_ms({
-                    "static": TreeDecoder(model, heads, static, 512),
-                    "dynamic": DynamicTreeDecoder(
-                        model, heads, dynamic_tree(calibration_profile, size), 512),
-                }, held_ids[0]).items()},
-            })
-            print(json.dumps(rows[-1]), flush=True)
+        rows = replayed_rows(model, heads, calibration_profile, held_profile, calibration,
+                             held_ids[0])
 
         eos = tokenizer.eos_token_id
         size = args.decode_size
@@ -200,6 +198,7 @@ def main() -> None:
         "calibration_held_out": calibration_report(calibration, held),
         "replayed_tokens_per_step": rows,
         "runtime_held_out": runtime,
+        "speed_definition": SPEED_DEFINITION,
         "timings_s": timings,
     }
     atomic_write_text(args.output, json.dumps(report, indent=2) + "\n")

@@ -12,7 +12,10 @@ tail and never starves the next:
    the measured device-to-device copy bandwidth;
 2. ``gpu_roofline_vs_measured.json``: the roofline's predicted step latency
    (datasheet ceilings, and ceilings fitted to single-operator timings) vs the
-   measured step on a small (q x batch x context) grid, median and max error;
+   measured step on a small (q x batch x context) grid, median and max error; then
+   draft-model steps (a 68M-shape draft's passes + the 7B target's verification of a
+   gamma chain, gamma 0/1/2/4/8, batch 1/4/16) against the same two predictions, the
+   cost side of ``treeopt tune --engine``;
 3. ``latency_llama-7b.json``, ``latency_llama-13b.json``, ``latency_llama-33b.json``
    (``treeopt.latency/1``, batch 1; the 7B one also batches 2, 4, 8), which
    ``treeopt tune --latency`` and ``benchmarks/seed_chart.py --latency-dir``
@@ -71,7 +74,7 @@ PARTS = ("runtime", "roofline", "latency", "profile")
 # most 7 minutes on the GPU and under 2 minutes in the dry run. Compilation is the slow
 # item: part 1 spends what its cap leaves after the captured sweep on compiled sizes,
 # most wanted first.
-GPU_CAPS_S = {"runtime": 140, "roofline": 85, "latency": 125, "profile": 40}
+GPU_CAPS_S = {"runtime": 125, "roofline": 110, "latency": 115, "profile": 40}
 DRY_CAPS_S = {"runtime": 35, "roofline": 25, "latency": 30, "profile": 15}
 STARTUP_S = 30  # importing torch + transformers once, CUDA start-up in each part's own
 SESSION_LIMIT_S = 7 * 60
@@ -88,7 +91,7 @@ OPTIONAL_PACKAGES = ("jsonschema", "optuna", "graphviz")
 RUNTIME_SIZES = (1, 4, 16, 32, 64, 128)
 # Compiled sizes cost a compilation each: the ratio's two ends first.
 COMPILE_ORDER = (1, 64, 16, 128, 4, 32)
-# Part 1 times the runtime as decode_speed.py does (its target is defined there):
+# Part 1 times the runtime as decode_speed.py does (its targets are in common.py):
 # 4 heads ending in the shared lm_head. Parts 2 and 3 time Medusa-1 heads, each owning
 # its vocabulary projection, as the roofline models them.
 RUNTIME_HEADS, RUNTIME_HEAD_KIND = 4, "shared"
@@ -96,12 +99,18 @@ MEDUSA_HEADS, MEDUSA_HEAD_KIND = 5, "own"
 LATENCY_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256)
 LATENCY_BATCH_SIZES = (1, 4, 16, 32, 64, 128)
 LATENCY_EXTRA_BATCHES = (2, 4, 8)
+# Part 2's draft-model steps (issue 27: the cost side of engine knobs): a 68M-shape draft
+# (JackFram/llama-68m) drafting chains of gamma tokens for the 7B target, per batch.
+DRAFT_ARCH = "llama-68m"
+DRAFT_GAMMAS = (1, 2, 4, 8)
+DRAFT_BATCHES = (1, 4, 16)
 
 # Dry-run shapes: stories260K-sized stacks, one per seed-chart size.
 TINY_ARCHS = {
     "llama-7b": ArchShape("tiny-7b", 64, 172, 2, 8, 8, 8, 512),
     "llama-13b": ArchShape("tiny-13b", 80, 216, 3, 8, 8, 10, 512),
     "llama-33b": ArchShape("tiny-33b", 96, 256, 4, 8, 8, 12, 512),
+    DRAFT_ARCH: ArchShape("tiny-68m", 32, 86, 1, 4, 4, 8, 512),
 }
 
 
@@ -146,7 +155,8 @@ def make_plan(dry_run: bool) -> Plan:
                 warmup=DEFAULT_WARMUP, repeats=DEFAULT_REPEATS, decode_tokens=128,
                 copy_probe_bytes=1 << 30, profile_batch=4, profile_seq_len=256,
                 profile_prompt_len=32,
-                archs={name: ARCHS[name] for name in ("llama-7b", "llama-13b", "llama-33b")})
+                archs={name: ARCHS[name]
+                       for name in ("llama-7b", "llama-13b", "llama-33b", DRAFT_ARCH)})
 
 
 # ------------------------------------------------------------------ results
@@ -241,7 +251,7 @@ def new_result(plan: Plan, part: str, out: Path, command: str) -> Result:
 def build_model(arch: ArchShape, plan: Plan, heads: int, kind: str) -> tuple[Any, Any]:
     """A random-weight model of ``arch`` and ``heads`` random Medusa heads, on the device."""
     import torch
-    from decode_speed import synthetic_heads
+    from common import synthetic_heads
 
     from medusa_runtime.timing import random_weight_model
 
@@ -270,7 +280,7 @@ def shape_fields(arch: ArchShape, heads: int, kind: str) -> dict[str, Any]:
 def part_runtime(plan: Plan, result: Result, clock: Clock, compile_steps: bool) -> None:
     """Part 1: step latency vs tree size (captured, then compiled), plain decode vs roofline."""
     import torch
-    from decode_speed import measure_copy_gbs
+    from common import measure_copy_gbs
 
     from medusa_runtime.decode import generate
     from treeopt.core.tree import Tree
@@ -351,7 +361,7 @@ def part_runtime(plan: Plan, result: Result, clock: Clock, compile_steps: bool) 
 
 def summarize_runtime(doc: dict[str, Any]) -> None:
     """The two targets from what part 1 has so far (compiled figures win when present)."""
-    from decode_speed import LATENCY_RATIO_TARGET, ROOFLINE_FRACTION_TARGET
+    from common import LATENCY_RATIO_TARGET, ROOFLINE_FRACTION_TARGET
 
     latency, plain = doc["latency"], doc["plain_decode"]
     add_rooflines(plain, latency, plain["weight_bytes"])
@@ -457,6 +467,60 @@ def part_roofline(plan: Plan, result: Result, clock: Clock) -> None:
             result.fail("operator fit", exc)
     doc["summary"] = error_summary(rows)
     print(f"  roofline error: {json.dumps(doc['summary'])}", flush=True)
+    if clock.left() > 0:
+        fitted = doc.get("device_profile")
+        time_draft_steps(plan, result, clock, spec, fitted)
+
+
+def time_draft_steps(plan: Plan, result: Result, clock: Clock, spec: Any,
+                     fitted_json: dict[str, Any] | None) -> None:
+    """Draft-model steps (the draft's passes + the target's verification of a gamma chain)
+    measured next to the roofline's prediction of the same step, per batch."""
+    import torch
+
+    from medusa_runtime.drafter import DraftModelDrafter
+    from medusa_runtime.timing import random_weight_model, time_verification_step
+    from treeopt.core.tree import Tree
+    from treeopt.cost.drafts import predict_draft_step
+    from treeopt.cost.roofline import DeviceProfile, dtype_bytes_of
+
+    doc = result.doc
+    target_arch, draft_arch = plan.archs["llama-7b"], plan.archs[DRAFT_ARCH]
+    rows: list[dict[str, Any]] = []
+    doc["draft_steps"] = {"target": target_arch.as_dict(), "draft": draft_arch.as_dict(),
+                          "context": plan.context, "rows": rows}
+    fitted = DeviceProfile.from_json(fitted_json) if fitted_json else None
+    torch.manual_seed(0)
+    dtype = getattr(torch, plan.dtype)
+    target = random_weight_model(target_arch.to_hf_config_dict(), dtype, plan.device)
+    drafter = DraftModelDrafter(random_weight_model(draft_arch.to_hf_config_dict(), dtype,
+                                                    plan.device))
+    for batch in DRAFT_BATCHES:
+        for gamma in (0, *DRAFT_GAMMAS):
+            if clock.left() < 0:
+                doc["failures"].append({"what": f"draft b={batch} gamma={gamma}",
+                                        "error": "time cap"})
+                return
+            tree = Tree.chain(gamma)
+            try:
+                timing = time_verification_step(
+                    target, None, tree.num_tokens, batch=batch, context=plan.context,
+                    warmup=plan.warmup, repeats=plan.repeats, tree=tree,
+                    drafter=drafter if gamma else None)
+            except Exception as exc:
+                result.fail(f"draft step b={batch} gamma={gamma}", exc)
+                break  # a longer chain at this batch cannot fit either
+            row = {"batch": batch, "gamma": gamma, "measured_s": timing["median_s"],
+                   "cuda_graph": timing["cuda_graph"]}
+            for label, gpu, profile in (("datasheet", spec, None), ("fitted", None, fitted)):
+                if gpu is not None or profile is not None:
+                    cost = predict_draft_step(target_arch, draft_arch, tree, gpu, batch,
+                                              plan.context, dtype_bytes_of(plan.dtype), profile)
+                    row[f"{label}_s"] = cost.step_s
+            rows.append(row)
+            result.save()
+    doc["draft_steps"]["summary"] = error_summary(rows)
+    print(f"  draft-step error: {json.dumps(doc['draft_steps']['summary'])}", flush=True)
 
 
 def error_summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -540,10 +604,10 @@ def part_latency(plan: Plan, result: Result, clock: Clock, out: Path) -> None:
 def part_profile(plan: Plan, result: Result, clock: Clock) -> None:
     """Part 4: profiling throughput vs plain prefill, Llama-7B shape."""
     import torch
-    from profile_speed import LLAMA_7B, profile_vs_prefill, random_llama
+    from common import hf_config, profile_vs_prefill, random_llama
 
     arch = plan.archs["llama-7b"]
-    shape = LLAMA_7B if not plan.dry_run else {
+    shape = hf_config("llama-7b", 4096) if not plan.dry_run else {
         "hidden_size": arch.hidden_size, "intermediate_size": arch.intermediate_size,
         "num_attention_heads": arch.num_attention_heads,
         "num_key_value_heads": arch.num_key_value_heads, "head_dim": arch.head_dim,
@@ -583,10 +647,43 @@ def run_part(part: str, plan: Plan, out: Path, deadline: float, command: str,
     except Exception as exc:  # the file says what failed; the session goes on
         result.doc["status"] = f"failed: {first_line(exc)}"
         result.fail(part, exc)
+    result.doc["measured"] = measured_count(part, result.doc)
     result.save()
     print(f"{part}: {result.doc['status']} in {result.doc['seconds']:.0f} s "
           f"-> {result.path}", flush=True)
     return 0
+
+
+def measured_count(part: str, doc: dict[str, Any]) -> int:
+    """How many figures ``part`` measured (0: the part brought nothing back)."""
+    if part == "runtime":
+        timed = [entry for mode in doc.get("latency", {}).values() for entry in mode.values()]
+        plain = "decode_tokens_per_s" in doc.get("plain_decode", {})
+        return sum("median_s" in entry for entry in timed) + int(plain)
+    if part == "roofline":
+        return len(doc.get("rows", [])) + len(doc.get("draft_steps", {}).get("rows", []))
+    if part == "latency":
+        return sum(entry.get("status") == "complete" for entry in doc.get("tables", []))
+    return int("profiling_over_prefill" in doc)
+
+
+def session_verdict(out: Path, parts: tuple[str, ...]) -> tuple[int, str]:
+    """Exit status and last line: non-zero when any part measured nothing."""
+    empty, failures, measured = [], 0, 0
+    for part in parts:
+        try:
+            document = json.loads((out / FILES[part]).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            document = {}
+        count = measured_count(part, document)  # a part killed at its cap stored no count
+        measured += count
+        failures += len(document.get("failures", [])) if document else 1
+        if count == 0:
+            empty.append(part)
+    if empty:
+        return 1, (f"== FAILED: {', '.join(empty)} measured nothing ({failures} failures "
+                   f"recorded; see {', '.join(FILES[part] for part in empty)})")
+    return 0, f"== ok: every part measured ({measured} figures, {failures} failures recorded)"
 
 
 def mark_stopped(part: str, out: Path, cap: int, rc: int) -> None:
@@ -607,8 +704,7 @@ def preload() -> None:
 
     Nothing touches CUDA here, so each forked part initialises it afresh.
     """
-    import decode_speed  # noqa: F401
-    import profile_speed  # noqa: F401
+    import common  # noqa: F401
     import transformers  # noqa: F401
     from transformers import LlamaForCausalLM  # noqa: F401
 
@@ -651,7 +747,9 @@ def run_session(plan: Plan, out: Path, parts: tuple[str, ...], compile_steps: bo
             mark_stopped(part, out, round(cap), rc)
         summary.append(f"{part}: rc {rc}, {time.time() - begin:.0f} s")
     print("== session: " + "; ".join(summary), flush=True)
-    return 0
+    rc, verdict = session_verdict(out, parts)
+    print(verdict, flush=True)
+    return rc
 
 
 def part_process(part: str, plan: Plan, out: Path, deadline: float, command: str,

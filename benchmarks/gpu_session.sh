@@ -32,6 +32,11 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 {
+    # First line: what runs where (versions by metadata: no CUDA set up in this shell).
+    device=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n 1)
+    $python -c "import sys; from importlib.metadata import version as v
+print(f'== treeopt gpu session: torch {v(\"torch\")}, transformers {v(\"transformers\")}, '
+      f'python {sys.version.split()[0]}, device {sys.argv[1]}')" "${device:-cpu}"
     command -v nvidia-smi >/dev/null && \
         nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv
     $python benchmarks/gpu_session.py --out "$out" ${args[@]+"${args[@]}"}

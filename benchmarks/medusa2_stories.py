@@ -100,16 +100,12 @@ def train(kind: str, folder: Path, train_ids: list[list[int]], args: argparse.Na
 
 
 def tokens_per_step(loaded: Any, tree: Any, prompts: list[list[int]], new_tokens: int) -> float:
-    """New tokens after the prefill's per verification step, decoded with the runtime."""
-    from medusa_runtime import generate
+    """New tokens after the prefill's per verification step, decoded with the runtime
+    (``common.decode_speed``'s definition)."""
+    from common import decode_speed
 
-    emitted = steps = 0
-    for prompt in prompts:
-        result = generate(loaded.model, loaded.heads, tree, prompt, new_tokens,
-                          eos_token_id=loaded.tokenizer.eos_token_id)
-        emitted += len(result.tokens) - 1
-        steps += result.verification_steps
-    return emitted / max(1, steps)
+    return decode_speed(loaded.model, loaded.heads, tree, prompts, new_tokens,
+                        eos_token_id=loaded.tokenizer.eos_token_id).tokens_per_step
 
 
 def base_drift(original: Any, tuned: Any, prompts: list[list[int]],

@@ -17,25 +17,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import common as e2e  # the stories260K end-to-end settings and prompt split
 import torch
+from common import decode_speed
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-
-import test_e2e as e2e  # noqa: E402  (the e2e test's prompts, split and settings)
-
-from medusa_runtime import generate  # noqa: E402
-from treeopt.core.atomic import atomic_write_text  # noqa: E402
-from treeopt.model.loading import load_base_model, load_heads  # noqa: E402
-from treeopt.model.profiling import ProfileSettings, profile_model  # noqa: E402
-from treeopt.model.train_heads import TrainSettings, train_heads  # noqa: E402
-from treeopt.optimize.build import build_tree  # noqa: E402
-from treeopt.optimize.replay import tokens_per_step  # noqa: E402
+from treeopt.core.atomic import atomic_write_text
+from treeopt.model.loading import load_base_model, load_heads
+from treeopt.model.profiling import ProfileSettings, profile_model
+from treeopt.model.train_heads import TrainSettings, train_heads
+from treeopt.optimize.build import build_tree
+from treeopt.optimize.replay import tokens_per_step
 
 
 def main() -> None:
@@ -70,12 +65,8 @@ def main() -> None:
         }
 
         def measured(tree: object) -> float:
-            emitted = steps = 0
-            for prompt in held_ids:
-                result = generate(model, heads, tree, prompt, e2e.MAX_NEW_TOKENS,
-                                  eos_token_id=tokenizer.eos_token_id)
-                emitted, steps = emitted + len(result.tokens) - 1, steps + result.verification_steps
-            return emitted / steps
+            return decode_speed(model, heads, tree, held_ids, e2e.MAX_NEW_TOKENS,
+                                eos_token_id=tokenizer.eos_token_id).tokens_per_step
 
         rows = []
         held_sequences = profiles["held_out_prompts"].sequences

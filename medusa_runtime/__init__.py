@@ -7,6 +7,11 @@
   ``check_supported``.
 - ``decode``: static-cache tree decoding — ``generate``, ``generate_batch``,
   ``TreeDecoder``.
+- ``static_forward``: the one static-cache forward target and drafters share.
+- ``drafter``: the drafter extension point (``Drafter`` / ``DraftSession``), Medusa
+  heads and draft models; ``dynamic``: Medusa ``dynamic:N``; ``eagle``: EAGLE-1/2/3
+  (``EagleDrafter``, ``random_eagle``, ``save_eagle``); ``beam``: the engine-style
+  ``dynamic:S,K,N`` tree (``BeamTree``, ``build_beam_tree``).
 - ``timing``: verification-step latency — ``time_verification_step``,
   ``random_weight_model``.
 """

@@ -31,7 +31,6 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Protocol
 
 import torch
@@ -44,12 +43,19 @@ from medusa_runtime.architectures import (
     cache_argument,
     check_positions,
     check_supported,
+    decoder_call,
     text_config,
 )
-from medusa_runtime.buffers import tree_buffers
-from medusa_runtime.drafter import Drafter, MedusaHeadsDrafter, fill_random_context
+from medusa_runtime.drafter import Drafter, MedusaHeadsDrafter
 from medusa_runtime.heads import MedusaHeads
 from medusa_runtime.padding import pad_rows
+from medusa_runtime.static_forward import (
+    CACHE_SLOT_ALIGNMENT,
+    StaticCache,
+    StaticForward,
+    hf_decoder_call,
+    prompt_block,
+)
 from treeopt.core.tree import Tree
 from treeopt.errors import TreeoptError, first_line
 
@@ -57,12 +63,24 @@ CUDA_GRAPH_WARMUP_STEPS = 2  # eager runs on a side stream before capture (alloc
 # torch.compile makes one compilation of ``_step`` per decoder shape (tree, batch,
 # cache length); dynamo's default of 8 per function would end a tuning sweep.
 COMPILED_SHAPES_LIMIT = 1024
-# Cache slots are allocated in multiples of this, so each row of the additive mask
-# starts 16-byte aligned: SDPA's fused kernels otherwise pad (copy) the mask per layer.
-CACHE_SLOT_ALIGNMENT = 64
 # A compiled step is specialised to its cache length; generate rounds the length up to
 # a multiple of this so prompts of different lengths reuse one compilation.
 COMPILED_CACHE_BUCKET = 256
+__all__ = ["CACHE_SLOT_ALIGNMENT", "BatchGenerationResult", "GenerationResult", "TreeDecoder",
+           "TreePolicy", "continuation_text", "generate", "generate_batch"]
+
+
+def compiled(step: Callable[[], None]) -> Callable[[], None]:
+    """``step`` through ``torch.compile(fullgraph=True)``, with dynamo's recompile limit
+    raised to :data:`COMPILED_SHAPES_LIMIT` (process-wide; named cache_size_limit
+    before torch 2.7)."""
+    import torch._dynamo.config as dynamo_config
+
+    for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
+                 "accumulated_cache_size_limit"):
+        if hasattr(dynamo_config, name):
+            setattr(dynamo_config, name, max(getattr(dynamo_config, name), COMPILED_SHAPES_LIMIT))
+    return torch.compile(step, fullgraph=True, dynamic=False)
 
 
 @dataclass
@@ -122,10 +140,11 @@ class GenerationResult:
 class TreeDecoder:
     """Static-shape decoding state for ``batch_size`` sequences, one model, one tree.
 
-    Holds the static KV cache (``max_cache_len`` slots, rounded up to a multiple of
-    :data:`CACHE_SLOT_ALIGNMENT`), the device copies of the
-    tree buffers and the step's static input/output tensors. ``step()`` runs one
-    verification step (a CUDA graph replay when captured).
+    Holds the target's static KV cache (``static_forward.StaticCache``:
+    ``max_cache_len`` slots, rounded up to a multiple of :data:`CACHE_SLOT_ALIGNMENT`),
+    the drafter's session (which owns the tree's tokens and layout) and the step's
+    static outputs. ``step()`` runs one verification step (a CUDA graph replay when
+    captured).
 
     Batching: HF's ``StaticLayer`` writes a block at one ``cumulative_length``
     shared by all rows, but rows accept paths of different lengths. So the rows
@@ -135,6 +154,11 @@ class TreeDecoder:
     position ids come from its own true length ``row_lengths [B]``. Prompts are
     left-padded with holes. With ``B = 1`` there are never holes and this is plain
     contiguous decoding.
+
+    ``tree``: a static :class:`Tree`, a per-step Medusa policy
+    (``medusa_runtime.dynamic.DynamicTree``) or a ``medusa_runtime.beam.BeamTree``
+    (``dynamic:S,K,N``, for drafters with their own probabilities). ``drafter``:
+    what fills the tree (default: ``heads`` as a :class:`MedusaHeadsDrafter`).
 
     ``compile_step``: run the step through ``torch.compile(fullgraph=True)``, which
     fuses its many small kernels (norms, rotary, mask, acceptance, compaction);
@@ -147,77 +171,79 @@ class TreeDecoder:
         self,
         model: nn.Module,
         heads: MedusaHeads | None,
-        tree: Tree,
+        tree: Any,
         max_cache_len: int,
         acceptance: Acceptance = "greedy",
         batch_size: int = 1,
         compile_step: bool = False,
         drafter: Drafter | None = None,
     ) -> None:
-        from transformers.cache_utils import Cache, StaticLayer
-
         check_supported(model)
-        self.model = model
-        self.decoder = model.get_decoder()
-        self.lm_head = model.get_output_embeddings()
-        self.logit_transform = LogitTransform.of(model)
-        self.cache_argument = cache_argument(self.decoder)
-        self.windows = attention_windows(text_config(model))  # layer type -> window or None
-        self.vocab_size = int(self.lm_head.weight.shape[0])
         if drafter is not None and heads is not None:
             raise TreeoptError("give Medusa heads or a drafter, not both")
-        self.drafter = drafter if drafter is not None else MedusaHeadsDrafter(heads)
-        self.drafter.check_tree(tree, self.vocab_size)
         if acceptance != "greedy" and not isinstance(acceptance, TypicalAcceptance):
             raise TreeoptError(
                 f"acceptance must be 'greedy' or TypicalAcceptance, not {acceptance!r}"
             )
         if batch_size < 1:
             raise TreeoptError(f"batch_size must be >= 1, not {batch_size}")
-        self.heads = heads
-        self.tree = tree
-        self.acceptance = acceptance
-        self.batch_size = batch_size
-        max_cache_len = -(-max_cache_len // CACHE_SLOT_ALIGNMENT) * CACHE_SLOT_ALIGNMENT
-        self.max_cache_len = max_cache_len
+        self.model = model
+        self.lm_head = model.get_output_embeddings()
+        self.logit_transform = LogitTransform.of(model)
+        self.vocab_size = int(self.lm_head.weight.shape[0])
+        self.drafter = drafter if drafter is not None else MedusaHeadsDrafter(heads)
+        self.drafter.check_tree(tree, self.vocab_size)
+        self.heads, self.tree, self.acceptance = heads, tree, acceptance
+        self.batch_size, self.compile_step = batch_size, compile_step
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
-        # Every layer, windowed or not, keeps all slots: the window lives in the mask.
-        num_layers = text_config(model).num_hidden_layers
-        self.cache = Cache(layers=[StaticLayer(max_cache_len) for _ in range(num_layers)])
-
-        self.buffers = tree_buffers(tree).to(self.device)
-        q, device = self.buffers.num_tokens, self.device
-        # Static step state (updated in place so a captured graph sees it).
-        self.write_length = torch.zeros((), dtype=torch.long, device=device)  # shared L
-        self.row_lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
-        self.valid = torch.zeros(batch_size, max_cache_len, dtype=torch.bool, device=device)
-        # Position id of the token in each slot (read only for valid slots, by windows).
-        self.key_positions = torch.zeros(batch_size, max_cache_len, dtype=torch.long,
-                                         device=device)
-        self.tree_tokens = torch.zeros((batch_size, q), dtype=torch.long, device=device)
-        # Step outputs: accepted candidates then the next root, and how many are real.
-        self.emitted = torch.zeros(batch_size, tree.depth + 1, dtype=torch.long, device=device)
-        self.accept_length = torch.ones(batch_size, dtype=torch.long, device=device)
-        self.slots = torch.arange(max_cache_len, device=device)
-        self.draft = self.drafter.session(tree, self.buffers, batch_size, max_cache_len)
+        self.static = StaticCache(text_config(model).num_hidden_layers, max_cache_len,
+                                  batch_size, self.device)
+        self.max_cache_len = self.static.num_slots
+        self.forward = self._target_forward(model)
+        self.draft = self.drafter.session(tree, batch_size, self.max_cache_len, self.device)
+        self.emitted = torch.zeros(batch_size, self.draft.depth + 1, dtype=torch.long,
+                                   device=self.device)
+        self.accept_length = torch.ones(batch_size, dtype=torch.long, device=self.device)
         self.run_step: Callable[[], None] = self._step
         if compile_step:
-            import torch._dynamo.config as dynamo_config
-
-            # Process-wide; named cache_size_limit before torch 2.7.
-            for name in ("recompile_limit", "cache_size_limit", "accumulated_recompile_limit",
-                         "accumulated_cache_size_limit"):
-                if hasattr(dynamo_config, name):
-                    setattr(dynamo_config, name,
-                            max(getattr(dynamo_config, name), COMPILED_SHAPES_LIMIT))
-            self.run_step = torch.compile(self._step, fullgraph=True, dynamic=False)
+            self.run_step = compiled(self._step)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.capture_error: str | None = None  # why the last capture_or_eager stayed eager
 
+    def _target_forward(self, model: nn.Module) -> StaticForward:
+        """The target's forward: its decoder over the static cache, through one function
+        taking ``position_ids`` and the 4D additive masks (``StaticForward.__call__``)."""
+        layers = self.drafter.feature_layers
+        # Runs the decoder at token positions (ALiBi and GPT-Neo also read key_positions).
+        call = hf_decoder_call(decoder_call(model, self.batch_size, self.compile_step),
+                               cache_argument(model.get_decoder()), tuple(layers or ()))
+        return StaticForward(self.static, call, self.dtype, attention_windows(text_config(model)))
+
+    # The cache bookkeeping under the names the decoder has always had.
+    @property
+    def cache(self) -> Any:
+        return self.static.cache
+
+    @property
+    def write_length(self) -> torch.Tensor:
+        return self.static.write_length
+
+    @property
+    def row_lengths(self) -> torch.Tensor:
+        return self.static.row_lengths
+
+    @property
+    def valid(self) -> torch.Tensor:
+        return self.static.valid
+
+    @property
+    def tree_tokens(self) -> torch.Tensor:
+        return self.draft.tokens
+
     @property
     def num_tokens(self) -> int:
-        return self.buffers.num_tokens
+        return self.draft.num_tokens
 
     # ------------------------------------------------------------ state
     def snapshot(self) -> list[torch.Tensor]:
@@ -225,9 +251,8 @@ class TreeDecoder:
         return [t.clone() for t in self._state()]
 
     def _state(self) -> tuple[torch.Tensor, ...]:
-        """The tensors a step reads besides the cache (a per-step tree adds its layout)."""
-        return (self.write_length, self.row_lengths, self.valid, self.key_positions,
-                self.tree_tokens, *self.draft.state())
+        """The tensors a step reads besides the caches (the draft's state included)."""
+        return (*self.static.state(), *self.draft.state())
 
     def restore(self, snapshot: list[torch.Tensor]) -> None:
         """Put back a :meth:`snapshot` in place (the captured graph keeps its addresses)."""
@@ -244,68 +269,41 @@ class TreeDecoder:
         if context + self.num_tokens > self.max_cache_len:
             raise TreeoptError(f"context {context} + {self.num_tokens} tree tokens exceed the "
                                f"cache of {self.max_cache_len}")
-        check_positions(self.model, context + self.tree.depth)
-        fill_random_context(self.cache, self.write_length, self.row_lengths, self.valid,
-                            context, std)
-        self.key_positions.copy_(self.slots)
+        check_positions(self.model, context + self.draft.depth)
+        self.static.fill_random(context, std)
         self.draft.fill_context(context, std)
 
     # ------------------------------------------------------------ forward
     def _forward(
         self, tokens: torch.Tensor, block_mask: torch.Tensor, offsets: torch.Tensor
-    ) -> torch.Tensor:
-        """Last hidden state ``[B, T, H]`` of ``tokens [B, T]`` written at slots ``L .. L+T-1``.
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(last hidden [B, T, H], drafter features [B, T, F] or None)`` of ``tokens
+        [B, T]`` written at slots ``L .. L+T-1``.
 
         ``block_mask [T, T]`` or ``[B, T, T]``: token i sees token j of this block;
         every token also sees its row's valid slots (all ``< L``) and nothing else.
-        Position ids are ``row_lengths + offsets`` (``offsets [T]`` or ``[B, T]``); a
-        windowed layer's token at position ``p`` sees only keys at ``p - window < k``.
+        Position ids are ``row_lengths + offsets`` (``offsets [T]`` or ``[B, T]``).
         """
-        length = tokens.shape[1]
-        for layer in self.cache.layers:  # StaticLayer writes at cumulative_length + arange(T)
-            layer.cumulative_length.copy_(self.write_length)
-        relative = self.slots - self.write_length
-        in_block = (relative >= 0) & (relative < length)
-        sees_block = block_mask[..., relative.clamp(0, length - 1)] & in_block
-        visible = sees_block | self.valid[:, None, :]  # [B, T, S]
-        positions = self.row_lengths[:, None] + offsets  # [B, T]
-        self.key_positions.index_copy_(1, self.slots[:length] + self.write_length, positions)
-        masks = {}  # one per attention layer type (full, sliding window)
-        for layer_type, window in self.windows.items():
-            allowed = visible
-            if window is not None:
-                distance = positions[:, :, None] - self.key_positions[:, None, :]  # [B, T, S]
-                allowed = visible & (distance < window)
-            masks[layer_type] = self._additive(allowed)
-        outputs = self.decoder(
-            input_ids=tokens,
-            attention_mask=masks if len(masks) > 1 else next(iter(masks.values())),
-            position_ids=positions,
-            use_cache=True,
-            **{self.cache_argument: self.cache},
-        )
-        return outputs.last_hidden_state
-
-    def _additive(self, visible: torch.Tensor) -> torch.Tensor:
-        """Bool ``[B, T, S]`` -> the additive mask ``[B, 1, T, S]`` (0 or dtype min)."""
-        mask = torch.zeros(visible.shape, dtype=self.dtype, device=self.device)
-        return mask.masked_fill(~visible, torch.finfo(self.dtype).min)[:, None]
+        static = self.static
+        positions = static.row_lengths[:, None] + offsets  # [B, T]
+        if positions.shape[1] != tokens.shape[1]:
+            positions = positions.expand(-1, tokens.shape[1])
+        visible = static.block_visible(block_mask, static.write_length)
+        outputs = self.forward(tokens, positions, static.write_length, visible)
+        if self.drafter.feature_layers is None:
+            return outputs, None
+        if not self.drafter.feature_layers:
+            return outputs, outputs
+        return outputs
 
     def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """The model's own logits (its LM head, then its logit transform) at ``hidden``."""
         return self.logit_transform(self.lm_head(hidden))
 
     def _lay_out_next_tree(self, root: torch.Tensor, hidden: torch.Tensor) -> None:
-        """Place the next step's tree tokens ``[B, q]``: ``root [B]``, then the drafter's
-        guesses (Medusa heads' top-k at ``hidden [B, H]``, or a draft model's passes); a
-        per-step tree also lays out its shape."""
-        self.tree_tokens.copy_(self.draft.next_tree(root, hidden))
-
-    def _layout(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """This step's ``(attention mask, position offsets, retrieve indices)``: the static
-        tree's buffers, shared by every row (a per-step tree gives ``[B, ...]`` ones)."""
-        buffers = self.buffers
-        return buffers.attention_mask, buffers.position_offsets, buffers.retrieve_indices
+        """Place the next step's tree below ``root [B]``: the drafter's guesses (Medusa
+        heads' top-k at ``hidden [B, H]``, a draft model's or EAGLE's passes)."""
+        self.draft.next_tree(root, hidden)
 
     def prefill(self, input_ids: torch.Tensor, pad_mask: torch.Tensor | None = None) -> None:
         """Run left-padded prompts ``[B, P]`` into an empty cache and lay out the first trees.
@@ -322,31 +320,22 @@ class TreeDecoder:
         if pad_mask is None:
             pad_mask = torch.ones_like(input_ids, dtype=torch.bool)
         pad_mask = pad_mask.to(device=self.device, dtype=torch.bool)
-        self.write_length.zero_()
-        self.row_lengths.zero_()
-        self.valid.zero_()
-        causal = torch.ones(length, length, dtype=torch.bool, device=self.device).tril()
-        # A pad query also sees itself: with nothing visible its softmax row would be
-        # all-masked. Its output is never used and its slot stays a hole.
-        itself = torch.eye(length, dtype=torch.bool, device=self.device)
-        block = causal & (pad_mask[:, None, :] | itself)
-        offsets = (pad_mask.cumsum(dim=-1) - 1).clamp(min=0)  # true positions of real tokens
-        hidden = self._forward(input_ids, block, offsets)[:, -1]  # [B, H]
-        root = self._logits(hidden).argmax(dim=-1)
-        self.draft.start(input_ids, pad_mask)
-        self._lay_out_next_tree(root, hidden)
-        self.valid[:, :length] = pad_mask
-        self.write_length.fill_(length)
-        self.row_lengths.copy_(pad_mask.sum(dim=-1))
+        self.static.reset()
+        block, offsets = prompt_block(pad_mask)
+        hidden, features = self._forward(input_ids, block, offsets)
+        root = self._logits(hidden[:, -1]).argmax(dim=-1)
+        self.draft.start(input_ids, pad_mask, root, features)
+        self._lay_out_next_tree(root, hidden[:, -1])
+        self.static.commit_prompt(pad_mask)
         self.emitted.zero_()
         self.emitted[:, 0] = root
         self.accept_length.fill_(1)
 
     def _step(self) -> None:
         """One verification step for every row (fixed shapes, no host sync; see the module doc)."""
-        attention_mask, position_offsets, retrieve = self._layout()
-        tokens = self.tree_tokens
-        hidden = self._forward(tokens, attention_mask, position_offsets)
+        attention_mask, position_offsets, retrieve = self.draft.layout()
+        tokens = self.draft.tokens  # read before the drafter lays out the next tree
+        hidden, features = self._forward(tokens, attention_mask, position_offsets)
         logits = self._logits(hidden)  # [B, q, V]
         best_row, accept_length = accept(self.acceptance, tokens, logits, retrieve)  # [B], [B]
         # Per-row gathers with index tensors, never t[0-dim tensor] (a host sync that
@@ -356,27 +345,33 @@ class TreeDecoder:
         last_node = paths.gather(1, last_position)[..., None]  # [B, 1, 1]
         last_hidden = hidden.gather(1, last_node.expand(-1, -1, hidden.shape[-1]))[:, 0]
         root = logits.gather(1, last_node.expand(-1, -1, logits.shape[-1]))[:, 0].argmax(-1)
-
-        # Compaction: row b's accepted nodes' K/V to slots L .. L+n_b-1. Slots past
-        # L+n_b-1 become holes (invalid) or lie past the new L (overwritten next step).
-        offsets = self.slots[: paths.shape[1]]  # 0 .. D
-        sources = self.write_length + paths  # [B, D+1], per row
-        targets = self.write_length + offsets  # [D+1], shared
-        for layer in self.cache.layers:
-            for store in (layer.keys, layer.values):  # [B, heads, S, head_dim]
-                index = sources[:, None, :, None].expand(-1, store.shape[1], -1, store.shape[3])
-                store.index_copy_(2, targets, store.gather(2, index))
-        self.valid.index_copy_(1, targets, offsets[None, :] < accept_length[:, None])
-        self.key_positions.index_copy_(1, targets, self.row_lengths[:, None] + offsets)
-
+        self._compact(paths, accept_length)
         emitted = torch.cat([tokens.gather(1, paths[:, 1:]), root[:, None]], dim=1)
         emitted = emitted.scatter(1, last_position, root[:, None])  # candidates, next root
         self.emitted.copy_(emitted)
         self.accept_length.copy_(accept_length)
-        self.draft.follow(tokens.gather(1, paths), accept_length)
+        path_features = None
+        if features is not None:
+            path_features = features.gather(1, paths[..., None].expand(-1, -1,
+                                                                       features.shape[-1]))
+        self.draft.follow(tokens.gather(1, paths), accept_length, path_features)
         self._lay_out_next_tree(root, last_hidden)
-        self.row_lengths.add_(accept_length)
-        self.write_length.add_(accept_length.max())  # the longest row sets the shared L
+        self.static.row_lengths.add_(accept_length)
+        self.static.write_length.add_(accept_length.max())  # the longest row sets the shared L
+
+    def _compact(self, paths: torch.Tensor, accept_length: torch.Tensor) -> None:
+        """Row b's accepted nodes' K/V to slots L .. L+n_b-1. Slots past L+n_b-1 become
+        holes (invalid) or lie past the new L (overwritten next step)."""
+        static = self.static
+        offsets = static.slots[: paths.shape[1]]  # 0 .. D
+        sources = static.write_length + paths  # [B, D+1], per row
+        targets = static.write_length + offsets  # [D+1], shared
+        for layer in static.layers:
+            for store in (layer.keys, layer.values):  # [B, heads, S, head_dim]
+                index = sources[:, None, :, None].expand(-1, store.shape[1], -1, store.shape[3])
+                store.index_copy_(2, targets, store.gather(2, index))
+        static.valid.index_copy_(1, targets, offsets[None, :] < accept_length[:, None])
+        static.key_positions.index_copy_(1, targets, static.row_lengths[:, None] + offsets)
 
     def capture(self) -> None:
         """Capture ``_step`` as a CUDA graph (after :meth:`prefill`; state is restored)."""
@@ -468,16 +463,15 @@ def _is_token_id(value: object) -> bool:
 
 
 class TreePolicy(Protocol):
-    """A tree chosen per step (e.g. ``medusa_runtime.dynamic.DynamicTree``): its size and
-    depth, and the decoder that runs it."""
+    """A tree chosen per step (``medusa_runtime.dynamic.DynamicTree``, Medusa ``dynamic:N``;
+    ``medusa_runtime.beam.BeamTree``, ``dynamic:S,K,N``): its size and depth; the
+    drafter's session builds it every step."""
 
     @property
     def num_tokens(self) -> int: ...
 
     @property
     def depth(self) -> int: ...
-
-    def make_decoder(self, **settings: Any) -> TreeDecoder: ...
 
 
 def _as_prompts(
@@ -574,6 +568,61 @@ class BatchGenerationResult:
         return total / self.wall_time_s if self.wall_time_s > 0 else 0.0
 
 
+def _decoder_for(model: nn.Module, heads: MedusaHeads | None, tree: Any, rows: list[list[int]],
+                 max_new_tokens: int, acceptance: Acceptance, compile_step: bool,
+                 drafter: Drafter | None) -> TreeDecoder:
+    """The decoder for ``rows``, its cache sized for ``max_new_tokens`` (checked prompts)."""
+    # The shared write pointer advances by the longest accepted path of any row, up
+    # to D + 1 a step, so a batch may use that much cache per new token; one
+    # sequence never leaves holes and needs exactly one slot per token.
+    growth = 1 if len(rows) == 1 else tree.depth + 1
+    cache_length = max(map(len, rows)) + tree.num_tokens + growth * max_new_tokens
+    if compile_step:
+        cache_length = -(-cache_length // COMPILED_CACHE_BUCKET) * COMPILED_CACHE_BUCKET
+    decoder = TreeDecoder(model, heads, tree, cache_length, acceptance=acceptance,
+                          batch_size=len(rows), compile_step=compile_step, drafter=drafter)
+    if any(not 0 <= token < decoder.vocab_size for row in rows for token in row):
+        raise TreeoptError(f"input_ids must be token ids in [0, {decoder.vocab_size})")
+    # The last step verifies its root at position (prompt + emitted - 1), emitted <
+    # max_new_tokens, and its deepest node D positions further.
+    check_positions(model, max(map(len, rows)) + max_new_tokens - 2 + tree.depth)
+    return decoder
+
+
+def _set_up(decoder: TreeDecoder, compile_step: bool, cuda_graph: bool | None) -> tuple[bool, bool]:
+    """One-time setup, kept out of the decode time: compilation, then capture (asked
+    for explicitly, a failure is an error; by default it falls back to eager).
+    Returns ``(captured, compiled)``."""
+    captured = False
+    if compile_step:
+        decoder.warm_up()
+    if cuda_graph if cuda_graph is not None else decoder.device.type == "cuda":
+        captured = decoder.capture_or_eager(required=bool(cuda_graph))
+    return captured, compile_step
+
+
+def _decode_steps(decoder: TreeDecoder, tokens: list[list[int]], accept_lengths: list[list[int]],
+                  eos: set[int], max_new_tokens: int) -> int:
+    """Step until every row stops (EOS or ``max_new_tokens``); returns the steps run."""
+    active = [row[-1] not in eos and len(row) < max_new_tokens for row in tokens]
+    steps = 0
+    while any(active):
+        decoder.step()
+        steps += 1
+        # The one host sync a step: every row's count and emitted tokens together.
+        readback = torch.cat([decoder.accept_length[:, None], decoder.emitted], dim=1).tolist()
+        for row, (count, *emitted) in enumerate(readback):
+            if not active[row]:
+                continue  # finished rows ride along until the batch ends; ignore them
+            accept_lengths[row].append(count)
+            for token in emitted[:count]:
+                tokens[row].append(token)
+                if token in eos or len(tokens[row]) == max_new_tokens:
+                    active[row] = False
+                    break
+    return steps
+
+
 @torch.inference_mode()
 def generate_batch(
     model: nn.Module,
@@ -605,28 +654,8 @@ def generate_batch(
     # Pad id 0 is never seen: pad slots stay holes in the cache.
     prompt, pad_mask = (t.to(device) for t in pad_rows(rows, 0, left=True))
     eos = {eos_token_id} if isinstance(eos_token_id, int) else set(eos_token_id or ())
-    batch, q = len(rows), tree.num_tokens
-    # The shared write pointer advances by the longest accepted path of any row, up
-    # to D + 1 a step, so a batch may use that much cache per new token; one
-    # sequence never leaves holes and needs exactly one slot per token.
-    growth = 1 if batch == 1 else tree.depth + 1
-    cache_length = prompt.shape[1] + q + growth * max_new_tokens
-    if compile_step:
-        cache_length = -(-cache_length // COMPILED_CACHE_BUCKET) * COMPILED_CACHE_BUCKET
-    # A per-step policy (medusa_runtime.dynamic.DynamicTree) brings its own decoder.
-    make_decoder = getattr(tree, "make_decoder", None)
-    if make_decoder is not None and drafter is not None:
-        raise TreeoptError("per-step trees are chosen by Medusa heads: no drafter with them")
-    decoder = (make_decoder or partial(TreeDecoder, tree=tree))(
-        model=model, heads=heads, max_cache_len=cache_length, acceptance=acceptance,
-        batch_size=batch, compile_step=compile_step,
-        **({"drafter": drafter} if drafter is not None else {}),
-    )
-    if any(not 0 <= token < decoder.vocab_size for row in rows for token in row):
-        raise TreeoptError(f"input_ids must be token ids in [0, {decoder.vocab_size})")
-    # The last step verifies its root at position (prompt + emitted - 1), emitted <
-    # max_new_tokens, and its deepest node D positions further.
-    check_positions(model, max(map(len, rows)) + max_new_tokens - 2 + tree.depth)
+    decoder = _decoder_for(model, heads, tree, rows, max_new_tokens, acceptance, compile_step,
+                           drafter)
     synchronize = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     synchronize()
     start = time.perf_counter()
@@ -634,43 +663,22 @@ def generate_batch(
     tokens = [[token] for token in decoder.emitted[:, 0].tolist()]  # host sync: prefill done
     prefill_s = time.perf_counter() - start
     accept_lengths = [[1] for _ in rows]
-    active = [row[-1] not in eos and len(row) < max_new_tokens for row in tokens]
-    # One-time setup, kept out of the decode time: compilation, then capture (asked
-    # for explicitly, a failure is an error; by default it falls back to eager).
     setup_start = time.perf_counter()
-    captured = compiled = False
-    if any(active):
-        if compile_step:
-            decoder.warm_up()
-            compiled = True
-        if cuda_graph if cuda_graph is not None else device.type == "cuda":
-            captured = decoder.capture_or_eager(required=bool(cuda_graph))
+    captured = compiled_step = False
+    if any(row[-1] not in eos and len(row) < max_new_tokens for row in tokens):
+        captured, compiled_step = _set_up(decoder, compile_step, cuda_graph)
     synchronize()
     setup_s = time.perf_counter() - setup_start
-    steps = 1
-    while any(active):
-        decoder.step()
-        steps += 1
-        # The one host sync a step: every row's count and emitted tokens together.
-        readback = torch.cat([decoder.accept_length[:, None], decoder.emitted], dim=1).tolist()
-        for row, (count, *emitted) in enumerate(readback):
-            if not active[row]:
-                continue  # finished rows ride along until the batch ends; ignore them
-            accept_lengths[row].append(count)
-            for token in emitted[:count]:
-                tokens[row].append(token)
-                if token in eos or len(tokens[row]) == max_new_tokens:
-                    active[row] = False
-                    break
+    steps = 1 + _decode_steps(decoder, tokens, accept_lengths, eos, max_new_tokens)
     synchronize()
     wall_time_s = time.perf_counter() - start - setup_s
     sequences = [
         GenerationResult(row_tokens, row_accepts, wall_time_s, setup_s, prefill_s, captured,
-                         compiled, _decoded(tokenizer, prompt_row, row_tokens))
+                         compiled_step, _decoded(tokenizer, prompt_row, row_tokens))
         for prompt_row, row_tokens, row_accepts in zip(rows, tokens, accept_lengths, strict=True)
     ]
     return BatchGenerationResult(sequences, steps, wall_time_s, setup_s, prefill_s, captured,
-                                 compiled)
+                                 compiled_step)
 
 
 def generate(

@@ -13,13 +13,13 @@ like the static one. Greedy verification stays lossless whatever tree is chosen.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
 
-from medusa_runtime.buffers import PAD
+from medusa_runtime.buffers import PAD, tree_buffers
 from medusa_runtime.decode import Acceptance, TreeDecoder
+from medusa_runtime.drafter import DraftSession, PerStepLayout
 from medusa_runtime.heads import MedusaHeads
 from treeopt.core.tree import Tree
 from treeopt.errors import TreeoptError
@@ -59,26 +59,24 @@ class DynamicTree:
     def num_tokens(self) -> int:
         return self.size
 
-    def make_decoder(self, **settings: Any) -> DynamicTreeDecoder:
-        """The decoder running this policy (``generate`` calls it)."""
-        return DynamicTreeDecoder(policy=self, **settings)
+    def heads_session(self, heads: MedusaHeads | None, batch_size: int,
+                      device: torch.device) -> DynamicHeadsSession:
+        """The drafting session running this policy with ``heads`` (the decoder asks
+        ``MedusaHeadsDrafter`` for it)."""
+        return DynamicHeadsSession(heads, self, batch_size, device)
 
 
 # The root's value: above every path's (log values are <= 0), so it is always kept.
 ROOT_VALUE = 1.0
 
 
-class DynamicTreeDecoder(TreeDecoder):
-    """A :class:`TreeDecoder` whose tree is chosen every step by a :class:`DynamicTree`."""
+class DynamicHeadsSession(DraftSession):
+    """Medusa heads choosing a :class:`DynamicTree`'s ``size`` paths every step."""
 
-    def __init__(self, model: nn.Module, heads: MedusaHeads | None, policy: DynamicTree,
-                 max_cache_len: int, acceptance: Acceptance = "greedy", batch_size: int = 1,
-                 compile_step: bool = False) -> None:
-        super().__init__(model, heads, policy.pool, max_cache_len, acceptance=acceptance,
-                         batch_size=batch_size, compile_step=compile_step)
-        pool, device, size = self.buffers, self.device, policy.size
-        depth = policy.depth
-        self.size = size
+    def __init__(self, heads: MedusaHeads | None, policy: DynamicTree, batch_size: int,
+                 device: torch.device) -> None:
+        pool, size, depth = tree_buffers(policy.pool).to(device), policy.size, policy.depth
+        self.heads, self.pool, self.size, self.depth = heads, pool, size, depth
         self.log_calibration = policy.calibration[:depth].to(device, torch.float32) \
             .clamp_min(1e-6).log()  # floor: treeopt.optimize.dynamic.MIN_CALIBRATED
         nodes = [(), *policy.pool.paths]
@@ -91,26 +89,16 @@ class DynamicTreeDecoder(TreeDecoder):
                 ancestry[i, length] = index[path[:length]]
         self.pool_ranks = ranks.to(device)  # [M, D]
         self.pool_ancestry = ancestry.to(device)  # [M, D + 1]: each node's path, root first
-        # Per-step layout of the chosen tree, updated in place (a captured graph reads it).
-        self.tree_tokens = torch.zeros((batch_size, size), dtype=torch.long, device=device)
-        self.step_mask = torch.zeros((batch_size, size, size), dtype=torch.bool, device=device)
-        self.step_offsets = torch.zeros((batch_size, size), dtype=torch.long, device=device)
-        self.step_retrieve = torch.full((batch_size, size, depth + 1), PAD, dtype=torch.long,
-                                        device=device)
+        self.per_step = PerStepLayout(batch_size, size, depth, device)
+        self.tokens = self.per_step.tokens
         self.chosen_nodes = torch.zeros((batch_size, size), dtype=torch.long, device=device)
         self.positions = torch.arange(size, device=device)
-        self.pool_mask = pool.attention_mask
 
-    @property
-    def num_tokens(self) -> int:
-        return self.size
+    def layout(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.per_step.mask, self.per_step.offsets, self.per_step.retrieve
 
-    def _state(self) -> tuple[torch.Tensor, ...]:
-        return (*super()._state(), self.step_mask, self.step_offsets, self.step_retrieve,
-                self.chosen_nodes)
-
-    def _layout(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.step_mask, self.step_offsets, self.step_retrieve
+    def state(self) -> list[torch.Tensor]:
+        return [*self.per_step.tensors(), self.chosen_nodes]
 
     def _path_values(self, head_probs: torch.Tensor) -> torch.Tensor:
         """``[B, M]`` summed calibrated log values of every pool path (root: ROOT_VALUE)."""
@@ -125,24 +113,41 @@ class DynamicTreeDecoder(TreeDecoder):
         values[:, 0] = ROOT_VALUE
         return values
 
-    def _lay_out_next_tree(self, root: torch.Tensor, hidden: torch.Tensor) -> None:
-        batch, depth = root.shape[0], self.tree.depth
+    def next_tree(self, root: torch.Tensor, hidden: torch.Tensor) -> None:
+        batch, depth = root.shape[0], self.depth
         head_logits = self.heads(hidden, num_heads=depth).reshape(depth, batch, -1)
-        top = torch.softmax(head_logits.float(), dim=-1).topk(self.buffers.top_k, dim=-1)
+        top = torch.softmax(head_logits.float(), dim=-1).topk(self.pool.top_k, dim=-1)
         flat = torch.cat([root.view(batch, 1), top.indices.transpose(0, 1).reshape(batch, -1)],
                          dim=1)
-        pool_tokens = flat[:, self.buffers.candidate_indices]  # [B, M]
+        pool_tokens = flat[:, self.pool.candidate_indices]  # [B, M]
         values = self._path_values(top.values.transpose(0, 1))
         # Stable: equal values keep pool (canonical) order, so parents precede children.
         order = torch.sort(-values, dim=1, stable=True).indices[:, : self.size]
         chosen = order.sort(dim=1).values  # [B, N] pool nodes, canonical order, root first
+        layout = self.per_step
         self.chosen_nodes.copy_(chosen)
-        self.tree_tokens.copy_(pool_tokens.gather(1, chosen))
-        self.step_offsets.copy_(self.buffers.position_offsets[chosen])
-        self.step_mask.copy_(self.pool_mask[chosen[:, :, None], chosen[:, None, :]])
+        layout.tokens.copy_(pool_tokens.gather(1, chosen))
+        layout.offsets.copy_(self.pool.position_offsets[chosen])
+        layout.mask.copy_(self.pool.attention_mask[chosen[:, :, None], chosen[:, None, :]])
         # Each chosen node's path, renumbered from pool nodes to positions in the step.
         position_of = torch.full_like(pool_tokens, PAD).scatter(
             1, chosen, self.positions.expand(batch, -1))
         paths = self.pool_ancestry[chosen]  # [B, N, D + 1]
         renumbered = position_of.gather(1, paths.clamp(min=0).flatten(1)).view(paths.shape)
-        self.step_retrieve.copy_(renumbered.masked_fill(paths < 0, PAD))
+        layout.retrieve.copy_(renumbered.masked_fill(paths < 0, PAD))
+
+
+class DynamicTreeDecoder(TreeDecoder):
+    """A :class:`TreeDecoder` running a :class:`DynamicTree` with Medusa heads (the same as
+    ``TreeDecoder(model, heads, policy, ...)``; ``chosen_nodes`` shows the step's pick)."""
+
+    def __init__(self, model: nn.Module, heads: MedusaHeads | None, policy: DynamicTree,
+                 max_cache_len: int, acceptance: Acceptance = "greedy", batch_size: int = 1,
+                 compile_step: bool = False) -> None:
+        super().__init__(model, heads, policy, max_cache_len, acceptance=acceptance,
+                         batch_size=batch_size, compile_step=compile_step)
+
+    @property
+    def chosen_nodes(self) -> torch.Tensor:
+        """``[B, size]``: the pool nodes of the tree laid out last, canonical order."""
+        return self.draft.chosen_nodes

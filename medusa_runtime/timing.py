@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from medusa_runtime.beam import BeamTree
 from medusa_runtime.decode import TreeDecoder
 from medusa_runtime.drafter import Drafter
 from medusa_runtime.heads import MedusaHeads
@@ -123,7 +124,7 @@ def time_verification_step(
     device: torch.device | str | None = None,
     cuda_graph: bool | None = None,
     compile_step: bool = False,
-    tree: Tree | None = None,
+    tree: Tree | BeamTree | None = None,
     drafter: Drafter | None = None,
 ) -> dict[str, Any]:
     """Median seconds of one verification step of ``num_tokens`` tokens at ``context``.
@@ -137,6 +138,7 @@ def time_verification_step(
     to eager (``cuda_graph: False`` and ``capture_error`` in the result) if capture
     fails; ``True`` makes that failure an error. ``compile_step`` times the
     ``torch.compile``d step (compiled before warm-up). ``tree`` times that tree
+    (a static one, or ``dynamic:S,K,N`` built by the drafter each step)
     instead (its size is ``num_tokens``); with a ``drafter`` instead of heads the
     step includes its drafting (a draft model's passes). Returns a dict
     with ``median_s``, ``min_s``, ``max_s``, ``samples_s`` and the settings.
@@ -177,7 +179,8 @@ def time_verification_step(
         "num_tokens": num_tokens,
         "batch": batch,
         "context": context,
-        "tree_paths": tree.as_lists(),
+        # A dynamic:S,K,N tree is rebuilt every step: its name stands for its paths.
+        "tree_paths": tree.as_lists() if isinstance(tree, Tree) else str(tree),
         "device": str(device),
         "cuda_graph": use_graph,
         "compiled": compile_step,

@@ -140,7 +140,9 @@ def test_holdout_build_eval_and_oracle(measured_profile: Path, tmp_path: Path) -
         (str(tree_path), "blend"), ("in-sample-16", "blend"),
     ]
     for contender, oracle in zip(rows[::2], rows[1::2], strict=True):
-        assert oracle["expected_accept_length"] >= contender["expected_accept_length"] - 1e-12
+        if oracle["acceptance_model"] == oracle["built_with"]:  # its ceiling is there
+            assert oracle["expected_accept_length"] >= \
+                contender["expected_accept_length"] - 1e-12
     _, heldout = load_profile(str(measured_profile)).split(0.25, 1)
     assert heldout.num_positions == 250  # 10 of 40 prompts x 25 positions
 
@@ -230,9 +232,10 @@ def test_unwritable_output_is_one_line_error(tmp_path: Path) -> None:
         (["overhead", "--random-weights", "--arch", "llama-7b", "--device", "foo",
           "-o", "{tmp}/o.json"],
          "error: --device 'foo' is not a torch device (cpu, cuda, cuda:1, mps)"),
-        (["tune", "--measure", "--model", "x", "--heads", "h", "--prompts", "{prompts}",
+        (["study", "--model", "x", "--heads", "h", "-d", "{prompts}",
           "--profile", "vicuna-7b", "--storage", "foo://x"],
-         "error: cannot open --storage foo://x: Can't load plugin: sqlalchemy.dialects:foo"),
+         "error: --storage cannot be opened (foo://x): Can't load plugin: "
+         "sqlalchemy.dialects:foo"),
     ],
 )
 def test_model_verbs_refuse_bad_options_before_loading(args: list[str], message: str,

@@ -95,9 +95,9 @@ def test_heads_profile_is_warned_about(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("extra", "message"), [
-    (["--latency", "lat.json"], "--latency cannot be used with --draft-arch"),
-    (["--measure"], "--measure cannot be used with --draft-arch"),
-    (["--engine", "vllm-medusa"], "--engine cannot be used with --draft-arch"),
+    (["--latency", "lat.json"], "--latency does not apply when tuning a draft model"),
+    (["--measure"], "tune --measure is now its own verb: treeopt study"),
+    (["--engine", "vllm-medusa"], "--engine does not apply when tuning a draft model"),
     (["--max-gamma", "9"], r"--max-gamma must be in 0..8 (the profile's depth), not 9"),
     (["--max-budget", "-1"], "--max-budget must be >= 0"),
     (["--batch", "0"], "--batch must be positive, not 0"),
@@ -117,11 +117,11 @@ def test_draft_options_need_each_other(tmp_path: Path) -> None:
     profile = str(draft_profile(tmp_path / "draft.json"))
     for args, message in (
             (["--draft-arch", "llama-68m", "--arch", "llama-7b", "--gpu", GPU],
-             "--draft-arch needs -p DRAFT_PROFILE"),
+             "--profile is needed: the draft model's profile"),
             (["-p", profile, "--draft-arch", "llama-68m", "--arch", "llama-7b"],
-             "--draft-arch needs --arch"),
+             "--gpu is needed to tune a draft model"),
             (["-p", profile, "--arch", "llama-7b", "--max-gamma", "2"],
-             "--arch, --max-gamma cannot be used without --draft-arch")):
+             "--arch does not apply when tuning Medusa trees by a latency table")):
         result = runner.invoke(app, ["tune", *args])
         assert result.exit_code == 2 and f"error: {message}" in result.stderr, result.output
 

@@ -250,7 +250,7 @@ def test_build_says_when_the_engine_cannot_take_the_budget_exactly(tmp_path):
     assert result.exit_code == 0, result.output
     notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
     assert notes == ["note: the best tree with uniform levels (the shape vLLM's "
-                     "speculative_token_tree took) under --budget 64 has 56 tokens/step; "
+                     "speculative_token_tree took) within the budget of 64 has 56 tokens/step; "
                      "that engine cannot take exactly 64"]
     assert load_tree(tmp_path / "v.json").num_tokens == 56
     result = runner.invoke(app, ["build", "--budget", "64", "--engine", "trtllm", "-o",
@@ -307,4 +307,4 @@ def test_tune_engine_tunes_only_trees_the_engine_takes(tmp_path, tune_inputs, en
 
 def test_tune_engine_refuses_measure():
     result = runner.invoke(app, ["tune", "--measure", "--engine", "vllm"])
-    assert result.exit_code == 2 and "--engine applies to tuning by a latency file" in result.output
+    assert result.exit_code == 2 and "tune --measure is now its own verb" in result.output

@@ -12,6 +12,7 @@ Hypothesis adds generated garbage on top.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import zipfile
 from collections.abc import Iterator
@@ -114,7 +115,14 @@ PROFILE_MUTATIONS: dict[str, list[object]] = {
               [[[0], 4, 5]], 5, [[[0], True]]],
     "groups": [[], [{}], [{"num_positions": 4}], "x", [None],
                [{"num_positions": 4, "marginal_counts": [[2, 0], [0, 1]], "joint": [[[0], 4]]}],
-               [{"num_positions": 2, "marginal_counts": [[2, 0]], "joint": [[[0], 2]]}] * 2],
+               [{"num_positions": 2, "marginal_counts": [[2, 0]], "joint": [[[0], 2]]}] * 2,
+               # ragged group counts (numpy's "inhomogeneous shape" ValueError)
+               [{"num_positions": 2, "marginal_counts": [[2, 0], [0]],
+                 "joint": [[[0], 1], [[0, 1], 1]]},
+                {"num_positions": 2, "marginal_counts": [[0, 1], [2, 0]],
+                 "joint": [[[], 1], [[1, 0], 1]]}],
+               [{"num_positions": 2, "marginal_counts": [[2, 0], [0, 1], [1]],
+                 "joint": [[[0], 1], [[0, 1], 1]]}]],
     "provenance": [[], "x", 3],
     "rank_vectors_sha256": ["abc", 5, "Z" * 64],
 }
@@ -198,6 +206,13 @@ CSV_CASES: list[str] = [
     "model,head,top1,top2\nm,1.5,0.5,0.6\n", "model,head,top1,top2\nm,1,1e999,0.6\n",
     'model,head,top1,top2\n"m,1,0.5,0.6\n', "\x00\x00\x00",
     "model,head,top1,top2\nm,,0.5,0.6\n", "model,head,top0,top1\nm,1,0.5,0.6\n",
+    "head,model,top1\n1\n",
+    # one giant line: a field over the csv module's limit, a header of 50,000 columns,
+    # a whole table on one line
+    "model,head,top1,top2\nm,1,0.5," + "9" * 200_000 + "\n",
+    "model,head,top1,top2," + ",".join(["x"] * 50_000) + "\nm,1,0.5,0.6\n",
+    "model,head,top1,top2," + "m,1,0.5,0.6," * 20_000,
+    "model,head,top1,top2\n" + "m,1,0.5,0.6," * 20_000,
 ]
 CURVE_CSV_CASES: list[str] = [
     "", "num_tokens\n1\n", "num_tokens,expected_accept_length\n",
@@ -211,6 +226,9 @@ CURVE_CSV_CASES: list[str] = [
     "num_tokens,expected_accept_length,speedup\n1,1.0,-2\n",
     "num_tokens,expected_accept_length\n1,1e999\n", 'num_tokens,expected_accept_length\n"1,1\n',
     "num_tokens,expected_accept_length\n" + "9" * 5000 + ",1.0\n",
+    "num_tokens,expected_accept_length\n1," + "9" * 200_000 + "\n",
+    "num_tokens,expected_accept_length," + ",".join(["x"] * 50_000) + "\n1,1.0\n",
+    "# treeopt.curve/1 {}\nnum_tokens,expected_accept_length\n" + "1,1.0," * 20_000,
 ]
 IMPORT_CASES: dict[str, list[str]] = {
     "any": ["", "[", "[[0],[0]]", "[[0,0]]", "[[-1]]", "[1,2]", "{1: 2}", "'x'", "[[0.5]]",
@@ -379,6 +397,108 @@ def _ranks_cases() -> list[Case]:
             for i, (name, data) in enumerate(sidecars.items())]
 
 
+# The model verbs (profile, train-heads) refuse these before any model loads: "./model"
+# and "./heads" never need to exist, so the cases cost what the file verbs' do.
+PROMPTS = b"Once upon a time\nThe cat sat\n"
+PROMPT_VERBS = [["profile", "-m", "./model", "--heads", "./heads", "-d", "{f}", "-o", "{o}.json"],
+                ["train-heads", "-m", "./model", "-d", "{f}", "-o", "{o}"]]
+RERUN = ["profile", "-m", "./model", "--heads", "./heads", "-d", "prompts.txt", "-o", "out.json"]
+
+
+def _nested_objects(depth: int) -> str:
+    return '{"prompt": ' * depth + '"x"' + "}" * depth
+
+
+def _prompt_cases() -> list[Case]:
+    """Calibration prompt files (``-d``): deep nesting in every layout, and garbage."""
+    files = {
+        "deep-list.json": "[" * 5000 + "]" * 5000,
+        "deep-objects.json": "[" + _nested_objects(3000) + "]",
+        "deep-line.jsonl": '{"prompt": "a"}\n' + _nested_objects(3000) + "\n",
+        "deep-turns.jsonl": '{"turns": ' + "[" * 4000 + "]" * 4000 + "}\n",
+        "deep-guessed.data": "[" * 5000 + "]" * 5000,
+        "not-utf8.jsonl": "{\"prompt\": \"\u00e9t\u00e9\"}\n",
+        "truncated.json": '[{"prompt": "a"}, {"prompt": ',
+        "huge.jsonl": '{"prompt": "a"}\n' + "[" * 70 + "]" * 70 + "\n",
+    }
+    cases = []
+    for index, (name, text) in enumerate(files.items()):
+        data = text.encode("latin-1" if name.startswith("not-utf8") else "utf-8")
+        cases.append(Case(f"prompts-{name}", {name: data}, _rotate(PROMPT_VERBS, index)))
+    return cases
+
+
+PARTIAL_FORMAT = "treeopt.partial-profile/1"
+
+
+def _partial_cases() -> list[Case]:
+    """``profile --resume`` checkpoints (OUTPUT.partial.npz): cut short, the wrong type, shapes."""
+    good = {"format": np.array(PARTIAL_FORMAT), "fingerprint": np.array("f" * 40),
+            "ranks": np.zeros((6, 2), dtype=np.int16),
+            "groups": np.repeat(np.arange(2), 3).astype(np.int32), "done": np.array(2),
+            "mismatches": np.array(0)}
+
+    def with_(**changes: object) -> bytes:
+        return _npz(**{key: value for key, value in {**good, **changes}.items()
+                       if value is not None})
+
+    buffer_npy = __import__("io").BytesIO()
+    np.save(buffer_npy, good["ranks"])
+    valid = with_()
+    checkpoints = {
+        "empty": b"", "text": b"not a checkpoint", "zip-magic": b"PK\x03\x04 garbage",
+        "truncated-quarter": valid[: len(valid) // 4], "truncated-half": valid[: len(valid) // 2],
+        "truncated-tail": valid[:-20], "plain-npy": buffer_npy.getvalue(),
+        "no-ranks": with_(ranks=None), "no-format": with_(format=None),
+        "other-format": with_(format=np.array("treeopt.other/1")),
+        "format-number": with_(format=np.array(5)), "fingerprint-vector": with_(
+            fingerprint=np.array(["a", "b"])),
+        "float-ranks": with_(ranks=np.zeros((6, 2))), "one-d-ranks": with_(ranks=np.zeros(6)),
+        "groups-too-long": with_(groups=np.zeros(7, dtype=np.int32)),
+        "groups-past-done": with_(groups=np.full(6, 5, dtype=np.int32)),
+        "done-negative": with_(done=np.array(-1)), "done-float": with_(done=np.array(1.5)),
+        "probs-wrong-shape": with_(probs=np.zeros((6, 3), dtype=np.float16)),
+        "probs-integers": with_(probs=np.zeros((6, 2, 4), dtype=np.int64)),
+    }
+    cases = [Case(f"partial-{name}", {"out.json.partial.npz": data, "prompts.txt": PROMPTS},
+                  [*RERUN, "--resume"]) for name, data in checkpoints.items()]
+    # Without --resume a checkpoint (even a good one) is refused: it would be thrown away.
+    cases.append(Case("partial-without-resume", {"out.json.partial.npz": valid,
+                                                 "prompts.txt": PROMPTS}, RERUN))
+    return cases
+
+
+def _targets_cases() -> list[Case]:
+    """The greedy-targets cache beside a profile (OUTPUT.targets.json): garbage, wrong shapes."""
+    tag = '"format": "treeopt.targets/1"'
+    caches = [*GARBAGE, b"[[1, 2]]", b'["treeopt.targets/1"]',
+              f'{{{tag}, "continuations": []}}'.encode(),
+              f'{{{tag}, "continuations": [[1, 2]]}}'.encode(),
+              f'{{{tag}, "continuations": {{"k": "abc"}}}}'.encode(),
+              f'{{{tag}, "continuations": {{"k": 5}}}}'.encode(),
+              f'{{{tag}, "continuations": {{"k": [1.5]}}}}'.encode(),
+              f'{{{tag}, "continuations": {{"k": [-1]}}}}'.encode(),
+              f'{{{tag}, "continuations": {{"k": [true]}}}}'.encode(),
+              f'{{{tag}, "continuations": {{"k": [[1]]}}}}'.encode(),
+              f'{{{tag}, "continuations": {{"k": [{"9" * 25}]}}}}'.encode(),
+              f'{{{tag}, "continuations": null}}'.encode(),
+              b'{"format": "treeopt.targets/2", "continuations": {}}']
+    return [Case(f"targets-{index}", {"out.json.targets.json": data, "prompts.txt": PROMPTS},
+                 RERUN) for index, data in enumerate(caches)]
+
+
+# Usage errors: click's own messages, one line each (a missing choice option used to list
+# its choices one per line).
+USAGE_CASES = [
+    ["import", "choices.txt", "-o", "out.json"],  # no --from
+    ["export", "mc_sim_7b_63"],  # no --to
+    ["export", "mc_sim_7b_63", "--to", "nope"], ["import", "x.txt", "--from", "nope"],
+    ["build", "--no-such-option"], ["validate"], ["validate", "a.json", "b.json"],
+    ["build", "-b", "many"], ["generate", "-m", "./model"], ["profile"], ["nope"],
+    ["train-heads", "-m", "./model", "-d", "p.txt", "-o", "out", "--resume", "--overwrite"],
+]
+
+
 def build_corpus() -> list[Case]:
     """Every bad input, named by kind and mutation."""
     cases = _json_cases("tree", TREE, TREE_MUTATIONS, TREE_VERBS, "bad.json")
@@ -398,6 +518,8 @@ def build_corpus() -> list[Case]:
                        ["import", "{f}", "--from", fmt, "-o", "{o}.json"])
                   for i, text in enumerate(texts)]
     cases += _ranks_cases()
+    cases += _prompt_cases() + _partial_cases() + _targets_cases()
+    cases += [Case(f"usage-{i}", {}, args) for i, args in enumerate(USAGE_CASES)]
     cases += [Case("import-latin1", {"bad.txt": "[[0]] # \u00e9".encode("latin-1")},
                    ["import", "{f}", "--from", "medusa", "-o", "{o}.json"]),
               Case("folder-as-tree", {}, ["validate", "."]),
@@ -474,7 +596,7 @@ def test_the_corpus_is_wide() -> None:
     kinds = {case.name.split("-")[0] for case in CORPUS}
     assert len(CORPUS) >= 300
     assert kinds >= {"tree", "profile", "latency", "curve", "device", "config", "gpu",
-                     "accuracy", "import", "ranks"}
+                     "accuracy", "import", "ranks", "prompts", "partial", "targets", "usage"}
     verbs = {case.args[0] for case in CORPUS}
     assert verbs >= {"validate", "info", "export", "eval", "render", "build", "simulate",
                      "tune", "roofline", "overhead", "import-profile", "import"}
@@ -642,3 +764,189 @@ def test_python_profile_checks_are_at_least_as_strict_as_the_schema(
     except TreeoptError:
         return
     jsonschema.validate(document, profile_file.schema())
+
+
+# ------------------------------------------------------------------ runs that write
+STORIES = Path(__file__).resolve().parents[2] / "shared" / "models" / "stories260K"
+STORY_PROMPTS = Path(__file__).parent / "data" / "story_prompts.txt"
+needs_stories = pytest.mark.skipif(not STORIES.is_dir(),
+                                   reason="needs ../shared/models/stories260K")
+TINY_TRAINING = ["--max-prompts", "4", "--max-new-tokens", "8", "--epochs", "1",
+                 "--num-heads", "1", "-q"]
+EARLIER_RUN = {"training_state.json": b'{"format": "treeopt.training-state/1"}',
+               "config.json": b'{"medusa_num_heads": 1}',
+               "medusa_lm_head.safetensors": b"earlier heads"}
+
+
+@pytest.mark.parametrize("contents", [
+    EARLIER_RUN,
+    {"config.json": b'{"medusa_num_heads": 5}', "medusa_lm_head.safetensors": b"published"},
+    {"notes.txt": b"mine"},
+    {".hidden": b""},
+], ids=["earlier-run", "heads-without-state", "unrelated-file", "hidden-file"])
+def test_train_heads_refuses_a_folder_that_is_not_its_own(contents: dict[str, bytes],
+                                                          tmp_path: Path) -> None:
+    """Before the model loads (./no-model never does): one line naming --resume and
+    --overwrite, and the folder byte-identical."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    for name, data in contents.items():
+        (folder / name).write_bytes(data)
+    before = snapshot(folder)
+    result = run_in(tmp_path, ["train-heads", "-m", "./no-model", "-d", str(STORY_PROMPTS),
+                               "-o", "out"])
+    assert_refused(result, str(contents))
+    assert "--resume" in result.stderr and "--overwrite" in result.stderr, result.stderr
+    assert snapshot(folder) == before
+
+
+@needs_stories
+def test_train_heads_into_an_earlier_run_refuses_and_keeps_its_heads(tmp_path: Path) -> None:
+    """A real earlier run: refused without --resume (heads byte-identical); --overwrite
+    replaces it; every output, safetensors included, is 0644 under umask 022."""
+    common = ["train-heads", "-m", str(STORIES), "-d", str(STORY_PROMPTS), *TINY_TRAINING,
+              "--targets-cache", "cache", "-o", "heads"]
+    umask = os.umask(0o022)
+    try:
+        first = run_in(tmp_path, common)
+        assert first.exit_code == 0, first.output
+        heads = tmp_path / "heads"
+        modes = {path.name: oct(path.stat().st_mode & 0o777) for path in heads.iterdir()}
+        assert set(modes.values()) == {"0o644"}, modes
+        assert {"medusa_lm_head.safetensors", "trainable.safetensors",
+                "optimizer.safetensors"} <= set(modes)
+        before = snapshot(heads)
+        again = run_in(tmp_path, common)
+        assert_refused(again, "train-heads into an earlier run")
+        assert "--resume" in again.stderr and "--overwrite" in again.stderr
+        assert snapshot(heads) == before
+        replaced = run_in(tmp_path, [*common, "--overwrite", "--seed", "1"])
+        assert replaced.exit_code == 0, replaced.output
+        assert snapshot(heads) != before
+    finally:
+        os.umask(umask)
+
+
+def _disk_full(*args: object, **kwargs: object) -> None:
+    from safetensors import SafetensorError
+
+    raise SafetensorError("Error while serializing: I/O error: No space left on device "
+                          "(os error 28)")
+
+
+def test_the_training_checkpoint_on_a_full_disk_is_one_line_and_leaves_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """safetensors' disk-full is a SafetensorError, not an OSError: still one line, no file."""
+    import safetensors.torch
+    import torch
+
+    from treeopt.model.train_heads import TrainSettings, save_state
+
+    weight = torch.nn.Parameter(torch.ones(4, 3))
+    optimizer = torch.optim.AdamW([weight])
+    weight.sum().backward()
+    optimizer.step()
+    monkeypatch.setattr(safetensors.torch, "save_file", _disk_full)
+    with pytest.raises(TreeoptError) as info:
+        save_state(tmp_path, {"w": weight}, optimizer, 1, TrainSettings())
+    assert str(info.value) == (f"cannot write {tmp_path / 'trainable.safetensors'}: "
+                               "No space left on device")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    umask = os.umask(0o022)
+    try:
+        save_state(tmp_path, {"w": weight}, optimizer, 1, TrainSettings())
+    finally:
+        os.umask(umask)
+    assert sorted((path.name, oct(path.stat().st_mode & 0o777)) for path in tmp_path.iterdir()) \
+        == [("optimizer.safetensors", "0o644"), ("trainable.safetensors", "0o644"),
+            ("training_state.json", "0o644")]
+
+
+def _mount_tmpfs(folder: Path, size: int) -> bool:
+    import subprocess
+
+    folder.mkdir()
+    if os.geteuid() != 0:
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+                          capture_output=True).returncode == 0
+
+
+@needs_stories
+def test_train_heads_on_a_full_disk_is_one_line_and_leaves_no_file(tmp_path: Path) -> None:
+    """A real 64 KiB tmpfs (root only, else skipped): the heads do not fit."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    if not _mount_tmpfs(disk, 64 * 1024):
+        pytest.skip("cannot mount a tmpfs here (needs root and mount permission)")
+    try:
+        result = run_in(tmp_path, ["train-heads", "-m", str(STORIES), "-d", str(STORY_PROMPTS),
+                                   *TINY_TRAINING, "--targets-cache", "cache", "-o", "disk/h"])
+        assert_refused(result, "train-heads on a full disk")
+        assert "No space left on device" in result.stderr
+        assert [path for path in disk.rglob("*") if path.is_file()] == []
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+# ------------------------------------------------------------------ library noise
+def test_greedy_batches_never_run_past_the_context() -> None:
+    """A prompt the context clips is never batched with shorter ones: its row would run
+    past the model's positions (transformers' "exceeded the model's predefined maximum
+    length" reminder; an index error for learned positions)."""
+    from types import SimpleNamespace
+
+    from treeopt.model.profiling import _batches_by_limit
+
+    model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=64))
+    prompts = [[1] * length for length in (3, 5, 40, 41, 50, 60, 63, 64, 70)]
+    batches = _batches_by_limit(model, prompts, list(range(len(prompts))), 20, 2)
+    assert [(batch, limit) for batch, limit in batches] == [
+        ([0, 1], 20), ([2, 3], 20), ([4], 14), ([5], 4), ([6], 1), ([7, 8], 0)]
+    for batch, limit in batches:
+        assert max(len(prompts[i]) for i in batch) + limit <= 64 or limit == 0
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@needs_stories
+def test_model_verbs_are_quiet_in_a_pipe_and_generate_takes_q(tmp_path: Path) -> None:
+    """No "Loading weights" bar when stderr is not a terminal, no length reminder from a
+    prompt the context clips (480 of 512 positions, batched with short ones); generate -q
+    prints the text and its one-line summary only."""
+    from transformers.utils import logging as hf_logging
+
+    long_prompt = " ".join(["Once upon a time there was a cat."] * 48)  # ~480 tokens
+    (tmp_path / "prompts.txt").write_text(f"Hi\nThe dog ran\n{long_prompt}\nA frog\n")
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_warning()  # as a fresh process has them (-q elsewhere set them)
+    hf_logging.enable_progress_bar()
+    records = _Records()
+    hf_logging.get_logger("transformers").addHandler(records)
+    try:
+        result = run_in(tmp_path, ["train-heads", "-m", str(STORIES), "-d", "prompts.txt",
+                                   "--max-new-tokens", "40", "--epochs", "1",
+                                   "--num-heads", "1", "--targets-cache", "cache", "-o", "heads"])
+    finally:
+        hf_logging.get_logger("transformers").removeHandler(records)
+        hf_logging.set_verbosity(verbosity)
+        if not bars:
+            hf_logging.disable_progress_bar()
+    assert result.exit_code == 0, result.output
+    assert not [m for m in records.messages if "predefined maximum length" in m], records.messages
+    assert "Loading weights" not in result.output and "Traceback" not in result.output
+    generated = run_in(tmp_path, ["generate", "-m", str(STORIES), "--prompt", "Once upon a time",
+                                  "--max-new-tokens", "8", "-q"])
+    assert generated.exit_code == 0, generated.output
+    assert generated.stdout.startswith("Once upon a time, there was a little girl")
+    lines = [line for line in generated.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "tokens/step" in lines[0], lines

@@ -286,7 +286,7 @@ def test_cli_profile_colours_nodes(tmp_path, monkeypatch):
     result = runner.invoke(app, ["render", str(tree_file), "-p", "fake", "-o", str(out)])
     assert result.exit_code == 0, result.output
     text = out.read_text()
-    assert "expected accept length 2.400 (fake, independent)" in text
+    assert "expected accept length 2.400 (fake, independent, as build scores it)" in text
     assert label(nodes(text)["n0"]) == "h1 r0\\n60.0%"
 
 

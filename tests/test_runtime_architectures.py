@@ -19,6 +19,7 @@ import torch
 from tiny_lm import (
     ARCHITECTURES,
     NUM_HEADS,
+    SINGLE_PROMPT,
     VOCAB,
     WINDOW,
     BatchOracleHeads,
@@ -29,7 +30,7 @@ from tiny_lm import (
 )
 from torch import nn
 
-from medusa_runtime.architectures import SUPPORTED_MODEL_TYPES, LogitTransform
+from medusa_runtime.architectures import SUPPORTED_MODEL_TYPES, LogitTransform, decoder_call
 from medusa_runtime.decode import TreeDecoder, generate, generate_batch
 from medusa_runtime.heads import MedusaConfig, MedusaHeads
 from treeopt.core.tree import Tree
@@ -65,14 +66,26 @@ def test_every_supported_type_is_in_the_suite() -> None:
     assert covered == set(SUPPORTED_MODEL_TYPES)
 
 
+def test_the_docs_list_the_supported_types() -> None:
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).parents[1] / "docs" / "runtime.md").read_text()
+    listed = page.split("Supported model types (")[1].split(".\n")[0]
+    count, names = listed.split(")", 1)
+    assert int(count) == len(SUPPORTED_MODEL_TYPES)
+    assert re.findall(r"`([a-z0-9_]+)`", names) == list(SUPPORTED_MODEL_TYPES)
+
+
 @pytest.mark.parametrize("kind", sorted(ARCHITECTURES))
 def test_lossless(kind: str) -> None:
     model = tiny_model(kind, seed=1)
     rng = random.Random(zlib.crc32(kind.encode()))
     longest_accept = 1
+    batch = 1 if kind in SINGLE_PROMPT else BATCH
     for _ in range(CASES):
         prompts = [[rng.randrange(VOCAB) for _ in range(rng.randint(1, MAX_PROMPT))]
-                   for _ in range(BATCH)]
+                   for _ in range(batch)]
         fulls = [greedy_reference(model, prompt, MAX_NEW) for prompt in prompts]
         # An EOS that row 0 emits after a few tokens: it stops there, inside a path.
         eos = rng.choice([*fulls[0][3:], None])
@@ -83,8 +96,8 @@ def test_lossless(kind: str) -> None:
         assert result.tokens == [until_eos(full, eos) for full in fulls]
         longest_accept = max(longest_accept, *(max(row.accept_lengths) for row in result.sequences))
         # Every rank the oracle uses at every level: long accepted paths.
-        single = generate(model, heads, full_tree(), prompts[1], MAX_NEW)
-        assert single.tokens == fulls[1]
+        single = generate(model, heads, full_tree(), prompts[-1], MAX_NEW)
+        assert single.tokens == fulls[-1]
         longest_accept = max(longest_accept, *single.accept_lengths)
     assert longest_accept == NUM_HEADS + 1  # the oracle heads made whole paths accepted
 
@@ -146,26 +159,62 @@ def test_length_dependent_rope_is_refused() -> None:
 
 
 def test_unsupported_families_are_refused_in_one_line() -> None:
-    from transformers import AutoModelForCausalLM, BloomConfig, FalconConfig, GPT2Config, MptConfig
+    from transformers import AutoModelForCausalLM, CTRLConfig, MambaConfig
 
-    small = dict(vocab_size=VOCAB, n_layer=2, n_head=4)
     configs = {
-        "'mpt'": MptConfig(d_model=32, n_heads=4, n_layers=2, vocab_size=VOCAB),
-        "'bloom'": BloomConfig(hidden_size=32, **small),
-        "'falcon' with ALiBi": FalconConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
-                                            num_attention_heads=4, alibi=True),
-        "'gpt2'": GPT2Config(n_embd=32, n_positions=64, **small),  # a learned position table
+        "'ctrl'": CTRLConfig(vocab_size=VOCAB, n_embd=32, dff=64, n_layer=2, n_head=4),
+        "'mamba'": MambaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2),
     }
     for name, config in configs.items():
         model = AutoModelForCausalLM.from_config(config).eval()
         _refused(model, rf"^model type {name} is not supported by medusa_runtime \(supported: "
-                        r"cohere, .*, starcoder2\)$")
+                        r"biogpt, .*, xglm\)$")
 
 
-def test_positions_past_the_limit_are_refused() -> None:
-    model = tiny_model("llama", max_position_embeddings=32)
+def test_mpt_batches_and_compiling_are_refused_in_one_line() -> None:
+    model = tiny_model("mpt-alibi")
+    calls = _forward_calls(model)
+    with pytest.raises(TreeoptError, match=r"^mpt decodes one prompt at a time: MPT takes its "
+                                           r"ALiBi bias without a batch dimension"):
+        generate_batch(model, None, Tree.empty(), [[1, 2, 3], [4, 5]], 4)
+    with pytest.raises(TreeoptError, match=r"^mpt cannot run a compiled step: MPT's attention "
+                                           r"reads the cache length on the host"):
+        generate(model, None, Tree.empty(), [1, 2, 3], 4, compile_step=True)
+    assert calls == []
+
+
+@pytest.mark.parametrize("kind", ["bloom-alibi", "falcon-alibi"])
+def test_alibi_bias_is_the_models_own_at_contiguous_positions(kind: str) -> None:
+    """Where slots are positions (a plain sequence), the runtime's bias is the model's own:
+    the same slopes and the same arithmetic (Falcon multiplies in bfloat16)."""
+    import sys
+
+    model = tiny_model(kind)
+    decoder = model.get_decoder()
+    seen: list[dict] = []
+    owner = decoder if kind == "bloom-alibi" else sys.modules[type(decoder).__module__]
+    own = owner.build_alibi_tensor(torch.ones(2, 300, dtype=torch.long), 4, torch.float32)
+    layer = decoder.h[0]
+    layer.register_forward_hook(lambda _, args, kwargs, out: seen.append(kwargs),
+                                with_kwargs=True)
+    positions = torch.arange(300).expand(2, 300)  # past 256: bfloat16 rounds the products
+    decoder_call(model, 2)(positions, positions, input_ids=torch.ones(2, 300, dtype=torch.long),
+                           attention_mask=torch.zeros(2, 1, 300, 300), use_cache=False)
+    if kind == "bloom-alibi":
+        assert torch.equal(seen[0]["alibi"], own)
+    else:  # Falcon folds the bias, over sqrt(head_dim), into the mask
+        mask = seen[0]["attention_mask"]
+        assert torch.equal(mask[:, :, 0], own.reshape(2, 4, 1, 300)[:, :, 0] / 8 ** 0.5)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "opt", "mpt-alibi"])
+def test_positions_past_the_limit_are_refused(kind: str) -> None:
+    """Up to the last position of the table decodes (OPT's is offset by 2); past it is refused."""
+    model = tiny_model(kind, max_position_embeddings=32, **(
+        {"max_seq_len": 32} if kind == "mpt-alibi" else {}))
     # 20 prompt tokens + 13 new: the last step's root sits at position 31, the limit's last.
-    assert len(generate(model, None, Tree.empty(), list(range(20)), 13).tokens) == 13
+    tokens = generate(model, None, Tree.empty(), list(range(20)), 13).tokens
+    assert tokens == greedy_reference(model, list(range(20)), 13)
     _refused(model, r"^decoding would reach position 32, past the model's limit of 32 positions",
              prompt_length=20, max_new=14)
     tree = Tree.from_paths([[0], [0, 0]], num_heads=NUM_HEADS)
@@ -191,3 +240,17 @@ def test_a_multimodal_wrapper_is_not_its_text_decoder() -> None:
         image_size=28, patch_size=14), mm_tokens_per_image=4)
     model = AutoModelForImageTextToText.from_config(config).eval()
     _refused(model, r"^model type 'gemma3' is not supported by medusa_runtime")
+
+
+@pytest.mark.parametrize("kind", ["bloom-alibi", "gpt-neo-local-window"])
+def test_draft_models_with_positions_beyond_position_ids_are_refused(kind: str) -> None:
+    from medusa_runtime.drafter import DraftModelDrafter
+
+    target = tiny_model("llama")
+    tree = Tree.from_paths([[0], [0, 0]], num_heads=NUM_HEADS)
+    calls = _forward_calls(target)
+    with pytest.raises(TreeoptError, match=r"draft models are not supported: their positions "
+                                           r"enter beyond position_ids") as error:
+        generate(target, None, tree, [1, 2, 3], 4, drafter=DraftModelDrafter(tiny_model(kind)))
+    assert "\n" not in str(error.value)
+    assert calls == []

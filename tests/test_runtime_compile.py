@@ -36,6 +36,9 @@ def random_heads(seed: int = 0) -> MedusaHeads:
         ("mistral-window", "greedy", 2),
         ("gemma2-softcap-window", TypicalAcceptance(), 2),  # one mask per layer type
         ("qwen2", "greedy", 2),
+        ("bloom-alibi", "greedy", 2),  # the ALiBi bias set per call
+        ("falcon-alibi", "greedy", 2),
+        ("gpt-neo-local-window", "greedy", 2),  # the attentions' tables swapped per call
     ],
 )
 def test_step_traces_without_graph_breaks(kind: str, acceptance: object, batch: int) -> None:

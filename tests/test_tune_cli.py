@@ -103,7 +103,7 @@ def test_plot(tmp_path, profile_file):
 def test_no_latency_given():
     result = run("--profile", "x")
     assert result.exit_code == 2
-    assert "give --latency FILE" in result.output
+    assert "error: --latency is needed: a latency table from `treeopt overhead`" in result.output
 
 
 def test_tune_with_rank_vectors_scores_tokens_per_step(tmp_path):

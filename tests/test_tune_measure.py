@@ -1,4 +1,4 @@
-"""`tune --measure`: an optuna study on a tiny random Llama with random heads, resumable."""
+"""`treeopt study`: an optuna study on a tiny random Llama with random heads, resumable."""
 
 from __future__ import annotations
 
@@ -43,9 +43,14 @@ def test_study_runs_resumes_and_returns_the_best_tree(tmp_path, tiny):
     assert first.tree.num_tokens == first.params["budget"]
     assert first.tree.depth <= first.params["max_depth"]
     resumed = run_study(model, heads, prompts, profile,
-                        StudyConfig(trials=1, seed=0, max_budget=8, max_new_tokens=6,
+                        StudyConfig(trials=3, seed=0, max_budget=8, max_new_tokens=6,
                                     storage=storage))
-    assert resumed.num_trials == 3  # the stored study went on
+    assert resumed.num_trials == 3 and resumed.own_trials == 1  # the stored study went on
+    again = run_study(model, heads, prompts, profile,
+                      StudyConfig(trials=3, seed=0, max_budget=8, max_new_tokens=6,
+                                  storage=storage))
+    assert again.num_trials == 3 and again.own_trials == 0  # --trials is the study's total
+    assert again.writes_best
     assert resumed.tokens_per_second >= first.tokens_per_second
 
 
@@ -81,11 +86,12 @@ def test_study_with_no_feasible_trial_is_one_line(tiny, monkeypatch):
 def test_measure_without_a_profile_for_an_unregistered_model_fails_before_loading(tmp_path):
     prompts = tmp_path / "p.txt"
     prompts.write_text("hello\n")
-    result = CliRunner().invoke(app, ["tune", "--measure", "-m", str(tmp_path / "no-model"),
+    result = CliRunner().invoke(app, ["study", "-m", str(tmp_path / "no-model"),
                                       "--heads", str(tmp_path), "--prompts", str(prompts),
                                       "--device", "cpu"])
     assert result.exit_code == 2, result.output
-    assert "--measure builds its trees from --profile" in result.output
+    assert "error: --profile is needed: the study builds its trees from the profile" \
+        in result.output
     assert "Traceback" not in result.output
 
 
@@ -95,7 +101,7 @@ def test_study_profile_of_a_registry_model_is_its_shipped_one_said_aloud(capsys)
     assert study_profile("mine.json", "vicuna-7b") == "mine.json"
     assert study_profile(None, "vicuna-7b") == "vicuna-7b"
     assert "profile: vicuna-7b (shipped" in capsys.readouterr().err
-    with pytest.raises(TreeoptError, match="give the profile of"):
+    with pytest.raises(TreeoptError, match="builds its trees from the profile of"):
         study_profile(None, "./m")
 
 
@@ -112,5 +118,5 @@ def test_study_drops_prompts_too_long_for_the_context_before_any_trial(tiny, cap
                         show_progress=False)
     assert outcome.num_trials == 1 and outcome.tokens_per_second > 0
     assert "dropped 1 of 2 prompts too long" in capsys.readouterr().err
-    with pytest.raises(TreeoptError, match="no calibration prompt leaves room"):
+    with pytest.raises(TreeoptError, match="leave no calibration prompt room"):
         run_study(model, heads, [too_long], profile, config, show_progress=False)

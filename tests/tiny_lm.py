@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import torch
 from hypothesis import strategies as st
@@ -62,7 +63,39 @@ ARCHITECTURES: dict[str, tuple[str, dict]] = {
     "olmo2": ("Olmo2Config", {}),
     "gpt-neox": ("GPTNeoXConfig", {}),
     "falcon-rotary": ("FalconConfig", dict(num_kv_heads=2, new_decoder_architecture=True)),
+    # Learned or sinusoidal absolute positions (OPT and BioGPT offset theirs by 2).
+    "gpt2": ("GPT2Config", dict(tie_word_embeddings=False)),
+    "gpt-bigcode": ("GPTBigCodeConfig", dict(tie_word_embeddings=False)),
+    "gpt-neo-local-window": ("GPTNeoConfig", dict(attention_types=[[["global", "local"], 1]],
+                                                  window_size=WINDOW, tie_word_embeddings=False)),
+    "opt": ("OPTConfig", dict(ffn_dim=64, word_embed_proj_dim=32, tie_word_embeddings=False)),
+    "biogpt": ("BioGptConfig", dict(tie_word_embeddings=False)),
+    "xglm": ("XGLMConfig", dict(ffn_dim=64, tie_word_embeddings=False)),
+    # Rotary on part of each head, NoPE layers, QK norms; windows where the family has them.
+    "gptj": ("GPTJConfig", dict(rotary_dim=4, tie_word_embeddings=False)),
+    "codegen": ("CodeGenConfig", dict(rotary_dim=4, tie_word_embeddings=False)),
+    "olmo": ("OlmoConfig", dict(tie_word_embeddings=False)),
+    "helium": ("HeliumConfig", dict(head_dim=8, tie_word_embeddings=False)),
+    "smollm3-nope-window": ("SmolLM3Config", dict(
+        no_rope_layer_interval=2, use_sliding_window=True, sliding_window=WINDOW,
+        tie_word_embeddings=False)),
+    "glm": ("GlmConfig", dict(head_dim=8, tie_word_embeddings=False)),
+    "exaone4-window": ("Exaone4Config", dict(sliding_window=WINDOW, sliding_window_pattern=2,
+                                             tie_word_embeddings=False)),
+    "cohere2-window": ("Cohere2Config", dict(sliding_window=WINDOW, sliding_window_pattern=2,
+                                             tie_word_embeddings=False)),
+    # ALiBi: the bias follows token positions (medusa_runtime.architectures.decoder_call).
+    "bloom-alibi": ("BloomConfig", dict(tie_word_embeddings=False)),
+    "mpt-alibi": ("MptConfig", dict(max_seq_len=256)),
+    "falcon-alibi": ("FalconConfig", dict(alibi=True, num_kv_heads=4, tie_word_embeddings=False)),
 }
+# Kinds whose default init (std 0.02) decodes one token over and over: their matrices are
+# redrawn with fan-in scaling (gain REDRAW_GAIN) so their greedy tokens depend on
+# positions and masks, and a wrong bias or window shows as a mismatch.
+REDRAWN = frozenset(list(ARCHITECTURES)[list(ARCHITECTURES).index("gpt2"):])
+REDRAW_GAIN = 2.0
+# Kinds that decode one prompt at a time (medusa_runtime refuses a batch for them).
+SINGLE_PROMPT = frozenset({"mpt-alibi"})
 
 
 def tiny_config(kind: str = "llama", **fields):  # -> a transformers PretrainedConfig
@@ -77,7 +110,13 @@ def tiny_model(kind: str = "llama", seed: int = 0, **fields) -> nn.Module:
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(tiny_config(kind, **fields)).eval()
+    model = AutoModelForCausalLM.from_config(tiny_config(kind, **fields)).eval()
+    if kind in REDRAWN:
+        with torch.no_grad():
+            for parameter in model.parameters():
+                if parameter.dim() >= 2:
+                    parameter.normal_(0.0, REDRAW_GAIN / math.sqrt(parameter.shape[-1]))
+    return model
 
 
 def greedy_reference(

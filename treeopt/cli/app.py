@@ -20,7 +20,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from treeopt.cli.options import output_file, output_file_or_stdout
+from treeopt.cli.options import STAGE_KEY, output_file, output_file_or_stdout
 from treeopt.errors import ParameterError, TreeoptError
 from treeopt.files.engines import FORMATS, TRTLLM_DEFAULT_MAX_DRAFT_LEN
 
@@ -29,7 +29,9 @@ COMMAND_MODULES = (
     "treeopt.cli.build",
     "treeopt.cli.runtime",
     "treeopt.cli.profile",
+    "treeopt.cli.merge",
     "treeopt.cli.tune",
+    "treeopt.cli.study",
     "treeopt.cli.roofline",
     "treeopt.cli.render",
     "treeopt.cli.autotune",
@@ -37,8 +39,11 @@ COMMAND_MODULES = (
 
 
 VERB_KEY = "treeopt.verb"
-# Library parameters whose option is spelled otherwise.
-OPTION_OF_PARAMETER = {"holdout_fraction": "holdout"}
+ARGV_KEY = "treeopt.argv"  # the verb and its arguments as typed (ctx.meta)
+# Library parameters whose option is spelled otherwise (tried after the parameter's own).
+OPTION_OF_PARAMETER = {"holdout_fraction": "holdout", "batches": "batch", "contexts": "context",
+                       "decode_rounds": "rounds", "prompts": "data",
+                       "trees": "tree"}
 
 
 def option_for(command: Any, parameter: str) -> str | None:
@@ -47,13 +52,23 @@ def option_for(command: Any, parameter: str) -> str | None:
     Matched by the option's Python name or by its spelling; None when the verb has
     no such option (the message then keeps the parameter's name).
     """
-    parameter = OPTION_OF_PARAMETER.get(parameter, parameter)
-    spelled = "--" + parameter.replace("_", "-")
-    for option in getattr(command, "params", ()):
-        names = [name for name in option.opts if name.startswith("--")]
-        if (option.name == parameter and names) or spelled in names:
-            return spelled if spelled in names else names[0]
+    for name in dict.fromkeys((parameter, OPTION_OF_PARAMETER.get(parameter, parameter))):
+        spelled = "--" + name.replace("_", "-")
+        for option in getattr(command, "params", ()):
+            names = [flag for flag in option.opts if flag.startswith("--")]
+            if (option.name == name and names) or spelled in names:
+                return spelled if spelled in names else names[0]
     return None
+
+
+def one_line(message: str) -> str:
+    """click's multi-line usage messages on one line.
+
+    A missing choice option lists its choices one per line ("Choose from:\n\tmedusa,
+    \n\ttrtllm"), a library's message may quote a multi-line one; every ``error:`` is
+    one line, so the lines are joined with spaces.
+    """
+    return " ".join(part.strip() for part in message.splitlines() if part.strip())
 
 
 class TreeoptGroup(TyperGroup):
@@ -73,11 +88,10 @@ class TreeoptGroup(TyperGroup):
                 typer.echo(exc.format_message(), err=True)
             else:
                 where = f" (see '{context.command_path} --help')" if context is not None else ""
-                typer.echo(f"error: {exc.format_message()}{where}", err=True)
+                typer.echo(f"error: {one_line(exc.format_message())}{where}", err=True)
             sys.exit(getattr(exc, "exit_code", 2))
-        except (typer.Abort, KeyboardInterrupt):
-            typer.echo("interrupted (profile and train-heads keep their partial work: rerun "
-                       "with --resume)", err=True)
+        except (typer.Abort, KeyboardInterrupt):  # outside a verb (invoke says more inside)
+            typer.echo("interrupted: nothing was saved", err=True)
             sys.exit(130)
         # Without standalone mode click returns the exit code of --help and typer.Exit.
         sys.exit(result if isinstance(result, int) else 0)
@@ -85,6 +99,7 @@ class TreeoptGroup(TyperGroup):
     def resolve_command(self, ctx: typer.Context, args: list[str]) -> Any:
         name, command, rest = super().resolve_command(ctx, args)
         ctx.meta[VERB_KEY] = command  # so an error can name the verb's own options
+        ctx.meta[ARGV_KEY] = list(args)  # so Ctrl-C can say the command that resumes
         return name, command, rest
 
     def invoke(self, ctx: typer.Context) -> object:
@@ -92,11 +107,19 @@ class TreeoptGroup(TyperGroup):
             return super().invoke(ctx)
         except ParameterError as exc:
             flag = option_for(ctx.meta.get(VERB_KEY), exc.parameter)
-            typer.echo(f"error: {flag or exc.parameter} {exc.reason}", err=True)
+            typer.echo(f"error: {flag or exc.parameter} {one_line(exc.reason)}", err=True)
             raise typer.Exit(2) from None
         except TreeoptError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            if not getattr(exc, "quiet", False):  # quiet: another rank of the run reports it
+                typer.echo(f"error: {one_line(str(exc))}", err=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            # Here, before typer turns it into a silent exit 130: say what was saved.
+            from treeopt.cli.interrupted import interrupted_message
+
+            typer.echo(interrupted_message(ctx.meta.get(ARGV_KEY, []), ctx.meta.get(STAGE_KEY)),
+                       err=True)
+            raise typer.Exit(130) from None
 
     def list_commands(self, ctx: typer.Context) -> list[str]:
         return list(self.commands)  # registration order, not alphabetical
@@ -113,6 +136,7 @@ app = typer.Typer(
         "Start with: treeopt build --budget 64 -o tree.json"
     ),
     no_args_is_help=True,
+    rich_markup_mode=None,
     pretty_exceptions_enable=False,
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},

@@ -11,7 +11,15 @@ from typing import Annotated
 
 import typer
 
-from treeopt.cli.options import AcceptanceChoice, QuietOption, output_folder, parse_int_list
+from treeopt.cli.options import (
+    STAGE_KEY,
+    AcceptanceChoice,
+    DeviceOption,
+    LoadDtypeOption,
+    QuietOption,
+    output_folder,
+    parse_int_list,
+)
 from treeopt.workflows.autotune import (
     DEFAULT_DECODE_ROUNDS,
     DEFAULT_HOLDOUT_FRACTION,
@@ -21,6 +29,7 @@ from treeopt.workflows.autotune import (
 )
 
 AutotuneEngine = Enum("AutotuneEngine", {name: name for name in ENGINES}, type=str)
+AutotuneStage = Enum("AutotuneStage", {name: name for name in STAGES}, type=str)
 
 ModelOption = Annotated[str, typer.Option(
     "--model", "-m", help="Base model: registry name (vicuna-7b), folder or hub id.")]
@@ -29,8 +38,9 @@ DataOption = Annotated[str, typer.Option(
                          "share is held out unless --holdout-data is given.")]
 OutputOption = Annotated[Path, typer.Option(
     "-o", "--output", callback=output_folder,
-    help="Folder for every file of the run and report.md; rerunning the same command "
-         "continues after its last finished stage.")]
+    help="A new or empty folder (or one of an earlier run) for every file of the run "
+         "and report.md; rerunning the same command continues after its last finished "
+         "stage. Files autotune did not write are never overwritten.")]
 HeadsOption = Annotated[str | None, typer.Option(
     help="Medusa heads folder or hub id (default: the model's published heads).")]
 HoldoutDataOption = Annotated[str | None, typer.Option(
@@ -45,8 +55,6 @@ GpuOption = Annotated[str | None, typer.Option(
          "of measuring here; predicted figures are labelled so.")]
 ArchOption = Annotated[str | None, typer.Option(
     help="Model shape for --gpu (default: the model's config).")]
-DeviceOption = Annotated[str, typer.Option(help="cuda, cuda:N or cpu.")]
-DtypeOption = Annotated[str, typer.Option(help="auto, bf16, fp16 or fp32.")]
 BatchOption = Annotated[str, typer.Option(
     help="Batch sizes to tune for, comma-separated (one tree per bucket sharing one).")]
 ContextOption = Annotated[str | None, typer.Option(
@@ -74,10 +82,16 @@ VerifyOption = Annotated[bool, typer.Option(
     help="Decode the held-out prompts to measure the speedup (measured runs only).")]
 RoundsOption = Annotated[int, typer.Option(
     min=1, help="Decoding rounds of the measured speedup (the fastest kept).")]
+RedoOption = Annotated[AutotuneStage | None, typer.Option(
+    metavar="STAGE",
+    help=f"Redo STAGE ({', '.join(STAGES)}) and every later one of the run in -o, e.g. "
+         "--redo verify (a rerun changing only --rounds, --threads or --verify redoes "
+         "what they affect by itself).")]
 
 
 
 def autotune(
+    ctx: typer.Context,
     model: ModelOption,
     data: DataOption,
     output: OutputOption,
@@ -87,8 +101,8 @@ def autotune(
     engine: EngineOption = AutotuneEngine.bundled,
     gpu: GpuOption = None,
     arch: ArchOption = None,
-    device: DeviceOption = "cuda",
-    dtype: DtypeOption = "auto",
+    device: DeviceOption = "auto",
+    dtype: LoadDtypeOption = "auto",
     batch: BatchOption = "1",
     context: ContextOption = None,
     sizes: SizesOption = ",".join(map(str, DEFAULT_SIZES)),
@@ -102,6 +116,7 @@ def autotune(
     compile_step: CompileStepOption = False,
     verify: VerifyOption = True,
     rounds: RoundsOption = DEFAULT_DECODE_ROUNDS,
+    redo: RedoOption = None,
     quiet: QuietOption = False,
 ) -> None:
     """Profile, build, time, tune, export and report the best tree, in one command.
@@ -111,7 +126,10 @@ def autotune(
     Stages: profile -> build (with a held-out check) -> latency (measured here, or
     predicted for --gpu) -> tune (per batch size) -> export -> verify (decode the
     held-out prompts: measured speedup) -> report (OUTPUT/report.md and pictures).
-    Interrupt it any time: rerunning the same command continues.
+    Interrupt it any time: rerunning the same command continues. -o must be a
+    new or empty folder or an earlier run's; a rerun may change only --rounds,
+    --threads and --verify (the stages they affect are redone) or ask for
+    --redo STAGE. Paths are compared by content, not spelling.
 
     \b
     Examples:
@@ -124,30 +142,27 @@ def autotune(
     """
     from treeopt.workflows.autotune import autotune as run_autotune
     from treeopt.workflows.autotune import settings_from
+    from treeopt.workflows.devices import device_choice
 
     settings = settings_from(
         model=model, data=data, output=output, heads=heads, holdout_data=holdout_data,
         holdout_fraction=holdout_fraction, engine=engine.value, gpu=gpu, arch=arch,
-        device=device, dtype=dtype, batches=tuple(parse_int_list(batch, "--batch")),
+        device=device_choice(device), dtype=dtype, batches=tuple(parse_int_list(batch, "--batch")),
         contexts=tuple(parse_int_list(context, "--context")) if context else None,
         sizes=tuple(parse_int_list(sizes, "--sizes")), max_prompts=max_prompts,
         max_new_tokens=max_new_tokens, top_k=top_k, acceptance_model=acceptance_model.value,
         chat_template=chat_template, seed=seed, threads=threads, compile_step=compile_step,
-        verify=verify, decode_rounds=rounds, progress=not quiet)
-    stage = {"name": STAGES[0]}
+        verify=verify, decode_rounds=rounds, progress=not quiet,
+        redo=None if redo is None else redo.value)
+    ctx.meta[STAGE_KEY] = STAGES[0]  # what Ctrl-C names (treeopt.cli.app says the rest)
 
     def log(line: str) -> None:
         if line.startswith("[") and "] " in line:
-            stage["name"] = line.split("] ", 1)[1].split(":")[0].split(" ")[0]
-        if not quiet:
+            ctx.meta[STAGE_KEY] = line.split("] ", 1)[1].split(":")[0].split(" ")[0]
+        if not quiet or line.lstrip().startswith("warning:"):  # -q keeps the warnings
             typer.echo(line, err=True)
 
-    try:
-        result = run_autotune(settings, log=log)
-    except KeyboardInterrupt:
-        typer.echo(f"interrupted in stage {stage['name']}: rerun the same command to continue "
-                   "(finished stages are kept)", err=True)
-        raise typer.Exit(130) from None
+    result = run_autotune(settings, log=log)
     typer.echo(result.headline.replace("**", ""))
     typer.echo(f"report: {result.report}", err=True)
 

@@ -88,6 +88,10 @@ def _value(choice: Enum | None) -> str | None:
     return None if choice is None else str(choice.value)
 
 
+BuildQuietOption = Annotated[bool, typer.Option(
+    "--quiet", "-q", help="No summary line on stderr (errors still show).")]
+
+
 def build(
     budget: BudgetOption,
     profile: ProfileOption = DEFAULT_PROFILE,
@@ -101,6 +105,7 @@ def build(
     weighting: WeightingOption = None,
     holdout: HoldoutOption = None,
     seed: SeedOption = 0,
+    quiet: BuildQuietOption = False,
 ) -> None:
     """Build the tree with the highest expected accept length for a budget.
 
@@ -115,13 +120,17 @@ def build(
     from treeopt.workflows.trees import BuildSettings, build_to_files
 
     built = build_to_files(BuildSettings(
-        budget, profile, model_of_acceptance.value, max_depth, parse_max_rank(max_rank),
-        max_children, _value(engine), _value(weighting), holdout, seed, output, curve))
+        budget=budget, profile=profile, acceptance_model=model_of_acceptance.value,
+        max_depth=max_depth, max_rank=parse_max_rank(max_rank), max_children=max_children,
+        engine=_value(engine), weighting=_value(weighting), holdout=holdout, seed=seed,
+        output=output, curve=curve))
     result, tree = built.result, built.result.tree
-    if built.note is not None:
+    if built.note is not None and not quiet:
         typer.echo(built.note, err=True)
     if built.document is not None:
         sys.stdout.write(built.document)
+    if quiet:
+        return
     where = f"wrote {output}: " if output is not None else ""
     score = ("tokens per decoding step (replayed)" if result.weighting == "steps"
              else "expected accept length")

@@ -21,10 +21,16 @@ from treeopt.files.curve_file import curve_suffix
 from treeopt.optimize.acceptance_models import ACCEPTANCE_MODELS
 from treeopt.optimize.build import ENGINES, WEIGHTINGS
 
+# ctx.meta key: the stage a long verb is in, for the line Ctrl-C prints (treeopt.cli.app).
+STAGE_KEY = "treeopt.stage"
+
 # typer choices, made from the API's own tuples so the two never drift apart.
 AcceptanceChoice = Enum("AcceptanceChoice", {name: name for name in ACCEPTANCE_MODELS}, type=str)
 WeightingChoice = Enum("WeightingChoice", {name: name for name in WEIGHTINGS}, type=str)
 EngineChoice = Enum("EngineChoice", {name: name for name in ENGINES}, type=str)
+# tune --engine also takes the knob targets (treeopt.files.engines.KNOB_TARGETS).
+TuneEngineChoice = Enum("TuneEngineChoice", {name: name for name in (
+    *ENGINES, "sglang", "vllm-spec", "trtllm-pytorch")}, type=str)
 
 
 ProfileOption = Annotated[
@@ -63,6 +69,19 @@ QuietOption = Annotated[bool, typer.Option(
 SeedOption = Annotated[
     int, typer.Option("--seed", help="Seed of the prompt split (same seed = same split).")
 ]
+# One device rule for every verb that runs a model.
+DeviceOption = Annotated[str, typer.Option(
+    "--device",
+    help="Torch device: auto (cuda when a GPU is visible, else cpu), cpu, cuda, cuda:1, mps.")]
+# One dtype rule: the checkpoint's own unless asked.
+LoadDtypeOption = Annotated[str, typer.Option(
+    "--dtype", help="auto (the checkpoint's own dtype), bf16, fp16 or fp32.")]
+DATA_HELP = ("Calibration prompts: AlpacaEval alpaca_eval.json (instruction), FastChat "
+             "MT-Bench question.jsonl (turns), JSONL with prompt/text, plain text (one prompt "
+             "a line), or a cached Hugging Face dataset owner/name[:split] (needs `datasets`).")
+DataOption = Annotated[str, typer.Option("--data", "-d", help=DATA_HELP)]
+# For a verb that still takes an old name of -d/--data (hidden), so -d itself is optional.
+OptionalDataOption = Annotated[str | None, typer.Option("--data", "-d", help=DATA_HELP)]
 DraftModelOption = Annotated[
     str | None,
     typer.Option(
@@ -148,3 +167,25 @@ def parse_int_list(text: str, option: str) -> list[int]:
                 f"{option} takes comma-separated integers like 1,4,16, not {text!r}"
             ) from None
     return check_sizes(values, option)
+
+
+# --------------------------------------------------------------------- tables
+def print_table(table: object, *, err: bool = False) -> None:
+    """Print a rich table whole: the console is widened to the table's natural width, so
+    no cell is cut to "0.0…" at 80 columns or in a pipe (a wide table wraps in the
+    terminal instead of losing digits).
+    """
+    import sys
+
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    stream = sys.stderr if err else sys.stdout
+    console = Console(file=stream)
+    unbounded = console.options.update(max_width=10_000)
+    title, table.title = table.title, None  # type: ignore[attr-defined]  # a title wraps
+    needed = Measurement.get(console, unbounded, table).maximum  # type: ignore[arg-type]
+    table.title = title  # type: ignore[attr-defined]
+    if needed > console.width:
+        console = Console(file=stream, width=needed)
+    console.print(table)

@@ -11,7 +11,15 @@ from typing import Annotated, Any
 
 import typer
 
-from treeopt.cli.options import DraftModelOption, QuietOption, output_file, output_folder
+from treeopt.cli.options import (
+    DataOption,
+    DeviceOption,
+    DraftModelOption,
+    LoadDtypeOption,
+    QuietOption,
+    output_file,
+    output_folder,
+)
 from treeopt.errors import TreeoptError
 from treeopt.optimize.draft_tune import DEFAULT_DRAFT_DEPTH
 
@@ -32,19 +40,9 @@ ModelOpt = Annotated[
         "load from the normal cache; with HF_HUB_OFFLINE=1 only what is already downloaded.",
     ),
 ]
-DataOpt = Annotated[
-    str,
-    typer.Option(
-        "--data", "-d",
-        help="Calibration prompts: AlpacaEval alpaca_eval.json (instruction), FastChat "
-        "MT-Bench question.jsonl (turns), JSONL with prompt/text, plain text (one prompt a "
-        "line), or a cached Hugging Face dataset owner/name[:split] (needs `datasets`).",
-    ),
-]
-DeviceOpt = Annotated[str, typer.Option(help="Torch device: cpu, cuda, cuda:1, mps.")]
-DtypeOpt = Annotated[
-    str, typer.Option(help="auto (the checkpoint's), bf16, fp16 or fp32 (or torch's names).")
-]
+DataOpt = DataOption
+DeviceOpt = DeviceOption
+DtypeOpt = LoadDtypeOption
 DeviceMapOpt = Annotated[
     str | None,
     typer.Option(help="'auto': let accelerate shard a model too big for one GPU (ignores "
@@ -70,11 +68,19 @@ MaxNewOpt = Annotated[
 ]
 DepthOpt = Annotated[int, typer.Option(
     min=1, help="--draft-model: tree depths recorded per position.")]
+ExpandOpt = Annotated[str | None, typer.Option(
+    metavar="K_MAX,D_MAX",
+    help="--draft-model: also record the drafter's beam expansion (OUTPUT.expansion.npz) "
+         "so eval/tune score every dynamic:S,K,N with S <= D_MAX, K <= K_MAX. Costs at "
+         "most (D_MAX-1)*K_MAX*(K_MAX+1)/2 extra draft tokens a position.")]
 BatchOpt = Annotated[int, typer.Option(min=1, help="Sequences per forward pass.")]
 ResumeOpt = Annotated[
     bool, typer.Option(help="Continue the partial results / checkpoint of an interrupted run.")
 ]
 QuietOpt = QuietOption
+OverwriteOpt = Annotated[bool, typer.Option(
+    "--overwrite", help="Write into a non-empty -o folder that holds no run to --resume "
+                        "(earlier heads, other files), replacing files of the same names.")]
 
 
 def profile(
@@ -99,13 +105,14 @@ def profile(
     turns: TurnsOpt = "first",
     chat_template: ChatOpt = True,
     batch_size: BatchOpt = 8,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     device_map: DeviceMapOpt = None,
     resume: ResumeOpt = False,
     quiet: QuietOpt = False,
     draft_model: DraftModelOption = None,
     depth: DepthOpt = DEFAULT_DRAFT_DEPTH,
+    expand: ExpandOpt = None,
 ) -> None:
     """Measure how well a model's Medusa heads predict its own greedy output.
 
@@ -119,66 +126,52 @@ def profile(
 
     --draft-model D ranks the true tokens in a draft model's top-k instead (draft trees).
 
+    Under torchrun or accelerate launch the ranks share the prompts; rank 0 writes
+    the profile one process would (docs/scale-out.md).
+
     Examples:
       treeopt profile -m vicuna-7b -d q.jsonl --device cuda -o vicuna7b.json
       treeopt profile -m vicuna-7b --draft-model ./llama-68m -d q.jsonl -o d.json
+      treeopt profile -m vicuna-7b --draft-model D --expand 4,6 -d q.jsonl -o e
+      torchrun --nproc-per-node 8 -m treeopt profile -m vicuna-7b -d q.jsonl \\
+          --device cuda -o vicuna7b.json
     """
     from treeopt.files.ranks_file import ranks_path
-    from treeopt.model.calibration import encode_prompts, read_prompts
-    from treeopt.model.loading import load_medusa, require_heads
-    from treeopt.model.profiling import ProfileSettings, profile_model
+    from treeopt.model.profiling import ProfileSettings
+    from treeopt.workflows.devices import device_choice
+    from treeopt.workflows.profiling import ProfileRequest, profile_to_file
 
-    # Cheap checks first: heads and prompts before the model loads.
-    if draft_model is not None and heads is not None:
-        raise TreeoptError("--draft-model is profiled instead of Medusa heads: drop --heads")
-    if draft_model is None:
-        require_heads(model, heads)
-    texts = read_prompts(data, max_prompts=max_prompts, seed=seed, turns=turns)
-    settings = ProfileSettings(top_k=top_k, max_new_tokens=max_new_tokens,
-                               include_prompt=include_prompt, batch_size=batch_size)
-    if draft_model is not None:
-        return _profile_draft(model, draft_model, data, output, depth, texts, settings,
-                              chat_template, device, dtype, resume, quiet)
-    loaded = load_medusa(model, heads, device=device, dtype=dtype, device_map=device_map,
-                         quiet=quiet)
-    prompt_ids = encode_prompts(loaded.tokenizer, texts, chat_template=chat_template)
-    result = profile_model(
-        loaded.model, loaded.tokenizer, loaded.heads, prompt_ids, output, settings,
-        model_id=loaded.model_id, heads_id=str(loaded.heads_id), resume=resume,
-        progress=not quiet,
-        provenance={"dataset": str(data), "dtype": dtype, "chat_template": chat_template},
-    )
+    expand_to = _expand_setting(expand, draft_model, depth)
+    result = profile_to_file(ProfileRequest(
+        model=model, data=data, output=output, heads=heads,
+        settings=ProfileSettings(top_k=top_k, max_new_tokens=max_new_tokens,
+                                 include_prompt=include_prompt, batch_size=batch_size),
+        max_prompts=max_prompts, seed=seed, turns=turns, chat_template=chat_template,
+        device=device_choice(device), dtype=dtype, device_map=device_map, resume=resume,
+        quiet=quiet, draft_model=draft_model, depth=depth, expand=expand_to))
+    if result is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return
     info = result.provenance
+    what = (f"draft depth {result.num_heads}" if draft_model is not None
+            else f"{result.num_heads} heads")
+    skipped = info.get("skipped_prompts")
     typer.echo(
         f"wrote {output}: {result.num_positions} positions from {info['prompts']} prompts, "
-        f"{result.num_heads} heads, top-{result.top_k}"
-        + (f" (skipped {info['skipped_prompts']} that fill the context)"
-           if info["skipped_prompts"] else "")
+        f"{what}, top-{result.top_k}"
+        + (f" (skipped {skipped} that fill the context)" if skipped else "")
         + f"; rank vectors in {ranks_path(output)}",
         err=True,
     )
 
 
-def _profile_draft(model: str, draft_model: str, data: str, output: Path, depth: int,
-                   texts: list[str], settings: Any, chat_template: bool, device: str,
-                   dtype: str, resume: bool, quiet: bool) -> None:
-    """``profile --draft-model``: load target and draft, profile, print one line."""
-    from treeopt.files.ranks_file import ranks_path
-    from treeopt.model.calibration import encode_prompts
-    from treeopt.model.draft_profiling import profile_draft_model
-    from treeopt.model.loading import load_base_model, resolve_model
+def _expand_setting(expand: str | None, draft_model: str | None, depth: int
+                    ) -> tuple[int, int] | None:
+    """``--expand K_MAX,D_MAX`` checked against the other options (before loading)."""
+    from treeopt.core.expansion import parse_expand
 
-    base, tokenizer = load_base_model(model, device=device, dtype=dtype)
-    draft, _ = load_base_model(draft_model, device=device, dtype=dtype)
-    prompt_ids = encode_prompts(tokenizer, texts, chat_template=chat_template)
-    result = profile_draft_model(
-        base, tokenizer, draft, prompt_ids, output, settings, model_id=resolve_model(model)[0],
-        draft_id=draft_model, depth=depth, resume=resume, progress=not quiet,
-        provenance={"dataset": str(data), "dtype": dtype, "chat_template": chat_template},
-    )
-    typer.echo(f"wrote {output}: {result.num_positions} positions from "
-               f"{result.provenance['prompts']} prompts, draft depth {result.num_heads}, "
-               f"top-{result.top_k}; rank vectors in {ranks_path(output)}", err=True)
+    if expand is not None and draft_model is None:
+        raise TreeoptError("--expand records a drafter's beam: it needs --draft-model")
+    return None if expand is None else parse_expand(expand, depth)
 
 
 class BackboneLoss(str, Enum):
@@ -215,6 +208,18 @@ TargetsCacheOpt = Annotated[Path | None, typer.Option(
          "--max-new-tokens never generate twice.")]
 
 
+EagleVersionOpt = Annotated[int | None, typer.Option(
+    "--eagle-version", min=1, max=3,
+    help="Train an EAGLE drafter instead of Medusa heads: 1 (EAGLE-1/2) or 3 (EAGLE-3); "
+         "written in the EAGLE repo layout that generate --eagle loads.")]
+TttStepsOpt = Annotated[int, typer.Option(
+    min=1, help="--eagle-version 3: training-time-test steps (the drafter reads its own "
+                "outputs; EAGLE's repo uses 7).")]
+DraftVocabOpt = Annotated[int | None, typer.Option(
+    min=2, help="--eagle-version 3: draft vocabulary size, the most frequent tokens of the "
+                "continuations (default: half the target's, at most 32000).")]
+
+
 def train_heads(
     model: ModelOpt,
     data: DataOpt,
@@ -236,6 +241,9 @@ def train_heads(
     init_heads: InitHeadsOpt = None,
     qlora: QloraOpt = False,
     targets_cache: TargetsCacheOpt = None,
+    eagle_version: EagleVersionOpt = None,
+    ttt_steps: TttStepsOpt = 3,
+    draft_vocab: DraftVocabOpt = None,
     held_out: Annotated[
         float, typer.Option(help="Fraction of prompts held out for the accuracy report.")
     ] = 0.1,
@@ -245,10 +253,11 @@ def train_heads(
     turns: TurnsOpt = "first",
     chat_template: ChatOpt = True,
     batch_size: BatchOpt = 8,
-    device: DeviceOpt = "cpu",
+    device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     device_map: DeviceMapOpt = None,
     resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Train Medusa heads by self-distillation: Medusa-1 (heads only) or Medusa-2 (--joint).
@@ -258,9 +267,12 @@ def train_heads(
     keeps the base frozen and saves the heads after every epoch in the layout
     `treeopt profile --heads` and the runtime load. Medusa-2 (--joint) fine-tunes
     the model through LoRA together with the heads and writes a merged checkpoint
-    that profile, generate, overhead and tune --measure load with no --heads. The
+    that profile, generate, overhead and study load with no --heads. The
     run reports per-head top-1/top-5 on held-out prompts and warns when they stay
-    near chance. Interrupted? Rerun with --resume.
+    near chance. Interrupted? Rerun with --resume. A non-empty -o folder that is
+    not this run's own is refused (--overwrite replaces its files).
+
+    --eagle-version 1|3 trains an EAGLE drafter instead (docs/eagle.md).
 
     \b
     Examples:
@@ -269,8 +281,31 @@ def train_heads(
           --backbone-loss distill -o m2/
       treeopt train-heads -m ./my-model -d prompts.txt --joint \\
           --init-heads heads/ -o m2/
+      treeopt train-heads -m ./my-model -d prompts.txt --eagle-version 3 -o e3/
     """
-    from treeopt.model.train_heads import TrainSettings, train_heads_from
+    from treeopt.model.train_heads import train_heads_from
+    from treeopt.workflows.devices import device_choice
+    run = dict(max_prompts=max_prompts, turns=turns, chat_template=chat_template,
+               device=device_choice(device), dtype=dtype, resume=resume,
+               progress=not quiet, targets_cache=targets_cache, overwrite=overwrite)
+    if eagle_version is not None:
+        return _train_eagle(model, data, output, eagle_version, joint, num_heads, num_layers,
+                            dict(epochs=epochs, learning_rate=learning_rate, ttt_steps=ttt_steps,
+                                 draft_vocab_size=draft_vocab, held_out_fraction=held_out,
+                                 max_new_tokens=max_new_tokens, seed=seed,
+                                 batch_size=batch_size), run)
+    settings = _medusa_settings(joint, learning_rate, init_heads, qlora, dict(
+        num_heads=num_heads, num_layers=num_layers, epochs=epochs, batch_size=batch_size,
+        held_out_fraction=held_out, max_new_tokens=max_new_tokens, seed=seed),
+        (backbone_loss.value, backbone_lr, warmup_steps))
+    report = train_heads_from(model, data, output, settings, device_map=device_map, **run)
+    _print_report(output, report, joint, num_heads)
+
+
+def _medusa_settings(joint: bool, learning_rate: float | None, init_heads: str | None,
+                     qlora: bool, fields: dict[str, Any], backbone: tuple) -> Any:
+    """The Medusa-1/2 ``TrainSettings`` after the checks of options that do not mix."""
+    from treeopt.model.train_heads import TrainSettings
 
     if joint and learning_rate is not None:
         raise TreeoptError("--joint sets the heads' learning rate to 4x --backbone-lr: "
@@ -278,22 +313,37 @@ def train_heads(
     if not joint and (init_heads is not None or qlora):
         raise TreeoptError("--init-heads and --qlora are for --joint (Medusa-2)")
     optional = {} if learning_rate is None else {"learning_rate": learning_rate}
-    settings = TrainSettings(
-        num_heads=num_heads, num_layers=num_layers, epochs=epochs, **optional,
-        batch_size=batch_size,
-        held_out_fraction=held_out, max_new_tokens=max_new_tokens, seed=seed,
-        joint=_joint_settings(joint, backbone_loss.value, backbone_lr, warmup_steps,
-                              init_heads, qlora),
-    )
-    report = train_heads_from(
-        model, data, output, settings, max_prompts=max_prompts, turns=turns,
-        chat_template=chat_template, device=device, dtype=dtype, device_map=device_map,
-        resume=resume, progress=not quiet, targets_cache=targets_cache,
-    )
-    _print_report(output, report, joint, num_heads)
+    return TrainSettings(**fields, **optional,
+                         joint=_joint_settings(joint, *backbone, init_heads, qlora))
 
 
-def _print_report(output: Path, report: dict[str, Any], joint: bool, num_heads: int) -> None:
+def _train_eagle(model: str, data: str, output: Path, version: int, joint: bool,
+                 num_heads: int, num_layers: int, settings: dict[str, Any],
+                 run: dict[str, Any]) -> None:
+    """``train-heads --eagle-version``: refuse Medusa-only options, train, print."""
+    from treeopt.model.train_eagle import EagleSettings, train_eagle_from
+
+    if version not in (1, 3):
+        raise TreeoptError(f"--eagle-version must be 1 or 3, not {version}")
+    if joint or num_heads != 5 or num_layers != 1:
+        raise TreeoptError("--joint, --num-heads and --num-layers are for Medusa heads, "
+                           "not --eagle-version")
+    if settings["learning_rate"] is None:
+        del settings["learning_rate"]
+    report = train_eagle_from(model, data, output, EagleSettings(eagle_version=version,
+                                                                 **settings), **run)
+    accuracy = report["held_out_accuracy"]
+    steps = " ".join(f"{x:.3f}" for x in accuracy["top1"])
+    typer.echo(f"wrote {output}: an EAGLE-{version} drafter after {report['epochs']} epochs; "
+               f"held-out top-1 per drafting step: {steps}", err=True)
+    if report["warning"]:
+        typer.echo(f"warning: {report['warning']}", err=True)
+
+
+def _print_report(output: Path, report: dict[str, Any] | None, joint: bool,
+                  num_heads: int) -> None:
+    if report is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return
     accuracy = report["held_out_accuracy"]
     what = "a Medusa-2 checkpoint" if joint else f"{num_heads} heads"
     typer.echo(f"wrote {output}: {what} after {report['epochs']} epochs; held-out accuracy "

@@ -98,8 +98,9 @@ def render(
 ) -> None:
     from treeopt.workflows.pictures import RenderSettings, render_picture
 
-    outcome = render_picture(RenderSettings(tree, profile, output, max_nodes,
-                                            acceptance_model.value, compare, curve))
+    outcome = render_picture(RenderSettings(
+        tree=tree, profile=profile, output=output, max_nodes=max_nodes,
+        acceptance_model=acceptance_model.value, compare=compare, curve=curve))
     if outcome.hidden_note:
         typer.echo(outcome.hidden_note, err=True)
     _report(outcome)

@@ -12,7 +12,13 @@ from typing import Annotated
 
 import typer
 
-from treeopt.cli.options import output_file, output_folder, parse_int_list, plot_file
+from treeopt.cli.options import (
+    output_file,
+    output_folder,
+    parse_int_list,
+    plot_file,
+    print_table,
+)
 from treeopt.cost.roofline import MEDUSA_NUM_HEADS
 from treeopt.errors import TreeoptError
 from treeopt.workflows.roofline import DEFAULT_ARCH, DEFAULT_GPU, DEFAULT_REPEATS
@@ -46,7 +52,7 @@ MedusaHeadsOption = Annotated[int, typer.Option(
 
 
 def _print_gpus(as_json: bool) -> None:
-    from rich.console import Console
+    from rich import box
     from rich.table import Table
 
     from treeopt.cost.gpus import GPUS
@@ -54,13 +60,15 @@ def _print_gpus(as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps([spec.as_dict() for spec in GPUS.values()], indent=1))
         return
-    table = Table(title="GPUs (dense fp16/bf16 tensor peak; datasheet sources)")
-    for column in ("gpu", "TFLOP/s", "GB/s", "memory GB", "ridge FLOPs/byte", "source"):
-        table.add_column(column, overflow="fold")
+    # One line a GPU; the datasheet sources (long URLs) are in --json.
+    table = Table(title="GPUs (dense fp16/bf16 tensor peak; sources: --list-gpus --json)",
+                  box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False)
+    for column in ("gpu", "TFLOP/s", "GB/s", "memory GB", "ridge FLOPs/B"):
+        table.add_column(column, justify="left" if column == "gpu" else "right", no_wrap=True)
     for spec in GPUS.values():
         table.add_row(spec.name, f"{spec.peak_tflops:g}", f"{spec.bandwidth_gbs:g}",
-                      f"{spec.memory_gb:g}", f"{spec.ridge_intensity:.0f}", spec.source)
-    Console().print(table)
+                      f"{spec.memory_gb:g}", f"{spec.ridge_intensity:.0f}")
+    print_table(table)
 
 
 RooflineArchOption = Annotated[str | None, typer.Option(
@@ -138,9 +146,12 @@ def roofline(
     from treeopt.workflows.roofline import GpuChoice, RooflineSettings, roofline_rows
 
     outcome = roofline_rows(RooflineSettings(
-        arch, parse_int_list(batch, "--batch"), parse_int_list(context, "--context"),
-        parse_int_list(candidates, "--candidates"), GpuChoice(gpu, peak_tflops, bandwidth_gbs),
-        dtype, medusa_heads, measure, repeats, save_device_profile, device_profile, plot,
+        arch=arch, batches=parse_int_list(batch, "--batch"),
+        contexts=parse_int_list(context, "--context"),
+        candidates=parse_int_list(candidates, "--candidates"),
+        gpu=GpuChoice(name=gpu, peak_tflops=peak_tflops, bandwidth_gbs=bandwidth_gbs),
+        dtype=dtype, medusa_heads=medusa_heads, measure=measure, repeats=repeats,
+        save_device_profile=save_device_profile, device_profile=device_profile, plot=plot,
         say=_silent if as_json else _say, show_progress=not as_json))
     for path in outcome.written:
         typer.echo(f"wrote {path}", err=True)
@@ -165,17 +176,19 @@ def _maybe(value: float | None) -> str:
 
 
 def _print_rows(rows: list[dict], title: str) -> None:
-    from rich.console import Console
+    from rich import box
     from rich.table import Table
 
     measured = any("measured_us" in row for row in rows)
-    table = Table(title=title)
-    columns = ["operator", "phase", "b", "s", "q", "GFLOPs", "MB", "FLOPs/byte",
-               "attainable TFLOP/s", "predicted us"]
+    table = Table(title=title, box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False)
+    # Short headers, so the table reads whole at 80 columns.
+    columns = ["operator", "phase", "b", "s", "q", "GFLOPs", "MB", "FLOP/B",
+               "attain TF/s", "pred us"]
     if measured:
-        columns += ["measured TFLOP/s", "measured us"]
+        columns += ["meas TF/s", "meas us"]
     for column in columns:
-        table.add_column(column, justify="left" if column in ("operator", "phase") else "right")
+        table.add_column(column, justify="left" if column in ("operator", "phase") else "right",
+                         no_wrap=True)
     for row in rows:
         cells = [row["operator"], row["phase"], str(row["batch"]), str(row["context"]),
                  str(row["candidates"]), f"{row['flops'] / 1e9:.3g}", f"{row['bytes'] / 1e6:.3g}",
@@ -184,7 +197,7 @@ def _print_rows(rows: list[dict], title: str) -> None:
         if measured:
             cells += [_maybe(row.get("measured_tflops")), _maybe(row.get("measured_us"))]
         table.add_row(*cells)
-    Console().print(table)
+    print_table(table)
 
 
 SimulateProfileOption = Annotated[str | None, typer.Option(
@@ -249,9 +262,11 @@ def simulate(
     from treeopt.workflows.roofline import GpuChoice, SimulateSettings, simulate_speedups
 
     outcome = simulate_speedups(SimulateSettings(
-        parse_int_list(batch, "--batch"), parse_int_list(context, "--context"),
-        parse_int_list(candidates, "--candidates"), arch, profile, acceptance,
-        GpuChoice(gpu, peak_tflops, bandwidth_gbs), dtype, medusa_heads, device_profile, plot))
+        batches=parse_int_list(batch, "--batch"), contexts=parse_int_list(context, "--context"),
+        candidates=parse_int_list(candidates, "--candidates"), arch=arch, profile=profile,
+        acceptance=acceptance,
+        gpu=GpuChoice(name=gpu, peak_tflops=peak_tflops, bandwidth_gbs=bandwidth_gbs),
+        dtype=dtype, medusa_heads=medusa_heads, device_profile=device_profile, plot=plot))
     spec = outcome.gpu
     if outcome.left_out:
         typer.echo(f"left out {outcome.left_out} settings that do not fit in {spec.name}'s "
@@ -266,7 +281,6 @@ def simulate(
 
 
 def _print_best(rows: list[dict], title: str) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title)
@@ -276,7 +290,7 @@ def _print_best(rows: list[dict], title: str) -> None:
         table.add_row(str(row["batch"]), str(row["context"]), str(row["candidates"]),
                       f"{row['acceleration_rate']:.3f}", f"{row['overhead']:.3f}",
                       f"{row['speedup']:.3f}")
-    Console().print(table)
+    print_table(table)
 
 
 def register(app: typer.Typer) -> None:

@@ -10,7 +10,13 @@ from typing import Annotated, Any
 
 import typer
 
-from treeopt.cli.options import DraftModelOption, finite_number
+from treeopt.cli.options import (
+    DeviceOption,
+    DraftModelOption,
+    LoadDtypeOption,
+    QuietOption,
+    finite_number,
+)
 from treeopt.errors import TreeoptError
 
 # Draft tokens per step when --draft-model comes without --gamma or --tree: the Medusa
@@ -30,7 +36,11 @@ BaseModelOption = Annotated[str, typer.Option(
 DecodeTreeOption = Annotated[str, typer.Option(
     "--tree", help="Tree JSON file or shipped name (mc_sim_7b_63); 'root' = plain decoding; "
     "dynamic:N = a tree of N tokens chosen every step from the heads' probabilities "
-    "(needs --profile).")]
+    "(needs --profile); dynamic:S,K,N (--eagle, --draft-model) = the engine-style beam: "
+    "S draft passes, top-K, N tokens with the root.")]
+EagleOption = Annotated[str | None, typer.Option(
+    "--eagle", help="EAGLE drafter folder (EAGLE repo layout or speculators EAGLE-3) for "
+    "the model: drafts instead of Medusa heads.")]
 CalibrationProfileOption = Annotated[str | None, typer.Option(
     "--profile", "-p", help="With --tree dynamic:N: the measured profile (treeopt profile) "
     "whose head probabilities calibrate the per-step choice.")]
@@ -51,9 +61,6 @@ ThresholdOption = Annotated[float, typer.Option(
 AlphaOption = Annotated[float, typer.Option(
     callback=lambda value: finite_number(value, "--posterior-alpha", 0.0),
     help="typical: delta, scale of exp(-entropy) in the threshold (>= 0).")]
-DeviceOption = Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ...")]
-LoadDtypeOption = Annotated[str, typer.Option(
-    help="auto (the checkpoint's), bf16, fp16 or fp32 (or torch's names).")]
 CompileStepOption = Annotated[bool, typer.Option(
     "--compile", help="torch.compile the verification step first (same text, fewer "
                       "kernels; worth it for long outputs on a GPU).")]
@@ -70,12 +77,19 @@ ChatTemplateOption = Annotated[bool, typer.Option(
 def decode_tree(tree: str, profile: str | None) -> Any:
     """The tree ``--tree`` names: a file or shipped name, ``root``, or ``dynamic:N`` (a
     per-step policy calibrated on ``--profile``)."""
+    from medusa_runtime.beam import BeamTree
     from treeopt.core.tree import Tree
     from treeopt.files.profile_file import load_profile
     from treeopt.files.tree_file import load_tree
     from treeopt.model.dynamic_trees import dynamic_tree
     from treeopt.optimize.evaluation import dynamic_size
 
+    beam = BeamTree.parse(tree)
+    if beam is not None:
+        if profile is not None:
+            raise TreeoptError("--tree dynamic:S,K,N ranks nodes by the drafter's own "
+                               "probabilities: drop --profile")
+        return beam
     size = dynamic_size(tree)
     if (size is None) != (profile is None):
         raise TreeoptError("--tree dynamic:N and --profile go together")
@@ -85,10 +99,15 @@ def decode_tree(tree: str, profile: str | None) -> Any:
 
 
 def checked_tree(tree: str, profile: str | None, heads: str | None, random_heads: bool,
-                 draft_model: str | None, gamma: int | None) -> Any:
-    """The tree to decode with, after the checks of what drafts it (heads or a draft model)."""
+                 draft_model: str | None, gamma: int | None, eagle: str | None = None) -> Any:
+    """The tree to decode with, after the checks of what drafts it (heads, a draft model
+    or an EAGLE drafter)."""
+    from medusa_runtime.beam import BeamTree
     from treeopt.core.tree import Tree
 
+    if eagle is not None and (draft_model is not None or heads is not None or random_heads):
+        raise TreeoptError("--eagle drafts instead of Medusa heads or a draft model: drop "
+                           "--heads, --random-heads and --draft-model")
     if gamma is not None and draft_model is None:
         raise TreeoptError("--gamma needs --draft-model")
     if draft_model is not None and (heads is not None or random_heads):
@@ -97,6 +116,9 @@ def checked_tree(tree: str, profile: str | None, heads: str | None, random_heads
     if gamma is not None and tree != "root":
         raise TreeoptError("give --gamma (a chain) or --tree, not both")
     chosen = decode_tree(tree, profile)
+    if isinstance(chosen, BeamTree) and draft_model is None and eagle is None:
+        raise TreeoptError(f"--tree {tree} needs --eagle or --draft-model (Medusa heads use "
+                           "dynamic:N with --profile)")
     if draft_model is not None and tree == "root":
         chosen = Tree.chain(DEFAULT_GAMMA if gamma is None else gamma)
     if random_heads and heads is not None:
@@ -116,13 +138,15 @@ def generate_command(
     acceptance: AcceptanceRuleOption = AcceptanceRule.greedy,
     posterior_threshold: ThresholdOption = 0.09,
     posterior_alpha: AlphaOption = 0.3,
-    device: DeviceOption = "cpu",
+    device: DeviceOption = "auto",
     dtype: LoadDtypeOption = "auto",
     compile_step: CompileStepOption = False,
     profile: CalibrationProfileOption = None,
     chat_template: ChatTemplateOption = True,
     draft_model: DraftModelOption = None,
     gamma: GammaOption = None,
+    quiet: QuietOption = False,
+    eagle: EagleOption = None,
 ) -> None:
     """Generate text with Medusa tree decoding; print it and a one-line summary.
 
@@ -140,6 +164,8 @@ def generate_command(
           --prompt "Once"
       treeopt generate -m vicuna-7b --draft-model JackFram/llama-68m --gamma 4 \\
           --prompt "Hi"
+      treeopt generate -m ./llama --eagle ./eagle3 --tree dynamic:3,4,8 \\
+          --prompt "Once"
     """
     from medusa_runtime.acceptance import TypicalAcceptance
     from medusa_runtime.decode import continuation_text
@@ -147,8 +173,12 @@ def generate_command(
     from treeopt.model.loading import load_medusa, require_heads
 
     # Cheap checks first: the tree, options and heads before the model loads.
-    chosen = checked_tree(tree, profile, heads, random_heads, draft_model, gamma)
-    need_heads = chosen.depth > 0 and draft_model is None
+    from treeopt.workflows.devices import device_choice
+
+    chosen = checked_tree(tree, profile, heads, random_heads, draft_model, gamma, eagle)
+    eagle_model = _eagle_files(eagle)
+    device = device_choice(device)
+    need_heads = chosen.depth > 0 and draft_model is None and eagle is None
     if need_heads and not random_heads:
         try:
             require_heads(model, heads)
@@ -160,10 +190,11 @@ def generate_command(
     loaded = load_medusa(
         model, heads, device=device, dtype=dtype, need_heads=need_heads,
         random_num_heads=max(chosen.num_heads, chosen.depth, 1) if random_heads else None,
+        quiet=quiet,
     )
     base, tokenizer = loaded.model, loaded.tokenizer
     medusa = loaded.heads if need_heads else None
-    drafter = _drafter(draft_model, device, dtype) if draft_model is not None else None
+    drafter = _drafter(draft_model, eagle_model, base, device, dtype, quiet)
     rule = (TypicalAcceptance(posterior_threshold, posterior_alpha)
             if acceptance is AcceptanceRule.typical else "greedy")
     result = _decode(base, medusa, chosen, tokenizer, prompt, max_new_tokens, rule,
@@ -178,12 +209,27 @@ def generate_command(
     )
 
 
-def _drafter(draft_model: str, device: str, dtype: str) -> Any:
-    """A ``DraftModelDrafter`` for the draft model's folder, hub id or registry name."""
-    from medusa_runtime.drafter import DraftModelDrafter
-    from treeopt.model.loading import load_base_model
+def _eagle_files(eagle: str | None) -> Any:
+    """The EAGLE drafter's weights read and checked (None without --eagle), before the
+    target loads."""
+    from treeopt.model.loading import read_eagle
 
-    return DraftModelDrafter(load_base_model(draft_model, device=device, dtype=dtype)[0])
+    return read_eagle(eagle) if eagle is not None else None
+
+
+def _drafter(draft_model: str | None, eagle: Any, base: Any, device: str, dtype: str,
+             quiet: bool) -> Any:
+    """The drafter asked for: a ``DraftModelDrafter`` for the draft model's folder, hub id
+    or registry name, an EAGLE drafter for ``base`` from the ``EagleModel`` read, or None."""
+    from medusa_runtime.drafter import DraftModelDrafter
+    from treeopt.model.loading import load_base_model, load_eagle
+
+    if eagle is not None:
+        return load_eagle(eagle, base)
+    if draft_model is None:
+        return None
+    return DraftModelDrafter(load_base_model(draft_model, device=device, dtype=dtype,
+                                             quiet=quiet)[0])
 
 
 def _decode(base: Any, medusa: Any, tree: Any, tokenizer: Any, prompt: str,

@@ -1,7 +1,7 @@
 """``treeopt overhead`` (step latency per tree size) and ``treeopt tune`` (best tree size).
 
-Neither imports torch at module level; ``overhead --predict`` and ``tune``
-(without ``--measure``) never import it at all.
+Neither imports torch at module level; ``overhead --predict`` and ``tune`` never
+import it at all.
 """
 
 from __future__ import annotations
@@ -13,12 +13,14 @@ import typer
 
 from treeopt.cli.options import (
     AcceptanceChoice,
-    EngineChoice,
+    DeviceOption,
     QuietOption,
+    TuneEngineChoice,
     curve_file,
     output_file,
     parse_int_list,
     plot_file,
+    print_table,
 )
 from treeopt.core.latency import DEFAULT_CONTEXT, DEFAULT_REPEATS, DEFAULT_WARMUP, latency_warnings
 from treeopt.cost.roofline import MEDUSA_NUM_HEADS
@@ -28,12 +30,10 @@ from treeopt.optimize.draft_tune import DEFAULT_DRAFT_BUDGET
 
 if TYPE_CHECKING:
     from treeopt.core.latency import LatencyTable
-    from treeopt.model.study import StudyOutcome
     from treeopt.optimize.tune import BatchBest, TuneResult
-    from treeopt.workflows.tuning import DraftTuneOutcome, DraftTuneSettings, TuneOutcome
+    from treeopt.workflows.tuning import DraftTuneOutcome, TuneOutcome
 
 DEFAULT_BATCHES = "1,4,16,64"
-DEFAULT_CONTEXTS = "128,1024,4096"
 # Dense where the optimum usually is (16..96 tokens), sparse out to 256.
 DEFAULT_SIZES = "1,2,4,8,16,24,32,48,64,80,96,128,160,192,256"
 # A curve this long or shorter is printed in full; longer ones show a summary.
@@ -62,18 +62,22 @@ OverheadGpuOption = Annotated[str | None, typer.Option(
          "h100-sxm, a10g, ...), auto, or a GPU JSON file {\"peak_tflops\": dense bf16 "
          "TFLOP/s, \"bandwidth_gbs\": GB/s, \"memory_gb\": GB} for any other GPU.")]
 BatchesOption = Annotated[str, typer.Option(help="Batch sizes, comma-separated.")]
-ContextsOption = Annotated[str, typer.Option(
-    help="Context lengths (KV positions already cached), comma-separated.")]
+ContextsOption = Annotated[str | None, typer.Option(
+    help="Context lengths (KV positions already cached), comma-separated (default: "
+         "128,1024,4096, those the model holds with the largest size).")]
 SizesOption = Annotated[str, typer.Option(
     help="Tree sizes (tokens per step, root included; 1 = plain decoding).")]
-TimedDeviceOption = Annotated[str, typer.Option(help="cuda, cuda:N or cpu (measured).")]
-TimedDtypeOption = Annotated[str, typer.Option(help="bf16, fp16 or fp32 (fp8 for --predict).")]
+TimedDtypeOption = Annotated[str, typer.Option(
+    help="auto (the checkpoint's own dtype; bf16 for --random-weights and --predict, which "
+         "have no checkpoint), bf16, fp16 or fp32 (fp8 for --predict).")]
 RandomHeadsOption = Annotated[int, typer.Option(
     min=0, help="Medusa heads to time with random weights (--random-weights or a model "
          "without published heads).")]
 WarmupOption = Annotated[int, typer.Option(min=0, help="Untimed steps before timing each size.")]
 RepeatsOption = Annotated[int, typer.Option(
-    min=1, help="Timed steps per size; the median is kept.")]
+    min=1, help="Timed steps per size and round; the fastest sample (min) is kept. "
+                "Rounds repeat until every size's spread is <= 5% (4 at most); a "
+                "warning says when it was not reached.")]
 CompileOption = Annotated[bool, typer.Option(
     "--compile", help="Time the torch.compile'd step (fuses small kernels; compiles once "
                       "per setting, tens of seconds each for a 7B model).")]
@@ -87,10 +91,10 @@ def overhead(
     arch: OverheadArchOption = None,
     gpu: OverheadGpuOption = None,
     batch: BatchesOption = DEFAULT_BATCHES,
-    context: ContextsOption = DEFAULT_CONTEXTS,
+    context: ContextsOption = None,
     sizes: SizesOption = DEFAULT_SIZES,
-    device: TimedDeviceOption = "cuda",
-    dtype: TimedDtypeOption = "bf16",
+    device: DeviceOption = "auto",
+    dtype: TimedDtypeOption = "auto",
     heads: RandomHeadsOption = MEDUSA_NUM_HEADS,
     warmup: WarmupOption = DEFAULT_WARMUP,
     repeats: RepeatsOption = DEFAULT_REPEATS,
@@ -101,10 +105,14 @@ def overhead(
 
     The overhead of an n-token tree is latency(n) / latency(1); `treeopt tune`
     divides the expected accept length by it. Timing runs the runtime's real
-    verification step (static KV cache, captured on GPU), after warm-up, median of
-    repeats. A size that runs out of GPU memory is recorded as the limit for that
-    batch and context, and the sweep goes on. On CPU it runs and labels the file
-    "cpu".
+    verification step (static KV cache, captured on GPU), after warm-up; the
+    fastest of the repeats (min) is kept, as autotune does: load only adds
+    time. Rounds of repeats go on until every size's spread ((q3 - q1) /
+    median) is <= 5%, up to 4; a warning says when that was not reached. A
+    size that runs out of GPU memory is recorded as the limit for that batch
+    and context, and the sweep goes on. On CPU it runs and labels the file
+    "cpu". Default contexts the model cannot hold are left out (said on
+    stderr).
 
     \b
     Examples:
@@ -113,12 +121,16 @@ def overhead(
       treeopt overhead --predict --arch llama-7b --gpu a100-80gb-sxm \\
           -o lat-a100.json
     """
+    from treeopt.workflows.devices import device_choice
     from treeopt.workflows.latency import OverheadSettings, write_overhead
 
     table = write_overhead(OverheadSettings(
-        output, parse_int_list(batch, "--batch"), parse_int_list(context, "--context"),
-        parse_int_list(sizes, "--sizes"), model, random_weights, predict, arch, gpu, device,
-        dtype, heads, warmup, repeats, compile_step, show_progress=not quiet))
+        output=output, batches=parse_int_list(batch, "--batch"),
+        contexts=parse_int_list(context, "--context") if context else None,
+        sizes=parse_int_list(sizes, "--sizes"),
+        model=model, random_weights=random_weights, predict=predict, arch=arch, gpu=gpu,
+        device=device if predict else device_choice(device), dtype=dtype, heads=heads,
+        warmup=warmup, repeats=repeats, compile_step=compile_step, show_progress=not quiet))
     typer.echo(f"wrote {output}: {len(table.measurements)} settings, {table.describe()}", err=True)
     for line in latency_warnings(table):
         typer.echo(f"warning: {line}", err=True)
@@ -132,9 +144,9 @@ LatencyFilesOption = Annotated[list[Path] | None, typer.Option(
 TuneProfileOption = Annotated[str | None, typer.Option(
     "--profile", "-p", help=f"Acceptance profile: file or shipped name (default "
                             f"{DEFAULT_PROFILE}; --measure needs the model's own).")]
-TuneBatchOption = Annotated[int | None, typer.Option(
+TuneBatchOption = Annotated[str | None, typer.Option(
     help="Batch size to tune for (default: the smallest in the latency file; "
-         "--draft-arch: 1).")]
+         "--draft-arch: 1). --engine sglang|vllm-spec|trtllm-pytorch: a list, e.g. 1,4,16.")]
 TuneContextOption = Annotated[int | None, typer.Option(
     help=f"Context length to tune for (default: the file's nearest to {DEFAULT_CONTEXT}).")]
 MaxBudgetOption = Annotated[int | None, typer.Option(
@@ -144,11 +156,13 @@ MaxBudgetOption = Annotated[int | None, typer.Option(
 TuneAcceptanceOption = Annotated[AcceptanceChoice, typer.Option(
     "--acceptance-model", "-a", "--model-of-acceptance",
     help="Builder's acceptance model (see `treeopt build --help`).")]
-TuneEngineOption = Annotated[EngineChoice | None, typer.Option(
+TuneEngineOption = Annotated[TuneEngineChoice | None, typer.Option(
     "--engine",
     help="Tune only trees this engine takes (limits as in `treeopt build --engine`). "
          "vllm-medusa also prints vLLM's --speculative-config with the best chain "
-         "length per batch size.")]
+         "length per batch size. sglang, vllm-spec, trtllm-pytorch: the engine's own "
+         "knobs per --batch for a draft model (-p: its profile, --expand for sglang; "
+         "--draft-arch, --arch, --gpu; -o: the config; --plot: heatmap).")]
 TunedTreeOption = Annotated[Path | None, typer.Option(
     "-o", "--output", callback=output_file, help="Write the best tree here (treeopt.tree/1).")]
 TuneCurveOption = Annotated[Path | None, typer.Option(
@@ -158,24 +172,7 @@ TunePlotOption = Annotated[Path | None, typer.Option(
     callback=plot_file,
     help="Plot acceptance, overhead and speedup vs tree size (.png, .svg, .pdf).")]
 MeasureOption = Annotated[bool, typer.Option(
-    "--measure", help="Tune by measured tokens/s instead (optuna study over budget, "
-                      "depth, typical-acceptance threshold and alpha); see the options below.")]
-StudyModelOption = Annotated[str | None, typer.Option(
-    "--model", "-m", help="--measure: model (registry name, folder or hub id).")]
-StudyHeadsOption = Annotated[str | None, typer.Option(
-    help="--measure: Medusa heads folder or hub id (default: the model's published).")]
-StudyPromptsOption = Annotated[str | None, typer.Option(
-    help="--measure: calibration prompts (MT-Bench question.jsonl, .txt, ...).")]
-MaxPromptsOption = Annotated[int, typer.Option(min=1, help="--measure: prompts per trial.")]
-MaxNewTokensOption = Annotated[int, typer.Option(
-    min=1, help="--measure: tokens generated per prompt.")]
-TrialsOption = Annotated[int, typer.Option(min=1, help="--measure: optuna trials to run now.")]
-StudySeedOption = Annotated[int, typer.Option(help="--measure: sampler and prompt seed.")]
-StorageOption = Annotated[str | None, typer.Option(
-    help="--measure: optuna storage, e.g. sqlite:///study.db, so a study resumes.")]
-StudyNameOption = Annotated[str, typer.Option(help="--measure: study name in the storage.")]
-StudyDeviceOption = Annotated[str, typer.Option(help="--measure: cuda or cpu.")]
-StudyDtypeOption = Annotated[str, typer.Option(help="--measure: auto, bf16, fp16 or fp32.")]
+    "--measure", hidden=True, help="Moved: tuning by measured tokens/s is `treeopt study`.")]
 DraftArchOption = Annotated[str | None, typer.Option(
     "--draft-arch",
     help="Tune a draft model instead of Medusa heads: the draft's shape (llama-68m, "
@@ -197,6 +194,7 @@ KernelOverheadOption = Annotated[float, typer.Option(
 
 
 def tune(
+    ctx: typer.Context,
     latency: LatencyFilesOption = None,
     profile: TuneProfileOption = None,
     batch: TuneBatchOption = None,
@@ -207,23 +205,12 @@ def tune(
     output: TunedTreeOption = None,
     curve: TuneCurveOption = None,
     plot: TunePlotOption = None,
-    measure: MeasureOption = False,
-    model: StudyModelOption = None,
-    heads: StudyHeadsOption = None,
-    prompts: StudyPromptsOption = None,
-    max_prompts: MaxPromptsOption = 8,
-    max_new_tokens: MaxNewTokensOption = 128,
-    trials: TrialsOption = 20,
-    seed: StudySeedOption = 0,
-    storage: StorageOption = None,
-    study_name: StudyNameOption = "treeopt-tune",
-    device: StudyDeviceOption = "cuda",
-    dtype: StudyDtypeOption = "auto",
     draft_arch: DraftArchOption = None,
     arch: TargetArchOption = None,
     gpu: DraftGpuOption = None,
     max_gamma: MaxGammaOption = None,
     kernel_overhead_us: KernelOverheadOption = 0.0,
+    measure: MeasureOption = False,
 ) -> None:
     """Pick the tree size with the best predicted speedup for your GPU and batch.
 
@@ -233,49 +220,84 @@ def tune(
     best size per batch size (large batches shrink or reverse the gain), and
     writes the best tree with its provenance.
 
+    With --draft-arch it tunes a draft model: every chain of gamma draft tokens
+    and every draft tree `build` grows from the draft profile, each step (the
+    draft's passes + the target's verification) predicted on the roofline; it
+    writes the best chain or tree for `generate --draft-model D --tree`.
+
+    To tune by measured tokens/s instead, use `treeopt study`.
+
     \b
     Examples:
       treeopt overhead --predict --arch llama-7b --gpu h100-sxm -o lat.json
       treeopt tune --latency lat.json --batch 1 -o tree.json --plot tune.png
       treeopt tune --latency lat.json --engine vllm-medusa -o chain.json
-      treeopt tune --measure --model vicuna-7b --prompts question.jsonl \\
-          --storage sqlite:///study.db --trials 30 -o tree.json
       treeopt tune -p draft.json --draft-arch llama-68m --arch llama-7b \\
           --gpu a100-80gb-sxm --batch 1 --context 1024 -o draft-tree.json
-
-    With --draft-arch it tunes a draft model: every chain of gamma draft tokens
-    and every draft tree `build` grows from the draft profile, each step (the
-    draft's passes + the target's verification) predicted on the roofline; it
-    writes the best chain or tree for `generate --draft-model D --tree`.
     """
-    from treeopt.workflows import tuning
+    from treeopt.workflows.tuning import DraftTuneOutcome, TuneRequest
+    from treeopt.workflows.tuning import tune as run_tune
 
-    draft_only = {"--arch": arch, "--gpu": gpu, "--max-gamma": max_gamma,
-                  "--kernel-overhead-us": kernel_overhead_us or None}
-    if draft_arch is not None:
-        others = {"--latency": latency, "--measure": measure or None, "--engine": engine,
-                  "--curve": curve, "--plot": plot}
-        _refuse([name for name, value in others.items() if value], "with --draft-arch")
-        _print_draft(tuning.tune_draft_to_file(_draft_settings(
-            profile, draft_arch, arch, gpu, batch, context, max_gamma, max_budget,
-            acceptance_model.value, kernel_overhead_us, output)), output)
-        return
-    _refuse([name for name, value in draft_only.items() if value is not None],
-            "without --draft-arch (they tune a draft model: see --help)")
+    if engine is not None and engine.value in ("sglang", "vllm-spec", "trtllm-pytorch"):
+        return _tune_knobs(engine.value, profile, draft_arch, arch, gpu, batch, context,
+                           max_budget, output, plot)
+    batch = None if batch is None else _one_batch(batch)
     if measure:
-        if engine is not None:
-            raise TreeoptError("--engine applies to tuning by a latency file, not --measure")
-        if latency:
-            raise TreeoptError("--measure times real decoding; it takes no --latency file")
-        _print_study(tuning.tune_by_measurement(tuning.MeasuredTuneSettings(
-            model, prompts, profile, heads, max_prompts, max_new_tokens, trials, seed, storage,
-            study_name, device, dtype, max_budget, acceptance_model.value, output)), output)
-        return
-    outcome = tuning.tune_to_files(tuning.TuneSettings(
-        list(latency or []), profile or DEFAULT_PROFILE, batch, context, max_budget,
-        acceptance_model.value, None if engine is None else engine.value, output, curve, plot,
-        say=_say))
-    _print_tuned(outcome, curve, plot, output)
+        raise TreeoptError("tune --measure is now its own verb: treeopt study -m MODEL -d DATA "
+                           "... (see 'treeopt study --help')")
+    if ctx.args:
+        raise TreeoptError(f"No such option: {ctx.args[0]} (see 'treeopt tune --help')")
+    outcome = run_tune(TuneRequest(
+        latency=tuple(latency or ()), profile=profile, batch=batch, context=context,
+        max_budget=max_budget, acceptance_model=acceptance_model.value,
+        engine=None if engine is None else engine.value, output=output, curve=curve,
+        plot=plot, draft_arch=draft_arch, arch=arch, gpu=gpu, max_gamma=max_gamma,
+        kernel_overhead_us=kernel_overhead_us, say=_say))
+    if isinstance(outcome, DraftTuneOutcome):
+        _print_draft(outcome, output)
+    else:
+        _print_tuned(outcome, curve, plot, output)
+
+
+def _one_batch(text: str) -> int:
+    """``--batch`` outside the knob engines: one size."""
+    if text.strip().lstrip("-").isdigit():  # its range is checked where it is used
+        return int(text)
+    values = parse_int_list(text, "--batch")
+    if len(values) != 1:
+        raise TreeoptError("--batch takes one size here (a list only with --engine sglang, "
+                           "vllm-spec or trtllm-pytorch)")
+    return values[0]
+
+
+def _tune_knobs(engine: str, profile: str | None, draft_arch: str | None, arch: str | None,
+                gpu: str | None, batch: str | None, context: int | None,
+                max_budget: int | None, output: Path | None, plot: Path | None) -> None:
+    """``tune --engine sglang|vllm-spec|trtllm-pytorch``: print the table, what was written."""
+    from treeopt.files.engines import check_pairing
+    from treeopt.workflows.engine_knobs import (
+        DEFAULT_MAX_KNOB_TOKENS,
+        EngineKnobSettings,
+        tune_engine_knobs,
+    )
+
+    check_pairing(engine, "draft_model")
+    if None in (profile, draft_arch, arch, gpu):
+        raise TreeoptError(f"--engine {engine} needs -p (a draft-model profile), --draft-arch, "
+                           "--arch and --gpu")
+    outcome = tune_engine_knobs(EngineKnobSettings(
+        engine=engine, profile=str(profile), draft_arch=str(draft_arch), target_arch=str(arch),
+        gpu=str(gpu), batches=tuple(parse_int_list(batch or "1,4,16", "--batch")),
+        context=context or DEFAULT_CONTEXT, max_tokens=max_budget or DEFAULT_MAX_KNOB_TOKENS,
+        output=output, plot=plot))
+    typer.echo(f"{engine} knobs per batch size ({outcome.cost_label}):")
+    for row in outcome.table:
+        typer.echo(f"  batch {row['batch']:>4}: {row['best'] or 'off':<16} "
+                   f"{row['predicted_tokens_per_s']:>10.1f} tok/s vs plain "
+                   f"{row['plain_tokens_per_s']:.1f} ({row['predicted_speedup']:.2f}x)"
+                   + ("" if row["best"] else ": switch speculation off"))
+    for name, config in outcome.configs.items():
+        typer.echo(f"{'wrote' if output else 'config'} {name}: {config}")
 
 
 def _print_tuned(outcome: TuneOutcome, curve: Path | None, plot: Path | None,
@@ -293,33 +315,7 @@ def _print_tuned(outcome: TuneOutcome, curve: Path | None, plot: Path | None,
         typer.echo(f"wrote {output}: {result.best.num_tokens} tokens/step", err=True)
 
 
-def _refuse(options: list[str], reason: str) -> None:
-    if options:
-        raise TreeoptError(f"{', '.join(options)} cannot be used {reason}")
-
-
-def _draft_settings(profile: str | None, draft_arch: str, arch: str | None, gpu: str | None,
-                    batch: int | None, context: int | None, max_gamma: int | None,
-                    max_budget: int | None, acceptance_model: str, kernel_overhead_us: float,
-                    output: Path | None) -> DraftTuneSettings:
-    """The draft-tuning settings, after the checks of what only the CLI knows."""
-    from treeopt.workflows.tuning import DraftTuneSettings
-
-    if profile is None:
-        raise TreeoptError("--draft-arch needs -p DRAFT_PROFILE (from `treeopt profile "
-                           "--draft-model`)")
-    if arch is None or gpu is None:
-        raise TreeoptError("--draft-arch needs --arch (the target's shape, e.g. llama-7b) "
-                           "and --gpu (e.g. a100-80gb-sxm)")
-    return DraftTuneSettings(
-        profile, draft_arch, arch, gpu, 1 if batch is None else batch,
-        DEFAULT_CONTEXT if context is None else context, max_gamma,
-        DEFAULT_DRAFT_BUDGET if max_budget is None else max_budget, acceptance_model,
-        kernel_overhead_us, output, say=_say)
-
-
 def _print_draft(outcome: DraftTuneOutcome, output: Path | None) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     result = outcome.result
@@ -338,11 +334,10 @@ def _print_draft(outcome: DraftTuneOutcome, output: Path | None) -> None:
         view.add_row(name, str(point.num_tokens), str(point.draft_passes),
                      f"{point.expected_accept_length:.3f}", f"{point.step_seconds * 1e3:.3f}",
                      f"{point.speedup:.3f}x", style="bold green" if point is best else None)
-    console = Console()
-    console.print(view)
+    print_table(view)
     kind = f"chain gamma = {settings['gamma']}" if settings["kind"] == "chain" else \
         f"tree of {best.num_tokens} tokens, depth {best.draft_passes}"
-    console.print(f"best: {kind}, predicted {best.expected_accept_length:.3f} tokens/step, "
+    typer.echo(f"best: {kind}, predicted {best.expected_accept_length:.3f} tokens/step, "
                   f"step {best.step_seconds * 1e3:.3f} ms, predicted speedup "
                   f"{best.speedup:.3f}x")
     if output is not None:
@@ -368,17 +363,6 @@ def _say(line: str) -> None:
     typer.echo(line, err=True)
 
 
-def _print_study(outcome: StudyOutcome, output: Path | None) -> None:
-    params = ", ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}"
-                       for key, value in outcome.params.items())
-    pruned = f" ({outcome.pruned_trials} infeasible, pruned)" if outcome.pruned_trials else ""
-    typer.echo(f"best of {outcome.num_trials} trials{pruned}: "
-               f"{outcome.tokens_per_second:.1f} tokens/s, "
-               f"acceleration {outcome.acceleration_rate:.3f} ({params})")
-    if output is not None:
-        typer.echo(f"wrote {output}", err=True)
-
-
 def _shown_sizes(result: TuneResult) -> list[int]:
     """Every size for a short curve; powers of two, multiples of 16 and n*'s neighbours else."""
     last = len(result.points)
@@ -391,7 +375,6 @@ def _shown_sizes(result: TuneResult) -> list[int]:
 
 
 def _print_tune_table(result: TuneResult, table: LatencyTable) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     view = Table(title=f"Predicted speedup, batch {result.batch}, context {result.context} "
@@ -403,19 +386,17 @@ def _print_tune_table(result: TuneResult, table: LatencyTable) -> None:
         style = "bold green" if n == result.best.num_tokens else None
         view.add_row(str(n), f"{point.expected_accept_length:.3f}", f"{point.overhead:.3f}",
                      f"{point.speedup:.3f}x", style=style)
-    console = Console()
-    console.print(view)
+    print_table(view)
     best = result.best
-    console.print(
+    typer.echo(
         f"best: n* = {best.num_tokens} tokens/step, "
-        f"E\\[accept] {best.expected_accept_length:.3f}, "
+        f"E[accept] {best.expected_accept_length:.3f}, "
         f"overhead {best.overhead:.3f}, predicted speedup {best.speedup:.3f}x "
         f"(sizes up to {len(result.points)}, limited by the {result.limited_by})"
     )
 
 
 def _print_batch_view(rows: list[BatchBest], context: int) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     view = Table(title=f"Best tree size per batch size, context {context}")
@@ -424,10 +405,13 @@ def _print_batch_view(rows: list[BatchBest], context: int) -> None:
     for row in rows:
         view.add_row(str(row.batch), str(row.num_tokens), f"{row.expected_accept_length:.3f}",
                      f"{row.overhead:.3f}", f"{row.speedup:.3f}x")
-    Console().print(view)
+    print_table(view)
 
 
 def register(app: typer.Typer) -> None:
     """Add ``overhead`` and ``tune`` to the treeopt app."""
     app.command("overhead")(overhead)
-    app.command("tune")(tune)
+    # Extra arguments reach the verb, so `tune --measure -m M ...` (options study took
+    # from tune) is answered with the pointer to `treeopt study`, not "No such option -m".
+    app.command("tune", context_settings={"ignore_unknown_options": True,
+                                          "allow_extra_args": True})(tune)

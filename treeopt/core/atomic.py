@@ -16,8 +16,12 @@ Guarantees of :func:`atomic_path` (and the writers built on it):
   cannot be caught: a stale ``.NAME.PID.XXXXXXXX.SUFFIX`` may stay, and the next
   write of ``NAME`` removes every such file whose writing process is gone.
 - ``ENOSPC``, ``EROFS``, ``EACCES`` and every other ``OSError`` while writing are a
-  one-line :class:`TreeoptError` naming the file.
-- New files get the mode the umask gives (``0o666 & ~umask``), like ``open()``.
+  one-line :class:`TreeoptError` naming the file; so is a library's own exception
+  that carries a system error (safetensors' Rust ``I/O error: No space left on
+  device (os error 28)``), see :func:`os_error_in`.
+- New files get the mode the umask gives (``0o666 & ~umask``), like ``open()``,
+  also when the writer replaced the temp file with one of its own (safetensors
+  writes 0600 files).
 """
 
 from __future__ import annotations
@@ -45,8 +49,26 @@ _previous_handlers: dict[int, object] = {}
 _pending: ContextVar[list[_Staged] | None] = ContextVar("treeopt_output_set", default=None)
 
 
+# Rust's std::io::Error as libraries written in Rust print it (safetensors, tokenizers).
+_RUST_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
 def _cannot_write(target: Path, exc: OSError) -> TreeoptError:
     return TreeoptError(f"cannot write {target}: {exc.strerror or exc}")
+
+
+def os_error_in(exc: BaseException) -> OSError | None:
+    """The system error behind ``exc``: itself if an OSError, else one a library put
+    into its message as ``(os error N)``; None when there is none (a real bug)."""
+    if isinstance(exc, OSError):
+        return exc
+    if not isinstance(exc, Exception):
+        return None  # Ctrl-C and exits pass through
+    match = _RUST_OS_ERROR.search(str(exc))
+    if match is None:
+        return None
+    number = int(match.group(1))
+    return OSError(number, os.strerror(number))
 
 
 def check_output_path(path: str | os.PathLike[str]) -> Path:
@@ -74,6 +96,11 @@ def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return umask
+
+
+def new_file_mode() -> int:
+    """The mode ``open()`` gives a new file under the current umask (0o644 under 022)."""
+    return 0o666 & ~_umask()
 
 
 # ------------------------------------------------------------ signal cleanup
@@ -176,7 +203,7 @@ def _make_temp(target: Path, suffix: str, special: bool) -> Path:
     tmp = Path(name)
     _register(tmp)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; outputs follow the umask
+        os.fchmod(fd, new_file_mode())  # mkstemp makes 0600; outputs follow the umask
     except OSError as exc:
         os.close(fd)
         _discard(tmp)
@@ -313,8 +340,13 @@ def atomic_path(path: str | os.PathLike[str], suffix: str | None = None) -> Iter
     try:
         try:
             yield tmp
-        except OSError as exc:  # disk full, read-only, no permission, while writing
-            raise _cannot_write(requested, exc) from None
+            if not special:  # the writer may have replaced tmp with a file of its own mode
+                os.chmod(tmp, new_file_mode())
+        except Exception as exc:  # disk full, read-only, no permission, while writing
+            system = os_error_in(exc)
+            if system is None or isinstance(exc, TreeoptError):
+                raise
+            raise _cannot_write(requested, system) from None
         if staged is not None:
             if any(item.target == target for item in staged):
                 raise TreeoptError(f"cannot write {requested} twice in one command")

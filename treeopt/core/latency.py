@@ -49,8 +49,15 @@ DEFAULT_REPEATS = 10
 # repeats a setting until its spread is at most this (steady timings on a quiet
 # device are within a few percent; a busy CPU is not) ...
 MAX_SPREAD = 0.05
-# ... up to this many rounds of ``repeats`` samples, then keeps what it has.
+# ... up to this many rounds of ``repeats`` samples, then keeps what it has (and
+# :func:`latency_warnings` says the spread was not reached).
 MAX_TIMING_ROUNDS = 4
+# The one statistic every measured table keeps of a setting's samples: the fastest.
+# Load from other work only ever adds time to a fixed-shape step (on a shared CPU
+# most of all), so the minimum is the step's own cost, for plain decoding and every
+# tree alike; on a quiet GPU it is within the spread of the median.
+TIMING_STATISTIC = "min"
+TIMING_STATISTIC_TEXT = "the fastest sample (min) of each size is kept"
 # A larger tree's step may look faster than a smaller one's by timing noise; only a
 # drop beyond this fraction (or the recorded spread, when larger) is flagged.
 MONOTONE_TOLERANCE = 0.05
@@ -217,6 +224,26 @@ class LatencyTable:
         return min(self.contexts, key=lambda s: (abs(s - context), -s))
 
 
+# A predicted step faster than this is below what launching the kernels of one forward
+# pass costs (several kernels a layer, a few microseconds each): launch-bound.
+LAUNCH_BOUND_SECONDS = 20e-6
+
+
+def launch_bound_warning(table: LatencyTable) -> str | None:
+    """One line when a roofline prediction's fastest step is under LAUNCH_BOUND_SECONDS:
+    the model is so small that kernel launches, not FLOPs or bytes, set its step time,
+    so the datasheet figures are only a lower bound. None otherwise (and for measurements).
+    """
+    if table.source != "roofline-model":
+        return None
+    known = [seconds for seconds in table.measurements.values() if seconds is not None]
+    if not known or min(known) >= LAUNCH_BOUND_SECONDS:
+        return None
+    return (f"predicted step of {min(known) * 1e6:.3g} us: a model this small is launch-bound "
+            "(each kernel launch costs microseconds), so the roofline's datasheet numbers are "
+            "a lower bound, not a forecast; measure it (treeopt overhead --model)")
+
+
 def latency_warnings(table: LatencyTable, tolerance: float = MONOTONE_TOLERANCE) -> list[str]:
     """Reasons not to trust ``table``, one line each; empty when it looks sane.
 
@@ -228,7 +255,8 @@ def latency_warnings(table: LatencyTable, tolerance: float = MONOTONE_TOLERANCE)
     speedup meaningless: typically a busy machine, or CPU threads left at torch's
     default while timing.
     """
-    problems = []
+    launch_bound = launch_bound_warning(table)
+    problems = [] if launch_bound is None else [launch_bound]
     for batch, context in table.settings():
         try:
             curve = {n: table.measurements[(batch, context, n)]
@@ -257,7 +285,27 @@ def latency_warnings(table: LatencyTable, tolerance: float = MONOTONE_TOLERANCE)
             else:
                 continue
             break
-    return problems
+    return problems + spread_warnings(table)
+
+
+def spread_warnings(table: LatencyTable) -> list[str]:
+    """One line per (batch, context) whose timings never got within the table's target
+    spread (``method["max_spread"]``, e.g. 5 %) in the rounds it had: the repeats did not
+    reach it, and the figures are that noisy."""
+    target = table.method.get("max_spread") if table.method else None
+    if not target:
+        return []
+    rounds = table.method.get("rounds")
+    lines = []
+    for batch, context in table.settings():
+        wide = {n: spread for (b, s, n), spread in sorted(table.spreads.items())
+                if b == batch and s == context and spread > target}
+        if wide:
+            shown = ", ".join(f"n={n}: {spread:.0%}" for n, spread in wide.items())
+            lines.append(f"batch {batch}, context {context}: timing spread above the "
+                         f"{target:.0%} target after {rounds} round(s) ({shown}): not reached, "
+                         "the latencies are that noisy (a busy machine?)")
+    return lines
 
 
 def _check_setting(setting: Setting) -> None:

@@ -157,6 +157,12 @@ ARCHS.update({
     "tinyllama-1.1b": ArchShape("tinyllama-1.1b", 2048, 5632, 22, 32, 4, 64, 32000),
 })
 
+# A ~106M-parameter target that steps in well under a second on one CPU core, for checking
+# the roofline on CPU (benchmarks/roofline_vs_measured.py --cpu) with llama-68m as its draft:
+# JackFram/llama-160m's width (768 hidden, 12 heads, 3072 MLP, 32000 vocab) with 6 of its
+# 12 layers; llama-68m is the same width with 2 layers.
+ARCHS["llama-100m"] = ArchShape("llama-100m", 768, 3072, 6, 12, 12, 64, 32000)
+
 # Fields an HF config must have (the rest have Llama defaults).
 REQUIRED_CONFIG_FIELDS = ("hidden_size", "intermediate_size", "num_hidden_layers",
                           "num_attention_heads", "vocab_size")

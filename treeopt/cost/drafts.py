@@ -7,7 +7,11 @@ each later one the nodes of one level that have children. Then the target verifi
 the tree's ``num_tokens`` tokens in one pass, with no Medusa heads. Each pass is
 predicted by :func:`treeopt.cost.roofline.predict_step_latency` from its model's
 shape; ``pass_overhead_s`` adds a fixed cost per draft pass (framework and launch
-time that the roofline leaves out, which dominates for a tiny draft).
+time that the roofline leaves out, which dominates for a tiny draft). A device profile
+with fitted host terms (``layer_overhead_us``, ``pass_overhead_us``,
+``token_layer_overhead_us``; see :func:`treeopt.cost.roofline.fit_pass_overheads`)
+already charges them to every pass, the draft's and the verification's, so leave
+``pass_overhead_s`` at 0 with such a profile.
 """
 
 from __future__ import annotations
@@ -64,3 +68,28 @@ def predict_draft_step(
     passes = draft_pass_tokens(tree)
     draft_s = sum(seconds(draft, tokens) + pass_overhead_s for tokens in passes)
     return DraftStepCost(draft_s, seconds(target, tree.num_tokens), seconds(target, 1))
+
+
+def beam_pass_tokens(steps: int, topk: int) -> list[int]:
+    """Tokens each draft pass of ``dynamic:S,K,N`` feeds per sequence: ``[S + 2, K, ..., K]``.
+
+    The first pass re-feeds the accepted path and the new root (a block of ``S + 2``, as
+    the runtime's draft model does); each of the ``S - 1`` deeper passes feeds the ``K``
+    frontier nodes. A chain of ``K`` (``topk`` 1) is :func:`draft_pass_tokens` of it.
+    """
+    return [steps + 2, *([topk] * (steps - 1))] if steps else []
+
+
+def predict_beam_step(
+    target: ArchShape, draft: ArchShape, steps: int, topk: int, num_tokens: int,
+    gpu: GPUSpec | None, batch: int = 1, context: int = 1024, dtype_bytes: float = 2,
+    device_profile: DeviceProfile | None = None,
+) -> DraftStepCost:
+    """Predicted seconds of one ``dynamic:S,K,N`` step: ``S`` draft passes, then the
+    target's verification of ``N`` tokens per sequence."""
+    def seconds(arch: ArchShape, tokens: int) -> float:
+        return predict_step_latency(arch, gpu, batch, context, tokens, dtype_bytes,
+                                    device_profile, medusa_heads=0)
+
+    draft_s = sum(seconds(draft, tokens) for tokens in beam_pass_tokens(steps, topk))
+    return DraftStepCost(draft_s, seconds(target, num_tokens), seconds(target, 1))

@@ -138,12 +138,23 @@ class DeviceProfile:
     datasheet's); ``kernel_overhead_us`` is the fixed cost of one operator
     (launch, tails), charged once per operator instance in a step. The fractions
     relate them to the datasheet spec the fit was given, when there was one.
+
+    ``layer_overhead_us``, ``pass_overhead_us`` and ``token_layer_overhead_us`` are
+    the time a whole forward pass spends outside the matmuls as the roofline counts
+    them (norms, RoPE, softmax, masks, framework dispatch; acceptance and cache
+    bookkeeping; weights streamed from memory rather than cache), charged once per
+    decoder layer, once per forward pass and once per token per decoder layer. They
+    are 0 unless fitted from timed steps (:func:`fit_pass_overheads`), and a
+    datasheet GPU never has them.
     """
 
     device: str
     peak_tflops: float
     bandwidth_gbs: float
     kernel_overhead_us: float = 0.0
+    layer_overhead_us: float = 0.0
+    pass_overhead_us: float = 0.0
+    token_layer_overhead_us: float = 0.0
     compute_fraction: float | None = None
     bandwidth_fraction: float | None = None
     spec: dict[str, Any] | None = None
@@ -165,10 +176,12 @@ class DeviceProfile:
                     or not math.isfinite(value):
                 raise TreeoptError(
                     f"{where}: {key} must be positive and finite, not {value!r:.40}")
-        overhead = data.get("kernel_overhead_us", 0.0)
-        if isinstance(overhead, bool) or not isinstance(overhead, (int, float)) or \
-                not 0 <= overhead < math.inf:
-            raise TreeoptError(f"{where}: kernel_overhead_us must be >= 0, not {overhead!r:.40}")
+        for key in ("kernel_overhead_us", "layer_overhead_us", "pass_overhead_us",
+                    "token_layer_overhead_us"):
+            overhead = data.get(key, 0.0)
+            if isinstance(overhead, bool) or not isinstance(overhead, (int, float)) or \
+                    not 0 <= overhead < math.inf:
+                raise TreeoptError(f"{where}: {key} must be >= 0, not {overhead!r:.40}")
         for key in ("compute_fraction", "bandwidth_fraction"):
             value = data.get(key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
@@ -202,12 +215,16 @@ def load_device_profile(path: str | os.PathLike[str]) -> DeviceProfile:
 
 @dataclass(frozen=True)
 class Ceilings:
-    """The numbers a prediction uses: FLOP/s, bytes/s, seconds per operator instance."""
+    """The numbers a prediction uses: FLOP/s, bytes/s, seconds per operator instance,
+    per decoder layer and per forward pass (the last two 0 for a datasheet GPU)."""
 
     peak_flops: float
     bandwidth: float
     kernel_overhead_s: float
     label: str
+    layer_overhead_s: float = 0.0
+    pass_overhead_s: float = 0.0
+    token_layer_overhead_s: float = 0.0
 
 
 def ceilings(gpu: GPUSpec | None, dtype_bytes: float = 2,
@@ -216,7 +233,10 @@ def ceilings(gpu: GPUSpec | None, dtype_bytes: float = 2,
     if device_profile is not None:
         return Ceilings(device_profile.peak_tflops * 1e12, device_profile.bandwidth_gbs * 1e9,
                         device_profile.kernel_overhead_us * 1e-6,
-                        f"{device_profile.device} (fitted)")
+                        f"{device_profile.device} (fitted)",
+                        device_profile.layer_overhead_us * 1e-6,
+                        device_profile.pass_overhead_us * 1e-6,
+                        device_profile.token_layer_overhead_us * 1e-6)
     if gpu is None:
         raise TreeoptError("a prediction needs a GPU spec or a device profile")
     return Ceilings(gpu.peak_flops_for(dtype_bytes), gpu.bandwidth_bytes_per_s, 0.0, gpu.name)
@@ -236,13 +256,17 @@ def predict_step_latency(
     """Predicted seconds of one verification step of ``num_tokens`` tokens per sequence.
 
     Sum over layers and operators (+ LM head + Medusa heads) of
-    ``max(flops / peak, bytes / bandwidth)``, plus a fixed cost: the device
-    profile's ``kernel_overhead_us`` for each operator instance (0 with datasheet
-    values, which therefore give a lower bound).
+    ``max(flops / peak, bytes / bandwidth)``, plus fixed costs: the device
+    profile's ``kernel_overhead_us`` for each operator instance, its
+    ``layer_overhead_us`` for each decoder layer, its ``pass_overhead_us`` once and
+    its ``token_layer_overhead_us`` for each of the ``batch * num_tokens`` tokens in
+    each layer (all 0 with datasheet values, which therefore give a lower bound).
     """
     ceiling = ceilings(gpu, dtype_bytes, device_profile)
-    return sum(op.per_step * operator_seconds(op, ceiling, dtype_bytes)
-               for op in step_operators(arch, batch, context, num_tokens, medusa_heads))
+    matmuls = sum(op.per_step * operator_seconds(op, ceiling, dtype_bytes)
+                  for op in step_operators(arch, batch, context, num_tokens, medusa_heads))
+    per_layer = ceiling.layer_overhead_s + batch * num_tokens * ceiling.token_layer_overhead_s
+    return matmuls + arch.num_layers * per_layer + ceiling.pass_overhead_s
 
 
 def fits_in_memory(arch: ArchShape, gpu: GPUSpec | None, batch: int, context: int,
@@ -379,3 +403,62 @@ def _fit_line(work: Any, seconds: Any) -> tuple[float, float]:
         ratio = work / seconds
         slope, intercept = float(ratio.sum() / (ratio * ratio).sum()), 0.0
     return float(slope), float(intercept)
+
+
+def fit_pass_overheads(
+    profile: DeviceProfile, steps: list[dict[str, float]],
+) -> DeviceProfile:
+    """``profile`` with its per-layer, per-pass and per-token-layer terms fitted to timed steps.
+
+    Each of ``steps`` is a timed step: ``measured_s``, ``matmul_s`` (what
+    ``profile`` predicts for it without these terms: its operators only),
+    ``layers`` (decoder layers it ran, summed over its forward passes), ``passes``
+    (its forward passes) and ``token_layers`` (tokens times layers, summed over its
+    passes; 0 if absent). Model: ``measured = matmul + layers * L + passes * P +
+    token_layers * T`` with ``L, P, T >= 0``, fitted by least squares on relative
+    error (so fast and slow steps weigh alike). The fit's RMS relative error before
+    and after goes into ``fit["pass_overheads"]``.
+    """
+    import dataclasses
+
+    import numpy as np
+
+    if len(steps) < 2:
+        raise TreeoptError("fitting pass overheads needs at least two timed steps")
+    measured = np.array([step["measured_s"] for step in steps], dtype=float)
+    matmul = np.array([step["matmul_s"] for step in steps], dtype=float)
+    counts = np.array([[step["layers"], step["passes"], step.get("token_layers", 0)]
+                       for step in steps], dtype=float)
+    if not (measured > 0).all():
+        raise TreeoptError("timed steps must have positive measured_s")
+    design, target = counts / measured[:, None], 1 - matmul / measured
+    solution = _nonnegative_least_squares(design, target)
+    before = float(np.sqrt(np.mean((matmul / measured - 1) ** 2)))
+    after = float(np.sqrt(np.mean(((matmul + counts @ solution) / measured - 1) ** 2)))
+    fit = {**profile.fit, "pass_overheads": {
+        "num_steps": len(steps), "rms_relative_error_before": before,
+        "rms_relative_error_after": after}}
+    return dataclasses.replace(profile, layer_overhead_us=float(solution[0]) * 1e6,
+                               pass_overhead_us=float(solution[1]) * 1e6,
+                               token_layer_overhead_us=float(solution[2]) * 1e6, fit=fit)
+
+
+def _nonnegative_least_squares(design: Any, target: Any) -> Any:
+    """argmin ||design @ x - target|| over x >= 0, for two or three columns (active sets)."""
+    import itertools
+
+    import numpy as np
+
+    columns = design.shape[1]
+    best, best_error = np.zeros(columns), float(np.sum(target ** 2))
+    for size in range(1, columns + 1):
+        for chosen in itertools.combinations(range(columns), size):
+            part, *_ = np.linalg.lstsq(design[:, chosen], target, rcond=None)
+            if (part < 0).any():
+                continue
+            candidate = np.zeros(columns)
+            candidate[list(chosen)] = part
+            error = float(np.sum((design @ candidate - target) ** 2))
+            if error < best_error:
+                best, best_error = candidate, error
+    return best

@@ -76,25 +76,23 @@ def read_curve(path: str | os.PathLike[str]) -> Curve:
         if not isinstance(data.get("provenance") or {}, dict):
             raise TreeoptError(f"{path}: \"provenance\" must be an object")
         return _prefixed(path, lambda: make_curve(data["rows"], data.get("provenance") or {}))
+    from treeopt.files.csvdoc import EXTRA_CELLS, parse_csv
     from treeopt.files.jsondoc import parse_json, read_text
 
     text = read_text(path, "curve")
     lines = text.splitlines()
     provenance: dict[str, Any] = {}
-    if lines and lines[0].startswith("#"):
+    provenance_line = bool(lines) and lines[0].startswith("#")
+    if provenance_line:
         header = lines.pop(0)[1:].strip()
         if header.startswith(FORMAT):
             provenance = parse_json(header[len(FORMAT):].strip() or "{}",
                                     f"{path}: provenance comment")
             if not isinstance(provenance, dict):
                 raise TreeoptError(f"{path}: provenance comment is not a JSON object")
-    try:
-        rows = [
-            {key: _csv_value(value) for key, value in row.items() if key is not None}
-            for row in csv.DictReader(lines)
-        ]
-    except csv.Error as exc:
-        raise TreeoptError(f"{path}: not CSV: {exc}") from None
+    _, records = parse_csv(lines, str(path), first_line=1 + bool(provenance_line))
+    rows = [{key: _csv_value(value) for key, value in row.items() if key != EXTRA_CELLS}
+            for row in records]
     return _prefixed(path, lambda: make_curve(rows, provenance))
 
 

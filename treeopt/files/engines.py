@@ -33,6 +33,7 @@ import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Any
 
 from treeopt.core.tree import Tree, format_path
@@ -443,3 +444,234 @@ def import_text(
     if source in ("trtllm", "trtllm-triton"):
         check_trtllm(tree, max_draft_len=max(len(tree), TRTLLM_DEFAULT_MAX_DRAFT_LEN))
     return tree
+
+
+# ------------------------------------------------------------------ knob targets
+# The engines no longer take a static tree (see ENGINE_STATUS): each builds its tree from a
+# few knobs. A knob setting is the engine-style dynamic tree dynamic:STEPS,TOPK,TOKENS
+# (treeopt.core.expansion.BeamSetting; a chain of K is (K, 1, K + 1)), or None: speculation off.
+SGLANG_SOURCES = (
+    "sgl-project/sglang python/sglang/srt/server_args.py@001067f (speculative_num_steps, "
+    "speculative_eagle_topk, speculative_num_draft_tokens; speculative_algorithm EAGLE, "
+    "EAGLE3, STANDALONE)",
+    "sgl-project/sglang python/sglang/srt/arg_groups/speculative_hook.py@004c82e "
+    "(_auto_choose_speculative_params: STANDALONE (3, 1, 4), Llama (5, 4, 8); topk == 1 "
+    "forces num_draft_tokens = num_steps + 1; speculative_adaptive picks num_steps per "
+    "batch only with topk 1)",
+)
+VLLM_SPEC_SOURCES = (
+    "vllm-project/vllm vllm/config/speculative.py@002e77c (method draft_model / eagle / "
+    "eagle3, num_speculative_tokens, num_speculative_tokens_per_batch_size)",
+    "vllm-project/vllm vllm/v1/spec_decode/dynamic/utils.py@14b450c "
+    "(validate_and_normalize_dynamic_sd_schedule: 3-item (lo, hi, K) ranges, sorted, "
+    "non-overlapping, the first starting at 1, K >= 0; build_dynamic_sd_schedule_lookup "
+    "caps K at num_speculative_tokens and gives larger batches the last K)",
+)
+TRTLLM_PYTORCH_SOURCES = (
+    "NVIDIA/TensorRT-LLM tensorrt_llm/llmapi/llm_args.py@fcd3f31 (DraftTargetDecodingConfig "
+    "decoding_type Draft_Target: max_draft_len > 0, linear tree only; EagleDecodingConfig "
+    "use_dynamic_tree: max_draft_len <= max_total_draft_tokens <= dynamic_tree_max_topK * "
+    "max_draft_len; draft_len_schedule {batch: draft_len} must hold {1: max_draft_len})",
+)
+DRAFTERS = ("medusa", "draft_model", "eagle")
+
+
+@dataclass(frozen=True)
+class EngineTarget:
+    """One export or tune target: what its engine takes, its rules, its file and sources.
+
+    Attributes:
+        name: the target's name (``--to`` / ``--engine``).
+        takes: ``static tree``, ``chain`` or ``knobs`` (the engine builds the tree itself).
+        drafters: the drafters it runs (``medusa``, ``draft_model``, ``eagle``).
+        rules: its limits, one sentence each.
+        suffix: the written file's suffix.
+        checked_against: upstream files (repo path@commit) the rules were read from.
+        builder: the tree builder's limits for it (``build --engine``), if any.
+        schema: for knob targets, the JSON Schema its config validates against.
+    """
+
+    name: str
+    takes: str
+    drafters: tuple[str, ...]
+    rules: tuple[str, ...]
+    suffix: str
+    checked_against: tuple[str, ...]
+    builder: str | None = None
+    schema: str | None = None
+
+    @property
+    def status(self) -> EngineStatus | None:
+        return ENGINE_STATUS.get(self.name)
+
+
+def _static(name: str, suffix: str, rules: tuple[str, ...], builder: str | None = None,
+            takes: str = "static tree", drafters: tuple[str, ...] = ("medusa",)) -> EngineTarget:
+    return EngineTarget(name, takes, drafters, rules, suffix,
+                        ENGINE_STATUS[name].checked_against, builder)
+
+
+ENGINE_TARGETS: dict[str, EngineTarget] = {
+    "medusa": _static("medusa", ".py", ("any tree",)),
+    "eagle": _static("eagle", ".py", ("any tree (EAGLE-1 tree_choices)",),
+                     drafters=("eagle",)),
+    "trtllm": _static("trtllm", ".json", (
+        f"at most max_draft_len ({TRTLLM_DEFAULT_MAX_DRAFT_LEN}) nodes",
+        f"ranks below {TRTLLM_MAX_TOP_K}", f"depth at most {TRTLLM_MAX_DEPTH}"), "trtllm"),
+    "trtllm-triton": _static("trtllm-triton", ".txt", (
+        "as trtllm, written as the Triton backend's brace groups",), "trtllm"),
+    "vllm": _static("vllm", ".txt", ("every node of a level has as many children",),
+                    "vllm", drafters=("eagle",)),
+    "vllm-medusa": _static("vllm-medusa", ".json", (
+        "a top-1 chain of at most the heads' count", "one constant K (the Medusa "
+        "proposer asserts it)"), "vllm-medusa", takes="chain"),
+    "sglang": EngineTarget(
+        "sglang", "knobs", ("draft_model", "eagle"), (
+            "--speculative-num-steps S >= 1, --speculative-eagle-topk K >= 1, "
+            "--speculative-num-draft-tokens N (root included) in 2..1 + K + (S-1) K^2",
+            "K == 1 forces N = S + 1", "one setting per server (no batch schedule; "
+            "speculative_adaptive tunes S alone, only with K == 1)",
+            "Medusa heads: not supported"), ".yaml", SGLANG_SOURCES,
+        schema="sglang-speculative.schema.json"),
+    "vllm-spec": EngineTarget(
+        "vllm-spec", "chain", ("draft_model", "eagle"), (
+            "a chain of K = num_speculative_tokens >= 1 drafts (no tree: tree attention "
+            "was removed, PR #42121)", "num_speculative_tokens_per_batch_size: "
+            "[[lo, hi, K], ...] from batch 1, sorted, non-overlapping, K >= 0 (0: off), "
+            "K capped at num_speculative_tokens", "Medusa heads: use vllm-medusa"),
+        ".json", VLLM_SPEC_SOURCES, schema="vllm-speculative-config.schema.json"),
+    "trtllm-pytorch": EngineTarget(
+        "trtllm-pytorch", "knobs", ("draft_model", "eagle"), (
+            "draft model (Draft_Target): a chain of max_draft_len >= 1",
+            "EAGLE-3 dynamic tree: max_draft_len <= max_total_draft_tokens <= "
+            "dynamic_tree_max_topK * max_draft_len",
+            "draft_len_schedule {batch: draft_len} holds {1: max_draft_len}; 0 turns "
+            "speculation off", "Medusa heads: TensorRT backend only (use trtllm)"),
+        ".yaml", TRTLLM_PYTORCH_SOURCES, schema="trtllm-pytorch-speculative.schema.json"),
+}
+KNOB_TARGETS = tuple(name for name, target in ENGINE_TARGETS.items()
+                     if target.schema is not None)
+
+
+def engine_target(name: str) -> EngineTarget:
+    """The record of ``name``; a one-line TreeoptError listing the targets otherwise."""
+    if name not in ENGINE_TARGETS:
+        raise TreeoptError(f"unknown engine target {name!r} (choose from "
+                           f"{', '.join(ENGINE_TARGETS)})")
+    return ENGINE_TARGETS[name]
+
+
+def check_pairing(name: str, drafter: str) -> EngineTarget:
+    """The target's record if its engine runs ``drafter``; else one line saying what it takes."""
+    target = engine_target(name)
+    if drafter not in target.drafters:
+        takes = ", ".join(d.replace("_", " ") for d in target.drafters)
+        raise TreeoptError(f"{name} does not run {drafter.replace('_', ' ')} drafters: it "
+                           f"takes {target.takes} for {takes} ({target.rules[-1]})")
+    return target
+
+
+def sglang_server_args(setting: Any, drafter: str, draft_model: str | None) -> dict[str, Any]:
+    """SGLang ServerArgs fields for one ``dynamic:S,K,N`` (its ``--config`` YAML keys)."""
+    algorithm = "STANDALONE" if drafter == "draft_model" else "EAGLE3"
+    args: dict[str, Any] = {"speculative_algorithm": algorithm}
+    if draft_model is not None:
+        args["speculative_draft_model_path"] = draft_model
+    args.update(speculative_num_steps=setting.steps, speculative_eagle_topk=setting.topk,
+                speculative_num_draft_tokens=setting.num_tokens)
+    return args
+
+
+def sglang_flags(args: dict[str, Any]) -> str:
+    """The launch flags of :func:`sglang_server_args`' fields."""
+    return " ".join(f"--{key.replace('_', '-')} {value}" for key, value in args.items())
+
+
+def vllm_spec_config(schedule: Sequence[tuple[int, int]], drafter: str,
+                     draft_model: str | None, max_batch: int | None = None) -> dict[str, Any]:
+    """vLLM ``--speculative-config`` with a chain length per batch size (``(batch, K)``)."""
+    method = "draft_model" if drafter == "draft_model" else "eagle3"
+    ranges = vllm_batch_schedule(schedule, max_batch)
+    config: dict[str, Any] = {"method": method}
+    if draft_model is not None:
+        config["model"] = draft_model
+    config["num_speculative_tokens"] = max(1, *(k for _, _, k in ranges))
+    if len(ranges) > 1 or ranges[0][2] == 0:
+        config["num_speculative_tokens_per_batch_size"] = ranges
+    return config
+
+
+def trtllm_pytorch_config(schedule: Sequence[tuple[int, Any]], drafter: str,
+                          draft_model: str | None) -> dict[str, Any]:
+    """TensorRT-LLM PyTorch-backend ``speculative_config`` (the extra LLM API options YAML).
+
+    ``schedule``: ``(batch, setting or None)`` per batch bucket. A draft model drafts a
+    chain: ``max_draft_len`` is batch 1's length (TensorRT-LLM requires ``{1:
+    max_draft_len}``), later lengths are capped at it, ``None`` is 0 (off). EAGLE-3 takes
+    batch 1's dynamic tree (no per-batch tree schedule).
+    """
+    points = sorted(schedule, key=lambda item: item[0])
+    first = points[0][1]
+    spec: dict[str, Any] = {}
+    if drafter == "draft_model":
+        top = first.steps if first is not None else 1
+        spec = {"decoding_type": "Draft_Target", "max_draft_len": top}
+        lengths = {batch: 0 if s is None else min(top, s.steps) for batch, s in points}
+        lengths[1] = top
+        if len(set(lengths.values())) > 1:
+            spec["draft_len_schedule"] = dict(sorted(lengths.items()))
+    else:
+        setting = first or _chain(1)
+        spec = {"decoding_type": "Eagle3", "max_draft_len": setting.steps,
+                "max_total_draft_tokens": setting.num_tokens - 1,
+                "use_dynamic_tree": setting.topk > 1}
+        if setting.topk > 1:
+            spec["dynamic_tree_max_topK"] = setting.topk
+    if draft_model is not None:
+        spec["speculative_model"] = draft_model
+    return {"speculative_config": spec}
+
+
+def _chain(length: int) -> Any:
+    from treeopt.core.expansion import BeamSetting
+
+    return BeamSetting(length, 1, length + 1)
+
+
+def check_knob_config(name: str, config: dict[str, Any]) -> None:
+    """Raise a one-line TreeoptError unless ``config`` is valid for knob target ``name``:
+    its JSON Schema (written from the engine's source) and the cross-field rules."""
+    from treeopt.files.jsondoc import check_schema, shipped_schema
+
+    target = engine_target(name)
+    if target.schema is None:
+        raise TreeoptError(f"{name} takes a tree file, not a knob config")
+    # As the engine parses it: JSON/YAML text, whose mapping keys are strings to a schema.
+    check_schema(json.loads(json.dumps(config)), shipped_schema(target.schema),
+                 f"{name} config")
+    if name == "sglang":
+        steps, topk = config["speculative_num_steps"], config["speculative_eagle_topk"]
+        tokens = config["speculative_num_draft_tokens"]
+        top = 1 + topk + (steps - 1) * topk * topk
+        if (topk == 1 and tokens != steps + 1) or not 2 <= tokens <= top:
+            raise TreeoptError(f"sglang config: speculative_num_draft_tokens {tokens} must be "
+                               f"{steps + 1 if topk == 1 else f'in 2..{top}'} for "
+                               f"{steps} steps, topk {topk}")
+    elif name == "vllm-spec" and "num_speculative_tokens_per_batch_size" in config:
+        ranges = config["num_speculative_tokens_per_batch_size"]
+        if ranges[0][0] != 1 or any(b[0] <= a[1] for a, b in pairwise(ranges)):
+            raise TreeoptError("vllm-spec config: batch ranges must start at 1, sorted and "
+                               "non-overlapping")
+    elif name == "trtllm-pytorch":
+        spec = config["speculative_config"]
+        lengths = spec.get("draft_len_schedule")
+        if lengths is not None and int(lengths.get(1, lengths.get("1", -1))) != \
+                spec["max_draft_len"]:
+            raise TreeoptError("trtllm-pytorch config: draft_len_schedule must map batch 1 "
+                               "to max_draft_len")
+        total = spec.get("max_total_draft_tokens")
+        if total is not None and spec.get("use_dynamic_tree") and not (
+                spec["max_draft_len"] <= total
+                <= spec.get("dynamic_tree_max_topK", 1) * spec["max_draft_len"]):
+            raise TreeoptError("trtllm-pytorch config: max_draft_len <= max_total_draft_tokens "
+                               "<= dynamic_tree_max_topK * max_draft_len")

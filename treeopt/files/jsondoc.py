@@ -104,13 +104,19 @@ def _no_constant(text: str) -> Any:
     raise _BadNumber(f"{text} is not a number (JSON numbers are finite)")
 
 
-def parse_json(text: str, where: str) -> Any:
-    """Parse JSON ``text`` under the bounds above; errors are one line starting ``where``."""
+def parse_json(text: str, where: str, strict_numbers: bool = True) -> Any:
+    """Parse JSON ``text`` under the bounds above; errors are one line starting ``where``.
+
+    ``strict_numbers=False`` keeps only the size and depth bounds, for files whose
+    numbers treeopt never reads (calibration prompts exported with ``NaN`` scores).
+    """
     bare = _JSON_STRING.sub("", text)
     depth = _depth(bare)
     if depth > MAX_JSON_DEPTH:
         raise TreeoptError(f"{where}: JSON nested {depth} deep (at most {MAX_JSON_DEPTH})")
     try:
+        if not strict_numbers:
+            return json.loads(text)
         _check_ints(bare)
         return json.loads(text, parse_float=_finite_float, parse_constant=_no_constant)
     except json.JSONDecodeError as exc:
@@ -138,6 +144,25 @@ def read_document(path: str | os.PathLike[str], what: str, parse: Callable[[Any]
         return parse(data)
     except TreeoptError as exc:
         raise TreeoptError(f"{path}: {exc}") from None
+
+
+def numeric_array(value: Any, dtype: Any, where: str, ndim: int) -> Any:
+    """``value`` (parsed JSON) as an ``ndim``-dimensional numpy array of ``dtype``.
+
+    Ragged rows, nested lists where numbers belong and values the dtype cannot hold
+    are one-line TreeoptErrors naming ``where`` (numpy would raise a ValueError
+    about "inhomogeneous shape", or build an object array).
+    """
+    import numpy as np
+
+    try:
+        array = np.asarray(value, dtype=dtype)
+    except (ValueError, TypeError, OverflowError):
+        array = None
+    if array is None or array.ndim != ndim:
+        shape = "a list" if ndim == 1 else f"{ndim}-dimensional rows of equal length"
+        raise TreeoptError(f"{where} must be {shape} of numbers (ragged or nested rows)")
+    return array
 
 
 @cache

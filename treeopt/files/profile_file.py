@@ -15,7 +15,7 @@ from treeopt.core.atomic import atomic_write_text, output_set, remove_output
 from treeopt.core.profile import FORMAT, PROBABILITY_TOLERANCE, JointCounts, Profile, ProfileGroup
 from treeopt.core.tree import format_path
 from treeopt.errors import TreeoptError
-from treeopt.files.jsondoc import check_format, check_schema, shipped_schema
+from treeopt.files.jsondoc import check_format, check_schema, numeric_array, shipped_schema
 from treeopt.files.ranks_file import load_rank_sequences, ranks_path, save_rank_sequences
 
 # The profile's record of its rank vectors (order included: a shuffled or swapped
@@ -135,7 +135,7 @@ def profile_from_json(data: Any) -> Profile:
     rows = data["marginal"]
     if len({len(row) for row in rows}) > 1:
         raise TreeoptError(f"marginal rows must all have top_k = {top_k} values (ragged rows)")
-    marginal = np.asarray(rows, dtype=float)
+    marginal = numeric_array(rows, float, "marginal", ndim=2)
     if marginal.shape != (num_heads, top_k):
         raise TreeoptError(
             f"marginal must be num_heads x top_k = {num_heads} x {top_k}, "
@@ -175,7 +175,7 @@ def profile_from_json(data: Any) -> Profile:
 
 def _group_from_json(raw: dict[str, Any], num_heads: int, top_k: int, index: int) -> ProfileGroup:
     where = f"groups/{index}"
-    counts = np.asarray(raw["marginal_counts"], dtype=np.int64)
+    counts = numeric_array(raw["marginal_counts"], np.int64, f"{where}: marginal_counts", ndim=2)
     if counts.shape != (num_heads, top_k):
         raise TreeoptError(f"{where}: marginal_counts must be {num_heads} x {top_k}")
     joint = _joint_from_json(raw["joint"], num_heads, top_k, where)

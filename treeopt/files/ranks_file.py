@@ -14,7 +14,8 @@ import numpy as np
 
 from treeopt.core.atomic import atomic_path
 from treeopt.core.ranks import RankSequences
-from treeopt.errors import TreeoptError, first_line
+from treeopt.errors import TreeoptError
+from treeopt.files.npzdoc import read_npz
 
 RANKS_SUFFIX = ".ranks.npz"
 ARRAYS = ("ranks", "groups", "first_decode_index")
@@ -45,34 +46,19 @@ def load_rank_sequences(path: str | os.PathLike[str], top_k: int | None = None) 
     or whose arrays are not valid rank vectors.
     """
     where = f"rank vectors {path}"
-    try:
-        loaded = np.load(path, allow_pickle=False)
-        if not isinstance(loaded, np.lib.npyio.NpzFile):
-            raise TreeoptError(f"{where}: a plain array, not an .npz of {', '.join(ARRAYS)}")
-        with loaded as data:
-            missing = [name for name in ARRAYS if name not in data.files]
-            if missing:
-                raise TreeoptError(f"{where}: missing {', '.join(missing)}")
-            stored = top_k
-            if "top_k" in data.files:
-                value = data["top_k"]
-                if value.shape != () or not np.issubdtype(value.dtype, np.integer):
-                    raise TreeoptError(f"{where}: top_k must be one integer")
-                stored = int(value)
-            if stored is None:
-                raise TreeoptError(f"{where}: missing top_k")
-            arrays = [data[name] for name in ARRAYS]
-            probs = data["probs"] if "probs" in data.files else None
-            if probs is not None and np.issubdtype(probs.dtype, np.floating):
-                probs = probs.astype(np.float32)
-    except TreeoptError:
-        raise
-    except FileNotFoundError:
-        raise TreeoptError(f"cannot read {where}: no such file") from None
-    except Exception as exc:  # numpy, zipfile and zlib raise a dozen kinds for broken files
-        reason = "empty file" if FilePath(path).is_file() and not FilePath(path).stat().st_size \
-            else first_line(exc)
-        raise TreeoptError(f"cannot read {where}: {reason}") from None
+    data = read_npz(path, where, ARRAYS)
+    stored = top_k
+    if "top_k" in data:
+        value = data["top_k"]
+        if value.shape != () or not np.issubdtype(value.dtype, np.integer):
+            raise TreeoptError(f"{where}: top_k must be one integer")
+        stored = int(value)
+    if stored is None:
+        raise TreeoptError(f"{where}: missing top_k")
+    arrays = [data[name] for name in ARRAYS]
+    probs = data.get("probs")
+    if probs is not None and np.issubdtype(probs.dtype, np.floating):
+        probs = probs.astype(np.float32)
     try:
         return RankSequences(*arrays, stored, probs)
     except TreeoptError as exc:

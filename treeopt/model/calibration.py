@@ -19,13 +19,13 @@ Every problem (missing file, no prompts, unknown layout) is a one-line TreeoptEr
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from treeopt.errors import TreeoptError, first_line
+from treeopt.files.jsondoc import parse_json, read_text
 
 # Keys that hold a prompt in an object, in the order they are tried.
 PROMPT_KEYS = ("prompt", "text", "instruction")
@@ -55,15 +55,9 @@ def _prompts_from_object(obj: Any, where: str, turns: str) -> list[str]:
     )
 
 
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TreeoptError(f"cannot read calibration data {path}: {exc}") from None
-
-
 def _read_file(path: Path, turns: str) -> list[str]:
-    text = _read_text(path)
+    # The files layer's bounds (size, UTF-8, JSON depth): a hostile file is one line.
+    text = read_text(path, "calibration data")
     suffix = path.suffix.lower()
     stripped = text.lstrip()
     if suffix == ".jsonl" or (suffix not in (".txt", ".json") and stripped.startswith("{")):
@@ -71,19 +65,11 @@ def _read_file(path: Path, turns: str) -> list[str]:
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TreeoptError(f"{path} line {number} is not valid JSON: {exc.msg}") from None
+            record = parse_json(line, f"{path} line {number}", strict_numbers=False)
             prompts.extend(_prompts_from_object(record, f"{path} line {number}", turns))
         return prompts
     if suffix == ".json" or (suffix != ".txt" and stripped.startswith("[")):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise TreeoptError(
-                f"{path} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-            ) from None
+        data = parse_json(text, str(path), strict_numbers=False)
         if not isinstance(data, list):
             raise TreeoptError(f"{path}: expected a JSON list of prompts (AlpacaEval layout)")
         prompts = []

@@ -129,13 +129,21 @@ def profile_draft_model(
     resume: bool = False,
     progress: bool = True,
     provenance: dict[str, Any] | None = None,
+    expand: tuple[int, int] | None = None,
 ) -> Any:
     """Profile ``draft`` as a drafter for ``model``; write and return the Profile.
 
     Same phases, files and resume as :func:`treeopt.model.profiling.profile_model`
     (the target's greedy continuations are shared with a heads profile of the same
-    model); ``depth`` levels are recorded per position.
+    model); ``depth`` levels are recorded per position. ``expand = (k_max, d_max)``
+    also records the drafter's beam expansion (:mod:`treeopt.model.expansion_profiling`)
+    beside the profile, for ``dynamic:S,K,N`` with ``S <= d_max``, ``K <= k_max``.
     """
+    if expand is not None and not (1 <= expand[1] <= depth and expand[0] >= 1):
+        raise TreeoptError(f"--expand K_MAX,D_MAX needs K_MAX >= 1 and 1 <= D_MAX <= --depth "
+                           f"({depth}), not {expand[0]},{expand[1]}")
+    if expand is not None and expand[0] > settings.top_k:
+        raise TreeoptError(f"--expand K_MAX {expand[0]} exceeds --top-k {settings.top_k}")
     target_vocab = int(model.get_output_embeddings().weight.shape[0])
     levels = DraftLevels(draft, depth)
     if levels.config.vocab_size != target_vocab:
@@ -143,10 +151,55 @@ def profile_draft_model(
             f"the draft model's vocabulary ({levels.config.vocab_size} tokens) differs from "
             f"the target's ({target_vocab}): a draft model needs the target's tokenizer"
         )
-    return profile_model(
+    profile = profile_model(
         model, tokenizer, levels, prompts, output, settings, model_id=model_id,
         heads_id=f"{draft_id} (draft model, depth {depth})", resume=resume, progress=progress,
         provenance={**(provenance or {}), "drafter": "draft_model", "draft_model": draft_id,
                     "depth": depth},
         rank_vectors=draft_rank_vectors,
     )
+    if expand is not None and profile is not None:  # None: not rank 0 of a launched run
+        profile = _add_expansion(model, tokenizer, draft, prompts, output, settings, model_id,
+                                 profile, expand, progress)
+    return profile
+
+
+def _add_expansion(model: Any, tokenizer: Any, draft: Any, prompts: Sequence[list[int]],
+                   output: str | Path, settings: ProfileSettings, model_id: str, profile: Any,
+                   expand: tuple[int, int], progress: bool) -> Any:
+    """Record the expansion over the profile's own sequences; rewrite the profile with it."""
+    from dataclasses import replace
+
+    from treeopt.core.atomic import output_set
+    from treeopt.files.expansion_file import (
+        PROVENANCE_KEY,
+        expansion_path,
+        expansion_record,
+        save_expansion,
+    )
+    from treeopt.files.profile_file import write_profile
+    from treeopt.model.expansion_profiling import draft_model_expansion
+    from treeopt.model.profiling import (
+        greedy_continuations,
+        new_token_limit,
+        pad_token_id_of,
+        targets_path,
+    )
+
+    eos = getattr(tokenizer, "eos_token_id", None)
+    kept = [list(p) for p in prompts if new_token_limit(model, len(p), settings.max_new_tokens)]
+    continuations = greedy_continuations(  # cached by the profile just written: no decoding
+        model, kept, settings.max_new_tokens, eos, targets_path(output), model_id,
+        batch_size=settings.batch_size, pad_token_id=pad_token_id_of(tokenizer, eos),
+        progress=False)
+    sequences = [Sequence_(p, c) for p, c in zip(kept, continuations, strict=True)]
+    expansion = draft_model_expansion(draft, sequences, expand[0], expand[1],
+                                      settings.include_prompt, progress)
+    if profile.sequences is None or len(expansion) != len(profile.sequences):
+        raise TreeoptError("the expansion's positions differ from the profile's rank vectors")
+    profile = replace(profile, provenance={**profile.provenance,
+                                           PROVENANCE_KEY: expansion_record(expansion)})
+    with output_set():  # the profile names its expansion: both written, or neither
+        save_expansion(expansion_path(output), expansion)
+        write_profile(output, profile)
+    return profile

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from treeopt.errors import TreeoptError, first_line, not_downloaded
+from treeopt.errors import ParameterError, TreeoptError, first_line, not_downloaded
 
 
 @dataclass(frozen=True)
@@ -103,13 +103,12 @@ def require_heads(model: str, heads: str | None) -> str:
     A local or cached Medusa-2 checkpoint carries its own heads (its id is returned).
     """
     _, resolved = resolve_model(model, heads)
-    if resolved is None and _is_medusa2(model):
-        return model
+    if resolved is None and (_is_medusa2(model) or _is_heads_folder(model)):
+        return model  # its own heads: inside a Medusa-2 checkpoint, or the folder itself
     if resolved is None:
-        raise TreeoptError(
-            f"{model} has no registered Medusa heads: pass --heads DIR_OR_HUB_ID "
-            "(train some with `treeopt train-heads`), or use a Medusa-2 checkpoint"
-        )
+        raise ParameterError(
+            "heads", f"is needed: {model} has no registered Medusa heads (give a folder or hub "
+            "id; train some with `treeopt train-heads`), or use a Medusa-2 checkpoint")
     return resolved
 
 
@@ -118,7 +117,12 @@ def _offline() -> bool:
 
 
 def _looks_like_path(name: str) -> bool:
-    return Path(name).is_absolute() or name.startswith(".") or name.count("/") > 1
+    """Whether ``name`` is meant as a local path, not a hub id (``owner/name``): absolute,
+    relative to ``.`` or ``~``, ending in a separator (``heads/``), or deeper than
+    ``owner/name``. Such a name that does not exist is a missing folder, never a download.
+    """
+    return (Path(name).is_absolute() or name.startswith((".", "~")) or name.endswith(("/", os.sep))
+            or name.count("/") > 1 or "\\" in name)
 
 
 def _not_available(what: str, name: str, exc: BaseException) -> TreeoptError:
@@ -162,10 +166,10 @@ def checkpoint_dir(name: str, what: str, patterns: list[str] | None = None) -> P
     downloaded only when not offline and the hub answers within HUB_PROBE_SECONDS,
     so "no network" is a one-line error in seconds, not after a minute of retries.
     """
-    local = Path(name)
+    local = Path(name).expanduser()
     if local.is_dir():
         return local
-    if local.exists() or _looks_like_path(name) or name.count("/") > 1:
+    if local.exists() or _looks_like_path(name):
         raise TreeoptError(f"{what} folder {name} does not exist")
     cached = _cached_snapshot(name)
     if cached is not None:
@@ -225,35 +229,43 @@ def _is_medusa2(model: str) -> bool:
         checkpoint_kind(local) == "medusa-2"
 
 
+def _is_heads_folder(model: str) -> bool:
+    """Whether ``model`` is a local Medusa-1 heads folder (loaded on the base its
+    ``config.json`` names as ``base_model_name_or_path``)."""
+    local = Path(model).expanduser()
+    return local.is_dir() and (local / "config.json").is_file() and \
+        checkpoint_kind(local) == "medusa-1"
+
+
 def resolve_dtype(dtype: str) -> Any:
-    """The torch dtype for a ``--dtype`` value ("auto": the checkpoint's own)."""
+    """The torch dtype for a dtype name ("auto": the checkpoint's own)."""
     import torch
 
-    from treeopt.core.dtypes import canonical_dtype
+    from treeopt.core.dtypes import loadable_dtype
 
     if dtype == "auto":
         return "auto"
-    name = canonical_dtype(dtype)
-    if name not in LOADABLE_DTYPES:
-        raise TreeoptError(
-            f"--dtype must be auto, {', '.join(LOADABLE_DTYPES)} (or bf16, fp16, fp32), "
-            f"not {dtype!r}"
-        )
-    return getattr(torch, name)
+    return getattr(torch, loadable_dtype(dtype))  # the one dtype check (a ParameterError)
 
 
 def resolve_device(device: str) -> Any:
-    """The torch device for a ``--device`` value; one-line error if invalid or absent."""
+    """The torch device for a device name; one-line ParameterError if invalid or absent."""
     import torch
 
     try:
         resolved = torch.device(device)
     except RuntimeError:
-        raise TreeoptError(f"--device {device!r} is not a torch device (cpu, cuda, cuda:1, mps)")\
-            from None
+        raise ParameterError("device", f"{device!r} is not a torch device (cpu, cuda, cuda:1, "
+                             "mps)") from None
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise TreeoptError(f"--device {device}: no CUDA device is visible (use --device cpu)")
+        raise ParameterError("device", f"{device}: no CUDA device is visible (use cpu)")
     return resolved
+
+
+def _stderr_is_terminal() -> bool:
+    import sys
+
+    return bool(getattr(sys.stderr, "isatty", lambda: False)())
 
 
 def _load_model_from(directory: Path, name: str, dtype: str, device_map: str | None,
@@ -281,6 +293,7 @@ def _load_model_from(directory: Path, name: str, dtype: str, device_map: str | N
     bars = hf_logging.is_progress_bar_enabled()
     if quiet:
         hf_logging.set_verbosity_error()
+    if quiet or not _stderr_is_terminal():  # a "Loading weights" bar is noise in a pipe or log
         hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(directory))
@@ -310,22 +323,24 @@ def _place(model: Any, device: str, device_map: str | None) -> Any:
 
 
 def load_base_model(
-    model: str, device: str = "cpu", dtype: str = "auto", device_map: str | None = None
+    model: str, device: str = "cpu", dtype: str = "auto", device_map: str | None = None,
+    quiet: bool = False,
 ) -> tuple[Any, Any]:
     """(model in eval mode with frozen weights, tokenizer) for a name, folder or hub id.
 
     ``device_map="auto"`` hands placement to accelerate (multi-GPU sharding) and
     ignores ``device``. Raises TreeoptError if the model or tokenizer is missing.
     A Medusa-2 checkpoint loads as its fine-tuned base (heads: :func:`load_medusa`).
+    ``quiet``: no transformers warnings or loading bars.
     """
     base, _ = resolve_model(model)
     if device_map is not None and device_map not in DEVICE_MAPS:
-        raise TreeoptError(f"--device-map must be one of {', '.join(DEVICE_MAPS)}")
+        raise ParameterError("device_map", f"must be one of {', '.join(DEVICE_MAPS)}")
     resolve_dtype(dtype)
     directory = checkpoint_dir(base, "model", MODEL_PATTERNS)
     kind = checkpoint_kind(directory) if (directory / "config.json").is_file() else "base"
     loaded, tokenizer = _load_model_from(directory, base, dtype, device_map,
-                                         quiet=kind == "medusa-2")
+                                         quiet=quiet or kind == "medusa-2")
     return _place(loaded, device, device_map), tokenizer
 
 
@@ -428,7 +443,7 @@ def load_medusa(
     if random_num_heads is not None and heads is not None:
         raise TreeoptError("give heads or random heads, not both")
     if device_map is not None and device_map not in DEVICE_MAPS:
-        raise TreeoptError(f"--device-map must be one of {', '.join(DEVICE_MAPS)}")
+        raise ParameterError("device_map", f"must be one of {', '.join(DEVICE_MAPS)}")
     resolve_dtype(dtype)
     if device_map is None:
         resolve_device(device)
@@ -439,8 +454,9 @@ def load_medusa(
         heads_id = heads_id or str(directory)
         base = str(_read_config(directory).get("base_model_name_or_path") or "")
         if not base:
-            raise TreeoptError(f"{directory} holds Medusa heads without base_model_name_or_path:"
-                               " pass the base as --model and these as --heads")
+            raise ParameterError("heads", f"are needed apart: {directory} holds Medusa heads "
+                                 "without base_model_name_or_path (give the base as the "
+                                 "model and these as the heads)")
         directory = checkpoint_dir(base, "model", MODEL_PATTERNS)
         kind = checkpoint_kind(directory) if (directory / "config.json").is_file() else "base"
     if heads_id is None and random_num_heads is None and kind == "medusa-2":
@@ -493,3 +509,105 @@ def decoder_of(model: Any) -> Any:
 def input_device(model: Any) -> Any:
     """Where the model's input ids must live (the embedding's device when sharded)."""
     return model.get_input_embeddings().weight.device
+
+
+# ------------------------------------------------------------------ EAGLE drafters
+EAGLE_CONFIG_FIELDS = ("hidden_size", "intermediate_size", "num_attention_heads",
+                       "num_key_value_heads", "vocab_size", "head_dim", "rms_norm_eps",
+                       "max_position_embeddings")
+
+
+def _eagle_weights(directory: Path) -> dict[str, Any]:
+    """The drafter's tensors: ``model.safetensors`` or ``pytorch_model.bin`` (one line when
+    neither is there or it is corrupt)."""
+    from medusa_runtime.eagle import EAGLE_WEIGHTS_PT, EAGLE_WEIGHTS_SAFETENSORS
+    from medusa_runtime.heads import read_weights
+
+    for name in (EAGLE_WEIGHTS_SAFETENSORS, EAGLE_WEIGHTS_PT):
+        if (directory / name).is_file():
+            return read_weights(directory / name)
+    raise TreeoptError(f"{directory} has no {EAGLE_WEIGHTS_SAFETENSORS} or {EAGLE_WEIGHTS_PT}")
+
+
+def eagle_kind(config: dict[str, Any], weights: dict[str, Any]) -> tuple[str, int]:
+    """``(layout, version)`` told from the files: ``("eagle", 1 | 3)`` for the EAGLE repo
+    layout (EAGLE-3 has ``midlayer.*``), ``("speculators", 3)`` for vLLM's speculators
+    format (config ``speculators_model_type``)."""
+    kind = config.get("speculators_model_type")
+    if kind is not None:
+        if kind != "eagle3":
+            raise TreeoptError(f"speculators drafters of type {kind!r} are not supported "
+                               "(eagle3 is)")
+        for flag in ("norm_before_fc", "norm_before_residual"):
+            if config.get(flag):
+                raise TreeoptError(f"speculators EAGLE-3 with {flag}=true is not supported")
+        return "speculators", 3
+    if any(k.startswith("midlayer.") for k in weights):
+        return "eagle", 3
+    if any(k.startswith("layers.0.") for k in weights) and "fc.weight" in weights:
+        return "eagle", 1
+    raise TreeoptError("not an EAGLE drafter: no midlayer.* (EAGLE-3) or layers.0.* and fc.weight "
+                       "(EAGLE-1/2) weights")
+
+
+def _eagle_config(config: dict[str, Any], layout: str, version: int,
+                  weights: dict[str, Any]) -> Any:
+    from medusa_runtime.eagle import EagleConfig
+
+    layer = config.get("transformer_layer_config", {}) if layout == "speculators" else config
+    try:
+        fields = {name: layer[name] for name in EAGLE_CONFIG_FIELDS if layer.get(name) is not None}
+        rope = layer.get("rope_parameters") or {}
+        fields["rope_theta"] = float(rope.get("rope_theta", layer.get("rope_theta", 10000.0)))
+        draft_vocab = config.get("draft_vocab_size") or fields["vocab_size"]
+        if version == 3 and "lm_head.weight" in weights:
+            draft_vocab = int(weights["lm_head.weight"].shape[0])
+        return EagleConfig(version=version, draft_vocab_size=int(draft_vocab), **fields)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TreeoptError(f"the EAGLE config lacks or mistypes {first_line(exc)}") from None
+
+
+def read_eagle(directory: str) -> Any:
+    """An EAGLE drafter's ``EagleModel`` (on the CPU, not yet fitted to a target) from an
+    EAGLE repo checkpoint or a speculators one; the kind is told from the files
+    (:func:`eagle_kind`). Missing or corrupt files, unknown keys or shapes that do not
+    fit its config: a one-line TreeoptError. Cheap: call it before loading the target."""
+    from medusa_runtime.eagle import EagleModel
+
+    path = Path(directory)
+    if not path.is_dir():
+        raise TreeoptError(f"EAGLE drafter folder {directory} does not exist")
+    config = _read_config(path)
+    weights = _eagle_weights(path)
+    layout, version = eagle_kind(config, weights)
+    if layout == "speculators":
+        weights = {("midlayer." + k[len("layers.0."):] if k.startswith("layers.0.") else k): v
+                   for k, v in weights.items()}
+    model = EagleModel(_eagle_config(config, layout, version, weights),
+                       fc_bias="fc.bias" in weights)
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as exc:
+        raise TreeoptError(f"EAGLE drafter {directory}: {first_line(exc).strip()}") from None
+    missing = [k for k in missing if not k.startswith(("embed_tokens.", "rotary_emb."))]
+    if missing or unexpected:
+        raise TreeoptError(f"EAGLE drafter {directory}: missing {missing[:3]}, unexpected "
+                           f"{unexpected[:3]} weights")
+    model.embedding_from_target = "embed_tokens.weight" not in weights
+    return model.eval()
+
+
+def load_eagle(directory: str | Any, target: Any) -> Any:
+    """An ``EagleDrafter`` for ``target`` from a checkpoint folder (:func:`read_eagle`) or
+    an ``EagleModel`` it read. A drafter of another hidden size or vocabulary: a
+    one-line TreeoptError, before any decoding. ``embed_tokens`` absent: the target's.
+    """
+    import torch
+
+    from medusa_runtime.eagle import EagleDrafter
+
+    model = read_eagle(directory) if isinstance(directory, str) else directory
+    parameter = next(target.parameters())
+    model = model.to(device=parameter.device, dtype=torch.float32 if parameter.dtype ==
+                     torch.float32 else parameter.dtype).eval()
+    return EagleDrafter(model, target)

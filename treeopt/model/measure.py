@@ -18,6 +18,7 @@ from treeopt.core.latency import (
     DEFAULT_WARMUP,
     MAX_SPREAD,
     MAX_TIMING_ROUNDS,
+    TIMING_STATISTIC,
     LatencyTable,
     Setting,
 )
@@ -34,7 +35,7 @@ from treeopt.cost.roofline import (
     row_operator,
     short_dtype,
 )
-from treeopt.errors import TreeoptError
+from treeopt.errors import ParameterError, TreeoptError
 
 # Threads for CPU timing when none are asked for: torch's default (every core) lets
 # other processes' load into each step, so a busy machine gave a non-monotone table
@@ -60,7 +61,7 @@ def measure_latency(
     threads: int | None = None,
     max_spread: float = MAX_SPREAD,
     max_rounds: int = MAX_TIMING_ROUNDS,
-    statistic: str = "median",
+    statistic: str = TIMING_STATISTIC,
 ) -> LatencyTable:
     """Time the runtime's verification step for every setting on ``device``.
 
@@ -68,7 +69,7 @@ def measure_latency(
     ``repeats`` samples per setting). The sweep over every setting is one round;
     while some setting's samples spread more than ``max_spread`` ((q3 - q1) /
     median), another round times every setting again, up to ``max_rounds``, and each
-    setting keeps the median of all its samples. Rounds interleave the sizes, so a
+    setting keeps ``statistic`` of all its samples. Rounds interleave the sizes, so a
     burst of load on a shared machine lands on all of them rather than on a few (a
     non-monotone table). Size 1 is timed without heads, as plain decoding runs.
     Each setting's final spread is recorded in the table. On
@@ -78,25 +79,68 @@ def measure_latency(
     :func:`sweep`). ``compile_step`` times the ``torch.compile``d step. The table
     names the device (``"cpu"`` on CPU), dtype and library versions.
 
-    ``statistic``: ``median`` of the samples, or ``min`` for a machine shared with
-    other work, where load only ever adds time: the fastest sample is the step's own
-    cost, and plain decoding's and the tree's alike.
+    ``statistic``: :data:`treeopt.core.latency.TIMING_STATISTIC` (``min``: load only
+    ever adds time, so the fastest sample is the step's own cost, plain decoding's and
+    the tree's alike), or ``median``. A spread still above ``max_spread`` after
+    ``max_rounds`` is kept and recorded; :func:`treeopt.core.latency.latency_warnings`
+    says so.
     """
     import torch
     import transformers
-    from tqdm import tqdm
 
-    from medusa_runtime.timing import time_verification_step
-
-    if statistic not in TIMING_STATISTICS:
-        raise TreeoptError(f"statistic must be one of {', '.join(TIMING_STATISTICS)}, "
-                           f"not {statistic!r}")
-    summary = TIMING_STATISTICS[statistic]
-    if max_rounds < 1:
-        raise TreeoptError(f"max_rounds must be >= 1, not {max_rounds}")
+    summary = _checked_timing(model, contexts, sizes, statistic, max_rounds)
     is_cuda = str(device).startswith("cuda")
     cpu_threads = None if is_cuda else (threads or CPU_TIMING_THREADS)
     samples: dict[Setting, list[float]] = {}
+
+    time_step = _step_timer(model, heads, samples, summary, warmup, repeats, device,
+                            compile_step)
+
+    def free_memory() -> None:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    previous_threads = torch.get_num_threads()
+    if cpu_threads is not None:
+        torch.set_num_threads(cpu_threads)
+    try:
+        measurements, notes, spreads, rounds = _timing_rounds(
+            time_step, samples, batches, contexts, sizes, max_rounds, max_spread,
+            show_progress, free_memory)
+    finally:
+        torch.set_num_threads(previous_threads)
+    device_name = torch.cuda.get_device_name(torch.device(device)) if is_cuda else "cpu"
+    return LatencyTable(
+        measurements=measurements, notes=notes, source="measured",
+        device=device_name, dtype=canonical_dtype(dtype), arch=arch_name,
+        versions={"torch": torch.__version__, "transformers": transformers.__version__,
+                  "cuda": torch.version.cuda if is_cuda else None},
+        method={"timer": "medusa_runtime.timing.time_verification_step",
+                "statistic": statistic, "warmup": warmup, "repeats": repeats,
+                "rounds": rounds, "max_rounds": max_rounds, "max_spread": max_spread,
+                "spread": "(q3 - q1) / median of the samples",
+                "cpu_threads": cpu_threads, "compiled_step": compile_step},
+        spreads=spreads,
+    )
+
+
+def _checked_timing(model: Any, contexts: Sequence[int], sizes: Sequence[int], statistic: str,
+                    max_rounds: int) -> Any:
+    """The statistic's function, once the settings are checked (before any timing)."""
+    if statistic not in TIMING_STATISTICS:
+        raise ParameterError("statistic", f"must be one of {', '.join(TIMING_STATISTICS)}, "
+                             f"not {statistic!r}")
+    if max_rounds < 1:
+        raise ParameterError("max_rounds", f"must be >= 1, not {max_rounds}")
+    check_contexts_fit(model, contexts, sizes)
+    return TIMING_STATISTICS[statistic]
+
+
+def _step_timer(model: Any, heads: Any, samples: dict[Setting, list[float]], summary: Any,
+                warmup: int, repeats: int, device: str, compile_step: bool) -> Any:
+    """``time_step(batch, context, num_tokens)``: one more timing of a setting, pooled into
+    ``samples``; the statistic of all its samples so far."""
+    from medusa_runtime.timing import time_verification_step
 
     def time_step(batch: int, context: int, num_tokens: int) -> float:
         # n = 1 is plain decoding, which runs no heads (generate without a tree): timed
@@ -109,47 +153,73 @@ def measure_latency(
         pooled += [float(value) for value in result["samples_s"]]
         return summary(pooled)
 
-    def free_memory() -> None:
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+    return time_step
+
+
+def _timing_rounds(time_step: Any, samples: dict[Setting, list[float]],
+                   batches: Sequence[int], contexts: Sequence[int], sizes: Sequence[int],
+                   max_rounds: int, max_spread: float, show_progress: bool,
+                   free_memory: Any) -> tuple[Any, Any, dict[Setting, float], int]:
+    """Sweep every setting, round after round, until every spread is within ``max_spread``
+    or ``max_rounds`` ran; (measurements, notes, spreads, rounds run). A bar with an ETA
+    grows by one round each time another is needed."""
+    from tqdm import tqdm
 
     per_round = len(batches) * len(contexts) * len(sizes)
-    previous_threads = torch.get_num_threads()
-    if cpu_threads is not None:
-        torch.set_num_threads(cpu_threads)
-    try:
-        with tqdm(total=per_round, desc="timing verification steps", unit="step",
-                  disable=not show_progress) as bar:
-            for round_index in range(max_rounds):
-                def advance(setting: Setting, round_index: int = round_index) -> None:
-                    bar.set_postfix_str(f"round {round_index + 1} b={setting[0]} "
-                                        f"s={setting[1]} n={setting[2]}")
-                    bar.update()
+    with tqdm(total=per_round, desc="timing verification steps", unit="step",
+              disable=not show_progress) as bar:
+        for round_index in range(max_rounds):
+            def advance(setting: Setting, round_index: int = round_index) -> None:
+                bar.set_postfix_str(f"round {round_index + 1} b={setting[0]} "
+                                    f"s={setting[1]} n={setting[2]}")
+                bar.update()
 
-                measurements, notes = sweep(time_step, batches, contexts, sizes,
-                                            on_oom=free_memory, progress=advance)
-                spreads = {setting: relative_spread(samples[setting])
-                           for setting, seconds in measurements.items() if seconds is not None}
-                if all(spread <= max_spread for spread in spreads.values()):
-                    break
-                if round_index + 1 < max_rounds:  # another round: the bar grows by one
-                    bar.total += per_round
-                    bar.refresh()
-    finally:
-        torch.set_num_threads(previous_threads)
-    device_name = torch.cuda.get_device_name(torch.device(device)) if is_cuda else "cpu"
-    return LatencyTable(
-        measurements=measurements, notes=notes, source="measured",
-        device=device_name, dtype=canonical_dtype(dtype), arch=arch_name,
-        versions={"torch": torch.__version__, "transformers": transformers.__version__,
-                  "cuda": torch.version.cuda if is_cuda else None},
-        method={"timer": "medusa_runtime.timing.time_verification_step",
-                "statistic": statistic, "warmup": warmup, "repeats": repeats,
-                "rounds": round_index + 1, "max_rounds": max_rounds, "max_spread": max_spread,
-                "spread": "(q3 - q1) / median of the samples",
-                "cpu_threads": cpu_threads, "compiled_step": compile_step},
-        spreads=spreads,
-    )
+            measurements, notes = sweep(time_step, batches, contexts, sizes,
+                                        on_oom=free_memory, progress=advance)
+            spreads = {setting: relative_spread(samples[setting])
+                       for setting, seconds in measurements.items() if seconds is not None}
+            if all(spread <= max_spread for spread in spreads.values()):
+                break
+            if round_index + 1 < max_rounds:  # another round: the bar grows by one
+                bar.total += per_round
+                bar.refresh()
+    return measurements, notes, spreads, round_index + 1
+
+
+def context_room(model: Any, sizes: Sequence[int]) -> int | None:
+    """The longest context a step of ``max(sizes)`` tokens fits after (None: no limit)."""
+    from medusa_runtime.architectures import position_limit
+
+    limit = position_limit(model)
+    return None if limit is None else limit - max(sizes)
+
+
+def check_contexts_fit(model: Any, contexts: Sequence[int], sizes: Sequence[int]) -> None:
+    """ParameterError naming ``context`` when a context leaves no room for the largest size
+    in the model's positions (so it fails before timing, not after some of it)."""
+    room = context_room(model, sizes)
+    too_long = [context for context in contexts if room is not None and context > room]
+    if too_long:
+        from medusa_runtime.architectures import position_limit
+
+        raise ParameterError("context", f"{', '.join(map(str, too_long))} leave(s) no room "
+                             f"for a {max(sizes)}-token step in the model's "
+                             f"{position_limit(model)} positions: use contexts <= {room}")
+
+
+def fitting_contexts(model: Any, contexts: Sequence[int], sizes: Sequence[int]
+                     ) -> tuple[list[int], list[int]]:
+    """``(kept, dropped)``: default contexts clipped to what the model holds with the
+    largest size; when none fits, the longest that does (``kept`` is never empty unless
+    even the largest size alone does not fit)."""
+    room = context_room(model, sizes)
+    if room is None:
+        return list(contexts), []
+    kept = [context for context in contexts if context <= room]
+    dropped = [context for context in contexts if context > room]
+    if not kept and room >= 1:
+        kept = [room]
+    return kept, dropped
 
 
 def relative_spread(samples: Sequence[float]) -> float:

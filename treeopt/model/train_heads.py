@@ -26,13 +26,26 @@ import json
 import random
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from treeopt.core.atomic import atomic_path, atomic_write_text
+from treeopt.core.atomic import atomic_path, atomic_write_text, output_set
 from treeopt.errors import TreeoptError, first_line
+from treeopt.files.jsondoc import parse_json, read_text
+from treeopt.model.distributed import (
+    all_reduce_sum,
+    broadcast_tensors,
+    current_world,
+    leave_together,
+    local_share,
+    rank_device,
+    run_on_every_rank,
+    summed_counts,
+    sync_gradients,
+)
 from treeopt.model.profiling import Sequence_, hidden_at
 from treeopt.model.training import (
     BACKBONE_LOSSES,
@@ -46,6 +59,7 @@ from treeopt.model.training import (
     MIN_DEFAULT_STEPS,
     Batch,
     JointSettings,
+    LossTotals,
     Trainee,
     TrainSettings,
     head_loss_weights,
@@ -165,31 +179,49 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
 
 
 # ------------------------------------------------------------------ checks and state
-def check_output_folder(output_dir: str | Path, settings: TrainSettings, resume: bool) -> Path:
+def check_output_folder(output_dir: str | Path, settings: TrainSettings, resume: bool,
+                        overwrite: bool = False) -> Path:
     """The output folder, refused in one line before anything loads.
 
-    Without ``resume`` it must hold no run; with it, a run made with the same settings
-    (read from ``training_state.json``, validated like any input).
+    Guarantees no earlier file is lost by accident: a folder that exists and is not
+    empty is written into only when it holds this run's own saved state and
+    ``resume`` continues it (same settings, read from ``training_state.json`` and
+    validated like any input), or when ``overwrite`` says its files may be replaced.
+    Published or copied heads, an earlier run and unrelated files are refused.
     """
     import os
 
     output_dir = Path(output_dir)
+    if resume and overwrite:
+        raise TreeoptError("give --resume (continue the run in the folder) or --overwrite "
+                           "(replace its files), not both")
     if output_dir.exists() and not output_dir.is_dir():
         raise TreeoptError(f"cannot write into {output_dir}: it is a file, give a folder")
     nearest = output_dir if output_dir.exists() else output_dir.parent
     if not nearest.is_dir() or not os.access(nearest, os.W_OK | os.X_OK):
         raise TreeoptError(f"cannot write into {output_dir}: {nearest} is not a writable folder")
+    try:
+        entries = sorted(entry.name for entry in os.scandir(output_dir)) \
+            if output_dir.is_dir() else []
+    except OSError as exc:
+        raise TreeoptError(f"cannot read folder {output_dir}: {exc.strerror or exc}") from None
     state_file = output_dir / STATE_FILE
-    if not state_file.exists():
+    if not entries or overwrite:
         return output_dir
+    if STATE_FILE not in entries:
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise TreeoptError(
+            f"{output_dir} is not empty ({shown}) and holds no train-heads run to "
+            f"--resume: pass --overwrite to replace its files, or choose a new folder")
     if not resume:
         raise TreeoptError(
             f"{output_dir} holds an unfinished or finished run ({STATE_FILE}): pass --resume "
-            "to continue it or choose another output folder"
+            "to continue it, --overwrite to start over in it, or choose another folder"
         )
     saved = read_state(output_dir)
     if saved["settings"] != settings.to_json():
-        raise TreeoptError(f"{state_file} was made with other settings: use another folder")
+        raise TreeoptError(f"{state_file} was made with other settings: use another folder "
+                           "(or --overwrite to start over in this one)")
     return output_dir
 
 
@@ -198,9 +230,9 @@ def read_state(output_dir: Path) -> dict[str, Any]:
     path = output_dir / STATE_FILE
     hint = f"delete {output_dir} (or choose another folder) to start over"
     try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError) as exc:
-        raise TreeoptError(f"cannot read {path}: {first_line(exc)}; {hint}") from None
+        state = parse_json(read_text(path, "training state"), "it")
+    except TreeoptError as exc:
+        raise TreeoptError(f"cannot read {path}: {exc}; {hint}") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise TreeoptError(f"{path} is not a {STATE_FORMAT} file; {hint}")
     epoch = state.get("epoch")
@@ -273,22 +305,71 @@ def _medusa1_trainee(model: Any, settings: TrainSettings, model_id: str) -> Trai
 
 
 def _batch_loss(trainee: Trainee, batch: Batch, weights: list[float], step: int,
-                total: int) -> Any:
+                total: int, totals: LossTotals | None = None) -> Any:
     """The loss of one batch: the heads' (Medusa-1) or the joint one (Medusa-2)."""
     import torch
 
     if trainee.joint is not None:
-        return trainee.joint.loss(trainee, batch, weights, step, total)
+        return trainee.joint.loss(trainee, batch, weights, step, total, totals)
     with torch.no_grad():
         hidden = hidden_at(trainee.model, batch.input_ids, batch.mask, batch.rows, batch.cols)
     parameter = next(trainee.heads.parameters())
     logits = trainee.heads(hidden.unsqueeze(0).to(parameter.device, parameter.dtype))[:, 0]
-    return medusa_loss(logits, batch.targets.to(parameter.device), weights)
+    return medusa_loss(logits, batch.targets.to(parameter.device), weights, totals)
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """Where one optimizer step is: its index, the run's steps, the LR factor, loss weights."""
+
+    step: int
+    total: int
+    lr_factor: float
+    weights: list[float]
+
+
+def _train_step(trainee: Trainee, chosen: list[Sequence_], num_heads: int, pad: int,
+                plan: StepPlan) -> float | None:
+    """One optimizer step on the global batch ``chosen``: its loss, or None if none was taken.
+
+    Under a launcher each rank takes its share of ``chosen`` (balanced by tokens),
+    divides its loss sums by the whole batch's counts and the ranks sum their
+    gradients, so every rank takes the one-process step and reports its loss.
+    """
+    import torch
+
+    world = current_world()
+    local = local_share(chosen, lambda seq: len(seq.ids))
+    batch = make_batch(local, num_heads, pad) if local else None
+    rows = 0 if batch is None else len(batch.rows)
+    totals = None
+    if world.distributed:
+        valid = (batch.targets >= 0).sum(dim=0).tolist() if batch is not None and rows \
+            else [0] * num_heads
+        counts = summed_counts([*valid, rows])
+        totals = LossTotals(tuple(counts[:-1]), counts[-1])
+    if not (rows if totals is None else totals.rows):
+        return None
+    for group, base_lr in zip(trainee.optimizer.param_groups, trainee.base_lrs, strict=True):
+        group["lr"] = base_lr * plan.lr_factor
+    loss = _batch_loss(trainee, batch, plan.weights, plan.step, plan.total, totals) \
+        if batch is not None and rows else None
+    trainee.optimizer.zero_grad(set_to_none=True)
+    if loss is not None and loss.requires_grad:  # False only when no head has a target here
+        loss.backward()
+    if totals is None:
+        if loss is None or not loss.requires_grad:
+            return None
+    elif not sync_gradients(list(trainee.trainable.values())):
+        return None
+    trainee.optimizer.step()
+    value = torch.tensor([0.0 if loss is None else float(loss.detach())], dtype=torch.float64)
+    return float(all_reduce_sum(value)[0])
 
 
 def _run_epochs(trainee: Trainee, train_set: list[Sequence_], settings: TrainSettings,
-                output_dir: Path, start_epoch: int, pad: int, progress: bool) -> float:
-    """Train from ``start_epoch``; save the state after each epoch. The last loss."""
+                output_dir: Path, start_epoch: int, pad: int, progress: bool) -> list[float]:
+    """Train from ``start_epoch``; save the state after each epoch (rank 0). Each step's loss."""
     from tqdm import tqdm
 
     weights = head_loss_weights(settings.num_heads)
@@ -299,7 +380,7 @@ def _run_epochs(trainee: Trainee, train_set: list[Sequence_], settings: TrainSet
               else max(1, round(total * settings.warmup_fraction)))
     bar = tqdm(total=sum(len(s.ids) for s in train_set) * (epochs - start_epoch), unit="tok",
                unit_scale=True, desc="train-heads", disable=not progress, leave=False)
-    last_loss = float("nan")
+    losses: list[float] = []
     for epoch in range(start_epoch, epochs):
         trainee.heads.train()
         order = list(range(len(train_set)))
@@ -307,25 +388,21 @@ def _run_epochs(trainee: Trainee, train_set: list[Sequence_], settings: TrainSet
         for step_in_epoch, begin in enumerate(range(0, len(order), settings.batch_size)):
             chosen = [train_set[i] for i in order[begin:begin + settings.batch_size]]
             step = epoch * steps_per_epoch + step_in_epoch
-            batch = make_batch(chosen, settings.num_heads, pad)
-            if len(batch.rows):
-                factor = _lr_factor(step, total, min(warmup, total))
-                for group, base_lr in zip(trainee.optimizer.param_groups, trainee.base_lrs,
-                                          strict=True):
-                    group["lr"] = base_lr * factor
-                loss = _batch_loss(trainee, batch, weights, step, total)
-                if loss.requires_grad:  # False only when no head has a target here
-                    trainee.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    trainee.optimizer.step()
-                    last_loss = float(loss.detach())
+            plan = StepPlan(step, total, _lr_factor(step, total, min(warmup, total)), weights)
+            loss = _train_step(trainee, chosen, settings.num_heads, pad, plan)
+            if loss is not None:
+                losses.append(loss)
             bar.update(sum(len(s.ids) for s in chosen))
-            bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{last_loss:.3f}")
-        save_state(output_dir, trainee.trainable, trainee.optimizer, epoch + 1, settings)
-        if trainee.joint is None:  # Medusa-1 heads usable after every epoch
-            trainee.heads.save_pretrained(output_dir)
+            bar.set_postfix(epoch=f"{epoch + 1}/{epochs}",
+                            loss=f"{losses[-1] if losses else float('nan'):.3f}")
+        if not current_world().is_main:  # the ranks hold the same weights: one writer
+            continue
+        with output_set():  # state and heads of one epoch: all written, or none
+            save_state(output_dir, trainee.trainable, trainee.optimizer, epoch + 1, settings)
+            if trainee.joint is None:  # Medusa-1 heads usable after every epoch
+                trainee.heads.save_pretrained(output_dir)
     bar.close()
-    return last_loss
+    return losses
 
 
 def _training_data(model: Any, tokenizer: Any, prompts: Sequence[list[int]],
@@ -340,7 +417,10 @@ def _training_data(model: Any, tokenizer: Any, prompts: Sequence[list[int]],
     kept = [list(p) for p in prompts if new_token_limit(model, len(p), settings.max_new_tokens)]
     if len(kept) < 2:
         raise TreeoptError("train-heads needs at least 2 prompts that fit the model's context")
-    continuations = greedy_continuations(
+    generate = greedy_continuations
+    if current_world().distributed:  # each rank generates a shard; rank 0 caches them all
+        from treeopt.model.profiling import sharded_continuations as generate
+    continuations = generate(
         model, kept, settings.max_new_tokens, eos, targets_file, model_id,
         batch_size=settings.batch_size, pad_token_id=pad, progress=progress,
     )
@@ -370,7 +450,8 @@ def train_heads(
     resume: bool = False,
     progress: bool = True,
     targets_file: Path | None = None,
-) -> dict[str, Any]:
+    overwrite: bool = False,
+) -> dict[str, Any] | None:
     """Train Medusa heads on ``model`` and save them in ``output_dir``.
 
     Medusa-1 (``settings.joint`` None) writes heads for the unchanged model;
@@ -380,10 +461,19 @@ def train_heads(
     ``output_dir/targets.json``). Returns the report written to
     ``output_dir/train_report.json``: settings, final training loss, per-head
     top-1/top-5 on the held-out split and a warning when they are near chance.
+
+    Under a launcher (``torchrun``/``accelerate launch``) the ranks train data
+    parallel: same global batches, each rank a share, gradients summed, so the loss
+    curve is the one-process one within float rounding (LoRA dropout aside: its
+    masks are drawn per rank). Greedy targets are generated in shards and cached
+    once by rank 0; rank 0 alone writes checkpoints and the report (resume needs
+    ``output_dir`` visible to every rank); the others return None.
     """
     import torch
 
-    output_dir = check_output_folder(output_dir, settings, resume)
+    world = current_world()
+    progress = progress and world.is_main
+    output_dir = check_output_folder(output_dir, settings, resume, overwrite)
     try:
         output_dir.mkdir(exist_ok=True)
     except OSError as exc:
@@ -401,9 +491,23 @@ def train_heads(
     start_epoch = 0
     if resume and (output_dir / STATE_FILE).exists():
         start_epoch = load_state(output_dir, trainee.trainable, trainee.optimizer)
+    broadcast_tensors(list(trainee.trainable.values()))  # every rank starts from rank 0's
     started = time.perf_counter()
-    last_loss = _run_epochs(trainee, train_set, settings, output_dir, start_epoch, pad, progress)
+    losses = _run_epochs(trainee, train_set, settings, output_dir, start_epoch, pad, progress)
     seconds = time.perf_counter() - started
+    # Rank 0 evaluates and writes; the others wait, so a failure there fails them all.
+    report = run_on_every_rank(lambda: _finish(trainee, tokenizer, output_dir, settings,
+                                               model_id, (train_set, held_set, pad), losses,
+                                               seconds) if world.is_main else None)
+    leave_together()
+    return report
+
+
+def _finish(trainee: Trainee, tokenizer: Any, output_dir: Path, settings: TrainSettings,
+            model_id: str, data: tuple[list[Sequence_], list[Sequence_], int],
+            losses: list[float], seconds: float) -> dict[str, Any]:
+    """Held-out accuracy, the Medusa-2 checkpoint and ``train_report.json``; the report."""
+    train_set, held_set, pad = data
     trainee.model.eval()
     accuracy = held_out_accuracy(trainee.model, trainee.heads, held_set, settings.batch_size, pad)
     if trainee.joint is not None:
@@ -418,8 +522,10 @@ def train_heads(
         "train_prompts": len(train_set),
         "held_out_prompts": len(held_set),
         "train_tokens": sum(len(s.ids) for s in train_set),
-        "final_train_loss": round(last_loss, 6) if last_loss == last_loss else None,
+        "final_train_loss": round(losses[-1], 6) if losses else None,
+        "train_loss_per_step": [round(loss, 6) for loss in losses],
         "train_seconds": round(seconds, 2),
+        "world_size": current_world().size,
         "held_out_accuracy": accuracy,
         "warning": near_chance_warning(accuracy),
     }
@@ -462,7 +568,8 @@ def train_heads_from(
     max_prompts: int | None = None, turns: str = "first", chat_template: bool = True,
     device: str = "cpu", dtype: str = "auto", device_map: str | None = None,
     resume: bool = False, progress: bool = True, targets_cache: Path | None = None,
-) -> dict[str, Any]:
+    overwrite: bool = False,
+) -> dict[str, Any] | None:
     """``treeopt train-heads``: checks, prompts, model, shared targets, then :func:`train_heads`.
 
     Every check that needs no model (settings, output folder and its saved run,
@@ -471,7 +578,7 @@ def train_heads_from(
     from treeopt.model.calibration import encode_prompts, read_prompts
     from treeopt.model.loading import load_medusa
 
-    check_output_folder(output_dir, settings, resume)
+    check_output_folder(output_dir, settings, resume, overwrite)
     if settings.joint is not None:
         from treeopt.model.train_joint import check_init_heads, check_joint_available
 
@@ -482,11 +589,12 @@ def train_heads_from(
         raise TreeoptError(f"{data}: train-heads needs at least 2 prompts (train and held out), "
                            f"found {len(texts)}")
     four_bit = settings.joint is not None and settings.joint.qlora
-    loaded = load_medusa(model, device=device, dtype=dtype, device_map=device_map,
+    loaded = load_medusa(model, device=rank_device(device), dtype=dtype,
+                         device_map=device_map,
                          need_heads=False, four_bit=four_bit, quiet=not progress)
     prompt_ids = encode_prompts(loaded.tokenizer, texts, chat_template=chat_template)
     targets = shared_targets_file(loaded.model, loaded.model_id,
                                   targets_cache or default_cache_dir())
     return train_heads(loaded.model, loaded.tokenizer, prompt_ids, output_dir, settings,
                        model_id=loaded.model_id, resume=resume, progress=progress,
-                       targets_file=targets)
+                       targets_file=targets, overwrite=overwrite)

@@ -22,12 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from treeopt.core.atomic import new_file_mode, os_error_in
 from treeopt.errors import TreeoptError, first_line
 from treeopt.model.profiling import hidden_at
 from treeopt.model.training import (
     HEADS_LR_RATIO,
     Batch,
     JointSettings,
+    LossTotals,
     Trainee,
     TrainSettings,
     init_heads,
@@ -104,8 +106,11 @@ class JointTraining:
     source: str
 
     def loss(self, trainee: Trainee, batch: Batch, weights: list[float], step: int,
-             total: int) -> Any:
-        """``lambda_0(step) x backbone loss + sum_k 0.8^k x head-k loss`` of one batch."""
+             total: int, totals: LossTotals | None = None) -> Any:
+        """``lambda_0(step) x backbone loss + sum_k 0.8^k x head-k loss`` of one batch.
+
+        ``totals`` (data parallel): sums divided by every rank's positions, not means.
+        """
         import torch
         import torch.nn.functional as F
 
@@ -114,16 +119,21 @@ class JointTraining:
         hidden = hidden_at(model, batch.input_ids, batch.mask, batch.rows, batch.cols)
         heads_dtype = next(trainee.heads.parameters()).dtype
         head_logits = trainee.heads(hidden.unsqueeze(0).to(heads_dtype))[:, 0]
-        loss = medusa_loss(head_logits, batch.targets.to(head_logits.device), weights)
+        loss = medusa_loss(head_logits, batch.targets.to(head_logits.device), weights, totals)
         logits = model.get_output_embeddings()(hidden).float()
+        reduction = "mean" if totals is None else "sum"
         if self.joint.backbone_loss == "ce":
-            backbone = F.cross_entropy(logits, batch.next_tokens.to(logits.device))
+            backbone = F.cross_entropy(logits, batch.next_tokens.to(logits.device),
+                                       reduction=reduction)
         else:
             with torch.no_grad(), model.disable_adapter():
                 original = hidden_at(model, batch.input_ids, batch.mask, batch.rows, batch.cols)
                 teacher = model.get_output_embeddings()(original).float()
             backbone = F.kl_div(F.log_softmax(logits, dim=-1), F.log_softmax(teacher, dim=-1),
-                                log_target=True, reduction="batchmean")
+                                log_target=True,
+                                reduction="batchmean" if totals is None else "sum")
+        if totals is not None:
+            backbone = backbone / totals.rows
         return self.joint.lambda0(step, total) * backbone + loss
 
     def write_checkpoint(self, trainee: Trainee, tokenizer: Any, output_dir: Path) -> None:
@@ -140,11 +150,17 @@ class JointTraining:
             if tokenizer is not None and hasattr(tokenizer, "save_pretrained"):
                 tokenizer.save_pretrained(str(staging))
             trainee.heads.save_into_model(staging)
+            mode = new_file_mode()
             for item in staging.iterdir():
+                if item.is_file():  # safetensors writes 0600; outputs follow the umask
+                    os.chmod(item, mode)
                 os.replace(item, output_dir / item.name)
-        except OSError as exc:
+        except Exception as exc:  # safetensors' disk-full is not an OSError: os_error_in
+            system = os_error_in(exc)
+            if system is None:
+                raise
             raise TreeoptError(f"cannot write the checkpoint into {output_dir}: "
-                               f"{exc.strerror or exc}") from None
+                               f"{system.strerror or system}") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 

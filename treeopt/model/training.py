@@ -171,17 +171,38 @@ def make_batch(batch: Sequence[Sequence_], num_heads: int, pad_token_id: int) ->
                  torch.tensor(nexts, dtype=torch.long))
 
 
-def medusa_loss(logits: Any, targets: Any, weights: Sequence[float]) -> Any:
+@dataclass(frozen=True)
+class LossTotals:
+    """What a data-parallel step's loss averages over, summed over every rank's share.
+
+    ``heads[k]``: positions where head k has a target; ``rows``: decode positions.
+    Each rank divides its own sums by these, so the ranks' losses (and gradients)
+    add up to the one-process mean over the whole batch.
+    """
+
+    heads: tuple[int, ...]
+    rows: int
+
+
+def medusa_loss(logits: Any, targets: Any, weights: Sequence[float],
+                totals: LossTotals | None = None) -> Any:
     """``sum_k weights[k] * CE(head k)`` over positions where head k has a target.
 
-    ``logits`` [K, n, V]; ``targets`` [n, K] with -1 where the sequence ended.
+    ``logits`` [K, n, V]; ``targets`` [n, K] with -1 where the sequence ended. With
+    ``totals`` (data parallel) each head's summed CE is divided by its positions
+    over all ranks instead of averaged here.
     """
     import torch.nn.functional as F
 
     total = logits.new_zeros(())
     for k, weight in enumerate(weights):
         target = targets[:, k]
-        if bool((target >= 0).any()):
+        if totals is not None:
+            if totals.heads[k]:
+                total = total + weight * F.cross_entropy(
+                    logits[k].float(), target, ignore_index=-1, reduction="sum"
+                ) / totals.heads[k]
+        elif bool((target >= 0).any()):
             total = total + weight * F.cross_entropy(logits[k].float(), target, ignore_index=-1)
     return total
 

@@ -47,6 +47,7 @@ from treeopt.core.profile import Profile
 from treeopt.core.tree import ROOT, Path, Tree
 from treeopt.errors import ParameterError, TreeoptError
 from treeopt.files.engines import (
+    ENGINE_TARGETS,
     TRTLLM_DEFAULT_MAX_DRAFT_LEN,
     TRTLLM_MAX_DEPTH,
     TRTLLM_MAX_TOP_K,
@@ -57,7 +58,9 @@ from treeopt.files.engines import (
 from treeopt.optimize.acceptance_models import AcceptanceModel
 from treeopt.optimize.replay import nested_tokens_per_step, replay, tokens_per_step
 
-ENGINES = ("trtllm", "vllm", "vllm-medusa")
+# The engines whose limits the builder knows (one record per target: treeopt.files.engines).
+ENGINES = tuple(dict.fromkeys(target.builder for target in ENGINE_TARGETS.values()
+                              if target.builder is not None))
 WEIGHTINGS = ("steps", "positions")
 MIN_BUDGET = 2  # budget 1 is the root alone: plain decoding, nothing to build
 # Most trees built when weighting by steps, and how many rounds in a row may fail
@@ -269,8 +272,8 @@ def budget_shortfall(result: BuildResult, engine: str | None) -> str | None:
     shape = {"vllm": "tree with uniform levels (the shape vLLM's speculative_token_tree took)",
              "vllm-medusa": f"top-1 chain (what vLLM's Medusa drafts, one token per head, "
                             f"{result.num_heads} heads)"}.get(engine, "tree")
-    return (f"note: the best {shape} under --budget {result.budget} has {tokens} tokens/step; "
-            f"that engine cannot take exactly {result.budget}")
+    return (f"note: the best {shape} within the budget of {result.budget} has {tokens} "
+            f"tokens/step; that engine cannot take exactly {result.budget}")
 
 
 def _weight_by_steps(
@@ -350,10 +353,9 @@ def _build_greedy(
         curve.append(total)
         push_children(path, -negative_value)
     if len(order) < nodes_wanted:
-        raise TreeoptError(
-            f"only {len(order)} candidate nodes under these limits (heads, top-k, --max-depth, "
-            f"--max-rank, --max-children); --budget {budget} needs {nodes_wanted}"
-        )
+        raise ParameterError(
+            "budget", f"{budget} needs {nodes_wanted} candidate nodes; these limits (heads, "
+            f"top-k, max depth, max rank, max children) leave only {len(order)} candidate nodes")
     return BuildResult(
         tuple(order), tuple(curve), model.profile.num_heads, model.name, model.blend_weight
     )

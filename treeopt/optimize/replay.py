@@ -156,8 +156,20 @@ def nested_tokens_per_step(order: Sequence[Path], sequences: RankSequences) -> n
     """
     if order:
         _check_depth(max(len(path) for path in order), sequences)
-    chain = _chain_ids(order, sequences)
-    num_trees, num_positions = len(order) + 1, len(sequences)
+    return nested_tokens_per_step_of_chain(_chain_ids(order, sequences), sequences,
+                                           len(order) + 1)
+
+
+def nested_tokens_per_step_of_chain(chain: np.ndarray, sequences: RankSequences,
+                                    num_trees: int) -> np.ndarray:
+    """Tokens per step of nested trees given where each position's true path enters them.
+
+    ``chain[t, j]``: the index (in a parents-first order) of the node holding the true
+    depth-``j + 1`` token at position ``t``, or ``UNMATCHED``; the tree of the first
+    ``m`` nodes accepts the entries below ``m``, so a child's index must exceed its
+    parent's. Returns ``num_trees`` values, for the first ``0..num_trees - 1`` nodes.
+    """
+    num_positions = len(sequences)
     # A parent precedes its children in ``order``, so the tree of the first m nodes
     # accepts exactly the chain entries with index < m: position t's accept length
     # rises by one at m = chain[t, j] + 1. Tabulate lengths[m, t] by a cumulative sum,

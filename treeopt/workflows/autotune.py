@@ -22,9 +22,11 @@
    decoding, the tuned tree and ``mc_sim_7b_63``; the measured speedup;
 7. ``report``: ``report.md`` and its pictures (:mod:`treeopt.workflows.report`).
 
-Finished stages are recorded in ``autotune.state.json``; running again with the
-same settings continues after the last finished stage, and other settings are
-refused before anything loads.
+Finished stages, and every file the run wrote, are recorded in
+``autotune.state.json``; running again continues after the last finished stage.
+The folder's rules (never overwrite a file autotune did not write, inputs compared
+by content, which settings a rerun may change) are in
+:mod:`treeopt.workflows.autotune_state` and docs/tuning.md.
 """
 
 from __future__ import annotations
@@ -39,20 +41,30 @@ from pathlib import Path
 from typing import Any
 
 from treeopt.core.atomic import atomic_write_text
+from treeopt.core.dtypes import loadable_dtype
 from treeopt.core.latency import DEFAULT_REPEATS, DEFAULT_WARMUP
-from treeopt.errors import TreeoptError
-from treeopt.files.engines import FORMATS
+from treeopt.errors import ParameterError, TreeoptError
+from treeopt.files.engines import ENGINE_TARGETS, FORMATS
+from treeopt.workflows.autotune_state import (
+    INPUT_SETTINGS,
+    STAGES,
+    STATE_FILE,
+    STATE_FORMAT,
+    compare,
+    first_stage_to_redo,
+    flag_of,
+    foreign_files,
+    input_identity,
+    refuse_foreign_files,
+)
 
-STATE_FILE = "autotune.state.json"
-STATE_FORMAT = "treeopt.autotune-state/1"
-STAGES = ("profile", "build", "latency", "tune", "export", "verify", "report")
 # Where the tree goes: the bundled runtime (treeopt's own tree file) or an export format.
 ENGINES = ("bundled", *FORMATS)
-# The builder's limits for each engine that has some (the others take any tree).
-BUILDER_ENGINE = {"trtllm": "trtllm", "trtllm-triton": "trtllm", "vllm": "vllm",
-                  "vllm-medusa": "vllm-medusa"}
-EXPORT_SUFFIX = {"medusa": ".py", "eagle": ".py", "trtllm": ".json", "trtllm-triton": ".txt",
-                 "vllm": ".txt", "vllm-medusa": ".json"}
+# The builder's limits for each engine that has some (the others take any tree), and
+# each format's file suffix: from the one record per target (treeopt.files.engines).
+BUILDER_ENGINE = {name: ENGINE_TARGETS[name].builder for name in FORMATS
+                  if ENGINE_TARGETS[name].builder is not None}
+EXPORT_SUFFIX = {name: ENGINE_TARGETS[name].suffix for name in FORMATS}
 # Tree sizes timed: dense where small trees win (a small model or a CPU), sparse to 64,
 # the size of the published trees the held-out check compares against.
 DEFAULT_SIZES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
@@ -90,6 +102,7 @@ class AutotuneSettings:
             the eager step is mostly Python overhead, but each size compiles first,
             minutes on a loaded machine; on CUDA the step is a CUDA graph anyway).
         verify: decode the held-out prompts to measure the speedup (measured runs).
+        redo: redo this stage and every later one (not part of the run's settings).
     """
 
     model: str
@@ -119,31 +132,41 @@ class AutotuneSettings:
     verify: bool = True
     decode_rounds: int = DEFAULT_DECODE_ROUNDS
     progress: bool = True
+    redo: str | None = None
 
     def check(self) -> None:
         """One-line TreeoptError for a bad setting (before anything loads)."""
         if self.engine not in ENGINES:
-            raise TreeoptError(f"--engine must be one of {', '.join(ENGINES)}, not {self.engine!r}")
+            raise ParameterError("engine", f"must be one of {', '.join(ENGINES)}, not "
+                                 f"{self.engine!r}")
         if self.holdout_data is None and not 0.0 < self.holdout_fraction < 1.0:
             raise TreeoptError("the held-out fraction must be strictly between 0 and 1, not "
                                f"{self.holdout_fraction}")
-        for name, option in (("batches", "--batch"), ("sizes", "--sizes"),
-                             ("contexts", "--context")):
+        for name in ("batches", "sizes", "contexts"):
             values = getattr(self, name)
             if values is not None and (not values or min(values) < 1):
-                raise TreeoptError(f"{option} takes positive integers, not {list(values)}")
+                raise ParameterError(name, f"takes positive integers, not {list(values)}")
         if 1 not in self.sizes or max(self.sizes) < 2:
-            raise TreeoptError("--sizes must include 1 (plain decoding) and a size >= 2")
+            raise ParameterError("sizes", "must include 1 (plain decoding) and a size >= 2")
         for name in ("max_new_tokens", "top_k", "repeats", "decode_rounds"):
             if getattr(self, name) < 1:
-                raise TreeoptError(f"{name} must be >= 1, not {getattr(self, name)}")
+                raise ParameterError(name, f"must be >= 1, not {getattr(self, name)}")
         if self.threads is not None and self.threads < 1:
-            raise TreeoptError(f"--threads must be >= 1, not {self.threads}")
+            raise ParameterError("threads", f"must be >= 1, not {self.threads}")
+        if self.redo is not None and self.redo not in STAGES:
+            raise ParameterError("redo", f"must be one of {', '.join(STAGES)}, not {self.redo!r}")
+        if self.redo == "verify" and not (self.measured and self.verify):
+            raise ParameterError("redo", "verify needs a measured run that verifies (no GPU "
+                                 "prediction, verification on)")
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings a run's results depend on, JSON-able (output and progress left out)."""
         return {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)
-                if f.name not in ("output", "progress")}
+                if f.name not in ("output", "progress", "redo")}
+
+    def inputs(self) -> dict[str, dict[str, Any]]:
+        """Each input's identity: resolved path and content digest when local, else its name."""
+        return {name: input_identity(getattr(self, name)) for name in INPUT_SETTINGS}
 
     @property
     def measured(self) -> bool:
@@ -180,31 +203,57 @@ def state_path(directory: Path) -> Path:
 
 
 def read_state(directory: Path, settings: AutotuneSettings) -> dict[str, Any]:
-    """The run's state in ``directory`` (empty for a new run).
+    """The run's state in ``directory``: a new one, or the recorded run to continue.
 
-    Raises a one-line TreeoptError if the folder holds a run with other settings.
+    A recorded run with no finished stage is replaced (it blocks nothing). Otherwise
+    its settings must match, inputs by content (see
+    :mod:`treeopt.workflows.autotune_state`); a change of only ``--rounds``,
+    ``--threads`` or ``--verify``, or ``settings.redo``, drops the stages to redo
+    (``state["redo"]`` says which and why). Anything else: a one-line TreeoptError
+    naming the flags.
     """
     path = state_path(directory)
+    fresh: dict[str, Any] = {"format": STATE_FORMAT, "settings": settings.fingerprint(),
+                             "inputs": settings.inputs(), "files": [], "stages": {}}
     if not path.exists():
-        return {"format": STATE_FORMAT, "settings": settings.fingerprint(), "stages": {}}
+        return fresh
     from treeopt.files.jsondoc import read_json
 
     state = read_json(path, "autotune state")
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise TreeoptError(f"{path} is not a {STATE_FORMAT} file: delete it or use another -o")
-    wanted = settings.fingerprint()
-    changed = sorted(key for key in wanted.keys() | state.get("settings", {}).keys()
-                     if wanted.get(key) != state.get("settings", {}).get(key))
-    if changed:
-        raise TreeoptError(
-            f"{directory} holds an autotune run made with other settings ({', '.join(changed)}): "
-            "use another -o, or delete the folder to start over")
-    state.setdefault("stages", {})
-    return state
+    # A state from before files were recorded: its folder's autotune names are its own.
+    fresh["files"] = list(state.get("files", foreign_files(Path(directory), [])))
+    if not state.get("stages"):  # a run that never finished a stage blocks nothing
+        if compare(state.get("settings", {}), fresh["settings"], state.get("inputs", {}),
+                   fresh["inputs"]):
+            fresh["stale"] = [name for name in fresh["files"] if name.endswith(".partial.npz")]
+        return fresh
+    changed = compare(state.get("settings", {}), fresh["settings"], state.get("inputs", {}),
+                      fresh["inputs"])
+    first = first_stage_to_redo(changed, settings.redo, Path(directory))
+    # The recorded settings stay as first spelled; only the changes a rerun may make land.
+    fresh["settings"] = {**state["settings"], **{key: fresh["settings"][key] for key in changed}}
+    fresh["inputs"] = state.get("inputs", fresh["inputs"])
+    fresh["stages"] = dict(state["stages"])
+    if first is not None:
+        fresh["stages"] = {stage: summary for stage, summary in state["stages"].items()
+                           if STAGES.index(stage) < STAGES.index(first)}
+        fresh["redo"] = {"from": first, "changed": [flag_of(key) for key in changed]}
+    return fresh
+
+
+def _state_text(state: dict[str, Any]) -> str:
+    return json.dumps({k: v for k, v in state.items() if k not in ("redo", "stale")},
+                      indent=1) + "\n"
 
 
 def _write_state(directory: Path, state: dict[str, Any]) -> None:
-    atomic_write_text(state_path(directory), json.dumps(state, indent=1) + "\n")
+    """Write the state unless the file already says exactly that (a kept run stays untouched)."""
+    path = state_path(directory)
+    text = _state_text(state)
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        atomic_write_text(path, text)
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -234,18 +283,17 @@ def autotune(settings: AutotuneSettings,
     directory = Path(settings.output)
     if directory.exists() and not directory.is_dir():
         raise TreeoptError(f"cannot write into {directory}: it is a file, give a folder")
+    check_inputs(settings)  # every input, before the state file is written
     state = read_state(directory, settings)  # before any loading: a mismatch fails fast
-    if settings.gpu is None and settings.dtype not in ("auto", "float32", "fp32", "float16",
-                                                       "fp16", "bfloat16", "bf16"):
-        raise TreeoptError(f"--dtype must be auto, fp32, fp16 or bf16, not {settings.dtype!r}")
-    from treeopt.model.loading import require_heads, resolve_device
-
-    if settings.heads is None:
-        require_heads(settings.model, None)
-    resolve_device(settings.device)  # no CUDA here: one line, and no folder left behind
+    refuse_foreign_files(directory, state["files"])
     directory.mkdir(parents=True, exist_ok=True)
-    if not state_path(directory).exists():  # a continued run's folder is left untouched
-        _write_state(directory, state)
+    _write_state(directory, state)  # unchanged when a finished run is only continued
+    for name in state.pop("stale", []):  # a replaced run's partial profile: not this run's
+        (directory / name).unlink(missing_ok=True)
+    if "redo" in state:
+        changed = state["redo"]["changed"]
+        why = f"{', '.join(changed)} changed" if changed else f"{settings.redo} asked to be redone"
+        say(f"{why}: redoing {state['redo']['from']} and every later stage")
     run = _Run(settings, directory, state, say)
     result = AutotuneResult(directory, directory / "report.md", state["stages"])
     todo = [stage for stage in STAGES if stage != "verify" or
@@ -266,6 +314,50 @@ def autotune(settings: AutotuneSettings,
     return result
 
 
+def check_inputs(settings: AutotuneSettings) -> None:
+    """One-line TreeoptError for an input that cannot work, before anything is written:
+    the dtype, the device, a local -m/--heads/-d/--holdout-data/--arch that does not
+    exist (a path-looking name is never taken for a hub id), a model without heads,
+    and local prompt files with too few prompts to hold some out."""
+    if settings.gpu is None and settings.dtype != "auto":
+        loadable_dtype(settings.dtype)  # the one dtype check (a ParameterError)
+    for name, what in (("model", "model folder"), ("heads", "Medusa heads folder"),
+                       ("arch", "architecture file or folder")):
+        value = getattr(settings, name)
+        if value is not None and not Path(value).exists() and _looks_like_path(value):
+            raise ParameterError(name, f"{what} {value} does not exist")
+        if name != "arch" and value is not None and Path(value).is_dir() and \
+                not (Path(value) / "config.json").is_file():
+            raise ParameterError(name, f"{value} holds no config.json: not a "
+                                 f"{'model' if name == 'model' else 'Medusa heads'} folder")
+    from treeopt.model.calibration import read_prompts
+    from treeopt.model.loading import require_heads, resolve_device
+
+    if settings.heads is None:
+        require_heads(settings.model, None)
+    resolve_device(settings.device)  # no CUDA here: one line, and no folder left behind
+    for name in ("data", "holdout_data"):
+        value = getattr(settings, name)
+        if value is not None and (Path(value).is_file() or _looks_like_path(value)):
+            prompts = read_prompts(value, max_prompts=settings.max_prompts if name == "data"
+                                   else None, seed=settings.seed)
+            if name == "data" and settings.holdout_data is None and len(prompts) < 2:
+                raise ParameterError("data", f"{value} holds {len(prompts)} prompt: too few to "
+                                     "hold some out (give more, or separate held-out prompts)")
+
+
+def _stable_id(name: str) -> str:
+    """A local input's resolved path (however it was spelled), else the name itself."""
+    return str(Path(name).resolve()) if Path(name).exists() else name
+
+
+def _looks_like_path(name: str) -> bool:
+    """A name only a path would have: absolute, ./ or ../, a trailing slash, a file
+    suffix, or more than one slash (hub ids have exactly one)."""
+    return (Path(name).is_absolute() or name.startswith(".") or name.endswith(("/", "\\"))
+            or name.count("/") > 1 or Path(name).suffix.lower() in (".json", ".jsonl", ".txt"))
+
+
 class _Run:
     """The stages of one run; the model loads lazily, once, only when a stage needs it."""
 
@@ -280,6 +372,19 @@ class _Run:
     # ------------------------------------------------------------- helpers
     def path(self, name: str) -> Path:
         return self.dir / name
+
+    def claim(self, *names: str) -> None:
+        """Record ``names`` as this run's files before writing them (a rerun may then
+        overwrite them, and only them)."""
+        new = [name for name in names if name not in self.state["files"]]
+        if new:
+            self.state["files"].extend(new)
+            _write_state(self.dir, self.state)
+
+    def out(self, name: str) -> Path:
+        """The path of a file this stage writes, claimed first."""
+        self.claim(name)
+        return self.path(name)
 
     def loaded(self) -> tuple[Any, Any, Any]:
         """(model, tokenizer, heads), loaded on first use."""
@@ -326,7 +431,8 @@ class _Run:
     # -------------------------------------------------------------- stages
     def stage_profile(self) -> dict[str, Any]:
         from treeopt.model.calibration import encode_prompts, read_prompts, split_held_out
-        from treeopt.model.profiling import ProfileSettings, max_positions, profile_model
+        from treeopt.model.profiling import ProfileSettings, max_positions
+        from treeopt.workflows.profiling import profile_prompts
 
         s = self.settings
         texts = read_prompts(s.data, max_prompts=s.max_prompts, seed=s.seed)
@@ -335,8 +441,8 @@ class _Run:
         else:
             calibration, held_out = split_held_out(texts, s.holdout_fraction, s.seed)
         if not calibration or not held_out:
-            raise TreeoptError(f"{s.data} holds {len(texts)} prompt(s): too few to hold some "
-                               "out (give more, or --holdout-data)")
+            raise ParameterError("data", f"{s.data} holds {len(texts)} prompt(s): too few to "
+                                 "hold some out (give more, or held-out prompts of their own)")
         model, tokenizer, heads = self.loaded()
         # Room for the whole continuation and the largest tree in the model's context,
         # so the profile, the timing and the decoding all see the same new tokens.
@@ -349,20 +455,23 @@ class _Run:
 
         calibration_ids, held_ids = fitting(calibration), fitting(held_out)
         if not calibration_ids or not held_ids:
-            raise TreeoptError(
-                f"no prompt leaves room for --max-new-tokens {s.max_new_tokens} and a "
-                f"{max(s.sizes)}-token tree in the model's {context}-token context")
+            raise ParameterError(
+                "max_new_tokens", f"{s.max_new_tokens} and a {max(s.sizes)}-token tree leave no "
+                f"prompt room in the model's {context}-token context")
         profile_settings = ProfileSettings(top_k=s.top_k, max_new_tokens=s.max_new_tokens)
         heads_id = self.heads_id()
         summary: dict[str, Any] = {}
         for name, ids in (("profile.json", calibration_ids), ("holdout-profile.json", held_ids)):
             self.say(f"  profiling {len(ids)} prompts -> {name}")
-            profile = profile_model(model, tokenizer, heads, ids, self.path(name),
-                                    profile_settings, s.model, heads_id, resume=True,
-                                    progress=s.progress)
+            self.claim(name, *(f"{name}.{end}" for end in ("ranks.npz", "targets.json",
+                                                           "partial.npz")))
+            profile = profile_prompts(model, tokenizer, heads, ids, self.path(name),
+                                      profile_settings, model_id=_stable_id(s.model),
+                                      heads_id=_stable_id(heads_id), resume=True,
+                                      progress=s.progress)
             summary[name] = {"prompts": len(ids), "positions": profile.num_positions}
-        _write_json(self.path("holdout-prompts.json"), held_ids)
-        _write_json(self.path("calibration-prompts.json"), calibration_ids)
+        _write_json(self.out("holdout-prompts.json"), held_ids)
+        _write_json(self.out("calibration-prompts.json"), calibration_ids)
         mean_length = statistics.fmean(len(p) for p in held_ids)
         summary.update({
             "calibration_prompts": len(calibration_ids), "held_out_prompts": len(held_ids),
@@ -374,7 +483,7 @@ class _Run:
         return summary
 
     def stage_build(self) -> dict[str, Any]:
-        from treeopt.files.shipped import shipped_tree_names
+        from treeopt.files.shipped import shipped_tree_names, shipped_tree_path
         from treeopt.files.tree_file import load_tree, write_tree
         from treeopt.optimize.build import build_tree
         from treeopt.optimize.replay import nested_tokens_per_step, tokens_per_step
@@ -391,7 +500,7 @@ class _Run:
             held = [tokens_per_step(built.tree_at(n), holdout) for n in range(1, budget + 1)]
         in_sample = build_tree(holdout, budget, s.acceptance_model, engine=engine,
                                weighting="steps")
-        write_tree(self.path(f"built-{budget}.json"), built.tree, built.expected_accept_length,
+        write_tree(self.out(f"built-{budget}.json"), built.tree, built.expected_accept_length,
                    {"tool": "treeopt autotune", "profile": "profile.json", "weighting": "steps",
                     "acceptance_model": s.acceptance_model, "engine": s.engine})
         published = []
@@ -401,6 +510,9 @@ class _Run:
                 continue
             published.append({
                 "name": name, "num_tokens": tree.num_tokens,
+                # Only FasterDecoding's trees (reference/) are published; tuned/ holds
+                # treeopt's own shipped tuned trees.
+                "published": shipped_tree_path(name).parent.name == "reference",
                 "held_out_tokens_per_step": round(tokens_per_step(tree, holdout), 4),
                 "built_same_size": round(held[tree.num_tokens - 1], 4),
             })
@@ -428,14 +540,12 @@ class _Run:
 
             model, _, heads = self.loaded()
             dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
-            # A CPU is shared with other work (load only adds time): its fastest samples
-            # are the steps' own cost. A GPU's timings are steady: the median.
-            is_cuda = str(s.device).startswith("cuda")
+            # One statistic for every measured table (the fastest sample; see
+            # treeopt.core.latency.TIMING_STATISTIC), as `treeopt overhead` keeps.
             table = measure_latency(model, heads, s.model, list(s.batches), contexts, sizes,
                                     s.device, dtype, s.warmup, s.repeats,
                                     show_progress=s.progress, compile_step=s.compile_step,
-                                    threads=self.cpu_threads(),
-                                    statistic="median" if is_cuda else "min")
+                                    threads=self.cpu_threads())
         else:
             from treeopt.cost.arch import get_arch
             from treeopt.cost.gpus import resolve_gpu
@@ -453,7 +563,7 @@ class _Run:
         warnings = latency_warnings(table)
         for line in warnings:
             self.say(f"  warning: {line}")
-        write_latency(self.path("latency.json"), table)
+        write_latency(self.out("latency.json"), table)
         return {"source": table.source, "describe": table.describe(), "contexts": contexts,
                 "warnings": warnings}
 
@@ -499,7 +609,7 @@ class _Run:
             bucket.update(num_tokens=tree.num_tokens, file=None)
             if tree.num_tokens > 1:
                 bucket["file"] = f"tree-{name}.json"
-                write_tree(self.path(bucket["file"]), tree, row["tokens_per_step"], {
+                write_tree(self.out(bucket["file"]), tree, row["tokens_per_step"], {
                     "tool": "treeopt autotune", "batches": bucket["batches"],
                     "context": context, "latency": table.describe(),
                     f"{predicted}speedup": row["predicted_speedup"],
@@ -508,7 +618,7 @@ class _Run:
                          f"speedup {row['predicted_speedup']:.3f}x -> {bucket['file']}")
             else:
                 self.say(f"  batch {name}: no tree beats plain decoding here")
-        _write_json(self.path("tune.json"), {"rows": rows, "buckets": buckets})
+        _write_json(self.out("tune.json"), {"rows": rows, "buckets": buckets})
         return {"context": context, "buckets": [
             {k: v for k, v in b.items() if k != "paths"} for b in buckets]}
 
@@ -549,17 +659,20 @@ class _Run:
         """Decode ``prompts`` with every tree, rounds interleaved; each tree's fastest round.
 
         Returns per tree: tokens/s (fastest round) and its median over rounds, tokens
-        per verification step, and the tokens decoded (the last round's).
+        per verification step, the tokens decoded (the last round's) and the fastest
+        round's new tokens and seconds per prompt (``per_prompt``, for intervals);
+        tokens/s as :func:`treeopt.model.speed.decode_speed` defines it (prefill excluded).
         """
         import torch
         from tqdm import tqdm
 
-        from medusa_runtime.decode import generate
+        from treeopt.model.speed import decode_speed
 
         s = self.settings
         model, tokenizer, heads = self.loaded()
         eos = getattr(tokenizer, "eos_token_id", None)
         rates: dict[str, list[float]] = {name: [] for name in trees}
+        per_prompt: dict[str, list[tuple[list[int], list[float]]]] = {name: [] for name in trees}
         per_step: dict[str, float] = {}
         outputs: dict[str, list[list[int]]] = {}
         threads = self.cpu_threads()
@@ -571,27 +684,23 @@ class _Run:
                       unit="prompt", disable=not s.progress) as bar:
                 for _ in range(s.decode_rounds):
                     for name, tree in trees.items():
-                        tokens = steps = 0
-                        seconds = 0.0
-                        texts = []
-                        for prompt in prompts:
-                            result = generate(model, None if tree.num_tokens == 1 else heads,
-                                              tree, prompt, s.max_new_tokens, eos_token_id=eos,
-                                              compile_step=s.compile_step)
-                            tokens += len(result.tokens) - 1
-                            steps += result.verification_steps
-                            seconds += result.wall_time_s - result.prefill_s
-                            texts.append(list(result.tokens))
-                            bar.update()
-                        rates[name].append(tokens / seconds)
-                        per_step[name] = tokens / steps if steps else 1.0
-                        outputs[name] = texts
+                        speed = decode_speed(model, heads, tree, prompts, s.max_new_tokens,
+                                             eos_token_id=eos, compile_step=s.compile_step,
+                                             on_prompt=bar.update)
+                        rates[name].append(speed.tokens_per_second)
+                        per_prompt[name].append(([p[0] for p in speed.per_prompt],
+                                                 [p[2] for p in speed.per_prompt]))
+                        per_step[name] = speed.tokens_per_step
+                        outputs[name] = speed.outputs
         finally:
             torch.set_num_threads(previous)
         # The fastest round of each tree: load on a shared machine only slows a round.
-        return {name: {"tokens_per_s": max(rates[name]),
+        fastest = {name: max(range(len(rates[name])), key=rates[name].__getitem__)
+                   for name in trees}
+        return {name: {"tokens_per_s": rates[name][fastest[name]],
                        "tokens_per_s_median": statistics.median(rates[name]),
-                       "tokens_per_step": per_step[name], "tokens": outputs[name]}
+                       "tokens_per_step": per_step[name], "tokens": outputs[name],
+                       "per_prompt": per_prompt[name][fastest[name]]}
                 for name in trees}
 
     def _tune(self, profile: Any, table: Any, batch: int, context: int) -> Any:
@@ -618,7 +727,7 @@ class _Run:
                 continue
             text = export_text(load_tree(self.path(bucket["file"])), s.engine)
             name = f"{s.engine}-{_bucket_name(bucket['batches'])}{EXPORT_SUFFIX[s.engine]}"
-            atomic_write_text(self.path(name), text + "\n")
+            atomic_write_text(self.out(name), text + "\n")
             written.append(name)
             self.say(f"  wrote {name}")
         return {"engine": s.engine, "files": written, "warning": warning}
@@ -638,36 +747,47 @@ class _Run:
         if compared.depth <= heads.num_heads:
             trees[COMPARED_TREE] = compared
         decoded = self._decode(trees, prompts, "decoding held-out prompts")
-        plain = decoded["plain"]
-        runs = {
-            name: {
-                "num_tokens": tree.num_tokens,
-                "tokens_per_s": round(decoded[name]["tokens_per_s"], 2),
-                "tokens_per_s_median": round(decoded[name]["tokens_per_s_median"], 2),
-                "tokens_per_step": round(decoded[name]["tokens_per_step"], 4),
-                "measured_speedup": round(decoded[name]["tokens_per_s"] / plain["tokens_per_s"],
-                                          4),
-                "same_tokens_as_plain": decoded[name]["tokens"] == plain["tokens"],
-            }
-            for name, tree in trees.items()
-        }
+        runs = {name: _verified_run(tree, decoded[name], decoded["plain"], s.seed)
+                for name, tree in trees.items()}
         for name, run in runs.items():
+            low, high = run["speedup_interval"]
             self.say(f"  {name}: {run['tokens_per_s']:.0f} tokens/s, "
                      f"{run['tokens_per_step']:.3f} tokens/step, "
-                     f"measured speedup {run['measured_speedup']:.3f}x")
+                     f"measured speedup {run['measured_speedup']:.3f}x "
+                     f"(95% interval {low:.3f}-{high:.3f})")
         threads = self.cpu_threads()
         device = str(s.device) if threads is None else (
             f"cpu, {threads} thread{'s' if threads > 1 else ''}")
         verify = {"device": device, "prompts": len(prompts), "rounds": s.decode_rounds,
                   "max_new_tokens": s.max_new_tokens, "compiled_step": s.compile_step,
                   "runs": runs}
-        _write_json(self.path("verify.json"), verify)
+        _write_json(self.out("verify.json"), verify)
         return verify
 
     def stage_report(self) -> dict[str, Any]:
-        from treeopt.workflows.report import write_report
+        from treeopt.workflows.report import REPORT_FILES, write_report
 
+        self.claim(*REPORT_FILES)
         return write_report(self.dir, self.settings.fingerprint(), self.state["stages"])
+
+
+def _verified_run(tree: Any, run: dict[str, Any], plain: dict[str, Any],
+                  seed: int) -> dict[str, Any]:
+    """One tree's row of ``verify.json``: its rates, the speedup over plain decoding and
+    that speedup's 95% interval (paired bootstrap over the held-out prompts, seeded)."""
+    from treeopt.core.bootstrap import DEFAULT_RESAMPLES, speedup_interval
+
+    low, high = speedup_interval(*run["per_prompt"], *plain["per_prompt"], seed=seed)
+    return {
+        "num_tokens": tree.num_tokens,
+        "tokens_per_s": round(run["tokens_per_s"], 2),
+        "tokens_per_s_median": round(run["tokens_per_s_median"], 2),
+        "tokens_per_step": round(run["tokens_per_step"], 4),
+        "measured_speedup": round(run["tokens_per_s"] / plain["tokens_per_s"], 4),
+        "speedup_interval": [round(low, 4), round(high, 4)],
+        "interval": f"95%, bootstrap over prompts ({DEFAULT_RESAMPLES} resamples, seed {seed})",
+        "same_tokens_as_plain": run["tokens"] == plain["tokens"],
+    }
 
 
 def _bucket_name(batches: Sequence[int]) -> str:

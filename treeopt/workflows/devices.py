@@ -1,4 +1,5 @@
-"""The GPU a prediction is for: a table slug, ``auto`` (the visible CUDA device) or a custom one."""
+"""Devices: the one ``--device`` default rule (:func:`device_choice`), and the GPU a
+prediction is for: a table slug, ``auto`` (the visible CUDA device) or a custom one."""
 
 from __future__ import annotations
 
@@ -16,3 +17,14 @@ def gpu_spec(name: str | None, peak_tflops: float | None = None,
 
         return gpu_auto()
     return resolve_gpu(name, peak_tflops, bandwidth_gbs)
+
+
+def device_choice(device: str) -> str:
+    """The one device rule of every verb that runs a model: ``auto`` is ``cuda`` when a
+    CUDA device is visible, else ``cpu`` (imports torch only then); anything else as given.
+    """
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

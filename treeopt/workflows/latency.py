@@ -7,12 +7,19 @@ uses the roofline model and never imports torch.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from treeopt.core.latency import DEFAULT_REPEATS, DEFAULT_WARMUP, LatencyTable
 from treeopt.cost.roofline import MEDUSA_NUM_HEADS
 from treeopt.errors import ParameterError, TreeoptError
+
+# Contexts timed when none are given: short, the Medusa appendix's 1024, and long;
+# a measured model keeps those it can hold with the largest tree.
+DEFAULT_CONTEXTS = (128, 1024, 4096)
+# The dtype of --random-weights and --predict (no checkpoint to take it from).
+NO_CHECKPOINT_DTYPE = "bf16"
 
 
 @dataclass(frozen=True)
@@ -26,7 +33,7 @@ class OverheadSettings:
 
     output: Path
     batches: list[int]
-    contexts: list[int]
+    contexts: list[int] | None  # None: DEFAULT_CONTEXTS, those the model holds
     sizes: list[int]
     model: str | None = None
     random_weights: bool = False
@@ -34,7 +41,7 @@ class OverheadSettings:
     arch: str | None = None
     gpu: str | None = None
     device: str = "cuda"
-    dtype: str = "bf16"
+    dtype: str = "auto"  # the checkpoint's own; NO_CHECKPOINT_DTYPE without a checkpoint
     heads: int = MEDUSA_NUM_HEADS
     warmup: int = DEFAULT_WARMUP
     repeats: int = DEFAULT_REPEATS
@@ -74,8 +81,10 @@ def write_overhead(settings: OverheadSettings) -> LatencyTable:
     from treeopt.cost.roofline import canonical_dtype
     from treeopt.files.latency_file import write_latency
 
-    dtype = canonical_dtype(settings.dtype)
     check_overhead_settings(settings)
+    # One dtype rule, as every model verb: a checkpoint's own unless asked; random
+    # weights and predictions have no checkpoint and take the usual serving dtype.
+    dtype = canonical_dtype(NO_CHECKPOINT_DTYPE if settings.dtype == "auto" else settings.dtype)
     if settings.predict:
         from treeopt.cost.arch import get_arch
         from treeopt.cost.predict import predict_latency
@@ -83,9 +92,10 @@ def write_overhead(settings: OverheadSettings) -> LatencyTable:
 
         assert settings.arch is not None
         table = predict_latency(get_arch(settings.arch), gpu_spec(settings.gpu), settings.batches,
-                                settings.contexts, settings.sizes, dtype)
+                                list(settings.contexts or DEFAULT_CONTEXTS), settings.sizes,
+                                dtype)
     else:
-        table = measure_overhead(settings, dtype)
+        table = measure_overhead(settings, dtype if settings.model is None else settings.dtype)
     if all(seconds is None for seconds in table.measurements.values()):
         raise TreeoptError("every setting is out of memory: nothing to write (smaller --batch "
                            "or --context?)")
@@ -102,9 +112,9 @@ def measure_overhead(settings: OverheadSettings, dtype: str) -> LatencyTable:
     from treeopt.model.measure import measure_latency
 
     resolve_device(settings.device)
-    torch_dtype = getattr(torch, loadable_dtype(dtype))
     device, medusa = settings.device, None
     if settings.random_weights:
+        torch_dtype = getattr(torch, loadable_dtype(dtype))
         from medusa_runtime.timing import random_weight_model
         from treeopt.cost.arch import get_arch
         from treeopt.model.progress import working
@@ -119,9 +129,19 @@ def measure_overhead(settings: OverheadSettings, dtype: str) -> LatencyTable:
         loaded = load_medusa(str(settings.model), device=device, dtype=dtype, need_heads=False,
                              quiet=not settings.show_progress)
         net, medusa, name = loaded.model, loaded.heads, str(settings.model)
+        dtype = str(next(net.parameters()).dtype).removeprefix("torch.")  # "auto" resolved
     if medusa is None:  # the step time depends on the heads' shapes, not their weights
         medusa = random_heads(net, settings.heads)
-    return measure_latency(net, medusa, name, settings.batches, settings.contexts,
+    contexts = settings.contexts
+    if contexts is None:  # the defaults, clipped to the model's positions before timing
+        from treeopt.model.measure import fitting_contexts
+
+        contexts, dropped = fitting_contexts(net, DEFAULT_CONTEXTS, settings.sizes)
+        if dropped:
+            print(f"note: default contexts {', '.join(map(str, dropped))} do not fit a "
+                  f"{max(settings.sizes)}-token step in {name}'s positions: timing "
+                  f"{', '.join(map(str, contexts))}", file=sys.stderr)
+    return measure_latency(net, medusa, name, settings.batches, contexts,
                            settings.sizes, device, dtype, settings.warmup, settings.repeats,
                            show_progress=settings.show_progress,
                            compile_step=settings.compile_step)

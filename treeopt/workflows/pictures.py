@@ -87,10 +87,25 @@ def expected_accept_length(tree: Tree, profile: Profile, acceptance_model: str) 
     return score(tree, profile, acceptance_model=acceptance_model)
 
 
-def _tree_title(name: str, tree: Tree, accept: float | None, source: str) -> str:
+def build_score(tree: Tree, profile: Profile, acceptance_model: str) -> tuple[float, str]:
+    """The figure ``treeopt build`` reports for ``tree`` on ``profile``, and its name.
+
+    Build's default: with the profile's rank vectors, tokens per decoding step replayed
+    over the calibration text (weighting by steps); without, the expected accept length
+    under ``acceptance_model`` (weighting by positions).
+    """
+    if getattr(profile, "sequences", None) is not None:
+        from treeopt.optimize.replay import tokens_per_step
+
+        return tokens_per_step(tree, profile), "tokens/step replayed"
+    return expected_accept_length(tree, profile, acceptance_model), "expected accept length"
+
+
+def _tree_title(name: str, tree: Tree, accept: float | None, source: str,
+                what: str = "expected accept length") -> str:
     title = f"{name}: {len(tree)} nodes, {tree.num_tokens} tokens/step, depth {tree.depth}"
     if accept is not None:
-        title += f", expected accept length {accept:.3f} ({source})"
+        title += f", {what} {accept:.3f} ({source})"
     return title
 
 
@@ -141,11 +156,12 @@ def tree_picture(settings: RenderSettings) -> DotPicture:
                              "by a profile")
     if compare is None:
         probabilities, accept, source = None, first.expected_accept_length, "from the tree file"
+        what = "expected accept length"
         if profile is not None:
             probabilities = acceptance_probabilities(profile, first.tree.paths, model)
-            accept = expected_accept_length(first.tree, profile, model)
-            source = f"{settings.profile}, {model}"
-        title = _tree_title(_stem(tree), first.tree, accept, source)
+            accept, what = build_score(first.tree, profile, model)
+            source = f"{settings.profile}, {model}, as build scores it"
+        title = _tree_title(_stem(tree), first.tree, accept, source, what)
         return pictures.tree_to_dot(first.tree, probabilities, title, settings.max_nodes)
     second = load_tree_document(compare)
     names = (_stem(tree), _stem(compare))
@@ -154,9 +170,8 @@ def tree_picture(settings: RenderSettings) -> DotPicture:
     if profile is not None:
         union = sorted(set(first.tree.paths) | set(second.tree.paths))
         probabilities = acceptance_probabilities(profile, union, model)
-        accepts = [expected_accept_length(t.tree, profile, model) for t in (first, second)]
-        title += (f"; expected accept length {accepts[0]:.3f} vs {accepts[1]:.3f} "
-                  f"({settings.profile}, {model})")
+        (one, what), (other, _) = (build_score(t.tree, profile, model) for t in (first, second))
+        title += f"; {what} {one:.3f} vs {other:.3f} ({settings.profile}, {model})"
     return pictures.comparison_to_dot(first.tree, second.tree, names, probabilities, title,
                                       settings.max_nodes)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from treeopt.core.atomic import atomic_write_text
+from treeopt.core.latency import TIMING_STATISTIC_TEXT
 
 REPORT_FILE = "report.md"
 TREE_PICTURE = "tree.svg"
@@ -20,10 +21,13 @@ CURVE_PICTURE = "curve.png"
 HELD_OUT_PICTURE = "held-out.png"
 # Nodes drawn in the tree picture; larger trees fold the rest (readable on a page).
 MAX_DRAWN_NODES = 64
+# Every file the report may write (the tree picture falls back to .dot without graphviz).
+REPORT_FILES = (REPORT_FILE, TREE_PICTURE, "tree.dot", CURVE_PICTURE, HELD_OUT_PICTURE)
 
 
 def headline(stages: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    """The one figure the report leads with (measured when the run decoded, else predicted)."""
+    """The one figure the report leads with: the measured speedup (with its 95%
+    interval) when the run decoded, else the predicted one; the word says which, once."""
     verify = stages.get("verify")
     first = stages["tune"]["buckets"][0]
     if verify:
@@ -35,13 +39,29 @@ def headline(stages: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         others = ", ".join(f"{name} {run['measured_speedup']:.2f}x" for name, run in runs.items()
                            if name not in ("plain", tuned))
         return (f"Measured speedup on {verify['prompts']} held-out prompts: "
-                f"**{runs[tuned]['measured_speedup']:.2f}x** with the tuned tree "
-                f"({runs[tuned]['num_tokens']} tokens/step) over plain decoding on "
+                f"**{runs[tuned]['measured_speedup']:.2f}x**{_interval(runs[tuned])} with the "
+                f"tuned tree ({runs[tuned]['num_tokens']} tokens/step) over plain decoding on "
                 f"{verify['device']}" + (f" (vs {others})" if others else "") + ".")
     row = rows[0]
+    latency = stages["latency"]
+    if latency["source"] == "measured":
+        source = (f"step latencies timed on {latency['describe'].removeprefix('measured on ')}"
+                  "; no decoding was run to check it")
+    else:
+        source = f"the {latency['describe']}"
+    if row["num_tokens"] == 1:
+        return (f"Predicted: no tree beats plain decoding at batch {row['batch']} "
+                f"(calibration acceptance x {source}).")
     return (f"Predicted speedup at batch {row['batch']}: **{row['predicted_speedup']:.2f}x** "
-            f"(predicted, {stages['latency']['describe']}; not measured) with a "
-            f"{row['num_tokens']}-token tree.")
+            f"with a {row['num_tokens']}-token tree (calibration acceptance x {source}).")
+
+
+def _interval(run: dict[str, Any]) -> str:
+    """`` (95% interval 1.10-1.35)`` when the run has one, else empty."""
+    interval = run.get("speedup_interval")
+    if not interval:
+        return ""
+    return f" (95% interval {interval[0]:.2f}-{interval[1]:.2f})"
 
 
 def write_report(directory: Path, settings: dict[str, Any],
@@ -51,6 +71,7 @@ def write_report(directory: Path, settings: dict[str, Any],
     Reads ``tune.json`` and the tree files the earlier stages wrote there.
     """
     from treeopt.files.jsondoc import read_json
+    from treeopt.files.latency_file import load_latency
 
     directory = Path(directory)
     tune = read_json(directory / "tune.json", "autotune tune results")
@@ -59,7 +80,7 @@ def write_report(directory: Path, settings: dict[str, Any],
     lines = [f"# treeopt autotune: {settings['model']}", "", headline(stages, tune["rows"]), ""]
     lines += _settings_section(settings, stages)
     lines += _held_out_section(stages["build"], pictures)
-    lines += _latency_section(stages["latency"])
+    lines += _latency_section(stages["latency"], load_latency(directory / "latency.json"))
     lines += _tune_section(tune["rows"], stages["tune"]["buckets"], measured_latency, pictures)
     if stages.get("verify"):
         lines += _verify_section(stages["verify"])
@@ -121,7 +142,7 @@ def _held_out_section(build: dict[str, Any], pictures: dict[str, str]) -> list[s
              f"{build['calibration_tokens_per_step'][budget - 1]:.3f}"],
             [f"built on the held-out prompts themselves (in-sample), {budget} tokens",
              f"{build['in_sample_tokens_per_step']:.3f}", "-"]]
-    rows += [[f"published {p['name']}, {p['num_tokens']} tokens",
+    rows += [[f"{_shipped_kind(p)} {p['name']}, {p['num_tokens']} tokens",
               f"{p['held_out_tokens_per_step']:.3f}", "-"] for p in build["published"]]
     lines = ["## Held-out check", "",
              "Tokens per verification step (root included) that greedy decoding gets on the "
@@ -133,9 +154,33 @@ def _held_out_section(build: dict[str, Any], pictures: dict[str, str]) -> list[s
     return lines
 
 
-def _latency_section(latency: dict[str, Any]) -> list[str]:
-    lines = ["## Latency", "", f"{latency['describe']} (`latency.json`)."
-             + ("" if latency["source"] == "measured" else " These latencies are predicted."), ""]
+def _shipped_kind(tree: dict[str, Any]) -> str:
+    """"published" for FasterDecoding's trees, "treeopt's shipped tuned" for treeopt's own."""
+    return "published" if tree.get("published", True) else "treeopt's shipped tuned tree"
+
+
+def _latency_section(latency: dict[str, Any], table: Any) -> list[str]:
+    """Where the step latencies come from, one row per size (ms, spread), and warnings."""
+    predicted = latency["source"] != "measured"
+    lines = ["## Step latency", "", f"{latency['describe']} (`latency.json`)."
+             + (" These latencies are predicted." if predicted else ""), ""]
+    method = table.method or {}
+    if not predicted:
+        target = method.get("max_spread")
+        reached = all(spread <= target for spread in table.spreads.values()) if target else None
+        lines += [f"{TIMING_STATISTIC_TEXT.capitalize()}, over {method.get('rounds', 1)} "
+                  f"round(s) of {method.get('repeats')} timed steps; spread = (q3 - q1) / "
+                  "median of the samples"
+                  + ("" if target is None else
+                     f", target <= {target:.0%}: {'reached' if reached else '**not reached**'}")
+                  + ".", ""]
+    rows = []
+    for (batch, context, size), seconds in sorted(table.measurements.items()):
+        spread = table.spreads.get((batch, context, size))
+        rows.append([batch, context, size, "out of memory" if seconds is None
+                     else f"{seconds * 1e3:.4g}", "-" if spread is None else f"{spread:.1%}"])
+    lines += _table(["batch", "context", "tokens/step", f"{'predicted ' if predicted else ''}"
+                     "step latency (ms)", "spread"], rows)
     if latency["warnings"]:
         lines += ["**Warnings** (the table may not be trustworthy):", ""]
         lines += [f"- {line}" for line in latency["warnings"]] + [""]
@@ -172,11 +217,18 @@ def _verify_section(verify: dict[str, Any]) -> list[str]:
              f"{verify['prompts']} held-out prompts, up to {verify['max_new_tokens']} new "
              f"tokens each, decoded with medusa_runtime on {verify['device']}; the fastest of "
              f"{verify['rounds']} rounds (trees interleaved), prefill excluded.", ""]
+    intervals = [run.get("interval") for run in verify["runs"].values() if run.get("interval")]
+    if intervals:
+        lines += [f"Speedup intervals: {intervals[0]}; they cover which prompts were "
+                  "decoded, not the machine's load.", ""]
     return lines + _table(
         ["tree", "tokens verified/step", "tokens/step", "tokens/s", "measured speedup",
-         "same tokens as plain"],
+         "95% interval", "same tokens as plain"],
         [[name, run["num_tokens"], f"{run['tokens_per_step']:.3f}", f"{run['tokens_per_s']:.0f}",
-          f"{run['measured_speedup']:.3f}x", "yes" if run["same_tokens_as_plain"] else "no"]
+          f"{run['measured_speedup']:.3f}x",
+          "-" if name == "plain" or "speedup_interval" not in run else
+          f"{run['speedup_interval'][0]:.3f}-{run['speedup_interval'][1]:.3f}",
+          "yes" if run["same_tokens_as_plain"] else "no"]
          for name, run in verify["runs"].items()])
 
 
@@ -188,4 +240,4 @@ def _export_section(export: dict[str, Any]) -> list[str]:
             *[f"- `{name}`" for name in export["files"]], "", *warning]
 
 
-__all__ = ["REPORT_FILE", "headline", "write_report"]
+__all__ = ["REPORT_FILE", "REPORT_FILES", "headline", "write_report"]

@@ -1,31 +1,34 @@
-"""``treeopt tune`` as one call each: by a latency table (predicted speedup), by measurement,
-or for a draft model (:func:`tune_draft_to_file`, roofline step times).
+"""``treeopt tune`` as one call, :func:`tune`: pick sizes and settings from a latency table
+or the roofline, for one of the targets in :data:`TUNE_TARGETS`.
 
-:func:`tune_to_files` reads the latency table(s) and the profile, picks the tree
-size of best predicted speedup (:func:`treeopt.optimize.tune.tune_tree`) and
-writes the curve, its plot and the tree, with provenance.
-:func:`tune_by_measurement` runs the optuna study over real decoding
-(:mod:`treeopt.model.study`) and writes the best trial's tree.
+* ``medusa`` (:func:`tune_to_files`): reads the latency table(s) and the profile,
+  picks the tree size of best predicted speedup
+  (:func:`treeopt.optimize.tune.tune_tree`, within ``engine``'s limits) and writes
+  the curve, its plot and the tree, with provenance;
+* ``draft`` (:func:`tune_draft_to_file`): a draft model's chains and trees, step
+  times predicted on the roofline.
+
+A new target (an engine's own knobs, say) is one entry of :data:`TUNE_TARGETS`: the
+request fields it reads, and its function from :class:`TuneRequest` to an outcome;
+:func:`tune_target` picks it. Tuning by measured tokens/s is ``treeopt study``
+(:mod:`treeopt.workflows.study`).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from treeopt.core.latency import DEFAULT_CONTEXT, LatencyTable, latency_warnings
 from treeopt.core.tree import Tree
-from treeopt.errors import TreeoptError
+from treeopt.errors import ParameterError, TreeoptError
 from treeopt.files.shipped import DEFAULT_PROFILE
 from treeopt.optimize.draft_tune import DEFAULT_DRAFT_BUDGET, DraftTuneResult
 from treeopt.optimize.tune import BatchBest, TunedTree, TuneResult
 from treeopt.workflows.provenance import provenance
-
-if TYPE_CHECKING:
-    from treeopt.model.study import StudyOutcome
 
 
 def _quiet(line: str) -> None:
@@ -103,7 +106,8 @@ def tune_to_files(settings: TuneSettings) -> TuneOutcome:
     from treeopt.optimize.tune import batch_view, curve_rows, tune_tree
 
     if not settings.latency:
-        raise TreeoptError("give --latency FILE (make one with `treeopt overhead`), or --measure")
+        raise ParameterError("latency", "is needed: a latency table from `treeopt overhead` (or "
+                             "tune by measured tokens/s with `treeopt study`)")
     tables = [(name, load_latency(name)) for name in dict.fromkeys(map(str, settings.latency))]
     latency_file, table = prefer_measured(tables)
     passed_over = [name for name, _ in tables if name != latency_file]
@@ -153,51 +157,6 @@ def tune_to_files(settings: TuneSettings) -> TuneOutcome:
 
 
 @dataclass(frozen=True)
-class MeasuredTuneSettings:
-    """What :func:`tune_by_measurement` decodes with, how long it searches, and where the tree
-    goes (see :class:`treeopt.model.study.StudyConfig`)."""
-
-    model: str | None
-    prompts: str | None
-    profile: str | None = None  # None: the model's shipped profile, else an error
-    heads: str | None = None
-    max_prompts: int = 8
-    max_new_tokens: int = 128
-    trials: int = 20
-    seed: int = 0
-    storage: str | None = None
-    study_name: str = "treeopt-tune"
-    device: str = "cuda"
-    dtype: str = "auto"
-    max_budget: int | None = None
-    acceptance_model: str = "independent"
-    output: Path | None = None
-
-
-def tune_by_measurement(settings: MeasuredTuneSettings) -> StudyOutcome:
-    """Run (or resume) the optuna study over measured tokens/s; write the best trial's tree."""
-    from treeopt.model.study import run_study_cli
-
-    outcome = run_study_cli(
-        profile=settings.profile, model=settings.model, heads=settings.heads,
-        prompts=settings.prompts, max_prompts=settings.max_prompts,
-        max_new_tokens=settings.max_new_tokens, trials=settings.trials, seed=settings.seed,
-        storage=settings.storage, study_name=settings.study_name, device=settings.device,
-        dtype=settings.dtype, max_budget=settings.max_budget,
-        acceptance_model=settings.acceptance_model)
-    if settings.output is not None:
-        from treeopt.files.tree_file import write_tree
-
-        write_tree(settings.output, outcome.tree, outcome.expected_accept_length, provenance(
-            tool="treeopt tune --measure", profile=outcome.profile, model=settings.model,
-            prompts=str(settings.prompts), device=settings.device, **outcome.params,
-            measured_tokens_per_second=round(outcome.tokens_per_second, 3),
-            measured_acceleration_rate=round(outcome.acceleration_rate, 4),
-            trials=outcome.num_trials, storage=settings.storage))
-    return outcome
-
-
-@dataclass(frozen=True)
 class DraftTuneSettings:
     """What :func:`tune_draft_to_file` tunes: a draft profile, the two shapes, the GPU."""
 
@@ -236,11 +195,12 @@ def draft_step_predictor(settings: DraftTuneSettings) -> tuple[Callable[[Tree], 
     from treeopt.workflows.devices import gpu_spec
 
     if not 0.0 <= settings.kernel_overhead_us < math.inf:
-        raise TreeoptError(f"--kernel-overhead-us must be >= 0, not {settings.kernel_overhead_us}")
+        raise ParameterError("kernel_overhead_us",
+                             f"must be >= 0, not {settings.kernel_overhead_us}")
     if settings.batch < 1:
-        raise TreeoptError(f"--batch must be positive, not {settings.batch}")
+        raise ParameterError("batch", f"must be positive, not {settings.batch}")
     if settings.context < 0:
-        raise TreeoptError(f"--context must be >= 0, not {settings.context}")
+        raise ParameterError("context", f"must be >= 0, not {settings.context}")
     draft, target = get_arch(settings.draft_arch), get_arch(settings.target_arch)
     gpu = gpu_spec(settings.gpu)
     label = f"{gpu.name} datasheet roofline"
@@ -270,8 +230,8 @@ def tune_draft_to_file(settings: DraftTuneSettings) -> DraftTuneOutcome:
 
     step_seconds, label = draft_step_predictor(settings)
     if settings.max_budget < 0:
-        raise TreeoptError(f"--max-budget must be >= 0 (0 or 1: chains only), not "
-                           f"{settings.max_budget}")
+        raise ParameterError("max_budget", f"must be >= 0 (0 or 1: chains only), not "
+                             f"{settings.max_budget}")
     profile = load_profile(settings.profile)
     if profile.provenance.get("drafter") != "draft_model":
         settings.say(f"warning: {settings.profile} was not made by `treeopt profile "
@@ -285,7 +245,7 @@ def tune_draft_to_file(settings: DraftTuneSettings) -> DraftTuneOutcome:
                            f"nothing to write")
     is_chain = best.tree.paths == Tree.chain(best.draft_passes).paths  # by shape alone
     facts = provenance(
-        tool="treeopt tune --draft-arch", profile=settings.profile,
+        tool="treeopt tune (draft model)", profile=settings.profile,
         drafter=profile.provenance.get("drafter"), draft_model=profile.provenance.get(
             "draft_model"), draft_arch=settings.draft_arch, target_arch=settings.target_arch,
         gpu=settings.gpu, cost=f"predicted: {label}", batch=settings.batch,
@@ -300,3 +260,104 @@ def tune_draft_to_file(settings: DraftTuneSettings) -> DraftTuneOutcome:
 
         write_tree(settings.output, best.tree, best.expected_accept_length, facts)
     return DraftTuneOutcome(result, label, facts)
+
+
+# ------------------------------------------------------------------ one entry
+@dataclass(frozen=True)
+class TuneRequest:
+    """Everything ``treeopt tune`` may be asked, for any target (None: not given).
+
+    Field names are the verb's option names, so a ParameterError naming one reads as
+    its flag. Which fields a target reads is :data:`TUNE_TARGETS`' business.
+    """
+
+    latency: tuple[Path, ...] = ()
+    profile: str | None = None
+    batch: int | None = None
+    context: int | None = None
+    max_budget: int | None = None
+    acceptance_model: str = "independent"
+    engine: str | None = None
+    output: Path | None = None
+    curve: Path | None = None
+    plot: Path | None = None
+    draft_arch: str | None = None
+    arch: str | None = None
+    gpu: str | None = None
+    max_gamma: int | None = None
+    kernel_overhead_us: float = 0.0
+    say: Callable[[str], None] = _quiet
+
+
+def _tune_medusa(request: TuneRequest) -> TuneOutcome:
+    return tune_to_files(TuneSettings(
+        latency=list(request.latency), profile=request.profile or DEFAULT_PROFILE,
+        batch=request.batch, context=request.context, max_budget=request.max_budget,
+        acceptance_model=request.acceptance_model, engine=request.engine,
+        output=request.output, curve=request.curve, plot=request.plot, say=request.say))
+
+
+def _tune_draft(request: TuneRequest) -> DraftTuneOutcome:
+    if request.profile is None:
+        raise ParameterError("profile", "is needed: the draft model's profile (from `treeopt "
+                             "profile --draft-model`)")
+    for name, what in (("arch", "the target's shape, e.g. llama-7b"),
+                       ("gpu", "the GPU to predict for, e.g. a100-80gb-sxm")):
+        if getattr(request, name) is None:
+            raise ParameterError(name, f"is needed to tune a draft model: {what}")
+    return tune_draft_to_file(DraftTuneSettings(
+        profile=request.profile, draft_arch=str(request.draft_arch),
+        target_arch=str(request.arch), gpu=str(request.gpu),
+        batch=1 if request.batch is None else request.batch,
+        context=DEFAULT_CONTEXT if request.context is None else request.context,
+        max_gamma=request.max_gamma,
+        max_budget=DEFAULT_DRAFT_BUDGET if request.max_budget is None else request.max_budget,
+        acceptance_model=request.acceptance_model,
+        kernel_overhead_us=request.kernel_overhead_us, output=request.output, say=request.say))
+
+
+@dataclass(frozen=True)
+class TuneTarget:
+    """One thing ``tune`` can pick settings for: what it is, the request fields it reads
+    (any other field given is refused), and the function that tunes it."""
+
+    description: str
+    fields: frozenset[str]
+    run: Callable[[TuneRequest], Any]
+
+
+_COMMON = frozenset({"profile", "batch", "context", "max_budget", "acceptance_model",
+                     "output", "say"})
+TUNE_TARGETS: dict[str, TuneTarget] = {
+    "medusa": TuneTarget("Medusa trees by a latency table",
+                         _COMMON | {"latency", "engine", "curve", "plot"}, _tune_medusa),
+    "draft": TuneTarget("a draft model on the roofline",
+                        _COMMON | {"draft_arch", "arch", "gpu", "max_gamma",
+                                   "kernel_overhead_us"}, _tune_draft),
+}
+
+
+def tune_target(request: TuneRequest) -> str:
+    """The target a request tunes: ``draft`` with a draft shape, an engine's own target
+    when one is registered under its name, else ``medusa``."""
+    if request.draft_arch is not None:
+        return "draft"
+    if request.engine is not None and request.engine in TUNE_TARGETS:
+        return request.engine
+    return "medusa"
+
+
+def tune(request: TuneRequest) -> Any:
+    """Tune the request's target (:func:`tune_target`); its outcome.
+
+    Raises a ParameterError naming the first field given that the target does not
+    read, before any work; the target's own errors otherwise.
+    """
+    name = tune_target(request)
+    target = TUNE_TARGETS[name]
+    defaults = TuneRequest()
+    for item in fields(TuneRequest):
+        given = getattr(request, item.name) != getattr(defaults, item.name)
+        if given and item.name not in target.fields:
+            raise ParameterError(item.name, f"does not apply when tuning {target.description}")
+    return target.run(request)
