@@ -208,6 +208,9 @@ def run_page(page: str, base: Path, env: dict[str, str],
         shutil.copytree(finished[dependency].result().folder, folder, symlinks=True)
     else:
         folder.mkdir(parents=True)
+        # Snippets may read the repository's own data, named from its root.
+        (folder / "tests").mkdir()
+        (folder / "tests" / "data").symlink_to(ROOT / "tests" / "data")
     result = PageRun(folder)
     start = time.perf_counter()
     for block in parse_blocks(page):
