@@ -240,8 +240,8 @@ def export_tree(
     upstream; refused unless every node at a level has the same number of
     children). vllm-medusa: vLLM's --speculative-config for a top-1 chain. eagle:
     EAGLE-1 tree_choices. When the target's current release no longer takes a
-    static tree, a one-line warning goes to stderr (docs/trees.md: "Engines as they
-    are today").
+    static tree, a one-line warning goes to stderr (docs/trees.md: "Engines as
+    they are today").
 
     \b
     Examples:
