@@ -90,13 +90,10 @@ class EagleSettings:
                                f"not {self.held_out_fraction}")
 
     def epochs_for(self, steps_per_epoch: int) -> int:
-        """``epochs``, else enough for about 300 optimizer steps (3 to 50 epochs)."""
-        from treeopt.model.training import DEFAULT_EPOCHS, MAX_DEFAULT_EPOCHS, MIN_DEFAULT_STEPS
+        """``epochs``, else the trainers' one default rule (:func:`training.epochs_for`)."""
+        from treeopt.model.training import epochs_for
 
-        if self.epochs is not None:
-            return self.epochs
-        wanted = -(-MIN_DEFAULT_STEPS // max(1, steps_per_epoch))
-        return min(MAX_DEFAULT_EPOCHS, max(DEFAULT_EPOCHS, wanted))
+        return epochs_for(self.epochs, steps_per_epoch)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -409,15 +406,11 @@ def train_eagle(model: Any, tokenizer: Any, prompts: Sequence[list[int]], output
         STATE_FILE,
         TARGETS_FILE,
         _training_data,
-        check_output_folder,
         load_state,
+        make_output_folder,
     )
 
-    output_dir = check_output_folder(output_dir, settings, resume, overwrite)
-    try:
-        output_dir.mkdir(exist_ok=True)
-    except OSError as exc:
-        raise TreeoptError(f"cannot create {output_dir}: {exc.strerror or exc}") from None
+    output_dir = make_output_folder(output_dir, settings, resume, overwrite)
     torch.manual_seed(settings.seed)
     model.requires_grad_(False)
     train_set, held_set, pad = _training_data(

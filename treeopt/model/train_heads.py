@@ -179,6 +179,17 @@ def _lr_factor(step: int, total: int, warmup: int) -> float:
 
 
 # ------------------------------------------------------------------ checks and state
+def make_output_folder(output_dir: str | Path, settings: Any, resume: bool,
+                       overwrite: bool) -> Path:
+    """:func:`check_output_folder`, then the folder made (one line if it cannot be)."""
+    output_dir = check_output_folder(output_dir, settings, resume, overwrite)
+    try:
+        output_dir.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise TreeoptError(f"cannot create {output_dir}: {exc.strerror or exc}") from None
+    return output_dir
+
+
 def check_output_folder(output_dir: str | Path, settings: TrainSettings, resume: bool,
                         overwrite: bool = False) -> Path:
     """The output folder, refused in one line before anything loads.
@@ -473,11 +484,7 @@ def train_heads(
 
     world = current_world()
     progress = progress and world.is_main
-    output_dir = check_output_folder(output_dir, settings, resume, overwrite)
-    try:
-        output_dir.mkdir(exist_ok=True)
-    except OSError as exc:
-        raise TreeoptError(f"cannot create {output_dir}: {exc.strerror or exc}") from None
+    output_dir = make_output_folder(output_dir, settings, resume, overwrite)
     torch.manual_seed(settings.seed)
     train_set, held_set, pad = _training_data(
         model, tokenizer, prompts, settings, targets_file or output_dir / TARGETS_FILE,

@@ -119,13 +119,19 @@ class TrainSettings:
 
     def epochs_for(self, steps_per_epoch: int) -> int:
         """Epochs to run given the data: ``epochs``, or the default rule above."""
-        if self.epochs is not None:
-            return self.epochs
-        wanted = -(-MIN_DEFAULT_STEPS // max(1, steps_per_epoch))
-        return min(MAX_DEFAULT_EPOCHS, max(DEFAULT_EPOCHS, wanted))
+        return epochs_for(self.epochs, steps_per_epoch)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def epochs_for(epochs: int | None, steps_per_epoch: int) -> int:
+    """``epochs`` when given, else enough for about ``MIN_DEFAULT_STEPS`` optimizer steps
+    (``DEFAULT_EPOCHS`` to ``MAX_DEFAULT_EPOCHS``): the one default rule of every trainer."""
+    if epochs is not None:
+        return epochs
+    wanted = -(-MIN_DEFAULT_STEPS // max(1, steps_per_epoch))
+    return min(MAX_DEFAULT_EPOCHS, max(DEFAULT_EPOCHS, wanted))
 
 
 def head_loss_weights(num_heads: int) -> list[float]:
