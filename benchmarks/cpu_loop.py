@@ -31,13 +31,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
-STORIES = SHARED / "models" / "stories260K"
-MT_BENCH = SHARED / "data" / "mt_bench_questions.jsonl"
-STORY_PROMPTS = ROOT / "tests" / "data" / "story_prompts.txt"
-SEED = 0
-MAX_NEW_TOKENS = 128
+from common import MAX_NEW_TOKENS, MT_BENCH, SEED, STORIES, STORY_PROMPTS
+
 AUTOTUNE_PROMPTS = 40  # of MT-Bench's 80 first turns; the other 40 train the heads
 # Head training that learns on this small model in about a minute (head 1 top-1 ~0.67
 # on held-out openers); the library defaults are sized for 7B models.

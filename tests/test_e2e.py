@@ -28,6 +28,7 @@ docs/profiling.md:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import time
 from pathlib import Path
@@ -35,38 +36,18 @@ from typing import Any
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-STORIES = SHARED / "models" / "stories260K"
-MT_BENCH = SHARED / "data" / "mt_bench_questions.jsonl"
-STORY_PROMPTS = Path(__file__).resolve().parent / "data" / "story_prompts.txt"
+# The settings and prompt split are the benchmarks' (benchmarks/common.py), so the
+# figures this test asserts and the ones the benchmarks report come from one place.
+_COMMON_SPEC = importlib.util.spec_from_file_location(
+    "benchmarks_common", Path(__file__).resolve().parents[1] / "benchmarks" / "common.py")
+common = importlib.util.module_from_spec(_COMMON_SPEC)
+_COMMON_SPEC.loader.exec_module(common)
+SHARED, STORIES, MT_BENCH = common.SHARED, common.STORIES, common.MT_BENCH
+STORY_PROMPTS, SEED, MAX_NEW_TOKENS = common.STORY_PROMPTS, common.SEED, common.MAX_NEW_TOKENS
+TOP_K, BUDGETS, prompt_ids = common.TOP_K, common.BUDGETS, common.prompt_ids
 RESULTS = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "stories_e2e.json"
 
-SEED = 0
-HELD_OUT_STORIES = 16
-HELD_OUT_MT_BENCH = 8
-MAX_NEW_TOKENS = 128
-TOP_K = 10  # mc_sim_7b_63 uses ranks up to 9
-BUDGETS = (8, 16, 32, 64)
 AGREEMENT = 0.05  # |measured / predicted - 1| allowed on held-out prompts
-
-
-def prompt_ids(model: Any, tokenizer: Any, max_tree_tokens: int) -> tuple[list[list[int]],
-                                                                          list[list[int]]]:
-    """(training, held-out) token ids: story openers and MT-Bench first turns, split seeded.
-
-    Prompts too long for a whole continuation plus a tree of ``max_tree_tokens`` in the
-    model's context are dropped, so the profile and the runtime see the same new tokens.
-    """
-    from treeopt.model.calibration import encode_prompts, read_prompts, split_held_out
-
-    stories = read_prompts(STORY_PROMPTS)
-    mt_bench = read_prompts(MT_BENCH)
-    story_train, story_held = split_held_out(stories, HELD_OUT_STORIES / len(stories), SEED)
-    mt_train, mt_held = split_held_out(mt_bench, HELD_OUT_MT_BENCH / len(mt_bench), SEED)
-    room = model.config.max_position_embeddings - MAX_NEW_TOKENS - max_tree_tokens
-    train_ids = [p for p in encode_prompts(tokenizer, story_train + mt_train) if len(p) <= room]
-    held_ids = [p for p in encode_prompts(tokenizer, story_held + mt_held) if len(p) <= room]
-    return train_ids, held_ids
 
 
 def pipeline(workdir: Path, epochs: int = 20, learning_rate: float = 1e-2) -> dict[str, Any]:
